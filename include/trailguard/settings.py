@@ -1,0 +1,55 @@
+"""Every environment variable TrailGuard reads, in one place (documented in .env.example)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_root: str
+    mlflow_tracking_uri: str | None
+    geoip_mmdb: str | None
+    geoip_asn_mmdb: str | None
+    report_recipients: tuple[str, ...]
+    allowed_lateness_hours: float
+    ingest_batch_records: int
+    ingest_workers: int
+
+    @property
+    def data_path(self) -> Path:
+        """The data root as a local path (``s3://`` roots are not local)."""
+        if "://" in self.data_root:
+            raise ValueError(f"TRAILGUARD_DATA={self.data_root!r} is not a local folder")
+        return Path(self.data_root)
+
+
+def _int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name}={raw!r} is not a whole number") from exc
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build the settings from the environment; keyword overrides win (used by the CLI and tests)."""
+    env = os.environ
+    values: dict[str, object] = {
+        "data_root": env.get("TRAILGUARD_DATA", "").strip() or "./data",
+        "mlflow_tracking_uri": env.get("MLFLOW_TRACKING_URI", "").strip() or None,
+        "geoip_mmdb": env.get("TRAILGUARD_GEOIP_MMDB", "").strip() or None,
+        "geoip_asn_mmdb": env.get("TRAILGUARD_GEOIP_ASN_MMDB", "").strip() or None,
+        "report_recipients": tuple(
+            r.strip() for r in env.get("TRAILGUARD_REPORT_RECIPIENTS", "").split(",") if r.strip()
+        ),
+        "allowed_lateness_hours": float(env.get("TRAILGUARD_ALLOWED_LATENESS_HOURS", "") or 2.0),
+        "ingest_batch_records": _int("TRAILGUARD_INGEST_BATCH_RECORDS", 250_000),
+        "ingest_workers": _int("TRAILGUARD_INGEST_WORKERS", 1),
+    }
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return Settings(**values)  # type: ignore[arg-type]

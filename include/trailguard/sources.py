@@ -1,0 +1,249 @@
+"""Where CloudTrail logs come from: a local folder, S3 as AWS delivers them, or a CloudWatch Logs group.
+
+Every source lists :class:`SourceObject` items; each carries enough to decide, without reading it, whether
+it was ingested before (key, size, etag), and a ``fetch()`` that returns its bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
+
+# .../CloudTrail/<region>/YYYY/MM/DD/... as AWS writes it
+_KEY_DATE = re.compile(r"/(\d{4})/(\d{2})/(\d{2})/")
+SKIP_MARKERS = ("CloudTrail-Digest/", "CloudTrail-Insight/", "CloudTrail-Insights/")
+LOG_SUFFIXES = (".json", ".json.gz")
+
+
+@dataclass(frozen=True)
+class SourceObject:
+    key: str
+    size: int
+    etag: str
+    fetch: Callable[[], bytes]
+
+
+class Source(Protocol):
+    uri: str
+
+    def objects(self, start: date | None = None, end: date | None = None) -> Iterator[SourceObject]: ...
+
+
+def skip_reason(key: str) -> str | None:
+    """Why an object is not a CloudTrail log file to read, or None when it is one."""
+    normalised = key.replace("\\", "/")
+    if any(marker in normalised for marker in SKIP_MARKERS):
+        kind = "digest" if "Digest" in normalised else "insight"
+        return f"CloudTrail {kind} file, not event records"
+    if not normalised.lower().endswith(LOG_SUFFIXES):
+        return "not a .json or .json.gz log file"
+    return None
+
+
+def key_date(key: str) -> date | None:
+    """The delivery date in an AWS-layout key (``.../YYYY/MM/DD/...``), if it has one."""
+    match = _KEY_DATE.search("/" + key.replace("\\", "/"))
+    if not match:
+        return None
+    try:
+        return date(int(match.group(1)), int(match.group(2)), int(match.group(3)))
+    except ValueError:
+        return None
+
+
+def in_range(key: str, start: date | None, end: date | None) -> bool:
+    """Keys without a date in their path are always in range (we cannot tell)."""
+    if start is None and end is None:
+        return True
+    day = key_date(key)
+    if day is None:
+        return True
+    return (start is None or day >= start) and (end is None or day <= end)
+
+
+class LocalFolderSource:
+    """CloudTrail files below a folder, at any depth."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self.uri = str(self.folder)
+        if not self.folder.is_dir():
+            raise FileNotFoundError(f"source folder {self.folder} does not exist or is not a folder")
+
+    def objects(self, start: date | None = None, end: date | None = None) -> Iterator[SourceObject]:
+        for path in sorted(p for p in self.folder.rglob("*") if p.is_file()):
+            key = path.relative_to(self.folder).as_posix()
+            if not in_range(key, start, end):
+                continue
+            stat = path.stat()
+            yield SourceObject(
+                key=key,
+                size=stat.st_size,
+                etag=f"mtime:{stat.st_mtime_ns}",
+                fetch=path.read_bytes,
+            )
+
+
+class S3Source:
+    """Objects under ``s3://bucket/prefix``, listed with pagination.
+
+    With a date range, only the ``YYYY/MM/DD/`` day prefixes of each account and region are listed, so an
+    hourly run reads a few listings, not the whole bucket.
+    """
+
+    def __init__(self, uri: str, client: Any | None = None) -> None:
+        if not uri.startswith("s3://"):
+            raise ValueError(f"not an S3 URI: {uri!r}")
+        bucket, _, prefix = uri[len("s3://") :].partition("/")
+        if not bucket:
+            raise ValueError(f"no bucket in {uri!r}: use s3://bucket/prefix")
+        self.uri, self.bucket, self.prefix = uri, bucket, prefix
+        if prefix and not prefix.endswith("/"):
+            self.prefix = prefix + "/"
+        self.client = client if client is not None else _boto3_client("s3")
+
+    def _list(self, prefix: str, delimiter: str | None = None) -> Iterator[dict]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
+        if delimiter:
+            kwargs["Delimiter"] = delimiter
+        yield from paginator.paginate(**kwargs)
+
+    def _subfolders(self, prefix: str) -> list[str]:
+        return [cp["Prefix"] for page in self._list(prefix, "/") for cp in page.get("CommonPrefixes", [])]
+
+    def _day_prefixes(self, start: date, end: date) -> Iterator[str]:
+        """``.../AWSLogs/<acct>/CloudTrail/<region>/YYYY/MM/DD/`` for each day, found by listing folders."""
+        base = self.prefix
+        roots = [base + "AWSLogs/"] if self._subfolders(base + "AWSLogs/") else []
+        if not roots:  # an organisation trail: AWSLogs/<org-id>/<account>/...
+            return
+        accounts = self._subfolders(roots[0])
+        for account in accounts:
+            children = self._subfolders(account)
+            if any(c.endswith("/CloudTrail/") for c in children):
+                trail_roots = [account + "CloudTrail/"]
+            else:  # organisation trail: one more level of account ids
+                trail_roots = [c + "CloudTrail/" for c in children]
+            for trail_root in trail_roots:
+                for region in self._subfolders(trail_root):
+                    day = start
+                    while day <= end:
+                        yield f"{region}{day:%Y/%m/%d}/"
+                        day += timedelta(days=1)
+
+    def objects(self, start: date | None = None, end: date | None = None) -> Iterator[SourceObject]:
+        if start is not None and end is not None:
+            prefixes = list(self._day_prefixes(start, end))
+            if not prefixes:  # not the AWS layout: list everything and filter by key
+                prefixes = [self.prefix]
+        else:
+            prefixes = [self.prefix]
+        for prefix in prefixes:
+            for page in self._list(prefix):
+                for item in page.get("Contents", []):
+                    key = item["Key"]
+                    if key.endswith("/") or not in_range(key, start, end):
+                        continue
+                    yield SourceObject(
+                        key=f"s3://{self.bucket}/{key}",
+                        size=int(item.get("Size", 0)),
+                        etag=str(item.get("ETag", "")).strip('"'),
+                        fetch=_s3_fetch(self.client, self.bucket, key),
+                    )
+
+
+def _s3_fetch(client: Any, bucket: str, key: str) -> Callable[[], bytes]:
+    def fetch() -> bytes:
+        return client.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+    return fetch
+
+
+class CloudWatchLogsSource:
+    """CloudTrail records delivered to a CloudWatch Logs group (each log event's message is one record).
+
+    Log events are grouped per log stream and UTC hour into one pseudo-object (``cloudwatch://group/
+    stream/YYYY-MM-DDTHH``) whose etag is a hash of its CloudWatch event ids: an hour already ingested
+    is skipped, one that gained late events is read again (and deduplicated by eventID).
+    """
+
+    def __init__(self, uri: str, client: Any | None = None) -> None:
+        if not uri.startswith("cloudwatch://"):
+            raise ValueError(f"not a CloudWatch Logs URI: {uri!r}")
+        self.uri = uri
+        self.group = uri[len("cloudwatch://") :].strip("/")
+        if not self.group:
+            raise ValueError(f"no log group in {uri!r}: use cloudwatch://log-group-name")
+        self.client = client if client is not None else _boto3_client("logs")
+
+    def objects(self, start: date | None = None, end: date | None = None) -> Iterator[SourceObject]:
+        kwargs: dict[str, Any] = {"logGroupName": self.group}
+        if start is not None:
+            kwargs["startTime"] = _epoch_ms(datetime.combine(start, datetime.min.time(), timezone.utc))
+        if end is not None:
+            kwargs["endTime"] = _epoch_ms(datetime.combine(end + timedelta(days=1), datetime.min.time(), timezone.utc)) - 1
+        groups: dict[str, list[dict]] = {}
+        paginator = self.client.get_paginator("filter_log_events")
+        for page in paginator.paginate(**kwargs):
+            for event in page.get("events", []):
+                hour = datetime.fromtimestamp(event.get("timestamp", 0) / 1000, tz=timezone.utc)
+                key = f"{self.uri.rstrip('/')}/{event.get('logStreamName', '')}/{hour:%Y-%m-%dT%H}"
+                groups.setdefault(key, []).append(event)
+        for key in sorted(groups):
+            events = sorted(groups[key], key=lambda e: (e.get("timestamp", 0), e.get("eventId", "")))
+            ids = "\n".join(str(e.get("eventId", "")) for e in events)
+            payload = _records_document([e.get("message", "") for e in events])
+            yield SourceObject(
+                key=key,
+                size=len(payload),
+                etag="sha1:" + hashlib.sha1(ids.encode()).hexdigest(),
+                fetch=lambda payload=payload: payload,
+            )
+
+
+def _records_document(messages: list[str]) -> bytes:
+    """Wrap log-event messages (each one JSON record) as a CloudTrail file, ``{"Records": [...]}``.
+
+    A message that is not valid JSON is kept as a JSON string, so the reader rejects that one record
+    with its reason instead of the whole hour.
+    """
+    import orjson
+
+    parts = []
+    for message in messages:
+        try:
+            orjson.loads(message)
+            parts.append(message.encode() if isinstance(message, str) else message)
+        except orjson.JSONDecodeError:
+            parts.append(orjson.dumps(message))
+    return b'{"Records":[' + b",".join(parts) + b"]}"
+
+
+def _epoch_ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+def _boto3_client(service: str) -> Any:
+    import boto3
+
+    return boto3.client(service)
+
+
+def open_source(uri: str, client: Any | None = None) -> Source:
+    """The source for a ``--source`` value: a folder, ``s3://bucket/prefix`` or ``cloudwatch://group``."""
+    if uri.startswith("s3://"):
+        return S3Source(uri, client)
+    if uri.startswith("cloudwatch://"):
+        return CloudWatchLogsSource(uri, client)
+    if "://" in uri:
+        raise ValueError(f"unknown source {uri!r}: use a folder, s3://bucket/prefix or cloudwatch://log-group")
+    return LocalFolderSource(uri)
