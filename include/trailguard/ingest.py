@@ -189,7 +189,7 @@ def ingest(
 
     for obj in source.objects(start, end):
         summary.objects += 1
-        reason = skip_reason(obj.key)
+        reason = skip_reason(obj.key) if obj.is_file else None
         previous = seen.get(obj.key)
         if reason is None and previous and previous[0] == obj.size and previous[1] == obj.etag:
             summary.objects_skipped += 1

@@ -143,22 +143,15 @@ def _bool(value: Any) -> bool | None:
 
 
 def dumps(value: Any) -> str:
-    """JSON text of a decoded value. orjson first; the stdlib for what orjson refuses (depth > 254,
-    integers beyond 64 bits); NaN and infinities become null so the text stays valid JSON."""
+    """JSON text of a decoded value. orjson first (it writes NaN as null); the stdlib for what orjson
+    refuses (nesting deeper than 254, integers beyond 64 bits)."""
     try:
         return orjson.dumps(value).decode()
     except (TypeError, orjson.JSONEncodeError):
-        return json.dumps(_finite(value), ensure_ascii=False, default=str, allow_nan=False)
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
+        try:
+            return json.dumps(value, ensure_ascii=False, default=str, allow_nan=False)
+        except ValueError:  # NaN beside a huge integer: Python's own JSON dialect keeps both
+            return json.dumps(value, ensure_ascii=False, default=str)
 
 
 def _dig(record: dict, path: tuple[str, ...]) -> Any:

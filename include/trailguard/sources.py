@@ -29,6 +29,7 @@ class SourceObject:
     size: int
     etag: str
     fetch: Callable[[], bytes]
+    is_file: bool = True  # False for CloudWatch log events grouped into one document
 
 
 class Source(Protocol):
@@ -99,7 +100,7 @@ class S3Source:
     hourly run reads a few listings, not the whole bucket.
     """
 
-    def __init__(self, uri: str, client: Any | None = None) -> None:
+    def __init__(self, uri: str, client: Any | None = None, page_size: int = 1000) -> None:
         if not uri.startswith("s3://"):
             raise ValueError(f"not an S3 URI: {uri!r}")
         bucket, _, prefix = uri[len("s3://") :].partition("/")
@@ -109,13 +110,14 @@ class S3Source:
         if prefix and not prefix.endswith("/"):
             self.prefix = prefix + "/"
         self.client = client if client is not None else _boto3_client("s3")
+        self.page_size = page_size
 
     def _list(self, prefix: str, delimiter: str | None = None) -> Iterator[dict]:
         paginator = self.client.get_paginator("list_objects_v2")
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
         if delimiter:
             kwargs["Delimiter"] = delimiter
-        yield from paginator.paginate(**kwargs)
+        yield from paginator.paginate(**kwargs, PaginationConfig={"PageSize": self.page_size})
 
     def _subfolders(self, prefix: str) -> list[str]:
         return [cp["Prefix"] for page in self._list(prefix, "/") for cp in page.get("CommonPrefixes", [])]
@@ -176,7 +178,7 @@ class CloudWatchLogsSource:
     is skipped, one that gained late events is read again (and deduplicated by eventID).
     """
 
-    def __init__(self, uri: str, client: Any | None = None) -> None:
+    def __init__(self, uri: str, client: Any | None = None, page_size: int = 10_000) -> None:
         if not uri.startswith("cloudwatch://"):
             raise ValueError(f"not a CloudWatch Logs URI: {uri!r}")
         self.uri = uri
@@ -184,6 +186,7 @@ class CloudWatchLogsSource:
         if not self.group:
             raise ValueError(f"no log group in {uri!r}: use cloudwatch://log-group-name")
         self.client = client if client is not None else _boto3_client("logs")
+        self.page_size = page_size
 
     def objects(self, start: date | None = None, end: date | None = None) -> Iterator[SourceObject]:
         kwargs: dict[str, Any] = {"logGroupName": self.group}
@@ -193,7 +196,7 @@ class CloudWatchLogsSource:
             kwargs["endTime"] = _epoch_ms(datetime.combine(end + timedelta(days=1), datetime.min.time(), timezone.utc)) - 1
         groups: dict[str, list[dict]] = {}
         paginator = self.client.get_paginator("filter_log_events")
-        for page in paginator.paginate(**kwargs):
+        for page in paginator.paginate(**kwargs, PaginationConfig={"PageSize": self.page_size}):
             for event in page.get("events", []):
                 hour = datetime.fromtimestamp(event.get("timestamp", 0) / 1000, tz=timezone.utc)
                 key = f"{self.uri.rstrip('/')}/{event.get('logStreamName', '')}/{hour:%Y-%m-%dT%H}"
@@ -207,6 +210,7 @@ class CloudWatchLogsSource:
                 size=len(payload),
                 etag="sha1:" + hashlib.sha1(ids.encode()).hexdigest(),
                 fetch=lambda payload=payload: payload,
+                is_file=False,
             )
 
 
