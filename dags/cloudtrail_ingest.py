@@ -102,8 +102,10 @@ def cloudtrail_ingest():
         )
         for line in result.summary_lines():
             print(line)
-        if result.critical_failed:
-            raise RuntimeError(
+        if result.critical_failed:  # bad data does not get better by retrying: fail now, visibly
+            from airflow.sdk.exceptions import AirflowFailException
+
+            raise AirflowFailException(
                 f"{day}: critical data-quality failure, scoring stops for this day; see {result.html_path}"
             )
         outlet_events[VALIDATED_EVENTS].extra = {"date": day, "status": result.status}
