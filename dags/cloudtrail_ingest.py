@@ -52,7 +52,6 @@ def cloudtrail_ingest():
     def ingest_events(params: dict, dag_run=None, outlet_events=None) -> dict:
         """Ingest the window's objects; returns the summary (counts and touched dates)."""
         from airflow.sdk import Variable
-
         from trailguard.ingest import ingest
         from trailguard.settings import load_settings
         from trailguard.sources import open_source

@@ -63,3 +63,34 @@ def aws_client_factory(conn_id: str = "aws_default"):
         return boto3.client(service, **kwargs)
 
     return make
+
+
+def smtp_settings(conn_id: str = "smtp_default"):
+    """TrailGuard's SMTP settings from the Airflow connection, or None when there is none (-> .eml)."""
+    from airflow.sdk import BaseHook
+    from trailguard.mail import SmtpSettings
+
+    try:
+        conn = BaseHook.get_connection(conn_id)
+    except Exception:
+        return None
+    extra = conn.extra_dejson or {}
+    truthy = ("1", "true", "yes", True)
+    return SmtpSettings(
+        host=conn.host or "localhost",
+        port=int(conn.port or 25),
+        username=conn.login or None,
+        password=conn.password or None,
+        starttls=str(extra.get("disable_tls", False)).lower() not in truthy,
+        ssl=str(extra.get("disable_ssl", False)).lower() not in truthy,
+        timeout=float(extra.get("timeout", 30)),
+        sender=extra.get("from_email") or "trailguard@localhost",
+    )
+
+
+def trigger_url(dag_id: str) -> str:
+    """The Airflow UI page where a DAG is triggered (base URL from Airflow's own configuration)."""
+    from airflow.configuration import conf
+
+    base = conf.get("api", "base_url", fallback="") or "http://127.0.0.1:8080"
+    return f"{base.rstrip('/')}/dags/{dag_id}/trigger"

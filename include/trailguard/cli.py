@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from datetime import date
@@ -13,6 +14,11 @@ from pathlib import Path
 from trailguard.settings import Settings, load_settings
 
 log = logging.getLogger("trailguard")
+
+FEEDBACK_HINT = (
+    "Tell TrailGuard where it was wrong: trigger the Airflow DAG record_analyst_label with the event's ID "
+    'and your risk score, or run `trailguard label EVENT_ID SCORE --verdict benign --note "why"`.'
+)
 
 EPILOG = """\
 Environment: TRAILGUARD_DATA (data root, default ./data), MLFLOW_TRACKING_URI (default: a SQLite store
@@ -105,6 +111,88 @@ def cmd_demo_data(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
+    from trailguard.quality import validate_partition
+    from trailguard.store import EventStore
+
+    result = validate_partition(
+        EventStore(settings.data_path), args.date, allowed_lateness_hours=settings.allowed_lateness_hours
+    )
+    _emit(args, {"date": result.date, "status": result.status, "rows_in": result.rows_in,
+                 "rows_passed": result.rows_passed, "rows_quarantined": result.rows_quarantined,
+                 "result": str(result.result_path), "html": str(result.html_path)}, result.summary_lines())
+    if not args.json:
+        print(f"details: {result.html_path}")
+    if result.critical_failed:
+        print(f"{result.date}: critical data-quality failure: this day will not be scored", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
+    from trailguard.store import EventStore
+    from trailguard.training import train
+
+    result = train(EventStore(settings.data_path), until=args.until, history_days=args.history_days)
+    _emit(args, result.as_dict(), result.lines())
+    return 0
+
+
+def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
+    from trailguard.scoring import score_day
+    from trailguard.store import EventStore
+
+    result = score_day(EventStore(settings.data_path), args.date)
+    _emit(args, result.as_dict(), result.lines())
+    return 0
+
+
+def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
+    from trailguard.mail import send_report, smtp_settings_from_uri
+    from trailguard.report import build_report
+
+    report = build_report(settings.data_path, args.date, top_k=args.top_k, min_score=args.min_score,
+                          feedback_hint=FEEDBACK_HINT)
+    lines = list(report.lines())
+    if args.send:
+        recipients = [r.strip() for r in (args.to or ",".join(settings.report_recipients)).split(",") if r.strip()]
+        if not recipients:
+            print("no recipients: pass --to or set TRAILGUARD_REPORT_RECIPIENTS", file=sys.stderr)
+            return 2
+        smtp = smtp_settings_from_uri(settings.smtp_url) if settings.smtp_url else None
+        sent = send_report(report, smtp=smtp, recipients=recipients, sender=smtp.sender if smtp else None,
+                           force=args.force)
+        lines.append(sent.message)
+    _emit(args, {"date": str(args.date), "html": str(report.html_path), "events": len(report.top_events)}, lines)
+    return 0
+
+
+def cmd_label(args: argparse.Namespace, settings: Settings) -> int:
+    from trailguard.labels import find_event, record_label
+    from trailguard.store import EventStore
+
+    if find_event(EventStore(settings.data_path), args.event_id) is None and not args.force:
+        print(f"no event with eventID {args.event_id!r} in {settings.data_path}: check the ID "
+              "(top_events.csv of the report has it), or pass --force to label it anyway", file=sys.stderr)
+        return 1
+    try:
+        row = record_label(settings.data_path, args.event_id, args.score, verdict=args.verdict,
+                           analyst=args.analyst, note=args.note)
+    except ValueError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    print(f"recorded {args.event_id}: risk {args.score} ({args.verdict}) by {args.analyst}; "
+          "the next `trailguard train` uses it")
+    _ = row
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from trailguard.demo import run_demo
+
+    return run_demo(settings.data_path, Path(args.logs), events=args.events)
+
+
 def _emit(args: argparse.Namespace, payload: dict, lines: Sequence[str]) -> None:
     if getattr(args, "json", False):
         print(json.dumps(payload, default=str, indent=2))
@@ -156,6 +244,79 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-bad-files", action="store_true", help="leave out the deliberately broken files")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_demo_data)
+
+    p = sub.add_parser(
+        "validate",
+        help="run the data-quality suite on a day's partition",
+        description="Validate one day's events with the Great Expectations suite. Rows that break a critical "
+        "row-level expectation move to quarantine/date=D/ with the reason; results go to quality/date=D/ "
+        "(result.json and index.html). Exits 1 on a critical failure (that day is not scored).",
+    )
+    p.add_argument("--date", type=_date, required=True, help="the day (YYYY-MM-DD, UTC)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser(
+        "train",
+        help="train the risk models, log them to MLflow, promote a better champion",
+        description="Train the console-login and API-call risk models on the store's history: the paper's "
+        "LinearRegression baseline and stronger candidates, each an MLflow run. The best is registered and "
+        "becomes `champion` only if it beats the current champion on the held-out days.",
+    )
+    p.add_argument("--until", type=_date, default=None, help="last day of training data (default: newest day in the store)")
+    p.add_argument("--history-days", type=int, default=30, help="days of history to train on (default 30)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "score",
+        help="score a day's events with the champion models",
+        description="Score one day's validated events with the `champion` models from MLflow; writes "
+        "scores/date=D/ (rescoring replaces the day).",
+    )
+    p.add_argument("--date", type=_date, required=True, help="the day (YYYY-MM-DD, UTC)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser(
+        "report",
+        help="build (and with --send email) the daily report",
+        description="Build the daily report of the riskiest events in reports/D/ (report.html, "
+        "top_events.csv, report.json, report.eml). With --send, email it through TRAILGUARD_SMTP_URL "
+        "(smtp://user:password@host:port); without a mail server the .eml is kept instead.",
+    )
+    p.add_argument("--date", type=_date, required=True, help="the day (YYYY-MM-DD, UTC)")
+    p.add_argument("--top-k", type=int, default=20, help="how many events to list (default 20)")
+    p.add_argument("--min-score", type=float, default=0.0, help="leave out events below this risk score")
+    p.add_argument("--send", action="store_true", help="email the report")
+    p.add_argument("--to", default=None, help="comma-separated recipients (default TRAILGUARD_REPORT_RECIPIENTS)")
+    p.add_argument("--force", action="store_true", help="send even if this report was already sent")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser(
+        "label",
+        help="record an analyst's risk score for an event",
+        description="Append an analyst's decision to the label store (labels/). Analysts' scores win over "
+        "the automatic labelling rules at the next training.",
+    )
+    p.add_argument("event_id", metavar="EVENT_ID", help="the CloudTrail eventID (see top_events.csv)")
+    p.add_argument("score", metavar="SCORE", type=int, help="risk score 0 (harmless) .. 100 (an attack)")
+    p.add_argument("--verdict", default="needs-review", choices=["malicious", "benign", "needs-review"])
+    p.add_argument("--note", default="", help="why: what you checked, the ticket...")
+    p.add_argument("--analyst", default=os.environ.get("USER", "analyst"), help="who decided (default $USER)")
+    p.add_argument("--force", action="store_true", help="record it even if the event is not in the store")
+    p.set_defaults(func=cmd_label)
+
+    p = sub.add_parser(
+        "demo",
+        help="the whole pipeline on generated demo data (what `make demo` runs)",
+        description="Generate demo CloudTrail logs (if not there yet) and run the pipeline through the real "
+        "Airflow DAGs with `airflow dags test`: ingest and validate, train, score and report the last day.",
+    )
+    p.add_argument("--logs", default="demo/logs", help="where the demo logs go (default demo/logs)")
+    p.add_argument("--events", type=int, default=None, help="total demo events (default about 45,000)")
+    p.set_defaults(func=cmd_demo)
     return parser
 
 

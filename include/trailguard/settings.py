@@ -17,6 +17,7 @@ class Settings:
     allowed_lateness_hours: float
     ingest_batch_records: int
     ingest_workers: int
+    smtp_url: str | None
 
     @property
     def data_path(self) -> Path:
@@ -50,6 +51,7 @@ def load_settings(**overrides: object) -> Settings:
         "allowed_lateness_hours": float(env.get("TRAILGUARD_ALLOWED_LATENESS_HOURS", "") or 2.0),
         "ingest_batch_records": _int("TRAILGUARD_INGEST_BATCH_RECORDS", 250_000),
         "ingest_workers": _int("TRAILGUARD_INGEST_WORKERS", 1),
+        "smtp_url": env.get("TRAILGUARD_SMTP_URL", "").strip() or None,
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
     return Settings(**values)  # type: ignore[arg-type]

@@ -1,0 +1,117 @@
+"""
+### Daily risk report
+
+Every morning: scores the previous day's validated CloudTrail events with the `champion` models from
+MLflow, builds the report of the riskiest events with the reasons they scored high, and emails it to the
+security team.
+
+* **When**: daily at 06:00 UTC (the day before, once CloudTrail's late deliveries are in), and whenever a
+  day's partition passes validation (`trailguard_validated_events` Asset): a rescored day whose top events
+  changed after the email went out gets a follow-up that says what is new, never a silent change.
+* **Params** (the trigger form): `date` (default: yesterday), `top_k`, `min_score`, `recipients`
+  (default: Variable `trailguard_report_recipients` or `TRAILGUARD_REPORT_RECIPIENTS`), `send_email`.
+* **Email** through the Airflow connection `smtp_default`; with none configured the message is written
+  as `report.eml` beside the report in `reports/YYYY-MM-DD/`. The report is never lost.
+* A day whose data-quality check failed critically is not scored: the run skips with the reason.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, get_current_context, task
+from trailguard_airflow import DEFAULT_ARGS, VALIDATED_EVENTS, run_day, smtp_settings
+
+
+@dag(
+    schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable("0 6 * * *", timezone="UTC"), assets=VALIDATED_EVENTS),
+    start_date=datetime(2024, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    default_args=DEFAULT_ARGS,
+    doc_md=__doc__,
+    tags=["trailguard", "report"],
+    params={
+        "date": Param(None, type=["null", "string"], format="date", title="Day to report",
+                      description="YYYY-MM-DD (UTC). Empty: the day before the run."),
+        "top_k": Param(20, type="integer", minimum=1, maximum=500, title="Top events",
+                       description="How many of the riskiest events the report lists."),
+        "min_score": Param(0, type="number", minimum=0, maximum=100, title="Minimum risk score"),
+        "recipients": Param(None, type=["null", "string"], title="Recipients",
+                            description="Comma-separated addresses. Empty: the Variable "
+                            "trailguard_report_recipients or TRAILGUARD_REPORT_RECIPIENTS."),
+        "send_email": Param(True, type="boolean", title="Send the email",
+                            description="Off: build the report (and its .eml) without sending."),
+    },
+)
+def daily_risk_report():
+    @task
+    def check_partition() -> str:
+        """The day to report; skips the run when its partition failed validation."""
+        from airflow.sdk.exceptions import AirflowSkipException
+        from trailguard.quality import is_scorable, read_quality_status
+        from trailguard.settings import load_settings
+        from trailguard.store import EventStore
+
+        day = run_day(get_current_context(), "date", offset_days=-1).isoformat()
+        store = EventStore(load_settings().data_path)
+        if not is_scorable(store, day):
+            status = read_quality_status(store, day)
+            why = "was never validated" if status is None else f"failed validation ({status.get('status')})"
+            raise AirflowSkipException(f"{day} {why}: not scored. See quality/date={day}/index.html")
+        return day
+
+    @task
+    def score_events(day: str) -> dict:
+        from trailguard.scoring import score_day
+        from trailguard.settings import load_settings
+        from trailguard.store import EventStore
+
+        result = score_day(EventStore(load_settings().data_path), day)
+        for line in result.lines():
+            print(line)
+        return result.as_dict()
+
+    @task
+    def build_report(scored: dict, params: dict) -> dict:
+        from trailguard.report import build_report as build
+        from trailguard.settings import load_settings
+
+        report = build(load_settings().data_path, scored["date"], top_k=params["top_k"],
+                       min_score=params["min_score"], feedback_hint=feedback_hint())
+        for line in report.lines():
+            print(line)
+        return {"date": scored["date"], "html": str(report.html_path), "events": len(report.top_events)}
+
+    @task
+    def send_report(built: dict, params: dict) -> dict:
+        from airflow.sdk import Variable
+        from trailguard.mail import send_report as send
+        from trailguard.report import load_report
+        from trailguard.settings import load_settings
+
+        settings = load_settings()
+        recipients = (params.get("recipients") or Variable.get("trailguard_report_recipients", default=None)
+                      or ",".join(settings.report_recipients))
+        recipients = [r.strip() for r in recipients.split(",") if r.strip()]
+        report = load_report(settings.data_path, built["date"])
+        smtp = smtp_settings() if params["send_email"] else None
+        if not recipients:
+            raise ValueError("no recipients: set the run's 'recipients' Param, the Variable "
+                             "trailguard_report_recipients or TRAILGUARD_REPORT_RECIPIENTS")
+        result = send(report, smtp=smtp, recipients=recipients, sender=smtp.sender if smtp else None)
+        print(result.message)
+        return result.as_dict()
+
+    def feedback_hint() -> str:
+        from trailguard_airflow import trigger_url
+
+        return (f"Tell TrailGuard where it was wrong: trigger {trigger_url('record_analyst_label')} "
+                "with the event's ID and your risk score, or run "
+                "`trailguard label EVENT_ID SCORE --verdict benign --note \"why\"`.")
+
+    day = check_partition()
+    send_report(build_report(score_events(day)))
+
+
+daily_risk_report()
