@@ -99,8 +99,6 @@ def cloudtrail_ingest():
         result = validate_partition(
             EventStore(settings.data_path), day, allowed_lateness_hours=settings.allowed_lateness_hours
         )
-        for line in result.summary_lines():
-            print(line)
         if result.critical_failed:  # bad data does not get better by retrying: fail now, visibly
             from airflow.sdk.exceptions import AirflowFailException
 
