@@ -56,9 +56,26 @@ test-fast: install-test ## the fast tests only (no DAG runs or servers)
 lint: install-test ## ruff (with Airflow's AIR rules)
 	$(BIN)/ruff check dags plugins include tests bench
 
+bench: install ## time ingestion of 1M events (1 and 2 workers, the naive way) and the other stages: bench/results.json
+	PATH=$(BIN):$$PATH $(BIN)/python bench/run.py $(BENCH_ARGS)
+
 lock: ## re-resolve requirements*.txt into the pinned locks
 	$(UV) pip compile requirements.txt --python-version 3.11 --annotation-style line -o requirements.lock
 	$(UV) pip compile requirements-test.txt -c requirements.lock --python-version 3.11 --annotation-style line -o requirements-test.lock
 
 clean: ## remove the demo output and Airflow's local state (keeps .venv)
 	rm -rf demo .airflow .run
+
+# The local stack on 127.0.0.1 (scripts/stack.py): Airflow (LocalExecutor, SQLite), MLflow server, mail catcher.
+# Ports: TRAILGUARD_AIRFLOW_PORT (8080), TRAILGUARD_MLFLOW_PORT (5000), TRAILGUARD_SMTP_PORT (1025),
+# TRAILGUARD_MAIL_UI_PORT (8025). Data: TRAILGUARD_DATA (default demo/data). PIDs and logs: .run/
+.PHONY: up down status
+up: ## start Airflow, MLflow and a mail catcher in the background (demo data by default)
+	@test -x $(BIN)/airflow || $(MAKE) install
+	@PATH=$(BIN):$$PATH $(BIN)/python scripts/stack.py up
+
+down: ## stop everything `make up` started
+	@$(BIN)/python scripts/stack.py down
+
+status: ## show what `make up` started and whether it is healthy
+	@$(BIN)/python scripts/stack.py status

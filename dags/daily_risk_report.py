@@ -77,11 +77,11 @@ def daily_risk_report():
         from trailguard.report import build_report as build
         from trailguard.settings import load_settings
 
-        report = build(load_settings().data_path, scored["date"], top_k=params["top_k"],
+        report = build(load_settings().data_path, scored["day"], top_k=params["top_k"],
                        min_score=params["min_score"], feedback_hint=feedback_hint())
         for line in report.lines():
             print(line)
-        return {"date": scored["date"], "html": str(report.html_path), "events": len(report.top_events)}
+        return {"date": scored["day"], "html": str(report.html_path), "events": len(report.top_events)}
 
     @task
     def send_report(built: dict, params: dict) -> dict:
