@@ -77,6 +77,7 @@ def cloudtrail_ingest():
             start=start,
             end=end,
             batch_records=settings.ingest_batch_records,
+            workers=settings.ingest_workers,
         )
         for line in summary.lines():
             print(line)

@@ -75,6 +75,7 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
             start=args.start,
             end=args.end,
             batch_records=settings.ingest_batch_records,
+            workers=args.workers or settings.ingest_workers,
             progress=update,
         )
     finally:
@@ -226,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", required=True, help="folder, s3://bucket/prefix or cloudwatch://log-group")
     p.add_argument("--start", type=_date, help="first delivery date to read (YYYY-MM-DD, UTC)")
     p.add_argument("--end", type=_date, help="last delivery date to read (YYYY-MM-DD, UTC)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="processes that fetch and decode (default TRAILGUARD_INGEST_WORKERS, else 1)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_ingest)
 

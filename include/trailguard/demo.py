@@ -100,7 +100,12 @@ class _MailCatcher:
                 (catcher.folder / name).write_bytes(envelope.original_content or envelope.content)
                 return "250 Message accepted"
 
-        self.controller = Controller(Handler(), hostname="127.0.0.1", port=0)
+        import socket
+
+        with socket.socket() as probe:  # aiosmtpd checks its own port after start: it cannot be 0
+            probe.bind(("127.0.0.1", 0))
+            free = probe.getsockname()[1]
+        self.controller = Controller(Handler(), hostname="127.0.0.1", port=free)
 
     def __enter__(self) -> _MailCatcher:
         self.controller.start()
@@ -111,7 +116,7 @@ class _MailCatcher:
 
     @property
     def port(self) -> int:
-        return self.controller.server.sockets[0].getsockname()[1]
+        return self.controller.port
 
     def connection_json(self) -> str:
         return json.dumps({"conn_type": "smtp", "host": "127.0.0.1", "port": self.port,

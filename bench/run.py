@@ -1,0 +1,333 @@
+"""TrailGuard's benchmark: ingestion end to end, against the naive way, and the other stages when present.
+
+    make bench                                   # 1,000,000 events (generated once, cached in bench/work/)
+    python bench/run.py --events 200000          # a smaller run
+    python bench/run.py --only ingest,naive      # some stages only
+
+Every measured stage runs in a child process, so that its peak memory is its own: the table gives wall
+seconds, CPU seconds (the child and its workers), records/s, MB/s of compressed input and peak RSS (the
+largest process, and the whole process tree as sampled). Results go to bench/results.json.
+
+The machine may be shared: CPU seconds and the load average at the start are recorded beside wall time.
+Stages whose modules are not there yet print "not available yet"; each is a small function below.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import multiprocessing
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+PROJECT = Path(__file__).resolve().parents[1]
+NOT_AVAILABLE = "not available yet"
+STAGES = ("ingest", "rerun", "naive", "dags", "validate", "features", "train", "score", "report", "demo")
+
+
+# -- measuring a child process --------------------------------------------------------------------------
+def measure(work: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+    """Run ``work(*args)`` in a forked child; its result plus wall and CPU seconds and peak memory.
+
+    The child times the work itself (not its own start); CPU seconds include its worker processes.
+    """
+    context = multiprocessing.get_context("fork")
+    receive, send = context.Pipe(duplex=False)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    child = context.Process(target=_child, args=(send, work, args))
+    child.start()
+    send.close()
+    sampler = _TreeSampler(child.pid)
+    sampler.start()
+    result = receive.recv()
+    child.join()
+    sampler.stop()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    result["cpu_seconds"] = round(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime, 2)
+    result["peak_rss_tree_mb"] = round(sampler.peak / 2**20)
+    return result
+
+
+def _child(send: Any, work: Callable[..., dict[str, Any]], args: tuple) -> None:
+    try:
+        started = time.perf_counter()
+        result = work(*args)
+        result["seconds"] = round(time.perf_counter() - started, 2)
+    except ImportError as exc:
+        result = {"skipped": NOT_AVAILABLE, "detail": str(exc)}
+    except Exception as exc:  # a stage that fails is reported, the others still run
+        result = {"skipped": "failed", "detail": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()[-2000:]}
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # the largest of its workers
+    result.update(peak_rss_mb=round(own / 1024), peak_rss_worker_mb=round(children / 1024) if children else None)
+    send.send(result)
+    send.close()
+
+
+class _TreeSampler(threading.Thread):
+    """The largest total RSS of a process and its descendants, sampled every 50 ms."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.process = psutil.Process(pid)
+        self.peak = 0
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while not self._done.wait(0.05):
+            try:
+                tree = [self.process, *self.process.children(recursive=True)]
+                self.peak = max(self.peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+            except psutil.Error:
+                continue
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join()
+
+
+# -- data ------------------------------------------------------------------------------------------------
+def demo_logs(work: Path, events: int, days: int = 30) -> Path:
+    """Demo CloudTrail logs for ``events`` events over ``days`` days, generated once and kept."""
+    from trailguard import demo_data
+
+    out = work / (f"logs-{events}" if days == 30 else f"logs-{events}-{days}d")
+    if not (out / "demo_summary.json").exists():
+        print(f"generating {events:,} events over {days} days in {out} (once) ...", flush=True)
+        demo_data.generate(out, events=events, days=days)
+    return out
+
+
+def log_files(logs: Path) -> list[Path]:
+    from trailguard.sources import skip_reason
+
+    return sorted(p for p in logs.rglob("*") if p.is_file() and skip_reason(p.relative_to(logs).as_posix()) is None)
+
+
+# -- stages: each returns a dict of figures ---------------------------------------------------------------
+def ingest_stage(logs: str, data: str, workers: int) -> dict[str, Any]:
+    from trailguard.ingest import ingest
+    from trailguard.sources import LocalFolderSource
+    from trailguard.store import EventStore
+
+    summary = ingest(LocalFolderSource(logs), EventStore(Path(data)), workers=workers)
+    return {key: getattr(summary, key) for key in ("objects", "objects_ingested", "objects_quarantined",
+                                                   "objects_already_ingested", "records", "new", "duplicates", "quarantined")}
+
+
+def naive_stage(files: list[str], out: str, limit: int) -> dict[str, Any]:
+    """The way the issue started from: json.load and pandas.json_normalize per file, concat, parquet."""
+    import pandas as pd
+
+    frames, records = [], 0
+    for name in files:
+        try:
+            with gzip.open(name) as handle:
+                batch = json.load(handle)["Records"]
+        except (OSError, EOFError, ValueError, KeyError):
+            continue
+        frames.append(pd.json_normalize(batch))
+        records += len(batch)
+        if records >= limit:
+            break
+    frame = pd.concat(frames, ignore_index=True)
+    mixed = [c for c in frame.columns if frame[c].dtype == object]
+    frame = frame.astype({c: "string" for c in mixed})  # nested lists and dicts as their text
+    frame.to_parquet(out)
+    return {"records": records}
+
+
+def dag_parse_stage() -> dict[str, Any]:
+    """Each DAG file run in a fresh interpreter with Airflow already imported, as the DAG processor does."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PROJECT / "plugins"), os.environ.get("PYTHONPATH", "")])}
+    code = "import sys, time, runpy, airflow.sdk; t = time.perf_counter(); runpy.run_path(sys.argv[1]); print(time.perf_counter() - t)"
+    seconds = {}
+    for path in sorted((PROJECT / "dags").glob("*.py")):
+        out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, env=env, timeout=300)
+        if out.returncode != 0:
+            raise RuntimeError(f"{path.name}: {out.stderr.strip()[-500:]}")
+        seconds[path.name] = round(float(out.stdout.strip().splitlines()[-1]), 3)
+    return {"files": seconds}
+
+
+def validate_stage(data: str, day: str) -> dict[str, Any]:
+    from trailguard.quality import validate_partition
+    from trailguard.store import EventStore
+
+    result = validate_partition(EventStore(Path(data)), day)
+    return {"date": day, "rows": result.rows_in, "quality": result.status}
+
+
+def features_stage(data: str, day: str) -> dict[str, Any]:
+    from trailguard.features import load_day_features
+    from trailguard.store import EventStore
+
+    return {"date": day, "rows": len(load_day_features(EventStore(Path(data)), day))}
+
+
+def train_stage(data: str, day: str) -> dict[str, Any]:
+    from datetime import date
+
+    from trailguard.store import EventStore
+    from trailguard.training import train
+
+    result = train(EventStore(Path(data)), until=date.fromisoformat(day))
+    return {"until": day, "result": "; ".join(result.lines())[:300]}
+
+
+def score_stage(data: str, day: str) -> dict[str, Any]:
+    from trailguard.scoring import score_day
+    from trailguard.store import EventStore
+
+    result = score_day(EventStore(Path(data)), day)
+    return {"date": day, "result": "; ".join(result.lines())[:300]}
+
+
+def report_stage(data: str, day: str) -> dict[str, Any]:
+    from trailguard.report import build_report
+
+    report = build_report(Path(data), day)
+    return {"date": day, "events": len(report.top_events)}
+
+
+def demo_stage(work: str) -> dict[str, Any]:
+    """What `make demo` runs (`trailguard demo`), with its data and logs under bench/work/demo."""
+    import trailguard.demo  # noqa: F401  (not available yet: nothing to time)
+
+    folder = Path(work) / "demo"
+    shutil.rmtree(folder / "data", ignore_errors=True)
+    command = [str(Path(sys.executable).with_name("trailguard")), "--data", str(folder / "data"), "demo", "--logs", str(folder / "logs")]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=3600)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr.strip()[-800:] or out.stdout.strip()[-800:])
+    return {}
+
+
+# -- the run ---------------------------------------------------------------------------------------------
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    work = Path(args.work).resolve()
+    stages = set(args.only.split(",")) if args.only else set(STAGES)
+    logs = demo_logs(work, args.events)
+    files = log_files(logs)
+    input_bytes = sum(f.stat().st_size for f in files)
+    results: dict[str, Any] = {
+        "events": args.events,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_average_at_start": os.getloadavg()},
+        "input": {"folder": str(logs), "files": len(files), "compressed_mb": round(input_bytes / 2**20, 1)},
+    }
+    stores = work / f"stores-{args.events}"
+    shutil.rmtree(stores, ignore_errors=True)
+
+    def step(name: str, work_fn: Callable[..., dict[str, Any]], *work_args: Any) -> dict[str, Any]:
+        print(f"  {name} ...", flush=True)
+        figures = measure(work_fn, *work_args)
+        results.setdefault("stages", {})[name] = figures
+        return figures
+
+    if "ingest" in stages:
+        for workers in args.workers:
+            figures = step(f"ingest_{workers}_workers", ingest_stage, str(logs), str(stores / f"workers-{workers}"), workers)
+            _rates(figures, input_bytes)
+        runs = [results["stages"][f"ingest_{w}_workers"] for w in args.workers]
+        if len(runs) > 1 and all("seconds" in r for r in runs):
+            results["speedup"] = {f"{w}_vs_{args.workers[0]}_workers": round(runs[0]["seconds"] / r["seconds"], 2)
+                                  for w, r in zip(args.workers[1:], runs[1:], strict=True)}
+    store = stores / f"workers-{args.workers[0]}"
+    if "rerun" in stages and store.exists():
+        step("rerun", ingest_stage, str(logs), str(store), args.workers[-1])
+    if "naive" in stages:
+        figures = step("naive", naive_stage, [str(f) for f in files], str(work / "naive.parquet"), args.naive_events)
+        _rates(figures, None)
+        best = max((r.get("records_per_s", 0) for n, r in results["stages"].items() if n.startswith("ingest_")), default=0)
+        if best and figures.get("records_per_s"):
+            results["speedup"] = {**results.get("speedup", {}), "vs_naive": round(best / figures["records_per_s"], 1)}
+    if "dags" in stages:
+        step("dag_parse", dag_parse_stage)
+    day = _last_day(store)
+    if "validate" in stages:
+        busy = demo_logs(work, args.events, days=1)
+        busy_store = stores / "one-day"
+        ingest_figures = step("ingest_one_day", ingest_stage, str(busy), str(busy_store), args.workers[-1])
+        _rates(ingest_figures, sum(f.stat().st_size for f in log_files(busy)))
+        step("validate_one_day", validate_stage, str(busy_store), _last_day(busy_store))
+    for name, stage_fn in (("features", features_stage), ("train", train_stage), ("score", score_stage),
+                           ("report", report_stage)):
+        if name in stages and day:
+            step(f"{name}_last_day" if name != "train" else "train", stage_fn, str(store), day)
+    if "demo" in stages:
+        step("demo", demo_stage, str(work))
+    return results
+
+
+def _rates(figures: dict[str, Any], input_bytes: int | None) -> None:
+    if figures.get("seconds") and figures.get("records"):
+        figures["records_per_s"] = round(figures["records"] / figures["seconds"])
+        if input_bytes:
+            figures["mb_per_s"] = round(input_bytes / 2**20 / figures["seconds"], 1)
+
+
+def _last_day(data: Path) -> str | None:
+    from trailguard.store import EventStore
+
+    dates = EventStore(data).dates() if data.exists() else []
+    return dates[-1] if dates else None
+
+
+def table(results: dict[str, Any]) -> str:
+    rows = [("stage", "seconds", "cpu s", "records", "records/s", "MB/s", "peak RSS MB (largest / tree)")]
+    for name, r in results.get("stages", {}).items():
+        if r.get("skipped"):
+            rows.append((name, r["skipped"], "", "", "", "", r.get("detail", "").strip().splitlines()[-1][:80]))
+            continue
+        peak = f"{r.get('peak_rss_mb')}" + (f" (children {r['peak_rss_worker_mb']})" if r.get("peak_rss_worker_mb") else "")
+        count = r.get("records") or r.get("rows")
+        rows.append((name, f"{r['seconds']:.2f}", f"{r['cpu_seconds']:.1f}", f"{count:,}" if count else "",
+                     f"{r['records_per_s']:,}" if r.get("records_per_s") else "", str(r.get("mb_per_s", "")),
+                     f"{peak} / {r['peak_rss_tree_mb']}"))
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    parse = results.get("stages", {}).get("dag_parse", {}).get("files", {})
+    lines += [f"DAG parse {name}: {seconds:.3f} s" for name, seconds in parse.items()]
+    lines += [f"speed-up {name.replace('_', ' ')}: {value}x" for name, value in results.get("speedup", {}).items()]
+    machine = results["machine"]
+    lines.append(f"{machine['cpus']} CPUs, load average at start {', '.join(f'{x:.1f}' for x in machine['load_average_at_start'])}; "
+                 f"input {results['input']['files']} files, {results['input']['compressed_mb']} MB compressed")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=1_000_000, help="events to generate and ingest (default 1,000,000)")
+    parser.add_argument("--naive-events", type=int, default=100_000, help="records for the naive baseline (default 100,000)")
+    parser.add_argument("--workers", default="1,2", help="worker counts to compare (default 1,2)")
+    parser.add_argument("--only", default=None, help=f"comma-separated stages (default all: {','.join(STAGES)})")
+    parser.add_argument("--work", default=str(PROJECT / "bench" / "work"), help="cached logs and stores (default bench/work)")
+    parser.add_argument("--results", default=str(PROJECT / "bench" / "results.json"), help="where the figures go")
+    args = parser.parse_args(argv)
+    args.workers = [int(w) for w in args.workers.split(",")]
+    os.environ.setdefault("AIRFLOW_HOME", str(Path(args.work).resolve() / "airflow"))
+    os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+    import trailguard.ingest  # noqa: F401  (imported once here: the children time ingesting, not importing)
+
+    results = run(args)
+    Path(args.results).write_text(json.dumps(results, indent=2, default=str) + "\n")
+    print(table(results))
+    print(f"results: {args.results}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

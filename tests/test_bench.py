@@ -1,0 +1,30 @@
+"""The benchmark's own smoke test: `bench/run.py` on 2,000 events gives every ingestion figure."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.conftest import PROJECT
+
+
+def test_bench_runs_on_small_data_and_writes_the_figures(tmp_path):
+    results = tmp_path / "results.json"
+    command = [sys.executable, str(PROJECT / "bench" / "run.py"), "--events", "2000", "--naive-events", "300",
+               "--work", str(tmp_path / "work"), "--results", str(results), "--only", "ingest,rerun,naive"]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    figures = json.loads(results.read_text())
+    stages = figures["stages"]
+    for name in ("ingest_1_workers", "ingest_2_workers"):
+        run = stages[name]
+        assert run["new"] == run["records"] - run["quarantined"] > 1500, run  # the demo's two bad records
+        assert run["seconds"] > 0 and run["records_per_s"] > 0 and run["mb_per_s"] > 0 and run["peak_rss_mb"] > 0
+    assert stages["ingest_2_workers"]["peak_rss_worker_mb"] > 0  # the worker processes were measured too
+    first = stages["ingest_1_workers"]
+    assert stages["rerun"]["objects_already_ingested"] == first["objects_ingested"] + first["objects_quarantined"]
+    assert stages["rerun"]["records"] == 0
+    assert stages["naive"]["records"] >= 300 and stages["naive"]["records_per_s"] > 0
+    assert figures["speedup"]["2_vs_1_workers"] > 0 and figures["speedup"]["vs_naive"] > 0
+    assert "records/s" in out.stdout and "speed-up" in out.stdout
