@@ -56,11 +56,13 @@ def risk_model_training():
         from airflow.sdk import get_current_context
         from trailguard.settings import load_settings
         from trailguard.store import EventStore
+        from trailguard.summaries import save_training_summary
         from trailguard.training import train
 
         until = run_day(get_current_context(), "until", offset_days=-1)
         settings = load_settings()
         result = train(EventStore(settings.data_path), until=until, history_days=params["history_days"])
+        save_training_summary(settings.data_path, result)
         for line in result.lines():
             print(line)
         return result.as_dict()

@@ -132,9 +132,11 @@ def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     from trailguard.store import EventStore
+    from trailguard.summaries import save_training_summary
     from trailguard.training import train
 
     result = train(EventStore(settings.data_path), until=args.until, history_days=args.history_days)
+    save_training_summary(settings.data_path, result)
     _emit(args, result.as_dict(), result.lines())
     return 0
 

@@ -58,6 +58,15 @@ def quality_lines(data_root: Path) -> list[str]:
     return lines
 
 
+def save_training_summary(data_root: Path, result: object) -> Path:
+    """Keep the last training's table beside the data (MLflow has the details) for `demo` and logs."""
+    from trailguard.store import write_bytes_atomic
+
+    document = {"lines": result.lines(), "result": result.as_dict()}
+    path = Path(data_root) / "models" / "last_training.json"
+    return write_bytes_atomic(json.dumps(document, indent=2, default=str).encode(), path)
+
+
 def training_lines(data_root: Path) -> list[str]:
     path = data_root / "models" / "last_training.json"
     if not path.exists():
