@@ -55,7 +55,7 @@ def test_dag_file_parses_fast_without_heavy_imports(path):
 
 @pytest.mark.slow
 def test_ingest_dag_runs_on_logs(dagbag, tmp_path, monkeypatch):
-    from tests.test_ingest import write_log, record
+    from tests.test_ingest import record, write_log
 
     src = tmp_path / "logs"
     write_log(src, "a.json.gz", [record(f"e{i}", time=f"2024-07-30T{i:02d}:00:00Z") for i in range(12)])

@@ -8,11 +8,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-
-from tests.conftest import fixture_records
 from trailguard.ingest import IngestSummary, decode_object, ingest
 from trailguard.sources import LocalFolderSource, skip_reason
 from trailguard.store import EventStore
+
+from tests.conftest import fixture_records
 
 KEY_DIR = "AWSLogs/111122223333/CloudTrail/us-east-1/2024/07/30"
 

@@ -5,8 +5,14 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 import pytest
-
-from trailguard.schema import EVENT_COLUMNS, MAX_FIELD_CHARS, RecordError, normalise, parse_event_time, rows_to_table
+from trailguard.schema import (
+    EVENT_COLUMNS,
+    MAX_FIELD_CHARS,
+    RecordError,
+    normalise,
+    parse_event_time,
+    rows_to_table,
+)
 
 UTC = timezone.utc
 

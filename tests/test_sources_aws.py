@@ -7,10 +7,11 @@ import json
 import uuid
 from datetime import date, datetime, timedelta, timezone
 
-from tests.test_ingest import assert_counts_add_up, record, stored_ids
 from trailguard.ingest import ingest
 from trailguard.sources import CloudWatchLogsSource, S3Source, open_source
 from trailguard.store import EventStore
+
+from tests.test_ingest import assert_counts_add_up, record, stored_ids
 
 
 def _key(account: str, region: str, day: str, n: int) -> str:

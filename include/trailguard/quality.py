@@ -44,6 +44,7 @@ import pyarrow.parquet as pq
 
 from trailguard.schema import EVENT_SCHEMA
 from trailguard.store import EventStore, new_run_id, write_bytes_atomic, write_parquet_atomic
+from trailguard.store import day_text as _day_text
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -1029,17 +1030,6 @@ def _pandas() -> Any:
     import pandas
 
     return pandas
-
-
-def _day_text(day: date | str) -> str:
-    if isinstance(day, datetime):
-        return day.date().isoformat()
-    if isinstance(day, date):
-        return day.isoformat()
-    try:
-        return date.fromisoformat(str(day)).isoformat()
-    except ValueError as exc:
-        raise ValueError(f"not a date (YYYY-MM-DD): {day!r}") from exc
 
 
 def _utc(moment: datetime) -> datetime:

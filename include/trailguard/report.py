@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from trailguard.store import day_text as _day_text
 from trailguard.store import write_bytes_atomic
 
 log = logging.getLogger(__name__)
@@ -131,17 +132,6 @@ def _iso(value: Any) -> str | None:
     if is_missing(value):
         return None
     return pd.Timestamp(value).tz_convert("UTC").strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _day_text(day: date | str) -> str:
-    if isinstance(day, datetime):
-        return day.date().isoformat()
-    if isinstance(day, date):
-        return day.isoformat()
-    try:
-        return date.fromisoformat(str(day)).isoformat()
-    except ValueError as exc:
-        raise ValueError(f"not a date (YYYY-MM-DD): {day!r}") from exc
 
 
 def scores_dir(data_root: Path | str, day: date | str) -> Path:

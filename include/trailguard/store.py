@@ -192,7 +192,7 @@ class EventStore:
         return self.root / "quarantine"
 
     def partition_dir(self, day: date | str) -> Path:
-        return self.events_dir / f"date={_day(day)}"
+        return self.events_dir / f"date={day_text(day)}"
 
     # -- events ------------------------------------------------------------------------------------
     def dates(self) -> list[str]:
@@ -267,7 +267,7 @@ class EventStore:
         The new file is in place before the old parts go, so a crash leaves extra rows, never lost ones,
         and the next rewrite of the day removes the leftovers.
         """
-        key = _day(day)
+        key = day_text(day)
         old = self.partition_files(key)
         final = self.partition_dir(key) / f"part-{new_run_id()}-compact.parquet"
         write_parquet_atomic(table.cast(EVENT_SCHEMA), final)
@@ -366,7 +366,8 @@ def event_days(event_time: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return event_time.cast(pa.date32()).to_numpy()
 
 
-def _day(day: date | str) -> str:
+def day_text(day: date | str) -> str:
+    """``YYYY-MM-DD`` of a date, datetime or date text; a clear error for anything else."""
     if isinstance(day, (date, datetime)):
         return day.strftime("%Y-%m-%d")
     text = str(day)
