@@ -55,10 +55,11 @@ def record_analyst_label():
 
             raise AirflowFailException(f"no event with eventID {event_id!r} in the store: check the ID in the report")
         analyst = params.get("analyst") or getattr(dag_run, "triggering_user_name", None) or "unknown"
-        row = append_label(settings.data_path, event_id, params["risk_score"], verdict=params["verdict"],
-                           analyst=analyst, note=params.get("note") or "")
-        print(f"recorded: {event_id} risk {params['risk_score']} ({params['verdict']}) by {analyst}")
-        return {k: str(v) for k, v in dict(row).items()}
+        path = append_label(settings.data_path, event_id, params["risk_score"], verdict=params["verdict"],
+                            analyst=analyst, note=params.get("note") or "")
+        print(f"recorded: {event_id} risk {params['risk_score']} ({params['verdict']}) by {analyst} in {path}")
+        return {"event_id": event_id, "risk_score": params["risk_score"], "verdict": params["verdict"],
+                "analyst": analyst, "path": str(path)}
 
     record_label()
 

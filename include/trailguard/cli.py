@@ -179,14 +179,13 @@ def cmd_label(args: argparse.Namespace, settings: Settings) -> int:
               "(top_events.csv of the report has it), or pass --force to label it anyway", file=sys.stderr)
         return 1
     try:
-        row = record_label(settings.data_path, args.event_id, args.score, verdict=args.verdict,
+        record_label(settings.data_path, args.event_id, args.score, verdict=args.verdict,
                            analyst=args.analyst, note=args.note)
     except ValueError as exc:
         print(str(exc), file=sys.stderr)
         return 2
     print(f"recorded {args.event_id}: risk {args.score} ({args.verdict}) by {args.analyst}; "
           "the next `trailguard train` uses it")
-    _ = row
     return 0
 
 

@@ -11,8 +11,8 @@ Principal = ``userIdentity.arn``, else ``principalId``, else ``accountId``.
 Scale: history is summarised per day into a small *profile* - counts per (dimension, principal, value) -
 cached under ``<data root>/profiles/date=YYYY-MM-DD/profile.parquet`` and rebuilt when the day's partition
 files change. A day's features then need only the day's events, 30 small profiles and the last hour of
-the previous day; every lookup is a groupby, a merge on unique pairs or a sorted-array search, never a
-Python loop over rows.
+the previous day; every lookup is a factorize, an Arrow hash lookup of the day's distinct pairs or a
+sorted-array search, never a Python loop over rows (a million events take a few seconds).
 """
 
 from __future__ import annotations
