@@ -202,7 +202,10 @@ def test_the_champion_scores_new_rows_as_in_training(demo, first):
     assert (top["reasons"] != "").all()
 
     mlflow.set_tracking_uri(uri)
-    features = feat.load_day_features(store, day)
+    from trailguard.detections import label_events
+
+    events = feat.load_day_events(store, day)
+    features = feat.add_rule_score(feat.load_day_features(store, day, events=events), label_events(events))
     for uc, fs in feat.FEATURE_SETS.items():
         rows = features[features["use_case"] == uc]
         X = model_input(rows, fs)

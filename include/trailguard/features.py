@@ -137,6 +137,11 @@ class FeatureSet:
         return tuple(dict.fromkeys((*self.paper_categorical, *self.categorical)))
 
 
+# The labelling functions' score (trailguard.detections) as one model input: the rules encode analysts'
+# knowledge of what is dangerous, the models learn how much to trust them next to behaviour, and analysts'
+# own scores correct both. Not built here (the rules need the raw records): training and scoring add it.
+RULE_SCORE = "rule_score"
+
 _WINDOW_FEATURES = ("last_hour_events", "last_hour_failures", "last_hour_failure_rate", "last_hour_distinct_names")
 COUNT_FEATURES = ("last_hour_events", "last_hour_failures", "last_hour_distinct_names")  # models take log1p
 _COMMON_BEHAVIOUR = (
@@ -185,6 +190,7 @@ FEATURE_SETS: dict[str, FeatureSet] = {
             "is_root",
             "cross_account",
             "ua_offensive",
+            RULE_SCORE,
         ),
         behaviour=_COMMON_BEHAVIOUR,
     ),
@@ -221,6 +227,7 @@ FEATURE_SETS: dict[str, FeatureSet] = {
             "is_root",
             "cross_account",
             "ua_offensive",
+            RULE_SCORE,
         ),
         behaviour=(
             *_COMMON_BEHAVIOUR,
@@ -234,6 +241,13 @@ FEATURE_SETS: dict[str, FeatureSet] = {
         ),
     ),
 }
+
+
+def add_rule_score(features: pd.DataFrame, rule_labels: pd.DataFrame) -> pd.DataFrame:
+    """Put the labelling functions' score (``detections.label_events`` of the same events) beside the
+    features, as training and scoring both need it."""
+    features[RULE_SCORE] = rule_labels["lf_score"].loc[features.index].to_numpy(np.float64)
+    return features
 
 
 # -- history --------------------------------------------------------------------------------------------

@@ -157,7 +157,7 @@ def read_scores(data_root: Path | str, day: date | str) -> pd.DataFrame:
         )
     import pyarrow.parquet as pq
 
-    wanted = (*REQUIRED_COLUMNS, *TEXT_COLUMNS)  # lf_score, anomaly_score... are not reported
+    wanted = (*REQUIRED_COLUMNS, *TEXT_COLUMNS, "lf_rules")  # lf_rules groups bursts; scores are not reported
     frames = [
         pd.read_parquet(path, columns=[c for c in pq.read_schema(path).names if c in wanted])
         for path in files
@@ -194,7 +194,7 @@ def rank_findings(scores: pd.DataFrame, *, top_k: int, min_score: float = 0.0) -
     """
     valid = scores["risk_score"].notna().to_numpy()
     index = scores.index[valid]
-    group = scores.loc[valid, list(GROUP_KEYS)].groupby(list(GROUP_KEYS), dropna=False, sort=False).ngroup()
+    group = _group_keys(scores.loc[valid]).groupby(list(GROUP_KEYS), dropna=False, sort=False).ngroup()
     group = group.to_numpy()
     per_event = pd.DataFrame({
         "group": group,
@@ -226,9 +226,40 @@ def rank_findings(scores: pd.DataFrame, *, top_k: int, min_score: float = 0.0) -
     return Findings(top=top, total=len(stats), high_risk=int((stats["max_risk"] >= HIGH_RISK).sum()))
 
 
+def _burst_rules() -> dict[str, str]:
+    """Each window rule's detection ids -> the rule's first id: one burst, one finding, whatever it called."""
+    from trailguard.detections import WINDOW_RULES
+
+    return {d.rule_id: rule.detections[0].rule_id for rule in WINDOW_RULES for d in rule.detections}
+
+
+def _burst_of(rules: Any) -> str | None:
+    if is_missing(rules):
+        return None
+    mapping = _burst_rules()
+    return next((mapping[r] for r in str(rules).split(",") if r in mapping), None)
+
+
+def _group_keys(scores: pd.DataFrame) -> pd.DataFrame:
+    """The grouping columns; events of one burst found by a window rule (access-denied recon, secret
+    harvesting, brute force, mass deletion) group as that burst, not per API call and error code."""
+    keys = scores[list(GROUP_KEYS)].copy()
+    if "lf_rules" in scores:
+        burst = scores["lf_rules"].map(_burst_of)
+        hit = burst.notna().to_numpy()
+        if hit.any():
+            keys.loc[hit, "eventName"] = "burst:" + burst[hit]
+            keys.loc[hit, "errorCode"] = None
+    return keys
+
+
 def group_id(row: Mapping[str, Any]) -> str:
     """A short stable id of a finding's group, so an update mail can tell new findings from known ones."""
-    key = "\x1f".join("\x00" if is_missing(row.get(k)) else str(row.get(k)) for k in GROUP_KEYS)
+    values = {k: row.get(k) for k in GROUP_KEYS}
+    burst = _burst_of(row.get("lf_rules"))
+    if burst:
+        values.update(eventName="burst:" + burst, errorCode=None)
+    key = "\x1f".join("\x00" if is_missing(v) else str(v) for v in values.values())
     return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 

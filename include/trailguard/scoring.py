@@ -191,6 +191,7 @@ def _score_day(
     lf = label_events(events)
     clock("rules")
     features = feat.load_day_features(store, key, history_days, events=events)
+    feat.add_rule_score(features, lf)
     del events
     clock("features")
     n = len(features)

@@ -336,6 +336,7 @@ def training_data(
             continue
         lf = label_events(events)
         frame = feat.load_day_features(store, day, history_days, enricher=enricher, events=events)
+        feat.add_rule_score(frame, lf)
         targets, sources = labels_mod.targets_and_sources(events, lf, analyst)
         for uc in USE_CASES:
             mask = frame["use_case"].eq(uc).to_numpy()
