@@ -259,7 +259,7 @@ def is_scorable(store: EventStore, day: date | str) -> bool:
     if status.get("status") == FAILED:
         log.info("%s: data quality failed, not scorable", day_text)
         return False
-    rows_now = sum(pq.ParquetFile(f).metadata.num_rows for f in store.partition_files(day_text))
+    rows_now = store.count_rows(day_text)
     if rows_now != status.get("rows_passed"):
         log.warning(
             "%s: partition has %d rows, validation saw %s: validate again before scoring",
@@ -1023,7 +1023,7 @@ def _read_files(files: list[Path], columns: tuple[str, ...] | None) -> pa.Table:
 def _history_counts(store: EventStore, day_text: str, history_days: int) -> list[int]:
     """Row counts of the latest ``history_days`` partitions before the day, from parquet footers."""
     earlier = [d for d in store.dates() if d < day_text][-history_days:] if history_days > 0 else []
-    return [sum(pq.ParquetFile(f).metadata.num_rows for f in store.partition_files(d)) for d in earlier]
+    return [store.count_rows(d) for d in earlier]
 
 
 def _pandas() -> Any:

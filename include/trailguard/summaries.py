@@ -23,7 +23,7 @@ def ingest_lines(data_root: Path) -> list[str]:
     status = Counter(latest["status"])
     days = store.dates()
     rejected = store.read_quarantined_records().num_rows
-    events = sum(store.read_partition(d, ["eventID"]).num_rows for d in days)
+    events = sum(store.count_rows(d) for d in days)
     lines = [
         f"objects: {len(latest):,} seen - {status.get('ingested', 0):,} ingested, "
         f"{status.get('skipped', 0):,} skipped (digest/insight/other), {status.get('quarantined', 0):,} quarantined",
