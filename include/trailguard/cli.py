@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from datetime import date
 from pathlib import Path
 
-from trailguard.settings import Settings, load_settings
+from trailguard.settings import ConfigError, Settings, load_settings
 
 log = logging.getLogger("trailguard")
 
@@ -21,8 +21,9 @@ FEEDBACK_HINT = (
 )
 
 EPILOG = """\
-Environment: TRAILGUARD_DATA (data root, default ./data), MLFLOW_TRACKING_URI (default: a SQLite store
-inside the data root). See .env.example for the rest.
+Environment: TRAILGUARD_DATA (data root: a folder or s3://bucket/prefix, default ./data),
+MLFLOW_TRACKING_URI (default: a SQLite store inside a local data root; required with an S3 one).
+See .env.example for the rest.
 
 Typical first run:
   trailguard demo                       # generate demo CloudTrail logs and run the whole pipeline
@@ -192,6 +193,8 @@ def cmd_label(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from trailguard.demo import run_demo
 
+    if not isinstance(settings.data_path, Path):
+        raise ConfigError(f"trailguard demo runs on a local data root, not {settings.data_root}: use --data ./demo/data")
     return run_demo(settings.data_path, Path(args.logs), events=args.events)
 
 
@@ -210,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--data", help="data root (overrides TRAILGUARD_DATA; default ./data)")
+    parser.add_argument("--data", help="data root: a folder or s3://bucket/prefix (overrides TRAILGUARD_DATA; default ./data)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more (debug level)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -334,6 +337,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = load_settings(data_root=args.data)
     try:
         return int(args.func(args, settings) or 0)
+    except ConfigError as exc:
+        print(f"configuration: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted: what was written so far is complete and consistent; rerun to continue", file=sys.stderr)
         return 130

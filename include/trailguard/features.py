@@ -23,16 +23,15 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from trailguard import enrich
 from trailguard.enrich import Enricher
+from trailguard.fs import DataPath, parquet_schema, read_parquet
 from trailguard.store import EventStore, write_parquet_atomic
 
 log = logging.getLogger(__name__)
@@ -715,7 +714,7 @@ def _fingerprint(store: EventStore, day: str, enricher: Enricher) -> str:
     return json.dumps({"version": PROFILE_VERSION, "geo": enricher.backend, "files": files}, sort_keys=True)
 
 
-def profile_path(store: EventStore, day: str) -> Path:
+def profile_path(store: EventStore, day: str) -> DataPath:
     return store.root / "profiles" / f"date={day}" / "profile.parquet"
 
 
@@ -723,7 +722,7 @@ def _read_profile(store: EventStore, day: str, fingerprint: str) -> pa.Table | N
     if not _profile_fresh(store, day, fingerprint):
         return None
     try:
-        return pq.read_table(profile_path(store, day)).cast(_PROFILE_SCHEMA)
+        return read_parquet(profile_path(store, day)).cast(_PROFILE_SCHEMA)
     except (OSError, pa.ArrowInvalid, ValueError):
         return None
 
@@ -731,7 +730,7 @@ def _read_profile(store: EventStore, day: str, fingerprint: str) -> pa.Table | N
 def _profile_fresh(store: EventStore, day: str, fingerprint: str) -> bool:
     path = profile_path(store, day)
     try:
-        meta = pq.read_schema(path).metadata or {} if path.exists() else {}
+        meta = parquet_schema(path).metadata or {} if path.exists() else {}
     except (OSError, pa.ArrowInvalid):
         return False
     return meta.get(b"trailguard.fingerprint", b"").decode() == fingerprint

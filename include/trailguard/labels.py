@@ -19,15 +19,14 @@ import logging
 import uuid
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
+from trailguard.fs import DataPath, as_path, read_parquet
 from trailguard.store import EventStore, write_bytes_atomic, write_parquet_atomic
 
 log = logging.getLogger(__name__)
@@ -49,8 +48,8 @@ LABEL_SCHEMA = pa.schema(
 LABEL_COLUMNS = tuple(LABEL_SCHEMA.names)
 
 
-def labels_dir(root: Path | str) -> Path:
-    return Path(root) / "labels"
+def labels_dir(root: DataPath | str) -> DataPath:
+    return as_path(root) / "labels"
 
 
 def default_verdict(risk_score: int) -> str:
@@ -106,7 +105,7 @@ def _current_user() -> str:
         return "unknown"
 
 
-def record_labels(store_root: Path | str, decisions: Iterable[Mapping[str, Any]]) -> Path:
+def record_labels(store_root: DataPath | str, decisions: Iterable[Mapping[str, Any]]) -> DataPath:
     """Append a batch of decisions (mappings with eventID, risk_score and optionally verdict, analyst,
     note, time) as one file; all are validated before anything is written."""
     now = datetime.now(timezone.utc)
@@ -123,14 +122,14 @@ def record_labels(store_root: Path | str, decisions: Iterable[Mapping[str, Any]]
 
 
 def record_label(
-    store_root: Path | str,
+    store_root: DataPath | str,
     event_id: str,
     risk_score: int,
     *,
     verdict: str | None = None,
     analyst: str | None = None,
     note: str = "",
-) -> Path:
+) -> DataPath:
     """Record one analyst decision. ``verdict`` defaults to what the score implies
     (:func:`default_verdict`), ``analyst`` to the current OS user. Raises ValueError on a score outside
     0-100, a non-whole score or an unknown verdict."""
@@ -140,13 +139,13 @@ def record_label(
     )
 
 
-def label_history(root: Path | str) -> pd.DataFrame:
+def label_history(root: DataPath | str) -> pd.DataFrame:
     """Every decision ever recorded, oldest first (the audit trail)."""
     folder = labels_dir(root)
     files = sorted(folder.glob("labels-*.parquet")) if folder.exists() else []
     if not files:
         return LABEL_SCHEMA.empty_table().to_pandas()
-    tables = [pq.read_table(f, schema=LABEL_SCHEMA) for f in files]
+    tables = [read_parquet(f, schema=LABEL_SCHEMA) for f in files]
     frame = pa.concat_tables(tables).to_pandas()
     frame["_file"] = np.repeat(np.arange(len(tables)), [t.num_rows for t in tables])
     frame["_row"] = np.arange(len(frame))
@@ -154,7 +153,7 @@ def label_history(root: Path | str) -> pd.DataFrame:
     return frame.drop(columns=["_file", "_row"]).reset_index(drop=True)
 
 
-def read_labels(root: Path | str) -> pd.DataFrame:
+def read_labels(root: DataPath | str) -> pd.DataFrame:
     """The latest decision per eventID (by decision time, then file order): columns of LABEL_SCHEMA."""
     history = label_history(root)
     if history.empty:
@@ -217,18 +216,18 @@ def find_event(store: EventStore, event_id: str) -> dict[str, Any] | None:
 
 
 # -- training bookkeeping ---------------------------------------------------------------------------------
-def _marker(root: Path | str) -> Path:
-    return Path(root) / "training" / "last_training.json"
+def _marker(root: DataPath | str) -> DataPath:
+    return as_path(root) / "training" / "last_training.json"
 
 
-def mark_training(root: Path | str, when: datetime | None = None, **details: Any) -> None:
+def mark_training(root: DataPath | str, when: datetime | None = None, **details: Any) -> None:
     """Note that a training ran (the label-triggered DAG compares new decisions against this)."""
     when = when or datetime.now(timezone.utc)
     payload = {"time": when.isoformat(), **details}
     write_bytes_atomic(json.dumps(payload, indent=2, default=str).encode(), _marker(root))
 
 
-def last_training_time(root: Path | str) -> datetime | None:
+def last_training_time(root: DataPath | str) -> datetime | None:
     path = _marker(root)
     if not path.exists():
         return None
@@ -238,7 +237,7 @@ def last_training_time(root: Path | str) -> datetime | None:
         return None
 
 
-def labels_since_last_training(root: Path | str) -> int:
+def labels_since_last_training(root: DataPath | str) -> int:
     """How many analyst decisions were recorded after the last training (all of them before any)."""
     history = label_history(root)
     since = last_training_time(root)

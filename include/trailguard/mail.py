@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid, parseaddr
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from trailguard.fs import DataPath
 from trailguard.report import HIGH_RISK, Notice, Report, clean_text
 from trailguard.store import write_bytes_atomic
 
@@ -114,8 +114,8 @@ class SendResult:
     subject: str | None = None
     recipients: tuple[str, ...] = ()
     message_id: str | None = None
-    eml_path: Path | None = None
-    marker_path: Path | None = None
+    eml_path: DataPath | None = None
+    marker_path: DataPath | None = None
     new_events: tuple[str, ...] = ()
     refused: dict[str, str] = field(default_factory=dict)
 
@@ -359,7 +359,7 @@ def send_report(
     )  # fmt: skip
 
 
-def _deliver(msg: EmailMessage, smtp: SmtpSettings, addresses: list[str], eml_path: Path) -> dict[str, str]:
+def _deliver(msg: EmailMessage, smtp: SmtpSettings, addresses: list[str], eml_path: DataPath) -> dict[str, str]:
     """Send over SMTP; any failure becomes a ReportSendError that says where the mail is kept."""
     context = ssl_lib.create_default_context()
     try:

@@ -34,14 +34,13 @@ import warnings
 from dataclasses import asdict, dataclass
 from datetime import date, datetime, timedelta, timezone
 from importlib import resources
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
+from trailguard.fs import DataPath, parquet_file, parquet_schema, read_parquet
 from trailguard.schema import EVENT_SCHEMA
 from trailguard.store import EventStore, new_run_id, write_bytes_atomic, write_parquet_atomic
 from trailguard.store import day_text as _day_text
@@ -133,11 +132,11 @@ class QualityResult:
     rows_passed: int
     rows_quarantined: int
     outcomes: list[ExpectationOutcome]
-    result_path: Path
-    html_path: Path
+    result_path: DataPath
+    html_path: DataPath
     seconds: float
     run_id: str = ""
-    quarantine_path: Path | None = None  # the file this run wrote, if it moved any row
+    quarantine_path: DataPath | None = None  # the file this run wrote, if it moved any row
 
     @property
     def critical_failed(self) -> bool:
@@ -180,10 +179,10 @@ def validate_partition(
     earlier = _read_quarantined_rows(store, day_text)
 
     outcomes, schema_ok = _check_schema(files)
-    quarantine_path: Path | None = None
+    quarantine_path: DataPath | None = None
     rows_moved = 0
     if not schema_ok:  # nothing is read with a broken schema, nothing rewritten
-        rows_passed = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+        rows_passed = sum(parquet_file(f).metadata.num_rows for f in files)
         rows_quarantined = earlier.num_rows
     else:
         bounds = (day_start, day_end, now)
@@ -358,7 +357,7 @@ def _outcome(
 # -- suites ----------------------------------------------------------------------------------------------
 
 
-def _check_schema(files: list[Path]) -> tuple[list[ExpectationOutcome], bool]:
+def _check_schema(files: list[DataPath]) -> tuple[list[ExpectationOutcome], bool]:
     """Required columns and their types as the part files store them (a read with a schema would hide both:
     it fills a missing column with nulls and casts numbers to text).
 
@@ -369,7 +368,7 @@ def _check_schema(files: list[Path]) -> tuple[list[ExpectationOutcome], bool]:
     observed: dict[str, str | None] = dict(expected_kinds)  # None once a part file lacks the column
     extra: set[str] = set()
     for path in files:
-        schema = pq.read_schema(path)
+        schema = parquet_schema(path)
         extra |= set(schema.names) - set(EVENT_SCHEMA.names)
         for name, expected in expected_kinds.items():
             if name not in schema.names:
@@ -425,7 +424,7 @@ def _check_schema(files: list[Path]) -> tuple[list[ExpectationOutcome], bool]:
     if ok:
         try:  # a type of the right kind may still not convert (e.g. nanosecond timestamps)
             for path in files:
-                pq.read_table(path, columns=["eventTime"], schema=EVENT_SCHEMA)
+                read_parquet(path, columns=["eventTime"], schema=EVENT_SCHEMA)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
             ok = False
             outcomes[1] = _replace(
@@ -711,7 +710,7 @@ def _read_quarantined_rows(store: EventStore, day_text: str) -> pa.Table:
     files = sorted(folder.glob("rows-*.parquet")) if folder.exists() else []
     if not files:
         return QUARANTINE_SCHEMA.empty_table()
-    return pa.concat_tables([pq.read_table(f, schema=QUARANTINE_SCHEMA) for f in files])
+    return pa.concat_tables([read_parquet(f, schema=QUARANTINE_SCHEMA) for f in files])
 
 
 def _union(part: pa.Table, earlier: pa.Table) -> pa.Table:
@@ -745,12 +744,12 @@ def _find_rows(part: pa.Table, earlier: pa.Table, bounds: tuple[datetime, dateti
 def _move_rows(
     store: EventStore,
     day_text: str,
-    files: list[Path],
+    files: list[DataPath],
     earlier: pa.Table,
     bounds: tuple[datetime, datetime, datetime],
     rows: _Rows,
     run_id: str,
-) -> tuple[_Rows, Path | None]:
+) -> tuple[_Rows, DataPath | None]:
     """Write the bad rows to quarantine, then rewrite the partition without them.
 
     Rows an earlier run already copied to quarantine (it died before rewriting) are only dropped from the
@@ -775,14 +774,14 @@ def _move_rows(
     return rows, quarantine_path
 
 
-def _split_files(files: list[Path], remove: np.ndarray) -> tuple[pa.Table, pa.Table]:
+def _split_files(files: list[DataPath], remove: np.ndarray) -> tuple[pa.Table, pa.Table]:
     """All columns of the partition split into (kept, removed) rows, streamed batch by batch so a day of
     events is held in memory once, not twice."""
     kept: list[pa.RecordBatch] = []
     removed: list[pa.RecordBatch] = []
     offset = 0
     for path in files:
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=65_536, columns=list(EVENT_SCHEMA.names)):
+        for batch in parquet_file(path).iter_batches(batch_size=65_536, columns=list(EVENT_SCHEMA.names)):
             batch = batch.cast(_NULLABLE_EVENTS)
             mask = pa.array(remove[offset : offset + batch.num_rows])
             offset += batch.num_rows
@@ -818,7 +817,7 @@ def _reasons(masks: dict[str, np.ndarray]) -> pa.Array:
 
 def _write_quarantine(
     store: EventStore, day_text: str, rows: pa.Table, masks: dict[str, np.ndarray], run_id: str
-) -> Path:
+) -> DataPath:
     """Keep the moved rows with the expectations they broke; written before the partition is rewritten, so
     a crash in between leaves a copy in both places (recognised next run), never a lost row."""
     table = rows.cast(_NULLABLE_EVENTS).append_column("quarantine_reason", _reasons(masks))
@@ -829,7 +828,7 @@ def _write_quarantine(
     return path
 
 
-def _rewrite_if_unchanged(store: EventStore, day_text: str, files: list[Path], kept: pa.Table) -> None:
+def _rewrite_if_unchanged(store: EventStore, day_text: str, files: list[DataPath], kept: pa.Table) -> None:
     """Rewrite the partition unless another writer added a part since we read it (its rows would be lost)."""
     if store.partition_files(day_text) != files:
         raise RuntimeError(
@@ -851,7 +850,7 @@ def _status(outcomes: list[ExpectationOutcome], rows_quarantined: int) -> str:
     return PASSED
 
 
-def _quality_dir(store: EventStore, day_text: str) -> Path:
+def _quality_dir(store: EventStore, day_text: str) -> DataPath:
     return store.root / "quality" / f"date={day_text}"
 
 
@@ -1012,12 +1011,12 @@ def _np(array: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return np.asarray(pc.fill_null(array, False).to_numpy(zero_copy_only=False), dtype=bool)
 
 
-def _read_files(files: list[Path], columns: tuple[str, ...] | None) -> pa.Table:
+def _read_files(files: list[DataPath], columns: tuple[str, ...] | None) -> pa.Table:
     cols = list(columns) if columns is not None else None
     if not files:
         schema = EVENT_SCHEMA if cols is None else pa.schema([EVENT_SCHEMA.field(c) for c in cols])
         return schema.empty_table()
-    return pa.concat_tables([pq.read_table(f, columns=cols, schema=EVENT_SCHEMA) for f in files])
+    return pa.concat_tables([read_parquet(f, columns=cols, schema=EVENT_SCHEMA) for f in files])
 
 
 def _history_counts(store: EventStore, day_text: str, history_days: int) -> list[int]:

@@ -26,12 +26,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from numbers import Number
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from trailguard.fs import DataPath, as_path, parquet_schema, read_parquet_pandas, visible_files
 from trailguard.store import day_text as _day_text
 from trailguard.store import write_bytes_atomic
 
@@ -134,32 +134,28 @@ def _iso(value: Any) -> str | None:
     return pd.Timestamp(value).tz_convert("UTC").strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def scores_dir(data_root: Path | str, day: date | str) -> Path:
-    return Path(data_root) / "scores" / f"date={_day_text(day)}"
+def scores_dir(data_root: DataPath | str, day: date | str) -> DataPath:
+    return as_path(data_root) / "scores" / f"date={_day_text(day)}"
 
 
-def report_dir(data_root: Path | str, day: date | str) -> Path:
-    return Path(data_root) / "reports" / _day_text(day)
+def report_dir(data_root: DataPath | str, day: date | str) -> DataPath:
+    return as_path(data_root) / "reports" / _day_text(day)
 
 
 # -- reading and ranking ----------------------------------------------------------------------------------
-def read_scores(data_root: Path | str, day: date | str) -> pd.DataFrame:
+def read_scores(data_root: DataPath | str, day: date | str) -> pd.DataFrame:
     """The day's scored events; optional columns a scorer left out are added empty."""
     day_text = _day_text(day)
     folder = scores_dir(data_root, day_text)
-    files = (
-        sorted(p for p in folder.glob("*.parquet") if not p.name.startswith(".")) if folder.exists() else []
-    )
+    files = visible_files(folder)
     if not files:
         raise ScoresNotFoundError(
             f"no risk scores for {day_text} (looked for {folder}/*.parquet): "
             f"run `trailguard score --date {day_text}` first"
         )
-    import pyarrow.parquet as pq
-
     wanted = (*REQUIRED_COLUMNS, *TEXT_COLUMNS, "lf_rules")  # lf_rules groups bursts; scores are not reported
     frames = [
-        pd.read_parquet(path, columns=[c for c in pq.read_schema(path).names if c in wanted])
+        read_parquet_pandas(path, columns=[c for c in parquet_schema(path).names if c in wanted])
         for path in files
     ]
     scores = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
@@ -328,7 +324,7 @@ def _models(scores: pd.DataFrame) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
-def _quality(data_root: Path, day_text: str) -> tuple[dict[str, Any] | None, Path | None]:
+def _quality(data_root: DataPath, day_text: str) -> tuple[dict[str, Any] | None, DataPath | None]:
     """The partition's data-quality verdict and page; an unreadable result is reported, not fatal."""
     from trailguard.quality import read_quality_status
     from trailguard.store import EventStore
@@ -420,33 +416,33 @@ class Report:
     models: list[dict[str, Any]]
     quality: dict[str, Any] | None
     chart_png: bytes
-    folder: Path
-    quality_page: Path | None = None
+    folder: DataPath
+    quality_page: DataPath | None = None
     feedback_hint: str | None = None
-    _files: dict[str, Path] = field(init=False, repr=False)
+    _files: dict[str, DataPath] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.folder = Path(self.folder)
+        self.folder = as_path(self.folder)
         self._files = {kind: self.folder / name for kind, name in _REPORT_FILES.items()}
 
     @property
-    def html_path(self) -> Path:
+    def html_path(self) -> DataPath:
         return self._files["html"]
 
     @property
-    def csv_path(self) -> Path:
+    def csv_path(self) -> DataPath:
         return self._files["csv"]
 
     @property
-    def json_path(self) -> Path:
+    def json_path(self) -> DataPath:
         return self._files["json"]
 
     @property
-    def chart_path(self) -> Path:
+    def chart_path(self) -> DataPath:
         return self._files["chart"]
 
     @property
-    def paths(self) -> dict[str, Path]:
+    def paths(self) -> dict[str, DataPath]:
         return dict(self._files)
 
     @property
@@ -540,7 +536,7 @@ class Report:
 
 
 def build_report(
-    data_root: Path | str,
+    data_root: DataPath | str,
     day: date | str,
     *,
     top_k: int = 20,
@@ -548,7 +544,7 @@ def build_report(
     feedback_hint: str | None = None,
 ) -> Report:
     """Build and write the day's report; a rerun overwrites it with the same content (but its time)."""
-    data_root = Path(data_root)
+    data_root = as_path(data_root)
     day_text = _day_text(day)
     if top_k < 1:
         raise ValueError(f"top_k must be at least 1, got {top_k}")
@@ -582,7 +578,7 @@ def build_report(
     return report
 
 
-def load_report(data_root: Path | str, day: date | str) -> Report:
+def load_report(data_root: DataPath | str, day: date | str) -> Report:
     """The report written by :func:`build_report` (the mail task runs apart from the build task)."""
     day_text = _day_text(day)
     folder = report_dir(data_root, day_text)
@@ -593,7 +589,7 @@ def load_report(data_root: Path | str, day: date | str) -> Report:
         )
     document = json.loads(path.read_text(encoding="utf-8"))
     chart = folder / _REPORT_FILES["chart"]
-    page = Path(data_root) / "quality" / f"date={day_text}" / "index.html"
+    page = as_path(data_root) / "quality" / f"date={day_text}" / "index.html"
     return Report(
         day=document["date"],
         generated_at=document["generated_at"],

@@ -15,7 +15,6 @@ import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import date
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,6 +24,7 @@ import pyarrow.compute as pc
 
 from trailguard import features as feat
 from trailguard.features import API_CALL, CONSOLE_LOGIN, FEATURE_SETS, USE_CASES
+from trailguard.fs import DataPath, as_path, read_parquet
 from trailguard.store import EventStore, write_parquet_atomic
 from trailguard.training import (
     ANOMALY_QUANTILE,
@@ -90,7 +90,7 @@ class Champion:
 @dataclass
 class ScoreResult:
     day: str
-    path: Path | None
+    path: DataPath | None
     events: int = 0
     scored: dict[str, int] = field(default_factory=dict)  # per use case
     skipped: dict[str, int] = field(default_factory=dict)  # per eventType not scored
@@ -119,8 +119,8 @@ class ScoreResult:
         ]
 
 
-def scores_path(root: Path | str, day: date | str) -> Path:
-    return Path(root) / "scores" / f"date={_day(day)}" / "scores.parquet"
+def scores_path(root: DataPath | str, day: date | str) -> DataPath:
+    return as_path(root) / "scores" / f"date={_day(day)}" / "scores.parquet"
 
 
 def load_champion(use_case: str, tracking_uri: str) -> Champion:
@@ -423,14 +423,12 @@ def _pretty(name: str) -> str:
     return rest or name
 
 
-def read_scores(root: Path | str, day: date | str) -> pd.DataFrame:
+def read_scores(root: DataPath | str, day: date | str) -> pd.DataFrame:
     """A day's scores file as pandas (empty frame with the columns when the day was not scored)."""
-    import pyarrow.parquet as pq
-
     path = scores_path(root, day)
     if not path.exists():
         return SCORE_SCHEMA.empty_table().to_pandas()
-    return pq.read_table(path).to_pandas()
+    return read_parquet(path).to_pandas()
 
 
 def _day(day: date | str) -> str:

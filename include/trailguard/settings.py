@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from trailguard.fs import DataPath
+
+
+class ConfigError(ValueError):
+    """A setting is missing or wrong; the message says which one and what to set."""
 
 
 @dataclass(frozen=True)
@@ -20,11 +27,14 @@ class Settings:
     smtp_url: str | None
 
     @property
-    def data_path(self) -> Path:
-        """The data root as a local path (``s3://`` roots are not local)."""
-        if "://" in self.data_root:
-            raise ValueError(f"TRAILGUARD_DATA={self.data_root!r} is not a local folder")
-        return Path(self.data_root)
+    def data_path(self) -> DataPath:
+        """The data root: a ``pathlib.Path`` for a local folder, a ``UPath`` for ``s3://bucket/prefix``."""
+        from trailguard.fs import as_path  # pyarrow and fsspec only when a path is needed
+
+        try:
+            return as_path(self.data_root)
+        except ValueError as exc:
+            raise ConfigError(f"TRAILGUARD_DATA: {exc}") from exc
 
 
 def _int(name: str, default: int) -> int:

@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 from collections import Counter
 from datetime import date
-from pathlib import Path
 
+from trailguard.fs import DataPath, as_path
 from trailguard.store import EventStore
 
 
-def ingest_lines(data_root: Path) -> list[str]:
+def ingest_lines(data_root: DataPath) -> list[str]:
     store = EventStore(data_root)
     manifest = store.read_manifest().to_pandas()
     if manifest.empty:
@@ -35,7 +35,7 @@ def ingest_lines(data_root: Path) -> list[str]:
     return lines + [f"store: {store.events_dir}"]
 
 
-def quality_lines(data_root: Path) -> list[str]:
+def quality_lines(data_root: DataPath) -> list[str]:
     store = EventStore(data_root)
     from trailguard.quality import read_quality_status
 
@@ -58,23 +58,23 @@ def quality_lines(data_root: Path) -> list[str]:
     return lines
 
 
-def save_training_summary(data_root: Path, result: object) -> Path:
+def save_training_summary(data_root: DataPath, result: object) -> DataPath:
     """Keep the last training's table beside the data (MLflow has the details) for `demo` and logs."""
     from trailguard.store import write_bytes_atomic
 
     document = {"lines": result.lines(), "result": result.as_dict()}
-    path = Path(data_root) / "models" / "last_training.json"
+    path = as_path(data_root) / "models" / "last_training.json"
     return write_bytes_atomic(json.dumps(document, indent=2, default=str).encode(), path)
 
 
-def training_lines(data_root: Path) -> list[str]:
+def training_lines(data_root: DataPath) -> list[str]:
     path = data_root / "models" / "last_training.json"
     if not path.exists():
         return ["training: no summary found"]
     return json.loads(path.read_text()).get("lines", [])
 
 
-def report_lines(data_root: Path, day: date | str) -> list[str]:
+def report_lines(data_root: DataPath, day: date | str) -> list[str]:
     from trailguard.report import load_report
 
     report = load_report(data_root, day)

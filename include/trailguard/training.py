@@ -56,6 +56,7 @@ from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, OrdinalEnc
 from trailguard import features as feat
 from trailguard import labels as labels_mod
 from trailguard.features import API_CALL, CONSOLE_LOGIN, FEATURE_SETS, USE_CASES, FeatureSet
+from trailguard.fs import DataPath, is_remote
 from trailguard.store import EventStore
 
 log = logging.getLogger(__name__)
@@ -489,21 +490,31 @@ def _clean(value: Any) -> Any:
 
 
 # -- MLflow ---------------------------------------------------------------------------------------------
-def tracking_uri_for(root: Path | str, tracking_uri: str | None = None) -> str:
-    """The argument, else MLFLOW_TRACKING_URI (settings), else a SQLite store inside the data root."""
+def tracking_uri_for(root: DataPath | str, tracking_uri: str | None = None) -> str:
+    """The argument, else MLFLOW_TRACKING_URI (settings), else a SQLite store inside a local data root.
+
+    An S3 data root has no default: SQLite cannot live on S3, and a store local to each worker would
+    hide one worker's champion from the others."""
     if tracking_uri:
         return tracking_uri
-    from trailguard.settings import load_settings
+    from trailguard.settings import ConfigError, load_settings
 
     configured = load_settings().mlflow_tracking_uri
     if configured:
         return configured
+    if is_remote(root):
+        raise ConfigError(
+            f"the data root {root} is on S3, where MLflow's default store (SQLite inside the data root) cannot "
+            "live: set MLFLOW_TRACKING_URI to the MLflow server every worker uses (e.g. http://mlflow:5000, "
+            "its artifacts on S3 or a shared volume); on a single machine a local store also works "
+            "(e.g. sqlite:////var/lib/trailguard/mlflow.db)"
+        )
     folder = Path(root).resolve() / "mlflow"
     folder.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{folder / 'mlflow.db'}"
 
 
-def _setup_mlflow(root: Path, tracking_uri: str | None, experiment: str) -> tuple[str, str]:
+def _setup_mlflow(root: DataPath, tracking_uri: str | None, experiment: str) -> tuple[str, str]:
     os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
     import mlflow
