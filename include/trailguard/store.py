@@ -2,7 +2,8 @@
 
 Layout (see CONTRACTS.md): ``events/date=YYYY-MM-DD/*.parquet`` with one row per ``eventID`` across the
 store, ``manifest/objects/*.parquet`` (every source object seen), ``quarantine/`` (files and rows rejected,
-each with its reason). Every file is written atomically: a temporary name in the same folder, then a rename.
+each with its reason). Every file is written atomically: locally a temporary name in the same folder, then a
+rename; on S3 (an ``s3://bucket/prefix`` root, see :mod:`trailguard.fs`) one PUT of the whole object.
 
 Deduplication keeps, for each day a run touches, a sorted index of 16-byte keys of the day's eventIDs (see
 :func:`id_keys`): 16 MB per million stored events (plus about as much again, briefly, while a batch is
@@ -16,21 +17,21 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
+from trailguard import fs
+from trailguard.fs import DataPath, as_path, parquet_file, read_parquet, visible_files
+from trailguard.fs import atomic_path as atomic_path  # re-exported: local temp file, then rename
+from trailguard.fs import write_bytes_atomic as write_bytes_atomic  # re-exported
 from trailguard.schema import EVENT_SCHEMA
 
 log = logging.getLogger(__name__)
@@ -71,19 +72,6 @@ def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
 
 
-@contextmanager
-def atomic_path(final: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``final``; rename it into place only if the block succeeds."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".tmp-{uuid.uuid4().hex}-{final.name}")
-    try:
-        yield tmp
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 # Columns holding a different long text in nearly every row: dictionary-encoding them is wasted work, and
 # their statistics are never used to skip row groups. Left out of both, a day reads about 3x faster.
 UNIQUE_TEXT_COLUMNS = frozenset(
@@ -99,16 +87,8 @@ def parquet_write_options(schema: pa.Schema) -> dict[str, object]:
     return {"compression": "zstd", "use_dictionary": plain, "write_statistics": plain}
 
 
-def write_parquet_atomic(table: pa.Table, final: Path) -> Path:
-    with atomic_path(final) as tmp:
-        pq.write_table(table, tmp, **parquet_write_options(table.schema))
-    return final
-
-
-def write_bytes_atomic(data: bytes, final: Path) -> Path:
-    with atomic_path(final) as tmp:
-        tmp.write_bytes(data)
-    return final
+def write_parquet_atomic(table: pa.Table, final: DataPath) -> DataPath:
+    return fs.write_parquet_atomic(table, final, **parquet_write_options(table.schema))
 
 
 def safe_name(key: str, limit: int = 180) -> str:
@@ -184,29 +164,29 @@ class _DayIndex:
 
 @dataclass
 class EventStore:
-    """Events, manifest and quarantine under one local data root."""
+    """Events, manifest and quarantine under one data root (a local folder or ``s3://bucket/prefix``)."""
 
-    root: Path
+    root: DataPath
     index_budget_bytes: int = 1 << 30
     _indexes: OrderedDict[str, _DayIndex] = field(default_factory=OrderedDict, repr=False)
 
     def __post_init__(self) -> None:
-        self.root = Path(self.root)
+        self.root = as_path(self.root)
 
     # -- paths -------------------------------------------------------------------------------------
     @property
-    def events_dir(self) -> Path:
+    def events_dir(self) -> DataPath:
         return self.root / "events"
 
     @property
-    def manifest_dir(self) -> Path:
+    def manifest_dir(self) -> DataPath:
         return self.root / "manifest" / "objects"
 
     @property
-    def quarantine_dir(self) -> Path:
+    def quarantine_dir(self) -> DataPath:
         return self.root / "quarantine"
 
-    def partition_dir(self, day: date | str) -> Path:
+    def partition_dir(self, day: date | str) -> DataPath:
         return self.events_dir / f"date={day_text(day)}"
 
     # -- events ------------------------------------------------------------------------------------
@@ -221,12 +201,12 @@ class EventStore:
                 found.append(match.group(1))
         return sorted(found)
 
-    def partition_files(self, day: date | str) -> list[Path]:
+    def partition_files(self, day: date | str) -> list[DataPath]:
         return _part_files(self.partition_dir(day))
 
     def count_rows(self, day: date | str) -> int:
         """A day's event count from the parquet footers, without reading any column."""
-        return sum(pq.ParquetFile(f).metadata.num_rows for f in self.partition_files(day))
+        return sum(parquet_file(f).metadata.num_rows for f in self.partition_files(day))
 
     def read_partition(self, day: date | str, columns: Iterable[str] | None = None) -> pa.Table:
         """One day's events as an Arrow table (empty, with the schema, when the day has none)."""
@@ -235,7 +215,7 @@ class EventStore:
         if not files:
             schema = EVENT_SCHEMA if cols is None else pa.schema([EVENT_SCHEMA.field(c) for c in cols])
             return schema.empty_table()
-        tables = [pq.read_table(f, columns=cols, schema=EVENT_SCHEMA) for f in files]
+        tables = [read_parquet(f, columns=cols, schema=EVENT_SCHEMA) for f in files]
         return pa.concat_tables(tables)
 
     def partition_ids(self, day: date | str) -> pa.Array:
@@ -301,7 +281,7 @@ class EventStore:
         files = sorted(self.manifest_dir.glob("*.parquet")) if self.manifest_dir.exists() else []
         if not files:
             return MANIFEST_SCHEMA.empty_table()
-        return pa.concat_tables([pq.read_table(f, schema=MANIFEST_SCHEMA) for f in files])
+        return pa.concat_tables([read_parquet(f, schema=MANIFEST_SCHEMA) for f in files])
 
     def manifest_index(self) -> dict[str, tuple[int, str, str]]:
         """Latest (size, etag, status) per object key, for skipping what was already read."""
@@ -324,7 +304,7 @@ class EventStore:
         write_parquet_atomic(table, self.manifest_dir / f"part-{run_id}-{uuid.uuid4().hex[:8]}.parquet")
 
     # -- quarantine --------------------------------------------------------------------------------
-    def quarantine_object(self, key: str, data: bytes, reason: str, run_id: str) -> Path:
+    def quarantine_object(self, key: str, data: bytes, reason: str, run_id: str) -> DataPath:
         """Keep a rejected source object's bytes and the reason beside it."""
         folder = self.quarantine_dir / "objects"
         target = folder / safe_name(key)
@@ -333,7 +313,7 @@ class EventStore:
         write_bytes_atomic(json.dumps(reason_doc, indent=2).encode(), target.with_name(target.name + ".reason.json"))
         return target
 
-    def quarantine_records(self, rejected: list[dict], run_id: str) -> Path | None:
+    def quarantine_records(self, rejected: list[dict], run_id: str) -> DataPath | None:
         """Keep records that could not become events (no eventID, no eventTime, not an object...)."""
         if not rejected:
             return None
@@ -346,12 +326,12 @@ class EventStore:
         files = sorted(folder.glob("*.parquet")) if folder.exists() else []
         if not files:
             return REJECTED_RECORD_SCHEMA.empty_table()
-        return pa.concat_tables([pq.read_table(f, schema=REJECTED_RECORD_SCHEMA) for f in files])
+        return pa.concat_tables([read_parquet(f, schema=REJECTED_RECORD_SCHEMA) for f in files])
 
 
-def _part_files(folder: Path) -> list[Path]:
+def _part_files(folder: DataPath) -> list[DataPath]:
     """The parquet files in a folder, not the temporary ones of a write in progress (``.tmp-*``)."""
-    return sorted(p for p in folder.glob("*.parquet") if not p.name.startswith(".")) if folder.is_dir() else []
+    return visible_files(folder)
 
 
 def _first_occurrences(keys: np.ndarray) -> np.ndarray:
