@@ -100,6 +100,35 @@ def test_an_s3_root_needs_an_mlflow_tracking_uri(s3, capsys):
     assert keys_under(s3, "mlflow-less") == []
 
 
+def test_validation_moves_rows_and_rewrites_the_partition_on_s3(s3):
+    from trailguard import schema
+    from trailguard.quality import QUARANTINE_SCHEMA, validate_partition
+    from trailguard.store import EventStore
+
+    from tests.test_quality import DAY, NOW, clean_records, record, rows_of
+
+    store = EventStore(as_path(f"s3://{BUCKET}/quality"))
+    new, duplicates = store.append_events(schema.rows_to_table(rows_of(clean_records())), run_id="first")
+    assert (new.num_rows, duplicates) == (4, 0)
+    late = rows_of([record(99, time="2026-11-19T23:59:59Z")])  # filed under DAY by hand: another day's event
+    store.rewrite_partition(DAY, pa.concat_tables([store.read_partition(DAY), schema.rows_to_table(late)]))
+    before = keys_under(s3, "quality")
+
+    result = validate_partition(store, DAY, now=NOW)
+
+    assert (result.rows_passed, result.rows_quarantined, result.status) == (4, 1, "warning")
+    keys = keys_under(s3, "quality")
+    parts = [k for k in keys if k.startswith(f"events/date={DAY}/")]
+    assert len(parts) == 1 and parts[0] not in before  # one new compact part, the old one deleted
+    moved = [k for k in keys if k.startswith(f"quarantine/date={DAY}/rows-")]
+    assert len(moved) == 1 and json.loads(result.result_path.read_text())["quarantine_file"] == moved[0]
+    row = read_parquet(result.quarantine_path, schema=QUARANTINE_SCHEMA).to_pylist()
+    assert [(r["eventID"], r["quarantine_reason"]) for r in row] == [(record(99)["eventID"], "eventTime_in_day")]
+    # deduplication reads the day back from S3: the same events again are all duplicates
+    again = EventStore(store.root).append_events(schema.rows_to_table(rows_of(clean_records())), run_id="again")
+    assert (again[0].num_rows, again[1]) == (0, 4)
+
+
 # -- slow: the pipeline on both roots -------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def pipeline(s3, tmp_path_factory):
