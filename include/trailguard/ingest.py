@@ -18,6 +18,7 @@ sharing the data root), :func:`commit` moves every staged partition into the sto
 
 from __future__ import annotations
 
+import heapq
 import json
 import logging
 import multiprocessing
@@ -551,6 +552,27 @@ def partition_label(partition: dict[str, Any]) -> str:
     if partition.get("prefix") is None:
         return "other (not in the AWS layout)"
     return f"{partition['account']}/{partition['region']}/{partition['day']}"
+
+
+def group_partitions(partitions: list[dict[str, Any]], max_groups: int = 32) -> list[list[dict[str, Any]]]:
+    """Partitions as at most ``max_groups`` lists of about equal bytes (one task each); each partition its
+    own group when there are few. Groups keep the plan's order within them."""
+    if len(partitions) <= max_groups:
+        return [[p] for p in partitions]
+    loads = [(0, i) for i in range(max_groups)]
+    members: list[list[int]] = [[] for _ in range(max_groups)]
+    for index in sorted(range(len(partitions)), key=lambda i: -partitions[i]["bytes"]):
+        load, group = heapq.heappop(loads)
+        members[group].append(index)
+        heapq.heappush(loads, (load + partitions[index]["bytes"], group))
+    return [[partitions[i] for i in sorted(group)] for group in members if group]
+
+
+def group_label(partitions: list[dict[str, Any]]) -> str:
+    """What the Airflow UI shows for one stage task."""
+    if len(partitions) == 1:
+        return partition_label(partitions[0])
+    return f"{len(partitions)} partitions: {partition_label(partitions[0])} .. {partition_label(partitions[-1])}"
 
 
 def stage(

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
@@ -316,6 +317,20 @@ class EventStore:
     def staging_dir(self, stage_id: str) -> Path:
         """A private folder for one run's or task's staged parts (same filesystem as the partitions)."""
         return self.root / "staging" / safe_name(stage_id)
+
+    def clean_staging(self, older_than_hours: float = 48) -> list[str]:
+        """Remove stages left by runs that failed before their commit (older than ``older_than_hours``)."""
+        folder = self.root / "staging"
+        if not folder.is_dir():
+            return []
+        cutoff = datetime.now(timezone.utc).timestamp() - older_than_hours * 3600
+        removed = []
+        for child in folder.iterdir():
+            if child.is_dir() and child.stat().st_mtime < cutoff:
+                shutil.rmtree(child, ignore_errors=True)
+                removed.append(child.name)
+                log.warning("removed stale staging %s (a run that never committed it)", child)
+        return removed
 
     def add_staged_part(
         self, staged: Path, day: str, run_id: str, batch: KeyIndex | None = None, ids: StagedIds | None = None
