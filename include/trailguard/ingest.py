@@ -41,7 +41,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from trailguard.schema import RecordError, dumps, file_to_table, normalise, rows_to_table
+from trailguard.schema import RecordError, dumps, file_to_table, files_to_tables, normalise, rows_to_table
 from trailguard.sources import Source, SourceObject, partition_of, skip_reason
 from trailguard.store import (
     REJECTED_RECORD_SCHEMA,
@@ -257,22 +257,40 @@ class _ChunkResult:
 
 
 def decode_chunk(tasks: list[_Task]) -> tuple[list[_ObjectOutcome], pa.Table | None]:
-    """Fetch and decode a chunk of objects: what became of each, and their events in object order."""
+    """Fetch and decode a chunk of objects: what became of each, and their events in object order.
+
+    Ordinary files are decoded together (:func:`~trailguard.schema.files_to_tables`); a file that needs
+    care goes record by record, as in :func:`decode_object`."""
     outcomes: list[_ObjectOutcome] = []
-    tables: list[pa.Table] = []
+    unpacked: list[tuple[_ObjectOutcome, bytes, bytes, str | None]] = []
     for task in tasks:
         data = task.data if task.data is not None else task.fetch()  # type: ignore[misc]
         outcome = _ObjectOutcome(task.key, task.size, task.etag, "ingested")
+        outcomes.append(outcome)
         try:
-            decoded = decode_object(task.key, data)
+            document, note = _unpack(data)
         except ObjectError as exc:
             outcome.status, outcome.note, outcome.data = "quarantined", str(exc), data
-        else:
-            outcome.records_read, outcome.rejected, outcome.note = decoded.records_read, decoded.rejected, decoded.note
+            continue
+        unpacked.append((outcome, data, document, note))
+    fast = files_to_tables([(document, outcome.key) for outcome, _, document, _ in unpacked])
+    tables: list[pa.Table] = []
+    for (outcome, data, document, note), table in zip(unpacked, fast, strict=True):
+        if table is None:
+            try:
+                decoded = _decode_records(outcome.key, document, note)
+            except ObjectError as exc:
+                outcome.status, outcome.note, outcome.data = "quarantined", str(exc), data
+                continue
+            table, outcome.rejected, outcome.note = decoded.table, decoded.rejected, decoded.note
+            outcome.records_read = decoded.records_read
             if decoded.note:  # read with a repair: the original bytes are kept too
                 outcome.data = data
-            tables.append(decoded.table)
-        outcomes.append(outcome)
+        else:
+            outcome.records_read, outcome.note = table.num_rows, note
+            if note:
+                outcome.data = data
+        tables.append(table)
     return outcomes, (pa.concat_tables(tables) if tables else None)
 
 
