@@ -12,6 +12,11 @@ validates every day it touched with the data-quality suite.
   `start`/`end` Params read any range (a backfill).
 * **Nothing duplicated, nothing lost**: events are unique by `eventID`; unreadable files and records go to
   `quarantine/` with their reason.
+* **Split for workers**: `plan_partitions` lists the new objects per account x region x delivery day;
+  `stage_partitions` is mapped over them (at most `TRAILGUARD_INGEST_MAX_TASKS`, default 32, partitions
+  grouped by size), so a Celery or Kubernetes executor spreads the reading over its workers; each writes
+  staged parquet parts under the shared data root. `commit_events` then moves them into the store in one
+  place, dropping eventIDs already stored, and records the manifest.
 * Emits the `trailguard_events` Asset with the touched dates, and `trailguard_validated_events` for each
   day that passed validation (which triggers `daily_risk_report`).
 """
@@ -48,37 +53,47 @@ from trailguard_airflow import DEFAULT_ARGS, EVENTS, VALIDATED_EVENTS, aws_clien
     },
 )
 def cloudtrail_ingest():
-    @task(outlets=[EVENTS])
-    def ingest_events(params: dict, dag_run=None, outlet_events=None) -> dict:
-        """Ingest the window's objects; returns the summary (counts and touched dates)."""
-        from airflow.sdk import Variable
-        from trailguard.ingest import ingest
-        from trailguard.settings import load_settings
-        from trailguard.sources import open_source
-        from trailguard.store import EventStore
+    @task
+    def plan_partitions(params: dict, dag_run=None) -> list[list[dict]]:
+        """List the window's objects not yet ingested, per account x region x delivery day, in groups of
+        partitions for the mapped stage tasks (at most TRAILGUARD_INGEST_MAX_TASKS of them)."""
+        from trailguard import ingest
 
-        uri = params.get("source") or Variable.get("trailguard_source", default=None) or os.environ.get("TRAILGUARD_SOURCE")
-        if not uri:
-            raise ValueError(
-                "no CloudTrail source: set the run's 'source' Param, the Variable trailguard_source "
-                "or TRAILGUARD_SOURCE (a folder, s3://bucket/prefix or cloudwatch://log-group)"
-            )
-        end = optional_day(params.get("end")) or dag_run.run_after.date()
-        start = optional_day(params.get("start")) or end - timedelta(days=1)
-        settings = load_settings()
-        client = None
-        if uri.startswith("s3://"):
-            client = aws_client_factory()("s3")
-        elif uri.startswith("cloudwatch://"):
-            client = aws_client_factory()("logs")
-        summary = ingest(
-            open_source(uri, client),
-            EventStore(settings.data_path),
-            start=start,
-            end=end,
-            batch_records=settings.ingest_batch_records,
-            workers=settings.ingest_workers,
-        )
+        source, store, start, end = _open(params, dag_run)
+        store.clean_staging()
+        partitions = ingest.plan_partitions(source, store, start=start, end=end)
+        groups = ingest.group_partitions(partitions, max_groups=_max_tasks())
+        print(f"{len(partitions)} partitions with new objects, in {len(groups)} stage tasks")
+        for partition in partitions:
+            print(f"  {ingest.partition_label(partition)}: {partition['objects']} objects, {partition['bytes']:,} bytes")
+        return groups
+
+    @task(map_index_template="{{ partitions_label }}")
+    def stage_partitions(partitions: list[dict], params: dict, dag_run=None, ti=None) -> list[str]:
+        """Read one group of partitions into staging (runs on any worker that shares the data root)."""
+        from trailguard import ingest
+        from trailguard.settings import load_settings
+
+        get_current_context()["partitions_label"] = ingest.group_label(partitions)
+        source, store, start, end = _open(params, dag_run)
+        stage_ids = []
+        for i, partition in enumerate(partitions):
+            stage_id = f"{dag_run.run_id}-{ti.map_index}-{i}"
+            counts = ingest.stage(source, store, partition, stage_id, start=start, end=end,
+                                  workers=load_settings().ingest_workers)
+            print(f"{ingest.partition_label(partition)}: {counts['records']} records from "
+                  f"{counts['objects_ingested']} objects, {counts['quarantined']} records and "
+                  f"{counts['objects_quarantined']} objects quarantined")
+            stage_ids.append(stage_id)
+        return stage_ids
+
+    @task(outlets=[EVENTS])
+    def commit_events(stage_ids: list[list[str]], params: dict, dag_run=None, outlet_events=None) -> dict:
+        """Move every staged partition into the store, less duplicates; returns the run's summary."""
+        from trailguard.ingest import commit
+
+        source, store, _, _ = _open(params, dag_run, client=False)
+        summary = commit(store, [sid for group in stage_ids for sid in group], source=source)
         for line in summary.lines():
             print(line)
         outlet_events[EVENTS].extra = {"dates": summary.dates, "new": summary.new}
@@ -110,7 +125,38 @@ def cloudtrail_ingest():
         return {"date": day, "status": result.status, "rows_passed": result.rows_passed,
                 "rows_quarantined": result.rows_quarantined}
 
-    validate_events.expand(day=touched_dates(ingest_events()))
+    staged = stage_partitions.expand(partitions=plan_partitions())
+    validate_events.expand(day=touched_dates(commit_events(staged)))
+
+
+def _open(params: dict, dag_run, client: bool = True):
+    """(source, store, start, end) of a run: the source from the Param, Variable or environment."""
+    from airflow.sdk import Variable
+    from trailguard.settings import load_settings
+    from trailguard.sources import open_source
+    from trailguard.store import EventStore
+
+    uri = params.get("source") or Variable.get("trailguard_source", default=None) or os.environ.get("TRAILGUARD_SOURCE")
+    if not uri:
+        raise ValueError(
+            "no CloudTrail source: set the run's 'source' Param, the Variable trailguard_source "
+            "or TRAILGUARD_SOURCE (a folder, s3://bucket/prefix or cloudwatch://log-group)"
+        )
+    end = optional_day(params.get("end")) or dag_run.run_after.date()
+    start = optional_day(params.get("start")) or end - timedelta(days=1)
+    store = EventStore(load_settings().data_path)
+    if not client:
+        return uri, store, start, end
+    aws = None
+    if uri.startswith("s3://"):
+        aws = aws_client_factory()("s3")
+    elif uri.startswith("cloudwatch://"):
+        aws = aws_client_factory()("logs")
+    return open_source(uri, aws), store, start, end
+
+
+def _max_tasks() -> int:
+    return max(1, int(os.environ.get("TRAILGUARD_INGEST_MAX_TASKS", "") or 32))
 
 
 cloudtrail_ingest()

@@ -60,6 +60,9 @@ def test_ingest_dag_runs_on_logs(dagbag, tmp_path, monkeypatch):
     src = tmp_path / "logs"
     write_log(src, "a.json.gz", [record(f"e{i}", time=f"2024-07-30T{i:02d}:00:00Z") for i in range(12)])
     write_log(src, "b.json.gz", [record(f"e{i}", time=f"2024-07-30T{i:02d}:00:00Z") for i in range(6, 18)])
+    other = src / "AWSLogs/444455556666/CloudTrail/eu-west-1/2024/07/30"  # a second partition, overlapping
+    other.mkdir(parents=True)
+    (other / "c.json.gz").write_bytes(next(src.rglob("b.json.gz")).read_bytes())
     monkeypatch.setenv("TRAILGUARD_DATA", str(tmp_path / "data"))
     dag = dagbag.get_dag("cloudtrail_ingest")
     started = time.perf_counter()
@@ -72,3 +75,7 @@ def test_ingest_dag_runs_on_logs(dagbag, tmp_path, monkeypatch):
     assert store.dates() == ["2024-07-30"]
     assert store.read_partition("2024-07-30").num_rows == 18
     assert (tmp_path / "data" / "quality" / "date=2024-07-30" / "result.json").exists()
+    stages = [ti for ti in run.get_task_instances() if ti.task_id == "stage_partitions"]
+    assert sorted(ti.map_index for ti in stages) == [0, 1], "one mapped stage task per account x region x day"
+    assert all(ti.state == "success" for ti in stages)
+    assert not any((tmp_path / "data" / "staging").iterdir()), "every stage was committed and cleaned up"

@@ -93,3 +93,28 @@ def test_deeply_nested_parameters_are_kept():
 def test_unusable_records_raise_with_reason(record, reason):
     with pytest.raises(RecordError, match=reason):
         normalise(record, "k")
+
+
+def test_files_decoded_together_equal_one_by_one():
+    """Small files are put together into slices; each still gets exactly its own rows, and a file that
+    needs record-by-record care (here: a record without eventID) does not spoil its neighbours."""
+    import orjson
+    from trailguard.schema import file_to_table, files_to_tables
+
+    def doc(start: int, count: int, broken: bool = False) -> bytes:
+        records = [{"eventID": f"id-{start + i}", "eventTime": "2024-07-30T10:00:00Z", "eventName": f"N{i}",
+                    "userIdentity": {"type": "IAMUser", "arn": f"arn:{i}"}, "requestParameters": {"i": i}}
+                   for i in range(count)]
+        if broken:
+            del records[1]["eventID"]
+        return orjson.dumps({"Records": records})
+
+    documents = [(doc(0, 120), "a"), (doc(200, 300), "b"), (doc(600, 90, broken=True), "c"), (doc(800, 700), "d"),
+                 (b'{"Records": 5}', "e"), (doc(1600, 250), "f"), (doc(2000, 3), "g")]
+    together = files_to_tables(documents)
+    alone = [file_to_table(d, k) for d, k in documents]
+    assert [t is None for t in together] == [t is None for t in alone] == [False, False, True, False, True, False, False]
+    for mine, reference in zip(together, alone, strict=True):
+        if reference is not None:
+            assert mine.equals(reference)
+    assert together[1].column("source_key").unique().to_pylist() == ["b"]

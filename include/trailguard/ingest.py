@@ -5,14 +5,20 @@ log file) or quarantined (its bytes kept with the reason). Every record read end
 quarantined (kept with the reason). The counts in :class:`IngestSummary` add up.
 
 How the work is split: this process lists the source, skips what the manifest says was read, and hands
-the rest out in chunks of a few MB; a chunk is fetched and decoded into one Arrow table (here, or in a
-pool of worker processes), and the tables come back in listing order. This process alone deduplicates,
-writes the event parts and records the manifest, one batch at a time, so memory is bounded by a batch
-plus the chunks in flight, whatever the size of the day.
+the rest out in chunks of a few MB. A chunk is fetched, decoded and written as staged parquet parts, one
+per event day (here, or in a pool of worker processes: only the parts' names and eventID keys travel
+back). This process alone commits the parts into the store in listing order, dropping eventIDs already
+stored (a part with none to drop is renamed into place, not rewritten), and records the manifest one
+batch at a time; memory is bounded by the chunks in flight and the days' eventID indexes.
+
+For Airflow, the same steps run as separate tasks: :func:`plan_partitions` lists the work per account,
+region and delivery day, :func:`stage` reads one partition into staging (mapped tasks, on any worker
+sharing the data root), :func:`commit` moves every staged partition into the store.
 """
 
 from __future__ import annotations
 
+import heapq
 import json
 import logging
 import multiprocessing
@@ -20,25 +26,33 @@ import os
 import pickle
 import shutil
 import sys
-import tempfile
 import time
-import uuid
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import orjson
 import pyarrow as pa
-import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
-from trailguard.schema import EVENT_SCHEMA, RecordError, dumps, file_to_table, normalise, rows_to_table
-from trailguard.sources import Source, SourceObject, skip_reason
-from trailguard.store import EventStore, event_days, new_run_id
+from trailguard.schema import RecordError, dumps, file_to_table, files_to_tables, normalise, rows_to_table
+from trailguard.sources import Source, SourceObject, partition_of, skip_reason
+from trailguard.store import (
+    REJECTED_RECORD_SCHEMA,
+    EventStore,
+    KeyIndex,
+    StagedIds,
+    event_days,
+    new_run_id,
+    parquet_write_options,
+    split_by_day,
+)
 
 try:  # ISA-L inflates about twice as fast as zlib, with the gzip module's API and errors
     from isal.igzip import decompress as _decompress_gzip
@@ -227,78 +241,90 @@ class _ObjectOutcome:
 
 
 @dataclass
+class _StagedPart:
+    """One day's events from one chunk, written as a parquet file in the staging folder."""
+
+    day: str
+    path: str
+    rows: int
+    ids: StagedIds | None
+
+
+@dataclass
 class _ChunkResult:
     outcomes: list[_ObjectOutcome]
-    events: pa.Table | None = None
-    events_file: str | None = None  # an Arrow IPC file holding the events, from a worker
-
-    def table(self) -> pa.Table:
-        """The events; a worker's file is memory-mapped (no copy) and unlinked at once."""
-        if self.events_file is None:
-            return self.events if self.events is not None else EVENT_SCHEMA.empty_table()
-        with pa.memory_map(self.events_file) as source:
-            table = pa.ipc.open_file(source).read_all()
-        os.unlink(self.events_file)
-        return table
+    parts: list[_StagedPart]
 
 
-def _decode_to_file(tasks: list[_Task], folder: str) -> _ChunkResult:
-    """decode_chunk in a worker: the events go back as an Arrow IPC file in ``folder``, not through a pipe."""
-    result = decode_chunk(tasks)
-    if result.events is not None and result.events.num_rows:
-        path = os.path.join(folder, f"{uuid.uuid4().hex}.arrow")
-        with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, EVENT_SCHEMA) as writer:
-            writer.write_table(result.events)
-        result.events, result.events_file = None, path
-    return result
+def decode_chunk(tasks: list[_Task]) -> tuple[list[_ObjectOutcome], pa.Table | None]:
+    """Fetch and decode a chunk of objects: what became of each, and their events in object order.
 
-
-def decode_chunk(tasks: list[_Task]) -> _ChunkResult:
-    """Fetch and decode a chunk of objects into one table of events, in object order."""
+    Ordinary files are decoded together (:func:`~trailguard.schema.files_to_tables`); a file that needs
+    care goes record by record, as in :func:`decode_object`."""
     outcomes: list[_ObjectOutcome] = []
-    tables: list[pa.Table] = []
+    unpacked: list[tuple[_ObjectOutcome, bytes, bytes, str | None]] = []
     for task in tasks:
         data = task.data if task.data is not None else task.fetch()  # type: ignore[misc]
         outcome = _ObjectOutcome(task.key, task.size, task.etag, "ingested")
+        outcomes.append(outcome)
         try:
-            decoded = decode_object(task.key, data)
+            document, note = _unpack(data)
         except ObjectError as exc:
             outcome.status, outcome.note, outcome.data = "quarantined", str(exc), data
-        else:
-            outcome.records_read, outcome.rejected, outcome.note = decoded.records_read, decoded.rejected, decoded.note
+            continue
+        unpacked.append((outcome, data, document, note))
+    fast = files_to_tables([(document, outcome.key) for outcome, _, document, _ in unpacked])
+    tables: list[pa.Table] = []
+    for (outcome, data, document, note), table in zip(unpacked, fast, strict=True):
+        if table is None:
+            try:
+                decoded = _decode_records(outcome.key, document, note)
+            except ObjectError as exc:
+                outcome.status, outcome.note, outcome.data = "quarantined", str(exc), data
+                continue
+            table, outcome.rejected, outcome.note = decoded.table, decoded.rejected, decoded.note
+            outcome.records_read = decoded.records_read
             if decoded.note:  # read with a repair: the original bytes are kept too
                 outcome.data = data
-            tables.append(decoded.table)
-        outcomes.append(outcome)
-    return _ChunkResult(outcomes, pa.concat_tables(tables) if tables else None)
+        else:
+            outcome.records_read, outcome.note = table.num_rows, note
+            if note:
+                outcome.data = data
+        tables.append(table)
+    return outcomes, (pa.concat_tables(tables) if tables else None)
 
 
-def _decode_in_order(chunks: Iterable[list[_Task]], workers: int) -> Iterator[_ChunkResult]:
-    """Decode the chunks here, or in ``workers`` processes a few chunks ahead; results in chunk order."""
+def stage_chunk(tasks: list[_Task], folder: str, seq: int) -> _ChunkResult:
+    """Decode a chunk and write its events, one parquet part per day, into ``folder`` (a worker's whole job:
+    only the outcomes and the parts' names travel back)."""
+    outcomes, table = decode_chunk(tasks)
+    parts: list[_StagedPart] = []
+    if table is not None and table.num_rows:
+        days = event_days(table.column("eventTime"))
+        for day, part in split_by_day(table, days, np.ones(len(days), dtype=bool)):
+            path = os.path.join(folder, f"{seq:08d}-{day}.parquet")
+            pq.write_table(part, path, **parquet_write_options(part.schema))
+            parts.append(_StagedPart(day, path, part.num_rows, StagedIds.of(part)))
+    return _ChunkResult(outcomes, parts)
+
+
+def _stage_in_order(chunks: Iterable[list[_Task]], workers: int, folder: Path) -> Iterator[_ChunkResult]:
+    """Stage the chunks here, or in ``workers`` processes a few chunks ahead; results in chunk order."""
     if workers <= 1:
-        yield from map(decode_chunk, chunks)
+        for seq, chunk in enumerate(chunks):
+            yield stage_chunk(chunk, str(folder), seq)
         return
     pool = ProcessPoolExecutor(workers, mp_context=_pool_context())
-    scratch = tempfile.TemporaryDirectory(prefix="trailguard-ingest-", dir=_scratch_root())
     try:
         pending: deque[Future[_ChunkResult]] = deque()
-        for chunk in chunks:
-            pending.append(pool.submit(_decode_to_file, chunk, scratch.name))
+        for seq, chunk in enumerate(chunks):
+            pending.append(pool.submit(stage_chunk, chunk, str(folder), seq))
             if len(pending) > 2 * workers:
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-        scratch.cleanup()
-
-
-def _scratch_root() -> str | None:
-    """Shared memory (/dev/shm) when it has room for the chunks in flight, else the temp folder."""
-    shm = "/dev/shm"
-    if os.path.isdir(shm) and shutil.disk_usage(shm).free > 1024**3:
-        return shm
-    return None
 
 
 def _pool_context() -> multiprocessing.context.BaseContext:
@@ -329,10 +355,11 @@ def ingest(
 ) -> IngestSummary:
     """Ingest every object the source lists (within ``start``..``end`` by delivery date).
 
-    Objects are read in batches of about ``batch_records`` records; each batch is deduplicated and
-    written before its objects are recorded in the manifest, so a crash mid-run re-reads at most one
-    batch and the eventID check keeps the store free of duplicates. With ``workers`` > 1 that many
-    processes fetch and decode; the result is the same as with one. ``progress(objects, records)`` is
+    Chunks of objects are decoded and written as staged parquet parts (here, or by ``workers``
+    processes); this process alone moves the parts into the store, less the eventIDs already there, in
+    listing order. Objects are recorded in the manifest every ``batch_records`` records, after their
+    events are in, so a crash re-reads at most one batch and the eventID check keeps the store free of
+    duplicates. The result is the same with any number of workers. ``progress(objects, records)`` is
     called as objects are listed and read.
     """
     run_id = new_run_id()
@@ -345,28 +372,41 @@ def ingest(
         if progress:
             progress(summary.objects, summary.records)
 
-    listing = _list(source, store, start, end, summary, batch, workers, min(CHUNK_BYTES, batch_records * 32), report)
-    for result in _decode_in_order(listing, workers):
-        _merge(result, batch, store, run_id, summary)
-        report()
-        if batch.records >= batch_records:
-            _flush(batch, store, run_id, summary, touched)
-    _flush(batch, store, run_id, summary, touched)
+    staging = store.staging_dir(run_id)
+    staging.mkdir(parents=True, exist_ok=True)
+    try:
+        with store.commit_lock():
+            listing = _list(source, store, start, end, summary, batch, workers, _chunk_bytes(batch_records), report)
+            for result in _stage_in_order(listing, workers, staging):
+                _take_outcomes(result.outcomes, batch, store, run_id, summary)
+                _commit_parts(result.parts, batch, store, run_id, summary, touched)
+                report()
+                if batch.records >= batch_records:
+                    _flush(batch, store, run_id)
+            _flush(batch, store, run_id)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     summary.dates = sorted(touched)
     summary.seconds = time.perf_counter() - started
     log.info("ingest %s: %s", source.uri, "; ".join(summary.lines()[1:]))
     return summary
 
 
+def _chunk_bytes(batch_records: int) -> int:
+    return min(CHUNK_BYTES, max(batch_records * 32, 1))
+
+
 @dataclass
 class _Batch:
-    tables: list[pa.Table] = field(default_factory=list)
     rejected: list[dict[str, Any]] = field(default_factory=list)
     manifest: list[dict[str, Any]] = field(default_factory=list)
+    new_per_key: dict[str, int] = field(default_factory=dict)
     records: int = 0
+    keys: KeyIndex = field(default_factory=KeyIndex)  # eventIDs committed in this batch, on any day
 
     def clear(self) -> None:
-        self.tables, self.rejected, self.manifest, self.records = [], [], [], 0
+        self.rejected, self.manifest, self.new_per_key, self.records = [], [], {}, 0
+        self.keys = KeyIndex()
 
 
 def _list(
@@ -379,12 +419,17 @@ def _list(
     workers: int,
     chunk_bytes: int,
     report: Callable[[], None],
+    only: Callable[[str], bool] | None = None,
+    prefix: str | None = None,
 ) -> Iterator[list[_Task]]:
-    """The objects to read, in chunks of about ``chunk_bytes``; objects to skip go straight to the batch."""
+    """The objects to read, in chunks of about ``chunk_bytes``; objects to skip go straight to the batch.
+    ``only`` keeps the keys of one partition."""
     seen = store.manifest_index()
     chunk: list[_Task] = []
     size = 0
-    for obj in source.objects(start, end):
+    for obj in source.objects(start, end, prefix=prefix) if prefix else source.objects(start, end):
+        if only is not None and not only(obj.key):
+            continue
         summary.objects += 1
         reason = skip_reason(obj.key) if obj.is_file else None
         previous = seen.get(obj.key)
@@ -415,9 +460,11 @@ def _task(obj: SourceObject, workers: int) -> _Task:
     return task
 
 
-def _merge(result: _ChunkResult, batch: _Batch, store: EventStore, run_id: str, summary: IngestSummary) -> None:
-    """Count a decoded chunk and add it to the batch; quarantine the bytes of bad and repaired objects."""
-    for outcome in result.outcomes:
+def _take_outcomes(
+    outcomes: list[_ObjectOutcome], batch: _Batch, store: EventStore, run_id: str, summary: IngestSummary
+) -> None:
+    """Count a chunk's objects into the batch; quarantine the bytes of bad and repaired objects."""
+    for outcome in outcomes:
         if outcome.status == "quarantined":
             store.quarantine_object(outcome.key, outcome.data or b"", outcome.note or "", run_id)
             summary.objects_quarantined += 1
@@ -440,28 +487,32 @@ def _merge(result: _ChunkResult, batch: _Batch, store: EventStore, run_id: str, 
                 records_quarantined=len(outcome.rejected),
             )
         )
-    events = result.table()
-    if events.num_rows:
-        batch.tables.append(events)
 
 
-def _flush(batch: _Batch, store: EventStore, run_id: str, summary: IngestSummary, touched: set[str]) -> None:
-    """Write a batch: new events first, then rejected records, then the manifest that says they are in."""
-    if not (batch.tables or batch.rejected or batch.manifest):
+def _commit_parts(
+    parts: Iterable[_StagedPart], batch: _Batch, store: EventStore, run_id: str, summary: IngestSummary,
+    touched: set[str],
+) -> None:
+    """Move staged parts into the store (less duplicates), counting new events per object."""
+    for part in parts:
+        new_per_key = store.add_staged_part(Path(part.path), part.day, run_id, batch.keys, part.ids)
+        new = sum(new_per_key.values())
+        summary.new += new
+        summary.duplicates += part.rows - new
+        if new:
+            touched.add(part.day)
+        for key, count in new_per_key.items():
+            batch.new_per_key[key] = batch.new_per_key.get(key, 0) + count
+
+
+def _flush(batch: _Batch, store: EventStore, run_id: str) -> None:
+    """Record a batch whose events are in: rejected records first, then the manifest that says so."""
+    if not (batch.rejected or batch.manifest):
         return
-    table = pa.concat_tables(batch.tables) if batch.tables else EVENT_SCHEMA.empty_table()
-    written, duplicates = store.append_events(table, run_id)
-    summary.new += written.num_rows
-    summary.duplicates += duplicates
-    new_per_key: dict[str, int] = {}
-    if written.num_rows:
-        counts = pc.value_counts(written.column("source_key"))
-        new_per_key = dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True))
-        touched.update(map(str, np.unique(event_days(written.column("eventTime")))))
     for entry in batch.manifest:
         entry["run_id"] = run_id
         if entry["status"] == "ingested":
-            entry["records_new"] = new_per_key.get(entry["key"], 0)
+            entry["records_new"] = batch.new_per_key.get(entry["key"], 0)
             entry["records_duplicate"] = entry["records_read"] - entry["records_quarantined"] - entry["records_new"]
     for rejected in batch.rejected:
         rejected["run_id"] = run_id
@@ -484,3 +535,132 @@ def _entry(obj: SourceObject | _ObjectOutcome, status: str, *, error: str | None
         "run_id": None,
         "seen_at": datetime.now(timezone.utc),
     }
+
+
+# -- the same run as Airflow tasks: plan, stage per partition (mapped), commit ---------------------------
+def plan_partitions(
+    source: Source, store: EventStore, *, start: date | None = None, end: date | None = None
+) -> list[dict[str, Any]]:
+    """The source's partitions (account x region x delivery day) holding objects not yet ingested, with
+    their object count and bytes; objects outside the AWS layout form one partition of their own.
+
+    Digest and Insight files are left out: they hold no events (a one-process :func:`ingest` records them
+    in the manifest as skipped)."""
+    seen = store.manifest_index()
+    found: dict[str | None, dict[str, Any]] = {}
+    for obj in source.objects(start, end):
+        if obj.is_file and skip_reason(obj.key):
+            continue
+        previous = seen.get(obj.key)
+        if previous and previous[0] == obj.size and previous[1] == obj.etag:
+            continue
+        part = partition_of(obj.key)
+        prefix = part["prefix"] if part else None
+        entry = found.setdefault(prefix, {**(part or _OTHER_PARTITION), "objects": 0, "bytes": 0})
+        entry["objects"] += 1
+        entry["bytes"] += obj.size
+    return sorted(found.values(), key=lambda p: (p["day"] or "", p["account"] or "", p["region"] or ""))
+
+
+_OTHER_PARTITION = {"account": None, "region": None, "day": None, "prefix": None}
+
+
+def partition_label(partition: dict[str, Any]) -> str:
+    """``account/region/day`` (what the Airflow UI shows for a mapped task)."""
+    if partition.get("prefix") is None:
+        return "other (not in the AWS layout)"
+    return f"{partition['account']}/{partition['region']}/{partition['day']}"
+
+
+def group_partitions(partitions: list[dict[str, Any]], max_groups: int = 32) -> list[list[dict[str, Any]]]:
+    """Partitions as at most ``max_groups`` lists of about equal bytes (one task each); each partition its
+    own group when there are few. Groups keep the plan's order within them."""
+    if len(partitions) <= max_groups:
+        return [[p] for p in partitions]
+    loads = [(0, i) for i in range(max_groups)]
+    members: list[list[int]] = [[] for _ in range(max_groups)]
+    for index in sorted(range(len(partitions)), key=lambda i: -partitions[i]["bytes"]):
+        load, group = heapq.heappop(loads)
+        members[group].append(index)
+        heapq.heappush(loads, (load + partitions[index]["bytes"], group))
+    return [[partitions[i] for i in sorted(group)] for group in members if group]
+
+
+def group_label(partitions: list[dict[str, Any]]) -> str:
+    """What the Airflow UI shows for one stage task."""
+    if len(partitions) == 1:
+        return partition_label(partitions[0])
+    return f"{len(partitions)} partitions: {partition_label(partitions[0])} .. {partition_label(partitions[-1])}"
+
+
+def stage(
+    source: Source,
+    store: EventStore,
+    partition: dict[str, Any],
+    stage_id: str,
+    *,
+    start: date | None = None,
+    end: date | None = None,
+    workers: int = 1,
+) -> dict[str, Any]:
+    """Read one partition's new objects into the staging folder ``stage_id`` (parts, rejected records and
+    manifest entries, committed later by :func:`commit`); bad objects go to quarantine at once.
+
+    A retry starts the stage afresh. Returns the stage's counts.
+    """
+    folder = store.staging_dir(stage_id)
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    prefix = partition.get("prefix")
+    if prefix is None:
+        def only(key: str) -> bool:
+            return partition_of(key) is None
+    else:
+        def only(key: str) -> bool:
+            return key.startswith(prefix)
+    summary = IngestSummary(source=source.uri, run_id=stage_id)
+    batch = _Batch()
+    parts: list[dict[str, Any]] = []
+    listing = _list(source, store, start, end, summary, batch, workers, CHUNK_BYTES, lambda: None, only, prefix)
+    for result in _stage_in_order(listing, workers, folder):
+        _take_outcomes(result.outcomes, batch, store, stage_id, summary)
+        parts += [{"day": p.day, "file": os.path.basename(p.path), "rows": p.rows} for p in result.parts]
+    if batch.rejected:
+        table = pa.Table.from_pylist([{**r, "run_id": stage_id} for r in batch.rejected], schema=REJECTED_RECORD_SCHEMA)
+        pq.write_table(table, folder / "rejected.parquet")
+    counts = {name: value for name, value in summary.as_dict().items() if isinstance(value, int)}
+    document = {"source": source.uri, "partition": partition, "counts": counts, "parts": parts,
+                "manifest": [{**e, "seen_at": e["seen_at"].isoformat()} for e in batch.manifest]}
+    (folder / "stage.json").write_text(json.dumps(document, indent=1))
+    return counts
+
+
+def commit(store: EventStore, stage_ids: Iterable[str], *, source: str = "", run_id: str | None = None) -> IngestSummary:
+    """Move staged partitions into the store, in the order given, less duplicates; record their objects
+    in the manifest. A stage already committed (its folder gone) is skipped, so a retry is safe."""
+    run_id = run_id or new_run_id()
+    summary = IngestSummary(source=source, run_id=run_id)
+    started = time.perf_counter()
+    touched: set[str] = set()
+    with store.commit_lock():
+        keys = KeyIndex()
+        for stage_id in stage_ids:
+            folder = store.staging_dir(stage_id)
+            if not (folder / "stage.json").exists():
+                log.warning("stage %s: nothing staged or already committed", stage_id)
+                continue
+            document = json.loads((folder / "stage.json").read_text())
+            for name, value in document["counts"].items():
+                setattr(summary, name, getattr(summary, name) + value)
+            batch = _Batch(keys=keys)
+            batch.manifest = [{**e, "seen_at": datetime.fromisoformat(e["seen_at"])} for e in document["manifest"]]
+            if (folder / "rejected.parquet").exists():
+                batch.rejected = pq.read_table(folder / "rejected.parquet").to_pylist()
+            staged = [_StagedPart(p["day"], str(folder / p["file"]), p["rows"], None) for p in document["parts"]]
+            _commit_parts((p for p in staged if os.path.exists(p.path)), batch, store, run_id, summary, touched)
+            _flush(batch, store, run_id)
+            shutil.rmtree(folder, ignore_errors=True)
+    summary.dates = sorted(touched)
+    summary.seconds = time.perf_counter() - started
+    log.info("commit %s: %s", run_id, "; ".join(summary.lines()[1:]))
+    return summary

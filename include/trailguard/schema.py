@@ -273,11 +273,59 @@ def file_to_table(document: bytes, source_key: str) -> pa.Table | None:
         return None
 
 
+def files_to_tables(documents: Sequence[tuple[bytes, str]]) -> list[pa.Table | None]:
+    """:func:`file_to_table` of many (document, source_key) pairs: small files are put together into slices
+    of about _SLICE_RECORDS records, so that the per-slice cost is paid once for several files (CloudTrail
+    writes many files of a few hundred records). The results are those of file_to_table, file by file."""
+    results: list[pa.Table | None] = [None] * len(documents)
+    group: list[tuple[int, list[Any], list[msgspec.Raw]]] = []
+    count = 0
+    for index, (document, key) in enumerate(documents):
+        try:
+            records = _RECORDS.decode(document).Records
+            texts = _RECORD_TEXTS.decode(document).Records
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+            continue  # stays None: normalise() decides
+        if len(records) >= _SLICE_RECORDS:
+            results[index] = file_to_table(document, key)
+            continue
+        group.append((index, records, texts))
+        count += len(records)
+        if count >= _SLICE_RECORDS:
+            _group_tables(group, documents, results)
+            group, count = [], 0
+    _group_tables(group, documents, results)
+    return results
+
+
+def _group_tables(
+    group: list[tuple[int, list[Any], list[msgspec.Raw]]],
+    documents: Sequence[tuple[bytes, str]],
+    results: list[pa.Table | None],
+) -> None:
+    """One table for a group of small files, cut back into one per file (slices share the buffers)."""
+    if not group:
+        return
+    lengths = [len(records) for _, records, _ in group]
+    keys = pa.array(np.repeat(np.array([documents[i][1] for i, _, _ in group], dtype=object), lengths), pa.string())
+    try:
+        table = _records_table([r for _, records, _ in group for r in records],
+                               [t for _, _, texts in group for t in texts], keys)
+    except (_NeedsNormalise, msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        for index, _, _ in group:  # some file of the group needs care: decide file by file
+            results[index] = file_to_table(*documents[index])
+        return
+    offset = 0
+    for (index, _, _), length in zip(group, lengths, strict=True):
+        results[index] = table.slice(offset, length)
+        offset += length
+
+
 class _NeedsNormalise(Exception):
     """A file holds something only the record-by-record path decides on."""
 
 
-def _records_table(records: list[Any], texts: list[msgspec.Raw], source_key: str) -> pa.Table:
+def _records_table(records: list[Any], texts: list[msgspec.Raw], source_key: str | pa.Array) -> pa.Table:
     if not records:
         return EVENT_SCHEMA.empty_table()
     raw = _text_array(texts)
@@ -306,7 +354,9 @@ def _records_table(records: list[Any], texts: list[msgspec.Raw], source_key: str
         arrays.append(pa.array(values, pa.string()))
     arrays += [pa.array(columns.at((name,)), pa.bool_()) for name in BOOL_FIELDS]
     arrays += [_text_array(columns.at((name,))) for name in JSON_FIELDS]
-    arrays += [raw, pa.repeat(pa.scalar(source_key, pa.string()), len(records))]
+    if isinstance(source_key, str):
+        source_key = pa.repeat(pa.scalar(source_key, pa.string()), len(records))
+    arrays += [raw, source_key]
     return pa.Table.from_arrays(arrays, schema=EVENT_SCHEMA)
 
 

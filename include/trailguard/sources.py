@@ -36,7 +36,12 @@ class SourceObject:
 class Source(Protocol):
     uri: str
 
-    def objects(self, start: date | None = None, end: date | None = None) -> Iterator[SourceObject]: ...
+    def objects(
+        self, start: date | None = None, end: date | None = None, prefix: str | None = None
+    ) -> Iterator[SourceObject]:
+        """Objects delivered from ``start`` to ``end``; with ``prefix`` (a key prefix, e.g. one partition's
+        day folder) only those below it, listed without the rest where the source can."""
+        ...
 
 
 def skip_reason(key: str) -> str | None:
@@ -61,6 +66,20 @@ def key_date(key: str) -> date | None:
         return None
 
 
+# AWSLogs/[o-orgid/]<account>/CloudTrail/<region>/YYYY/MM/DD/: one partition of a trail's delivery
+_PARTITION = re.compile(r"(?:^|/)AWSLogs/(?:o-[a-z0-9]{10,32}/)?(\d{12})/CloudTrail/([a-z0-9-]{1,32})/(\d{4})/(\d{2})/(\d{2})/")
+
+
+def partition_of(key: str) -> dict[str, str] | None:
+    """The account, region and delivery day of an AWS-layout key, with the key prefix they share (None for
+    keys outside that layout, e.g. CloudWatch hours or a flat folder)."""
+    match = _PARTITION.search(key.replace("\\", "/"))
+    if not match:
+        return None
+    account, region, year, month, day = match.groups()
+    return {"account": account, "region": region, "day": f"{year}-{month}-{day}", "prefix": key[: match.end()]}
+
+
 def in_range(key: str, start: date | None, end: date | None) -> bool:
     """Keys without a date in their path are always in range (we cannot tell)."""
     if start is None and end is None:
@@ -80,9 +99,17 @@ class LocalFolderSource:
         if not self.folder.is_dir():
             raise FileNotFoundError(f"source folder {self.folder} does not exist or is not a folder")
 
-    def objects(self, start: date | None = None, end: date | None = None) -> Iterator[SourceObject]:
-        for key, entry in sorted(_files_below(self.folder), key=lambda found: found[0].split("/")):
-            if not in_range(key, start, end):
+    def objects(
+        self, start: date | None = None, end: date | None = None, prefix: str | None = None
+    ) -> Iterator[SourceObject]:
+        folder, below = self.folder, ""
+        if prefix:
+            below = prefix[: prefix.rfind("/") + 1]
+            folder = self.folder / below
+            if ".." in Path(below).parts or not folder.is_dir():
+                return
+        for key, entry in sorted(_files_below(folder, below), key=lambda found: found[0].split("/")):
+            if not in_range(key, start, end) or (prefix and not key.startswith(prefix)):
                 continue
             stat = entry.stat()
             yield SourceObject(
@@ -152,18 +179,23 @@ class S3Source:
                         yield f"{region}{day:%Y/%m/%d}/"
                         day += timedelta(days=1)
 
-    def objects(self, start: date | None = None, end: date | None = None) -> Iterator[SourceObject]:
-        if start is not None and end is not None:
+    def objects(
+        self, start: date | None = None, end: date | None = None, prefix: str | None = None
+    ) -> Iterator[SourceObject]:
+        own = f"s3://{self.bucket}/"
+        if prefix and prefix.startswith(own + self.prefix):
+            prefixes = [prefix[len(own) :]]
+        elif start is not None and end is not None:
             prefixes = list(self._day_prefixes(start, end))
             if not prefixes:  # not the AWS layout: list everything and filter by key
                 prefixes = [self.prefix]
         else:
             prefixes = [self.prefix]
-        for prefix in prefixes:
-            for page in self._list(prefix):
+        for listed in prefixes:
+            for page in self._list(listed):
                 for item in page.get("Contents", []):
                     key = item["Key"]
-                    if key.endswith("/") or not in_range(key, start, end):
+                    if key.endswith("/") or not in_range(key, start, end) or (prefix and not f"{own}{key}".startswith(prefix)):
                         continue
                     yield SourceObject(
                         key=f"s3://{self.bucket}/{key}",
@@ -198,7 +230,9 @@ class CloudWatchLogsSource:
         self.client = client if client is not None else _boto3_client("logs")
         self.page_size = page_size
 
-    def objects(self, start: date | None = None, end: date | None = None) -> Iterator[SourceObject]:
+    def objects(
+        self, start: date | None = None, end: date | None = None, prefix: str | None = None
+    ) -> Iterator[SourceObject]:
         kwargs: dict[str, Any] = {"logGroupName": self.group}
         if start is not None:
             kwargs["startTime"] = _epoch_ms(datetime.combine(start, datetime.min.time(), timezone.utc))

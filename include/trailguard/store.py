@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import re
+import shutil
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
@@ -129,13 +130,14 @@ def id_keys(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return keys
 
 
-class _DayIndex:
-    """The keys of one day's stored eventIDs: first halves sorted for binary search, second halves beside."""
+class KeyIndex:
+    """A set of eventID keys (a day's stored eventIDs, or a batch's): first halves sorted for binary search, second halves beside."""
 
-    def __init__(self, keys: np.ndarray) -> None:
+    def __init__(self, keys: np.ndarray | None = None) -> None:
         self.first = np.empty(0, dtype=np.uint64)
         self.second = np.empty(0, dtype=np.uint64)
-        self.add(keys)
+        if keys is not None:
+            self.add(keys)
 
     @property
     def nbytes(self) -> int:
@@ -156,10 +158,32 @@ class _DayIndex:
         return result
 
     def add(self, keys: np.ndarray) -> None:
-        """Add keys not in the index yet (the stable sort merges the two sorted runs)."""
-        first = np.concatenate([self.first, keys[:, 0]])
-        order = np.argsort(first, kind="stable")
-        self.first, self.second = first[order], np.concatenate([self.second, keys[:, 1]])[order]
+        """Add keys not in the index yet: the new ones, sorted, are inserted in place (one pass, no re-sort)."""
+        if not len(keys):
+            return
+        order = np.argsort(keys[:, 0], kind="stable")
+        first, second = keys[order, 0], keys[order, 1]
+        at = np.searchsorted(self.first, first, "right")
+        self.first, self.second = np.insert(self.first, at, first), np.insert(self.second, at, second)
+
+
+@dataclass
+class StagedIds:
+    """What deduplication needs of a staged part: each row's eventID key and which source it came from."""
+
+    keys: np.ndarray  # (rows, 2) uint64, see id_keys
+    source_index: np.ndarray  # (rows,) int32 into sources
+    sources: list[str]
+
+    @classmethod
+    def of(cls, table: pa.Table) -> StagedIds:
+        """From a table's eventID and source_key columns."""
+        encoded = table.column("source_key").combine_chunks().fill_null("").dictionary_encode()
+        return cls(
+            keys=id_keys(table.column("eventID")),
+            source_index=encoded.indices.to_numpy(zero_copy_only=False).astype(np.int32),
+            sources=encoded.dictionary.to_pylist(),
+        )
 
 
 @dataclass
@@ -168,7 +192,7 @@ class EventStore:
 
     root: DataPath
     index_budget_bytes: int = 1 << 30
-    _indexes: OrderedDict[str, _DayIndex] = field(default_factory=OrderedDict, repr=False)
+    _indexes: OrderedDict[str, KeyIndex] = field(default_factory=OrderedDict, repr=False)
 
     def __post_init__(self) -> None:
         self.root = as_path(self.root)
@@ -222,11 +246,11 @@ class EventStore:
         """The eventIDs stored for a day, as they are on disk."""
         return self.read_partition(day, columns=["eventID"]).column("eventID").combine_chunks()
 
-    def _day_index(self, day: str) -> _DayIndex:
+    def _day_index(self, day: str) -> KeyIndex:
         """The day's dedupe index: built from the partition on first use, then kept up to date."""
         index = self._indexes.get(day)
         if index is None:
-            index = self._indexes[day] = _DayIndex(id_keys(self.partition_ids(day).drop_null()))
+            index = self._indexes[day] = KeyIndex(id_keys(self.partition_ids(day).drop_null()))
         self._indexes.move_to_end(day)
         return index
 
@@ -234,6 +258,14 @@ class EventStore:
         """Drop the least recently used days' indexes beyond the memory budget (the newest always stays)."""
         while len(self._indexes) > 1 and sum(i.nbytes for i in self._indexes.values()) > self.index_budget_bytes:
             self._indexes.popitem(last=False)
+
+    def _keep_new(self, day: str, keys: np.ndarray, keep: np.ndarray) -> None:
+        """Clear ``keep`` for keys already stored on ``day``; the kept ones join the day's index."""
+        rows = np.flatnonzero(keep)
+        index = self._day_index(day)
+        keep[rows[index.contains(keys[rows])]] = False
+        index.add(keys[keep])
+        self._trim_indexes()
 
     def append_events(self, table: pa.Table, run_id: str) -> tuple[pa.Table, int]:
         """Add events not yet in the store; returns (the rows written, duplicates dropped).
@@ -247,18 +279,87 @@ class EventStore:
         keep = _first_occurrences(keys)
         days = event_days(table.column("eventTime"))
         for day in np.unique(days):
-            rows = np.flatnonzero((days == day) & keep)
-            index = self._day_index(str(day))
-            known = index.contains(keys[rows])
-            keep[rows[known]] = False
-            index.add(keys[rows[~known]])
-        self._trim_indexes()
+            on_day = days == day
+            day_keep = keep & on_day
+            self._keep_new(str(day), keys, day_keep)
+            keep[on_day] = day_keep[on_day]
         written = []
-        for day, part in _split_by_day(table, days, keep):
-            write_parquet_atomic(part, self.partition_dir(day) / f"part-{run_id}-{uuid.uuid4().hex[:8]}.parquet")
+        for day, part in split_by_day(table, days, keep):
+            write_parquet_atomic(part, self.new_part_path(day, run_id))
             written.append(part)
         new = pa.concat_tables(written) if written else table.schema.empty_table()
         return new, table.num_rows - new.num_rows
+
+    def new_part_path(self, day: date | str, run_id: str) -> Path:
+        return self.partition_dir(day) / f"part-{run_id}-{uuid.uuid4().hex[:8]}.parquet"
+
+    # -- staging: parts written by workers, moved into the store by one committer --------------------
+    def staging_dir(self, stage_id: str) -> Path:
+        """A private folder for one run's or task's staged parts (same filesystem as the partitions)."""
+        return self.root / "staging" / safe_name(stage_id)
+
+    def clean_staging(self, older_than_hours: float = 48) -> list[str]:
+        """Remove stages left by runs that failed before their commit (older than ``older_than_hours``)."""
+        folder = self.root / "staging"
+        if not folder.is_dir():
+            return []
+        cutoff = datetime.now(timezone.utc).timestamp() - older_than_hours * 3600
+        removed = []
+        for child in folder.iterdir():
+            if child.is_dir() and child.stat().st_mtime < cutoff:
+                shutil.rmtree(child, ignore_errors=True)
+                removed.append(child.name)
+                log.warning("removed stale staging %s (a run that never committed it)", child)
+        return removed
+
+    def add_staged_part(
+        self, staged: Path, day: str, run_id: str, batch: KeyIndex | None = None, ids: StagedIds | None = None
+    ) -> dict[str, int]:
+        """Move a staged part (one day's events in EVENT_SCHEMA) into the partition, less the eventIDs the
+        store or the part already holds; returns the new events per ``source_key``.
+
+        ``batch`` holds the keys a run committed lately on any day: an eventID seen there (at another
+        eventTime) is a duplicate too. ``ids`` are the part's keys and sources as its writer computed
+        them; without them the two columns are read from the file. A part with nothing to drop (the usual
+        case) is renamed into place, not rewritten.
+        """
+        if ids is None:
+            ids = StagedIds.of(pq.read_table(staged, columns=["eventID", "source_key"], schema=EVENT_SCHEMA))
+        keys = ids.keys
+        keep = _first_occurrences(keys)
+        if batch is not None:
+            keep &= ~batch.contains(keys)
+        self._keep_new(day_text(day), keys, keep)
+        if batch is not None:
+            batch.add(keys[keep])
+        final = self.new_part_path(day, run_id)
+        if keep.all():
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staged, final)
+        else:
+            if keep.any():
+                part = pq.read_table(staged, schema=EVENT_SCHEMA).filter(pa.array(keep))
+                write_parquet_atomic(part, final)
+            staged.unlink()
+        counts = np.bincount(ids.source_index[keep], minlength=len(ids.sources))
+        return {name: int(count) for name, count in zip(ids.sources, counts, strict=True) if count}
+
+    @contextmanager
+    def commit_lock(self) -> Iterator[None]:
+        """Held while parts are committed, so two committers on one machine never race on a day's index.
+
+        (Runs on several machines commit through one Airflow task at a time: the DAG's max_active_runs=1.)
+        """
+        import fcntl
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".commit.lock", "a+b") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                self._indexes.clear()  # another process may have committed since: rebuild from disk
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def rewrite_partition(self, day: date | str, table: pa.Table) -> None:
         """Replace a day's partition with ``table`` as one file (used by validation's quarantine).
@@ -343,7 +444,7 @@ def _first_occurrences(keys: np.ndarray) -> np.ndarray:
     return keep
 
 
-def _split_by_day(table: pa.Table, days: np.ndarray, keep: np.ndarray) -> Iterator[tuple[str, pa.Table]]:
+def split_by_day(table: pa.Table, days: np.ndarray, keep: np.ndarray) -> Iterator[tuple[str, pa.Table]]:
     """The kept rows of each day, copying only record batches that mix days or lose rows (a batch per
     source file, usually all of one day and all new, is passed on as it is)."""
     parts: dict[str, list[pa.RecordBatch]] = {}
