@@ -1,8 +1,9 @@
 """A data root at s3://bucket/prefix, against a real moto server (boto3 and s3fs over HTTP).
 
 The fast tests cover the filesystem layer (what is local stays pathlib, S3 writes are whole objects, no
-temporary keys, clear errors). The slow one runs the library pipeline - ingest, validate, train, score,
-report, mail to .eml, label - on the same small demo logs into a local folder and into S3, and checks
+temporary keys, clear errors) and validation's row quarantine. The slow ones run ingestion split as the
+DAG runs it (plan, stage into S3, commit) and the library pipeline - ingest, validate, train, score,
+report, mail to .eml, label - on the same small demo logs into a local folder and into S3, and check
 that the bucket holds the contract layout and that both roots give the same events, quality verdicts,
 scores and report.
 """
@@ -129,6 +130,49 @@ def test_validation_moves_rows_and_rewrites_the_partition_on_s3(s3):
     assert (again[0].num_rows, again[1]) == (0, 4)
 
 
+@pytest.mark.slow
+def test_staged_ingestion_on_s3_equals_a_local_ingest(s3, tmp_path):
+    """The DAG's split with an S3 root: stage tasks (any worker) leave their parts under staging/ in the
+    bucket, stage.json last; the commit copies them into the partitions within S3. A one-process ingest
+    with two worker processes stages in a local folder and uploads. Both store what a local ingest does."""
+    from trailguard import demo_data
+    from trailguard.ingest import commit, ingest, plan_partitions, stage
+    from trailguard.sources import LocalFolderSource
+    from trailguard.store import EventStore
+
+    from tests.test_ingest_partitions import manifest_counts, store_rows
+
+    demo_data.generate(tmp_path / "logs", days=1, events=300, bad_files=True)
+    source = LocalFolderSource(tmp_path / "logs")
+    reference = EventStore(tmp_path / "data")
+    whole = ingest(source, reference)
+
+    store = EventStore(as_path(f"s3://{BUCKET}/staged"))
+    partitions = plan_partitions(source, store)
+    stage_ids = [f"run-{i}" for i in range(len(partitions))]
+    for i, (partition, stage_id) in enumerate(zip(partitions, stage_ids, strict=True)):
+        stage(source, store, partition, stage_id, workers=2 if i == 0 else 1)
+    staged = keys_under(s3, "staged/staging")
+    assert {k.split("/")[0] for k in staged} == set(stage_ids) and f"{stage_ids[0]}/stage.json" in staged
+    assert store.dates() == []  # nothing in the store before the commit
+    assert store.clean_staging() == []  # fresh stages are kept (their age is their newest object's)
+
+    summary = commit(store, stage_ids, source=source.uri)
+    assert (summary.new, summary.duplicates, summary.quarantined) == (whole.new, whole.duplicates, whole.quarantined)
+    assert store_rows(store) == store_rows(reference)
+    assert manifest_counts(store) == manifest_counts(reference)
+    assert keys_under(s3, "staged/staging") == []
+
+    parallel = EventStore(as_path(f"s3://{BUCKET}/parallel"))
+    assert ingest(source, parallel, workers=2, batch_records=500).new == whole.new
+    assert store_rows(parallel) == store_rows(reference)
+    assert not [k for k in keys_under(s3, "parallel") if k.startswith("staging/")]
+
+    stage(source, store, partitions[0], "abandoned")  # a stage whose commit never came
+    assert store.clean_staging(older_than_hours=-1) == ["abandoned"]
+    assert keys_under(s3, "staged/staging") == []
+
+
 # -- slow: the pipeline on both roots -------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def pipeline(s3, tmp_path_factory):
@@ -188,9 +232,11 @@ def test_the_bucket_holds_the_contract_layout(pipeline, s3):
         assert f"reports/{day}/{name}" in keys
     assert has(r"labels/labels-[^/]+\.parquet") and "training/last_training.json" in keys
     assert not [k for k in keys if ".tmp-" in k or k.endswith("/")]  # no temporary keys, no folder markers
-    # every folder of the local run is a prefix in the bucket (the local run did not train)
+    # every folder of the local run is a prefix in the bucket (the local run did not train; its commit
+    # lock file is local-only)
     local_root = runs["local"]["store"].root
-    local_dirs = {str(p.parent.relative_to(local_root)) for p in local_root.rglob("*") if p.is_file()}
+    local_dirs = {str(p.parent.relative_to(local_root)) for p in local_root.rglob("*")
+                  if p.is_file() and p.name != ".commit.lock"}  # fmt: skip
     assert local_dirs <= {k.rsplit("/", 1)[0] for k in keys}
 
 

@@ -12,6 +12,9 @@ in this module:
   filesystem (ranged reads: a footer or a few columns, not the whole object).
 * **listing**: S3 has no folders, only key prefixes: a "folder" exists while a key is under it, and
   listings are never cached, so a worker sees what another one has just written.
+* **staging and moving** (ingestion): parts are always written to a local folder first; moving one into
+  an S3 partition is one upload (or, for a part another worker staged in S3, a server-side copy) and
+  then the source goes; locally it stays a rename.
 
 Credentials and endpoint come from the standard AWS chain (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``,
 ``AWS_PROFILE``, ``~/.aws``, an instance or pod role; ``AWS_ENDPOINT_URL`` for MinIO or another
@@ -21,6 +24,8 @@ S3-compatible server).
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -135,3 +140,75 @@ def visible_files(folder: DataPath, pattern: str = "*.parquet") -> list[DataPath
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.glob(pattern) if not p.name.startswith("."))
+
+
+def move(source: DataPath, final: DataPath) -> None:
+    """Move a whole file into place: a rename locally; into S3 an upload of a local file, or a server-side
+    copy of an S3 one, which readers see complete or not at all; then the source goes."""
+    if not is_remote(final):
+        if is_remote(source):
+            raise ValueError(f"cannot move {source} from S3 into the local folder {final}")
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(source, final)
+        return
+    if is_remote(source):
+        final.fs.copy(source.path, final.path)
+    else:
+        final.fs.put_file(os.fspath(source), final.path)
+    source.unlink()
+
+
+def rmtree(folder: DataPath) -> None:
+    """Remove a folder and everything in it (on S3 every key under the prefix); absent is fine."""
+    if not is_remote(folder):
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    try:
+        folder.fs.rm(folder.path, recursive=True)
+    except FileNotFoundError:
+        pass
+
+
+def last_modified(folder: DataPath) -> float:
+    """When a folder last changed (epoch seconds): its mtime locally; on S3, where a prefix has no time of
+    its own, that of the newest key under it."""
+    if not is_remote(folder):
+        return folder.stat().st_mtime
+    found = folder.fs.find(folder.path, detail=True)
+    times = [info["LastModified"].timestamp() for info in found.values() if "LastModified" in info]
+    return max(times, default=0.0)
+
+
+def local_folder(folder: DataPath, prefix: str = "trailguard-") -> Path:
+    """``folder`` itself when local; for an S3 folder a new local temporary folder to prepare files in."""
+    if is_remote(folder):
+        return Path(tempfile.mkdtemp(prefix=prefix))
+    return folder
+
+
+@contextmanager
+def written_locally(folder: DataPath, last: str | None = None) -> Iterator[Path]:
+    """A local folder to write ``folder``'s files in: ``folder`` itself when local; for an S3 folder a
+    temporary one whose files are uploaded into it when the block succeeds, ``last`` after all the others
+    (a reader that waits for that file finds the rest), and which is removed in any case."""
+    local = local_folder(folder)
+    if local is folder:
+        yield local
+        return
+    try:
+        yield local
+        files = sorted((p for p in local.rglob("*") if p.is_file()), key=lambda p: p.name == last)
+        for path in files:
+            folder.fs.put_file(os.fspath(path), (folder / path.relative_to(local).as_posix()).path)
+    finally:
+        shutil.rmtree(local, ignore_errors=True)
+
+
+def lock_file(root: DataPath) -> Path:
+    """The file a process locks while it commits into ``root``: inside a local root; for an S3 root a
+    local file named after it (S3 has no locks: committers on other machines are kept apart by running
+    the commit as one Airflow task at a time)."""
+    if not is_remote(root):
+        return root / ".commit.lock"
+    name = uuid.uuid5(uuid.NAMESPACE_URL, str(root)).hex
+    return Path(tempfile.gettempdir()) / f"trailguard-commit-{name}.lock"

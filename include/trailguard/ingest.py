@@ -41,6 +41,8 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from trailguard import fs
+from trailguard.fs import as_path, read_parquet
 from trailguard.schema import RecordError, dumps, file_to_table, files_to_tables, normalise, rows_to_table
 from trailguard.sources import Source, SourceObject, partition_of, skip_reason
 from trailguard.store import (
@@ -372,7 +374,7 @@ def ingest(
         if progress:
             progress(summary.objects, summary.records)
 
-    staging = store.staging_dir(run_id)
+    staging = store.local_staging_dir(run_id)
     staging.mkdir(parents=True, exist_ok=True)
     try:
         with store.commit_lock():
@@ -495,7 +497,7 @@ def _commit_parts(
 ) -> None:
     """Move staged parts into the store (less duplicates), counting new events per object."""
     for part in parts:
-        new_per_key = store.add_staged_part(Path(part.path), part.day, run_id, batch.keys, part.ids)
+        new_per_key = store.add_staged_part(as_path(part.path), part.day, run_id, batch.keys, part.ids)
         new = sum(new_per_key.values())
         summary.new += new
         summary.duplicates += part.rows - new
@@ -608,9 +610,8 @@ def stage(
 
     A retry starts the stage afresh. Returns the stage's counts.
     """
-    folder = store.staging_dir(stage_id)
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
+    target = store.staging_dir(stage_id)
+    fs.rmtree(target)
     prefix = partition.get("prefix")
     if prefix is None:
         def only(key: str) -> bool:
@@ -622,16 +623,18 @@ def stage(
     batch = _Batch()
     parts: list[dict[str, Any]] = []
     listing = _list(source, store, start, end, summary, batch, workers, CHUNK_BYTES, lambda: None, only, prefix)
-    for result in _stage_in_order(listing, workers, folder):
-        _take_outcomes(result.outcomes, batch, store, stage_id, summary)
-        parts += [{"day": p.day, "file": os.path.basename(p.path), "rows": p.rows} for p in result.parts]
-    if batch.rejected:
-        table = pa.Table.from_pylist([{**r, "run_id": stage_id} for r in batch.rejected], schema=REJECTED_RECORD_SCHEMA)
-        pq.write_table(table, folder / "rejected.parquet")
-    counts = {name: value for name, value in summary.as_dict().items() if isinstance(value, int)}
-    document = {"source": source.uri, "partition": partition, "counts": counts, "parts": parts,
-                "manifest": [{**e, "seen_at": e["seen_at"].isoformat()} for e in batch.manifest]}
-    (folder / "stage.json").write_text(json.dumps(document, indent=1))
+    with fs.written_locally(target, last="stage.json") as folder:  # on S3: uploaded at the end, stage.json last
+        folder.mkdir(parents=True, exist_ok=True)
+        for result in _stage_in_order(listing, workers, folder):
+            _take_outcomes(result.outcomes, batch, store, stage_id, summary)
+            parts += [{"day": p.day, "file": os.path.basename(p.path), "rows": p.rows} for p in result.parts]
+        if batch.rejected:
+            table = pa.Table.from_pylist([{**r, "run_id": stage_id} for r in batch.rejected], schema=REJECTED_RECORD_SCHEMA)
+            pq.write_table(table, folder / "rejected.parquet")
+        counts = {name: value for name, value in summary.as_dict().items() if isinstance(value, int)}
+        document = {"source": source.uri, "partition": partition, "counts": counts, "parts": parts,
+                    "manifest": [{**e, "seen_at": e["seen_at"].isoformat()} for e in batch.manifest]}
+        (folder / "stage.json").write_text(json.dumps(document, indent=1))
     return counts
 
 
@@ -655,11 +658,11 @@ def commit(store: EventStore, stage_ids: Iterable[str], *, source: str = "", run
             batch = _Batch(keys=keys)
             batch.manifest = [{**e, "seen_at": datetime.fromisoformat(e["seen_at"])} for e in document["manifest"]]
             if (folder / "rejected.parquet").exists():
-                batch.rejected = pq.read_table(folder / "rejected.parquet").to_pylist()
+                batch.rejected = read_parquet(folder / "rejected.parquet").to_pylist()
             staged = [_StagedPart(p["day"], str(folder / p["file"]), p["rows"], None) for p in document["parts"]]
-            _commit_parts((p for p in staged if os.path.exists(p.path)), batch, store, run_id, summary, touched)
+            _commit_parts((p for p in staged if as_path(p.path).exists()), batch, store, run_id, summary, touched)
             _flush(batch, store, run_id)
-            shutil.rmtree(folder, ignore_errors=True)
+            fs.rmtree(folder)
     summary.dates = sorted(touched)
     summary.seconds = time.perf_counter() - started
     log.info("commit %s: %s", run_id, "; ".join(summary.lines()[1:]))

@@ -18,12 +18,13 @@ import hashlib
 import json
 import logging
 import re
-import shutil
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -290,13 +291,18 @@ class EventStore:
         new = pa.concat_tables(written) if written else table.schema.empty_table()
         return new, table.num_rows - new.num_rows
 
-    def new_part_path(self, day: date | str, run_id: str) -> Path:
+    def new_part_path(self, day: date | str, run_id: str) -> DataPath:
         return self.partition_dir(day) / f"part-{run_id}-{uuid.uuid4().hex[:8]}.parquet"
 
     # -- staging: parts written by workers, moved into the store by one committer --------------------
-    def staging_dir(self, stage_id: str) -> Path:
+    def staging_dir(self, stage_id: str) -> DataPath:
         """A private folder for one run's or task's staged parts (same filesystem as the partitions)."""
         return self.root / "staging" / safe_name(stage_id)
+
+    def local_staging_dir(self, run_id: str) -> Path:
+        """Where a run that commits its own parts stages them: :meth:`staging_dir` for a local root (a
+        commit is a rename); a local temporary folder for an S3 root (a commit is one upload)."""
+        return fs.local_folder(self.staging_dir(run_id), prefix="trailguard-staging-")
 
     def clean_staging(self, older_than_hours: float = 48) -> list[str]:
         """Remove stages left by runs that failed before their commit (older than ``older_than_hours``)."""
@@ -306,14 +312,14 @@ class EventStore:
         cutoff = datetime.now(timezone.utc).timestamp() - older_than_hours * 3600
         removed = []
         for child in folder.iterdir():
-            if child.is_dir() and child.stat().st_mtime < cutoff:
-                shutil.rmtree(child, ignore_errors=True)
+            if child.is_dir() and fs.last_modified(child) < cutoff:
+                fs.rmtree(child)
                 removed.append(child.name)
                 log.warning("removed stale staging %s (a run that never committed it)", child)
         return removed
 
     def add_staged_part(
-        self, staged: Path, day: str, run_id: str, batch: KeyIndex | None = None, ids: StagedIds | None = None
+        self, staged: DataPath, day: str, run_id: str, batch: KeyIndex | None = None, ids: StagedIds | None = None
     ) -> dict[str, int]:
         """Move a staged part (one day's events in EVENT_SCHEMA) into the partition, less the eventIDs the
         store or the part already holds; returns the new events per ``source_key``.
@@ -321,10 +327,10 @@ class EventStore:
         ``batch`` holds the keys a run committed lately on any day: an eventID seen there (at another
         eventTime) is a duplicate too. ``ids`` are the part's keys and sources as its writer computed
         them; without them the two columns are read from the file. A part with nothing to drop (the usual
-        case) is renamed into place, not rewritten.
+        case) is renamed into place, not rewritten (on S3: uploaded, or copied within S3, once).
         """
         if ids is None:
-            ids = StagedIds.of(pq.read_table(staged, columns=["eventID", "source_key"], schema=EVENT_SCHEMA))
+            ids = StagedIds.of(read_parquet(staged, columns=["eventID", "source_key"], schema=EVENT_SCHEMA))
         keys = ids.keys
         keep = _first_occurrences(keys)
         if batch is not None:
@@ -334,11 +340,10 @@ class EventStore:
             batch.add(keys[keep])
         final = self.new_part_path(day, run_id)
         if keep.all():
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(staged, final)
+            fs.move(staged, final)
         else:
             if keep.any():
-                part = pq.read_table(staged, schema=EVENT_SCHEMA).filter(pa.array(keep))
+                part = read_parquet(staged, schema=EVENT_SCHEMA).filter(pa.array(keep))
                 write_parquet_atomic(part, final)
             staged.unlink()
         counts = np.bincount(ids.source_index[keep], minlength=len(ids.sources))
@@ -348,12 +353,14 @@ class EventStore:
     def commit_lock(self) -> Iterator[None]:
         """Held while parts are committed, so two committers on one machine never race on a day's index.
 
-        (Runs on several machines commit through one Airflow task at a time: the DAG's max_active_runs=1.)
+        (Runs on several machines commit through one Airflow task at a time: the DAG's max_active_runs=1.
+        For an S3 root the lock file is local: see :func:`trailguard.fs.lock_file`.)
         """
         import fcntl
 
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".commit.lock", "a+b") as handle:
+        lock = fs.lock_file(self.root)
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock, "a+b") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
                 self._indexes.clear()  # another process may have committed since: rebuild from disk
