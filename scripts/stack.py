@@ -73,6 +73,11 @@ class Config:
     @classmethod
     def from_env(cls) -> Config:
         env = os.environ
+        if "://" in env.get("TRAILGUARD_DATA", ""):
+            raise SystemExit(
+                f"make up runs on a local data root (its MLflow server keeps SQLite there), not "
+                f"TRAILGUARD_DATA={env['TRAILGUARD_DATA'].strip()}: unset it or point it at a folder"
+            )
         data_root = Path(env.get("TRAILGUARD_DATA", "").strip() or PROJECT / "demo" / "data").resolve()
         source = env.get("TRAILGUARD_SOURCE", "").strip() or None
         if source is None and data_root == (PROJECT / "demo" / "data").resolve():
