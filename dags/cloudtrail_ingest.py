@@ -58,11 +58,12 @@ def cloudtrail_ingest():
         """List the window's objects not yet ingested, per account x region x delivery day, in groups of
         partitions for the mapped stage tasks (at most TRAILGUARD_INGEST_MAX_TASKS of them)."""
         from trailguard import ingest
+        from trailguard.settings import load_settings
 
         source, store, start, end = _open(params, dag_run)
         store.clean_staging()
         partitions = ingest.plan_partitions(source, store, start=start, end=end)
-        groups = ingest.group_partitions(partitions, max_groups=_max_tasks())
+        groups = ingest.group_partitions(partitions, max_groups=load_settings().ingest_max_tasks)
         print(f"{len(partitions)} partitions with new objects, in {len(groups)} stage tasks")
         for partition in partitions:
             print(f"  {ingest.partition_label(partition)}: {partition['objects']} objects, {partition['bytes']:,} bytes")
@@ -153,10 +154,6 @@ def _open(params: dict, dag_run, client: bool = True):
     elif uri.startswith("cloudwatch://"):
         aws = aws_client_factory()("logs")
     return open_source(uri, aws), store, start, end
-
-
-def _max_tasks() -> int:
-    return max(1, int(os.environ.get("TRAILGUARD_INGEST_MAX_TASKS", "") or 32))
 
 
 cloudtrail_ingest()
