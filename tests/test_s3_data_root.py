@@ -86,9 +86,11 @@ def test_a_failed_s3_write_leaves_no_object(s3):
     assert keys_under(s3, "failed") == []
 
 
-def test_an_s3_root_needs_an_mlflow_tracking_uri(s3, capsys):
+def test_an_s3_root_needs_an_mlflow_tracking_uri(s3, capsys, monkeypatch):
     from trailguard.cli import main
     from trailguard.training import tracking_uri_for
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # mlflow.set_tracking_uri in earlier tests sets it
 
     with pytest.raises(ConfigError, match="set MLFLOW_TRACKING_URI"):
         tracking_uri_for(as_path(f"s3://{BUCKET}/mlflow-less"))
