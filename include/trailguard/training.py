@@ -433,6 +433,7 @@ class TrainResult:
     until: str | None
     use_cases: dict[str, UseCaseResult] = field(default_factory=dict)
     seconds: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: "data" (features of every day), per use case
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-friendly summary (what the DAG task returns through XCom)."""
@@ -692,6 +693,7 @@ def _train(
     log.info("training on %d days %s..%s (%d analyst labels)", len(eligible), eligible[0] if eligible else "-",
              last, len(analyst))
     data = training_data(store, eligible, history_days, analyst, progress)
+    result.timings["data"] = time.perf_counter() - started
 
     for uc in use_cases:
         uc_started = time.perf_counter()
@@ -706,7 +708,7 @@ def _train(
         k = min(k, len(days) - 1)
         res.test_days, res.train_days = days[-k:], days[:-k]
         _train_use_case(res, frame, experiment_id, last, history_days, max_train_rows)
-        res.seconds = time.perf_counter() - uc_started
+        res.seconds = result.timings[uc] = time.perf_counter() - uc_started
     labels_mod.mark_training(root, analyst_labels=len(analyst), until=last)
     result.seconds = time.perf_counter() - started
     for line in result.lines():
