@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 
 from trailguard import enrich
 from trailguard.enrich import Enricher
+from trailguard.schema import EVENT_SCHEMA
 from trailguard.store import EventStore, write_parquet_atomic
 
 log = logging.getLogger(__name__)
@@ -677,6 +678,7 @@ def _build(
             "failed": failed.astype(np.float64),
         },
         index=day.index,
+        copy=False,  # one block per column: consolidating a million rows of 70 columns is a copy for nothing
     )
     if rows is not None:
         features = features[rows] if not rows.all() else features
@@ -812,6 +814,64 @@ def load_day_events(store: EventStore, day: date | str, columns: Iterable[str] |
     """
     table = store.read_partition(_as_date(day).isoformat(), columns=columns)
     return table.combine_chunks().to_pandas()
+
+
+def read_rows(store: EventStore, day: date | str, columns: Iterable[str], mask: np.ndarray) -> pa.Table:
+    """``columns`` of a day's events where ``mask`` holds (over :meth:`EventStore.read_partition`'s rows,
+    in its order), read a batch at a time: a large column (``raw`` is most of a day's bytes) is never
+    whole in memory, and row groups without a wanted row are not read at all. (A store-side helper, here
+    until the store offers it.)"""
+    cols = list(columns)
+    schema = pa.schema([EVENT_SCHEMA.field(c) for c in cols])
+    mask = np.asarray(mask, dtype=bool)
+    parts: list[pa.Table] = []
+    offset = 0
+    for path in store.partition_files(_as_date(day).isoformat()):
+        parquet = pq.ParquetFile(path)
+        present = [c for c in cols if c in parquet.schema_arrow.names]
+        for group in range(parquet.metadata.num_row_groups):
+            size = parquet.metadata.row_group(group).num_rows
+            wanted = mask[offset: offset + size]
+            offset += size
+            if not wanted.any():
+                continue
+            start = 0
+            for batch in parquet.iter_batches(batch_size=65_536, row_groups=[group], columns=present):
+                keep = wanted[start: start + batch.num_rows]
+                start += batch.num_rows
+                if keep.any():
+                    table = pa.Table.from_batches([batch]).filter(pa.array(keep))
+                    for c in cols:
+                        if c not in present:
+                            table = table.append_column(c, pa.nulls(table.num_rows, schema.field(c).type))
+                    parts.append(table.select(cols).cast(schema))
+    if offset != len(mask):
+        raise ValueError(f"the mask has {len(mask)} rows, the partition of {day} {offset}: it changed meanwhile")
+    return pa.concat_tables(parts) if parts else schema.empty_table()
+
+
+def load_rule_events(store: EventStore, day: date | str, extra_columns: Iterable[str] = ()) -> pd.DataFrame:
+    """A day's events with every column features and the labelling functions read, except the detail
+    columns (``raw``...: most of a day's bytes), which :func:`add_rule_details` adds where needed."""
+    from trailguard.detections import DETAIL_COLUMNS, RULE_COLUMNS
+
+    columns = dict.fromkeys((*DAY_COLUMNS, *RULE_COLUMNS, *extra_columns))
+    return load_day_events(store, day, columns=[c for c in columns if c not in DETAIL_COLUMNS])
+
+
+def add_rule_details(store: EventStore, day: date | str, events: pd.DataFrame, rows: np.ndarray | None = None) -> pd.DataFrame:
+    """Add the detail columns to the frame of :func:`load_rule_events` on the rows the labelling functions
+    read them from (``detections.detail_rows``; ``rows`` as passed to ``label_events``), null elsewhere."""
+    from trailguard.detections import DETAIL_COLUMNS, detail_rows
+
+    need = detail_rows(events, rows)
+    values = read_rows(store, day, DETAIL_COLUMNS, need)
+    where = pa.array(need)
+    for name in values.column_names:
+        column = values.column(name).combine_chunks()
+        full = pc.replace_with_mask(pa.nulls(len(events), column.type), where, column)
+        events[name] = pa.table({name: full}).to_pandas()[name].set_axis(events.index)
+    return events
 
 
 def load_day_features(
