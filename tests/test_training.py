@@ -246,10 +246,11 @@ def test_the_champion_scores_new_rows_as_in_training(demo, first):
         written = scores.set_index("eventID").loc[rows["eventID"], "risk_score"].to_numpy()
         assert via_pyfunc == pytest.approx(written)
 
-    # rescoring replaces the day's file
+    # rescoring replaces the day's files (one per account x region)
     again = score_day(store, day, tracking_uri=uri)
-    assert again.path == result.path and len(read_scores(store.root, day)) == len(scores)
-    assert sorted(p.name for p in result.path.parent.iterdir()) == ["scores.parquet"]
+    assert again.files == result.files and len(read_scores(store.root, day)) == len(scores)
+    assert sorted(p.name for p in result.path.iterdir()) == sorted(p.name for p in result.files)
+    assert all(p.name.startswith("part-") for p in result.files) and len(result.files) > 1
 
 
 @pytest.mark.slow
