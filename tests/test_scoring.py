@@ -210,3 +210,22 @@ def test_an_empty_day_is_scored_as_empty(store, champions):
     assert result.events == 0 and [p.name for p in result.files] == ["empty.parquet"]
     assert len(read_scores(store.root, day)) == 0
     assert np.all(read_scores(store.root, day).columns[:4] == ["eventID", "eventTime", "use_case", "risk_score"])
+
+
+def test_reasons_of_rows_nothing_explains_are_empty(store, champions):
+    """A partition of routine events (no rule, nothing new, low risk) gets empty reasons, not an error."""
+    from trailguard.scoring import REASON_COLUMNS, explain
+    from trailguard.training import model_input
+
+    day = store.dates()[-1]
+    rows = feat.load_day_features(store, day)
+    rows = rows[rows["use_case"] == "api_call"].head(50).reset_index(drop=True)
+    flags = [c for c in rows.columns if c.startswith(("first_", "novel_", "last_hour_"))]
+    rows[flags + ["new_principal", "is_root", "access_denied", "cross_account", "ua_offensive", feat.RULE_SCORE]] = 0.0
+    rows = rows[list(dict.fromkeys((*feat.FEATURE_SETS["api_call"].columns, *REASON_COLUMNS)))]
+    comps = pd.DataFrame({"risk_score": 10.0, "supervised_score": 10.0, "anomaly_score": 0.0}, index=rows.index)
+    model = champions["api_call"].model
+    assert model_input(rows, feat.FEATURE_SETS["api_call"]).shape[0] == 50
+    assert explain(rows, np.full(50, "", dtype=object), comps, model).to_pylist() == [""] * 50
+    comps["risk_score"] = 45.0  # now the model's own reason (its largest contribution, or the call) appears
+    assert all(explain(rows, np.full(50, "", dtype=object), comps, model).to_pylist())

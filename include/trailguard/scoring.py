@@ -538,14 +538,15 @@ def explain(
         top = _linear_contributions(model, rows, comps)
         if top is not None:
             has = top.ne("").to_numpy()
-            pieces.append((np.flatnonzero(has), 6, pa.array(top.to_numpy(dtype=object)[has], _TEXT)))
+            if has.any():
+                pieces.append((np.flatnonzero(has), 6, pa.array(top.to_numpy(dtype=object)[has], _TEXT)))
 
     risk = comps["risk_score"].to_numpy()
     explained = np.zeros(n, dtype=bool)
     for rows_with, _, _ in pieces:
         explained[rows_with] = True
     add(~explained & (risk >= 40), 9, "model score for ", col("eventName"), " (", col("category"), ") by ", who)
-    if not pieces:
+    if not any(len(p[0]) for p in pieces):
         return pa.array([""] * n, _TEXT)
     row = np.concatenate([p[0] for p in pieces])
     prio = np.concatenate([np.full(len(p[0]), p[1]) for p in pieces])
