@@ -306,10 +306,15 @@ def hgb_pipeline(fs: FeatureSet) -> Pipeline:
             ("numbers", "passthrough", list(fs.numeric)),
         ]
     )
+    # a frame, not an array: the regressor re-encodes its categorical columns, and picking columns out of
+    # a million-row array costs seconds at every scoring
+    pre.set_output(transform="pandas")
     mask = [True] * len(categorical) + [False] * len(fs.numeric)
     model = HistGradientBoostingRegressor(
         max_iter=300,
-        learning_rate=0.1,
+        # 0.2 stops at about half the trees of 0.1 with the same held-out metrics on a month of a 100k-event
+        # organisation: half the time of every day's scoring
+        learning_rate=0.2,
         max_leaf_nodes=31,
         min_samples_leaf=10,  # rare high-risk calls (StopLogging...) need small leaves to be learnt at all
         l2_regularization=1.0,
