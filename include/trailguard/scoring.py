@@ -335,7 +335,7 @@ def _score_day(
     for name, values in extra.items():
         table = table.append_column(name, values)
     scored = use_case != feat.OTHER
-    table = table.filter(pa.array(scored)).select(list(SCORE_COLUMNS)).cast(SCORE_SCHEMA)
+    table = (table.filter(pa.array(scored)) if not scored.all() else table).select(list(SCORE_COLUMNS)).cast(SCORE_SCHEMA)
     _write_parts(result, store.root, key, (table, part_codes[scored], parts), whole_day, account, region, event_ids)
     result.high_risk = int(np.sum(table.column("risk_score").to_numpy() >= 70))
     clock("write")
