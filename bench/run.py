@@ -3,6 +3,14 @@
     make bench                                   # 1,000,000 events (generated once, cached in bench/work/)
     python bench/run.py --events 200000          # a smaller run
     python bench/run.py --only ingest,naive      # some stages only
+    python bench/run.py --only features,score,report,train   # the daily scoring path and training
+
+Ingestion and validation read ``--events`` demo events (30 days, and one day). Features, training,
+scoring and the report run on an organisation's store: ``--org-days`` ordinary days of
+``--org-events-per-day`` events (100,000) followed by one busy day of ``--events`` events, the day that is
+scored and reported. Training learns from the ordinary days (until the day before the busy one). That
+store is ingested once and kept in bench/work/, with its history profiles (what the daily runs of the
+days before left behind); each run starts training on a fresh MLflow store.
 
 Every measured stage runs in a child process, so that its peak memory is its own: the table gives wall
 seconds, CPU seconds (the child and its workers), records/s, MB/s of compressed input and peak RSS (the
@@ -28,6 +36,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +44,9 @@ import psutil
 
 PROJECT = Path(__file__).resolve().parents[1]
 NOT_AVAILABLE = "not available yet"
-STAGES = ("ingest", "rerun", "naive", "dags", "validate", "features", "train", "score", "report", "demo")
+STAGES = ("ingest", "rerun", "naive", "dags", "validate", "features", "train", "score", "score_partitions", "report",
+          "demo")
+ORG_STAGES = ("features", "train", "score", "score_partitions", "report")
 
 
 # -- measuring a child process --------------------------------------------------------------------------
@@ -100,15 +111,44 @@ class _TreeSampler(threading.Thread):
 
 
 # -- data ------------------------------------------------------------------------------------------------
-def demo_logs(work: Path, events: int, days: int = 30) -> Path:
-    """Demo CloudTrail logs for ``events`` events over ``days`` days, generated once and kept."""
+def demo_logs(work: Path, events: int, days: int = 30, end: date | None = None) -> Path:
+    """Demo CloudTrail logs for ``events`` events over ``days`` days up to ``end`` (the demo's last day
+    unless told), generated once and kept."""
     from trailguard import demo_data
 
     out = work / (f"logs-{events}" if days == 30 else f"logs-{events}-{days}d")
+    if end is not None and end != demo_data.DEFAULT_END:
+        out = out.with_name(f"{out.name}-until-{end.isoformat()}")
     if not (out / "demo_summary.json").exists():
         print(f"generating {events:,} events over {days} days in {out} (once) ...", flush=True)
-        demo_data.generate(out, events=events, days=days)
+        demo_data.generate(out, events=events, days=days, end=end)
     return out
+
+
+def org_logs(work: Path, day_events: int, per_day: int, days: int) -> tuple[list[Path], str]:
+    """The organisation's logs: ``days`` ordinary days of ``per_day`` events, then the busy day of
+    ``day_events`` events; and that busy day."""
+    from trailguard.demo_data import DEFAULT_END
+
+    history = demo_logs(work, per_day * days, days=days, end=DEFAULT_END - timedelta(days=1))
+    return [history, demo_logs(work, day_events, days=1)], DEFAULT_END.isoformat()
+
+
+def org_prepare_stage(folder: str, logs: list[str]) -> dict[str, Any]:
+    """Ingest the organisation's logs; build the ordinary days' profiles, as their own daily runs would have."""
+    from trailguard.enrich import default_enricher
+    from trailguard.features import day_profile
+    from trailguard.ingest import ingest
+    from trailguard.sources import LocalFolderSource
+    from trailguard.store import EventStore
+
+    shutil.rmtree(folder, ignore_errors=True)
+    store = EventStore(Path(folder) / "data")
+    records = sum(ingest(LocalFolderSource(Path(path) / "AWSLogs"), store).new for path in logs)
+    for day in store.dates()[:-1]:
+        day_profile(store, day, default_enricher())
+    (Path(folder) / "ready.json").write_text(json.dumps({"records": records, "days": store.dates()}) + "\n")
+    return {"records": records}
 
 
 def log_files(logs: Path) -> list[Path]:
@@ -179,13 +219,17 @@ def features_stage(data: str, day: str) -> dict[str, Any]:
 
 
 def train_stage(data: str, day: str) -> dict[str, Any]:
-    from datetime import date
-
+    """Training on the days before ``day``, on a fresh MLflow store."""
     from trailguard.store import EventStore
     from trailguard.training import train
 
-    result = train(EventStore(Path(data)), until=date.fromisoformat(day))
-    return {"until": day, "result": "; ".join(result.lines())[:300]}
+    shutil.rmtree(Path(data) / "mlflow", ignore_errors=True)
+    until = date.fromisoformat(day) - timedelta(days=1)
+    result = train(EventStore(Path(data)), until=until)
+    use_cases = {uc: {"seconds": round(r.seconds, 1), "rows": r.rows, "train_rows": r.train_rows, "best": r.best}
+                 for uc, r in result.use_cases.items()}
+    return {"until": until.isoformat(), "use_cases": use_cases, "timings": result.timings,
+            "result": "; ".join(result.lines())[:600]}
 
 
 def score_stage(data: str, day: str) -> dict[str, Any]:
@@ -193,7 +237,25 @@ def score_stage(data: str, day: str) -> dict[str, Any]:
     from trailguard.store import EventStore
 
     result = score_day(EventStore(Path(data)), day)
-    return {"date": day, "result": "; ".join(result.lines())[:300]}
+    return {"date": day, "rows": result.events, "timings": {k: round(v, 2) for k, v in result.timings.items()},
+            "result": "; ".join(result.lines())[:300]}
+
+
+def score_partitions_stage(data: str, day: str) -> dict[str, Any]:
+    """Every partition (account x region) of the day scored one after the other, as the DAG's mapped
+    tasks would: the total cost of splitting the day."""
+    from trailguard.scoring import day_partitions, score_day
+    from trailguard.store import EventStore
+
+    store = EventStore(Path(data))
+    parts = day_partitions(store, day)
+    seconds = []
+    for part in parts:
+        started = time.perf_counter()
+        score_day(store, day, account=part["account"], region=part["region"])
+        seconds.append(round(time.perf_counter() - started, 2))
+    return {"date": day, "rows": sum(p["events"] for p in parts), "partitions": len(parts),
+            "slowest_partition_seconds": max(seconds, default=0.0)}
 
 
 def report_stage(data: str, day: str) -> dict[str, Any]:
@@ -220,16 +282,13 @@ def demo_stage(work: str) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(args.work).resolve()
     stages = set(args.only.split(",")) if args.only else set(STAGES)
-    logs = demo_logs(work, args.events)
-    files = log_files(logs)
-    input_bytes = sum(f.stat().st_size for f in files)
+    unknown = stages - set(STAGES)
+    if unknown:
+        raise SystemExit(f"unknown stage(s) {', '.join(sorted(unknown))}; choose from {', '.join(STAGES)}")
     results: dict[str, Any] = {
         "events": args.events,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_average_at_start": os.getloadavg()},
-        "input": {"folder": str(logs), "files": len(files), "compressed_mb": round(input_bytes / 2**20, 1)},
     }
-    stores = work / f"stores-{args.events}"
-    shutil.rmtree(stores, ignore_errors=True)
 
     def step(name: str, work_fn: Callable[..., dict[str, Any]], *work_args: Any) -> dict[str, Any]:
         print(f"  {name} ...", flush=True)
@@ -237,6 +296,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         results.setdefault("stages", {})[name] = figures
         return figures
 
+    if stages & {"ingest", "rerun", "naive"}:
+        logs = demo_logs(work, args.events)
+        files = log_files(logs)
+        input_bytes = sum(f.stat().st_size for f in files)
+        results["input"] = {"folder": str(logs), "files": len(files), "compressed_mb": round(input_bytes / 2**20, 1)}
+        stores = work / f"stores-{args.events}"
+        shutil.rmtree(stores, ignore_errors=True)
+        store = stores / f"workers-{args.workers[0]}"
     if "ingest" in stages:
         for workers in args.workers:
             figures = step(f"ingest_{workers}_workers", ingest_stage, str(logs), str(stores / f"workers-{workers}"), workers)
@@ -245,7 +312,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if len(runs) > 1 and all("seconds" in r for r in runs):
             results["speedup"] = {f"{w}_vs_{args.workers[0]}_workers": round(runs[0]["seconds"] / r["seconds"], 2)
                                   for w, r in zip(args.workers[1:], runs[1:], strict=True)}
-    store = stores / f"workers-{args.workers[0]}"
     if "rerun" in stages and store.exists():
         step("rerun", ingest_stage, str(logs), str(store), args.workers[-1])
     if "naive" in stages:
@@ -256,17 +322,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             results["speedup"] = {**results.get("speedup", {}), "vs_naive": round(best / figures["records_per_s"], 1)}
     if "dags" in stages:
         step("dag_parse", dag_parse_stage)
-    day = _last_day(store)
     if "validate" in stages:
         busy = demo_logs(work, args.events, days=1)
-        busy_store = stores / "one-day"
+        busy_store = work / f"stores-{args.events}-one-day"
+        shutil.rmtree(busy_store, ignore_errors=True)
         ingest_figures = step("ingest_one_day", ingest_stage, str(busy), str(busy_store), args.workers[-1])
         _rates(ingest_figures, sum(f.stat().st_size for f in log_files(busy)))
         step("validate_one_day", validate_stage, str(busy_store), _last_day(busy_store))
-    for name, stage_fn in (("features", features_stage), ("train", train_stage), ("score", score_stage),
-                           ("report", report_stage)):
-        if name in stages and day:
-            step(f"{name}_last_day" if name != "train" else "train", stage_fn, str(store), day)
+    if stages & set(ORG_STAGES):
+        folder = work / f"org-{args.org_events_per_day}x{args.org_days}d-then-{args.events}"
+        data = folder / "data"
+        logs_used, day = org_logs(work, args.events, args.org_events_per_day, args.org_days)
+        results["org"] = {"folder": str(folder), "days": args.org_days, "events_per_day": args.org_events_per_day,
+                          "scored_day": day, "scored_day_events": args.events}
+        if not (folder / "ready.json").exists():
+            figures = step("org_prepare", org_prepare_stage, str(folder), [str(p) for p in logs_used])
+            if figures.get("skipped"):
+                raise SystemExit(f"preparing the organisation's store failed: {figures.get('detail')}")
+        for name, stage_fn in (("features", features_stage), ("train", train_stage), ("score", score_stage),
+                               ("score_partitions", score_partitions_stage), ("report", report_stage)):
+            if name in stages:
+                step(f"{name}_last_day" if name not in ("train", "score_partitions") else name, stage_fn, str(data), day)
     if "demo" in stages:
         step("demo", demo_stage, str(work))
     return results
@@ -303,8 +379,20 @@ def table(results: dict[str, Any]) -> str:
     lines += [f"DAG parse {name}: {seconds:.3f} s" for name, seconds in parse.items()]
     lines += [f"speed-up {name.replace('_', ' ')}: {value}x" for name, value in results.get("speedup", {}).items()]
     machine = results["machine"]
-    lines.append(f"{machine['cpus']} CPUs, load average at start {', '.join(f'{x:.1f}' for x in machine['load_average_at_start'])}; "
-                 f"input {results['input']['files']} files, {results['input']['compressed_mb']} MB compressed")
+    line = f"{machine['cpus']} CPUs, load average at start {', '.join(f'{x:.1f}' for x in machine['load_average_at_start'])}"
+    if "input" in results:
+        line += f"; input {results['input']['files']} files, {results['input']['compressed_mb']} MB compressed"
+    lines.append(line)
+    if "org" in results:
+        org = results["org"]
+        lines.append(f"organisation: {org['days']} days of {org['events_per_day']:,} events, then {org['scored_day']} "
+                     f"with {org['scored_day_events']:,} events (scored and reported; training until the day before)")
+    for name, r in results.get("stages", {}).items():
+        if r.get("timings"):
+            lines.append(f"{name}: " + ", ".join(f"{k} {v:.1f}s" for k, v in r["timings"].items()))
+        for uc, figures in (r.get("use_cases") or {}).items():
+            lines.append(f"train {uc}: {figures['seconds']:.1f}s, {figures['rows']:,} events, "
+                         f"{figures['train_rows']:,} training rows, best {figures['best']}")
     return "\n".join(lines)
 
 
@@ -314,6 +402,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--naive-events", type=int, default=100_000, help="records for the naive baseline (default 100,000)")
     parser.add_argument("--workers", default="1,2", help="worker counts to compare (default 1,2)")
     parser.add_argument("--only", default=None, help=f"comma-separated stages (default all: {','.join(STAGES)})")
+    parser.add_argument("--org-events-per-day", type=int, default=100_000,
+                        help="the organisation's ordinary day for features/train/score/report (default 100,000)")
+    parser.add_argument("--org-days", type=int, default=30, help="its ordinary days before the scored day (default 30)")
     parser.add_argument("--work", default=str(PROJECT / "bench" / "work"), help="cached logs and stores (default bench/work)")
     parser.add_argument("--results", default=str(PROJECT / "bench" / "results.json"), help="where the figures go")
     args = parser.parse_args(argv)

@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import PROJECT
 
 
@@ -28,3 +30,25 @@ def test_bench_runs_on_small_data_and_writes_the_figures(tmp_path):
     assert stages["naive"]["records"] >= 300 and stages["naive"]["records_per_s"] > 0
     assert figures["speedup"]["2_vs_1_workers"] > 0 and figures["speedup"]["vs_naive"] > 0
     assert "records/s" in out.stdout and "speed-up" in out.stdout
+
+
+@pytest.mark.slow
+def test_bench_scoring_stages_on_a_small_organisation(tmp_path):
+    """Features, training, scoring (whole day and partition by partition) and the report on a small
+    organisation: every stage gives its figures, CPU seconds included."""
+    results = tmp_path / "results.json"
+    command = [sys.executable, str(PROJECT / "bench" / "run.py"), "--events", "5000", "--org-events-per-day", "1200",
+               "--org-days", "12", "--work", str(tmp_path / "work"), "--results", str(results),
+               "--only", "features,train,score,score_partitions,report"]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    figures = json.loads(results.read_text())
+    stages = figures["stages"]
+    for name in ("org_prepare", "features_last_day", "train", "score_last_day", "score_partitions", "report_last_day"):
+        assert not stages[name].get("skipped"), (name, stages[name].get("trace", stages[name]))
+        assert stages[name]["seconds"] > 0 and stages[name]["cpu_seconds"] > 0
+    assert stages["score_partitions"]["rows"] == stages["score_last_day"]["rows"] > 4000
+    assert stages["score_partitions"]["partitions"] >= 3
+    assert set(stages["train"]["use_cases"]) == {"console_login", "api_call"}
+    assert figures["org"]["scored_day_events"] == 5000
+    assert "train api_call:" in out.stdout and "score_last_day:" in out.stdout

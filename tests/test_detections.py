@@ -894,6 +894,72 @@ def test_label_events_matches_evaluate_event_on_every_case() -> None:
         assert out["lf_score"].iloc[i] == max((d.score for d, _ in hits), default=0)
 
 
+def _every_case_frame() -> pd.DataFrame:
+    """Every positive and near-miss case, an hour apart, plus a burst and a brute force across regions."""
+    start = pd.Timestamp("2024-08-01", tz="UTC")
+    pairs = [event_row for pair in CASES.values() for event_row in pair]
+    rows = [{**event_row, "eventTime": start + pd.Timedelta(hours=i)} for i, event_row in enumerate(pairs)]
+    late = start + pd.Timedelta(days=2)
+    for i in range(12):  # access denied, half of them in another region
+        rows.append({**row("ListUsers", "iam", None, **DENIED, awsRegion="us-east-1" if i % 2 else "eu-west-1"),
+                     "eventID": f"denied-{i}", "eventTime": late + pd.Timedelta(seconds=i)})
+    for i in range(6):  # distinct secrets, read in two regions
+        rows.append({**row("GetSecretValue", "secretsmanager", {"secretId": f"s{i}"},
+                           awsRegion="us-east-1" if i % 2 else "eu-west-1"),
+                     "eventID": f"secret-{i}", "eventTime": late + pd.Timedelta(minutes=20, seconds=i)})
+    return frame(rows)
+
+
+def test_label_events_needs_the_detail_columns_only_on_the_detail_rows() -> None:
+    """A caller may read `raw` and the other detail columns for detail_rows() alone: same labels."""
+    full = _every_case_frame()
+    need = detections.detail_rows(full)
+    assert 0 < need.sum() < len(full)
+    thin = full.copy()
+    for column in detections.DETAIL_COLUMNS:
+        thin[column] = thin[column].where(need, None)
+    pd.testing.assert_frame_equal(label_events(thin), label_events(full))
+
+
+def test_label_events_on_some_rows_counts_bursts_across_the_frame() -> None:
+    full = _every_case_frame()
+    everything = label_events(full)
+    region = (full["awsRegion"] == "us-east-1").to_numpy()
+    need = detections.detail_rows(full, region)
+    thin = full.copy()
+    for column in detections.DETAIL_COLUMNS:
+        thin[column] = thin[column].where(need, None)
+    some = label_events(thin, rows=region)
+    pd.testing.assert_frame_equal(some[region], everything[region])
+    assert (some.loc[~region, "lf_score"] == 0).all() and (some.loc[~region, "lf_rules"] == "").all()
+    # the bursts span both regions: the us-east-1 half alone would be below the thresholds
+    assert some.loc[region & full["eventID"].str.startswith("denied-").to_numpy(), "lf_rules"].eq("access_denied_burst_identity").all()
+    assert some.loc[region & full["eventID"].str.startswith("secret-").to_numpy(), "lf_rules"].str.startswith("secrets_harvest").all()
+
+
+def test_repeated_events_are_checked_once_unless_a_check_reads_their_identity(monkeypatch) -> None:
+    calls = []
+    original = detections._fire
+
+    def counting(event):
+        calls.append(event.text("eventName"))
+        return original(event)
+
+    monkeypatch.setattr(detections, "_fire", counting)
+    reads = [{**row("GetSecretValue", "secretsmanager", {"secretId": "db"}), "eventID": f"r{i}"} for i in range(50)]
+    out = label_events(frame(reads))
+    assert len(calls) == 1 and out["lf_rules"].eq("secret_value_read").all()
+
+    def by_id(event):  # a check that reads eventID answers for that event only
+        calls.append(event.text("eventName"))
+        return [(detections.RULES[0].detection, f"seen {event.text('eventID')}")]
+
+    monkeypatch.setattr(detections, "_fire", by_id)
+    calls.clear()
+    out = label_events(frame(reads[:3]))
+    assert len(calls) == 3 and out["lf_reasons"].tolist() == ["seen r0", "seen r1", "seen r2"]
+
+
 # --- window rules ----------------------------------------------------------------------------------
 
 

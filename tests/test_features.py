@@ -99,6 +99,35 @@ def test_first_time_flags_against_history_and_earlier_today(enricher):
     assert f.loc[0, "rarity_ip"] < f.loc[1, "rarity_ip"]
 
 
+def test_features_of_some_rows_equal_the_whole_days(enricher):
+    """A part of the day (one region, say) gets exactly its rows of the whole day's features: each
+    principal's counts take its events in the other parts too, the organisation's counts every event."""
+    carol = "arn:aws:iam::444455556666:user/carol"
+    history = frame(
+        event(60, day=DAY - timedelta(days=2)),
+        event(70, day=DAY - timedelta(days=2), arn=BOB, region="eu-west-1", name="GetObject"),
+        event(-20, arn=carol, region="eu-west-1"),  # the last hour before the day: the window's tail
+    )
+    day = frame(
+        event(5, arn=carol, region="eu-west-1", name="GetObject"),
+        event(10),
+        event(10, region="eu-west-1", ip="200.147.3.157"),  # alice in both regions, same minute
+        event(12, arn=BOB, region="eu-west-1", name="GetObject", error="AccessDenied"),
+        event(15, ip="200.147.3.157", name="CreateUser", source="iam.amazonaws.com"),
+        event(16, arn=BOB, region="us-east-1", name="GetObject"),
+        event(30, arn=carol, region="eu-west-1", name="CreateUser", source="iam.amazonaws.com"),
+        event(31, arn=None, region="us-east-1", **{"userIdentity.principalId": "AIDAEXAMPLE"}),
+    )
+    whole = build_features(day, history, enricher=enricher)
+    for region in ("us-east-1", "eu-west-1"):
+        rows = (day["awsRegion"] == region).to_numpy()
+        part = build_features(day, history, enricher=enricher, rows=rows)
+        assert list(part.index) == list(day.index[rows])
+        pd.testing.assert_frame_equal(part, whole[rows])
+    none = build_features(day, history, enricher=enricher, rows=np.zeros(len(day), dtype=bool))
+    assert len(none) == 0
+
+
 def test_causal_order_follows_event_time_not_row_order(enricher):
     day = frame(event(620, ip="200.147.3.157"), event(610, ip="200.147.3.157"))
     f = build_features(day, frame(event(1, day=DAY - timedelta(days=1))), enricher=enricher)

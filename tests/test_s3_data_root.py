@@ -229,7 +229,7 @@ def test_the_bucket_holds_the_contract_layout(pipeline, s3):
         assert has(rf"quality/date={d}/result-[^/]+\.json"), d
     assert has(r"manifest/objects/part-[^/]+\.parquet")
     assert has(r"quarantine/objects/[^/]+\.reason\.json") and has(r"quarantine/records/part-[^/]+\.parquet")
-    assert f"scores/date={day}/scores.parquet" in keys
+    assert any(k.startswith(f"scores/date={day}/part-") and k.endswith(".parquet") for k in keys)  # one per partition
     for name in ("report.html", "top_events.csv", "report.json", "chart.png", "report.eml"):
         assert f"reports/{day}/{name}" in keys
     assert has(r"labels/labels-[^/]+\.parquet") and "training/last_training.json" in keys

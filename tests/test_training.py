@@ -75,6 +75,36 @@ def test_stratified_sample_keeps_every_informative_row_and_reweights_the_rest():
     assert info["sample_default_rows_fraction"] == pytest.approx(0.2)
 
 
+@pytest.mark.parametrize(
+    ("ours", "theirs"),
+    [
+        ({"unknown": "ignore", "max_categories": 4}, {"handle_unknown": "ignore", "max_categories": 4}),
+        ({"min_frequency": 2, "max_categories": 5}, {"handle_unknown": "infrequent_if_exist", "min_frequency": 2, "max_categories": 5}),
+        ({}, {"handle_unknown": "infrequent_if_exist"}),
+        ({"min_frequency": 30}, {"handle_unknown": "infrequent_if_exist", "min_frequency": 30}),
+    ],
+)
+def test_categories_encode_as_sklearns_encoders(ours, theirs):
+    """The Arrow-based encoder gives sklearn's one-hot columns and ordinal codes, names included."""
+    from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder
+    from trailguard.training import Categories
+
+    rng = np.random.default_rng(0)
+    words = np.array(["alice", "bob", "carol", "dave", "erin", "frank", "grace"])
+    train_X = pd.DataFrame({"who": rng.choice(words, 200, p=[.3, .2, .2, .1, .1, .05, .05]),
+                            "hour": rng.integers(0, 5, 200).astype(float)}).astype({"who": "str"})
+    test_X = pd.DataFrame({"who": ["alice", "grace", "mallory", "frank", "bob"], "hour": [1.0, 9.0, 0.0, 4.0, 2.0]}).astype({"who": "str"})
+    mine = Categories(output="onehot", **ours).fit(train_X)
+    sk = OneHotEncoder(sparse_output=True, **theirs).fit(train_X.astype({"who": object}))
+    assert mine.transform(test_X).toarray() == pytest.approx(sk.transform(test_X.astype({"who": object})).toarray())
+    assert list(mine.get_feature_names_out()) == list(sk.get_feature_names_out())
+
+    ordinal = {k: v for k, v in ours.items() if k != "unknown"}
+    mine = Categories(output="ordinal", unknown="ignore", **ordinal).fit(train_X)
+    sk = OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=np.nan, **ordinal).fit(train_X.astype({"who": object}))
+    np.testing.assert_array_equal(mine.transform(test_X), sk.transform(test_X.astype({"who": object})))
+
+
 def test_risk_model_combination_formula():
     class Fixed:  # stands in for a fitted supervised pipeline
         def predict(self, X):
@@ -216,10 +246,11 @@ def test_the_champion_scores_new_rows_as_in_training(demo, first):
         written = scores.set_index("eventID").loc[rows["eventID"], "risk_score"].to_numpy()
         assert via_pyfunc == pytest.approx(written)
 
-    # rescoring replaces the day's file
+    # rescoring replaces the day's files (one per account x region)
     again = score_day(store, day, tracking_uri=uri)
-    assert again.path == result.path and len(read_scores(store.root, day)) == len(scores)
-    assert sorted(p.name for p in result.path.parent.iterdir()) == ["scores.parquet"]
+    assert again.files == result.files and len(read_scores(store.root, day)) == len(scores)
+    assert sorted(p.name for p in result.path.iterdir()) == sorted(p.name for p in result.files)
+    assert all(p.name.startswith("part-") for p in result.files) and len(result.files) > 1
 
 
 @pytest.mark.slow

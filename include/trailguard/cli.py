@@ -146,7 +146,7 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
     from trailguard.scoring import score_day
     from trailguard.store import EventStore
 
-    result = score_day(EventStore(settings.data_path), args.date)
+    result = score_day(EventStore(settings.data_path), args.date, account=args.account, region=args.region)
     _emit(args, result.as_dict(), result.lines())
     return 0
 
@@ -279,9 +279,11 @@ def build_parser() -> argparse.ArgumentParser:
         "score",
         help="score a day's events with the champion models",
         description="Score one day's validated events with the `champion` models from MLflow; writes "
-        "scores/date=D/ (rescoring replaces the day).",
+        "scores/date=D/part-<account>-<region>.parquet, one file per partition (rescoring replaces them).",
     )
     p.add_argument("--date", type=_date, required=True, help="the day (YYYY-MM-DD, UTC)")
+    p.add_argument("--account", default=None, help="score only this account's events (with --region: one partition)")
+    p.add_argument("--region", default=None, help="score only this region's events")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_score)
 

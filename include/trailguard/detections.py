@@ -29,6 +29,8 @@ import numpy as np
 import orjson
 import pandas as pd
 
+from trailguard.schema import EVENT_COLUMNS
+
 log = logging.getLogger(__name__)
 
 OUTPUT_COLUMNS: tuple[str, ...] = ("lf_score", "lf_reasons", "attack_technique", "lf_rules")
@@ -50,6 +52,8 @@ class Detection:
 
 
 _MISSING: Any = object()
+# fields different in every event: a check that reads them may answer differently for events otherwise alike
+_UNIQUE_FIELDS = frozenset({"eventID", "raw"})
 
 
 def _is_missing(value: Any) -> bool:
@@ -118,11 +122,12 @@ class Event:
     Every failure (missing key, wrong type, unparsable JSON) returns the default instead of raising.
     """
 
-    __slots__ = ("_row", "_docs", "name", "source", "identity_type")
+    __slots__ = ("_row", "_docs", "name", "source", "identity_type", "unique")
 
     def __init__(self, row: Mapping[str, Any]) -> None:
         self._row: Mapping[str, Any] = row if isinstance(row, Mapping) else {}
         self._docs: dict[str, Any] = {}
+        self.unique = False  # set when something read eventID or `raw`: what fired then belongs to this event only
         self.name = self.text("eventName")  # read by nearly every check: resolved once
         self.source = self.text("eventSource")
         self.identity_type = self.text("userIdentity.type")
@@ -130,6 +135,8 @@ class Event:
     def get(self, key: str, default: Any = None) -> Any:
         if not isinstance(key, str):
             return default
+        if key in _UNIQUE_FIELDS:
+            self.unique = True
         value = self._row.get(key, _MISSING)
         if value is _MISSING:  # not a column: look into the JSON of its root column, or into `raw`
             root, _, rest = key.partition(".")
@@ -139,6 +146,8 @@ class Event:
         return default if _is_missing(value) else value
 
     def _doc(self, root: str) -> Any:
+        if root in _UNIQUE_FIELDS:
+            self.unique = True
         if root not in self._docs:
             value = self._row.get(root, _MISSING)
             if value is _MISSING:
@@ -1755,6 +1764,7 @@ def _fire(event: Event) -> list[tuple[Detection, str]]:
         try:
             reason = rule.check(event)
         except Exception:  # a bug in one rule must not stop a day's labelling; it is logged loudly
+            event.unique = True  # and logged for every event it fails on
             log.exception(
                 "rule %s raised on event %s; the rule is skipped for this event",
                 rule.detection.rule_id,
@@ -2021,37 +2031,74 @@ _UNREAD_COLUMNS = frozenset(
         "managementEvent", "source_key",
     }
 )  # fmt: skip
+# The store's columns the rules read. DETAIL_COLUMNS (the record's text and its large parts) are needed only
+# on the rows :func:`detail_rows` picks: a caller may read them for those rows alone and leave them null
+# elsewhere (a day's `raw` is most of its bytes), and :func:`label_events` gives the same labels.
+DETAIL_COLUMNS: tuple[str, ...] = ("raw", "requestParameters", "responseElements", "errorMessage")
+RULE_COLUMNS: tuple[str, ...] = tuple(c for c in EVENT_COLUMNS if c not in _UNREAD_COLUMNS)
+_WINDOW_DETAIL_EVENTS = ("GetSecretValue", "BatchGetSecretValue", "GetParameter", "GetParameters", "ConsoleLogin")
 
 
-def _records(df: pd.DataFrame) -> Iterator[dict[str, Any]]:
-    """Rows as dicts; column-wise ``tolist`` is several times faster than ``to_dict("records")``."""
-    keep = [i for i, c in enumerate(df.columns) if str(c) not in _UNREAD_COLUMNS]
-    names = [str(df.columns[i]) for i in keep]
-    columns = [df.iloc[:, i].tolist() for i in keep]
-    for values in zip(*columns, strict=True):
-        yield dict(zip(names, values, strict=True))
+def _candidates(df: pd.DataFrame) -> np.ndarray:
+    """Rows some per-event rule may fire on (the vectorised prefilter): a named eventName or identity type."""
+    return _isin(_column(df, "eventName"), _RULES_BY_NAME) | _isin(_column(df, "userIdentity.type"), _RULES_BY_TYPE)
 
 
-def label_events(df: pd.DataFrame) -> pd.DataFrame:
+def detail_rows(df: pd.DataFrame, rows: np.ndarray | None = None) -> np.ndarray:
+    """The rows whose DETAIL_COLUMNS :func:`label_events` reads (``rows``: as passed to it): the per-event
+    rules' candidates among ``rows``, and anywhere in the frame the calls whose request or error text a
+    window rule reads (secret and parameter reads, console logins)."""
+    candidates = _candidates(df)
+    if rows is not None:
+        candidates &= np.asarray(rows, dtype=bool)
+    return candidates | _isin(_column(df, "eventName"), _WINDOW_DETAIL_EVENTS)
+
+
+def _per_event_hits(df: pd.DataFrame, positions: np.ndarray) -> list[tuple[int, Detection, str]]:
+    """The per-event rules over the rows at ``positions``. Events that differ only in eventID and `raw`
+    (an application reading the same secret all day) get the same answer: it is computed once, unless a
+    check read one of those two fields or raised."""
+    if not len(positions):
+        return []
+    sub = df.iloc[positions]
+    keep = [i for i, c in enumerate(sub.columns) if str(c) not in _UNREAD_COLUMNS]
+    names = [str(sub.columns[i]) for i in keep]
+    columns = [sub.iloc[:, i].tolist() for i in keep]  # column-wise tolist: far faster than row dicts
+    shared = [col for name, col in zip(names, columns, strict=True) if name not in _UNIQUE_FIELDS]
+    keys = list(zip(*shared, strict=True)) if shared else [()] * len(positions)
+    known: dict[tuple, list[tuple[Detection, str]]] = {}
+    hits: list[tuple[int, Detection, str]] = []
+    for i, key in enumerate(keys):
+        fired = known.get(key)
+        if fired is None:
+            event = Event(dict(zip(names, [col[i] for col in columns], strict=True)))
+            fired = _fire(event)
+            if not event.unique:
+                known[key] = fired
+        if fired:
+            position = int(positions[i])
+            hits.extend((position, detection, reason) for detection, reason in fired)
+    return hits
+
+
+def label_events(df: pd.DataFrame, rows: np.ndarray | None = None) -> pd.DataFrame:
     """Label a frame of normalised events with the rules: one row out per row in, same index.
 
     Columns: ``lf_score`` (max score of the fired rules, 0 if none), ``lf_reasons`` (their reasons,
     highest score first, "; "-joined), ``attack_technique`` (of the top rule, None if none) and
     ``lf_rules`` (comma-joined rule ids). Missing optional columns are tolerated.
+
+    ``rows`` (a boolean mask): label only those rows - the window rules still count every row of the
+    frame (a burst may cross the rows asked for); the other rows come out unlabelled.
     """
     started = time.perf_counter()
     n = len(df)
-    candidates = np.flatnonzero(
-        _isin(_column(df, "eventName"), _RULES_BY_NAME)
-        | _isin(_column(df, "userIdentity.type"), _RULES_BY_TYPE)
-    )
-    hits: list[tuple[int, Detection, str]] = []
-    if len(candidates):
-        for position, record in zip(candidates, _records(df.iloc[candidates]), strict=True):
-            hits.extend((int(position), detection, reason) for detection, reason in _fire(Event(record)))
+    wanted = np.ones(n, dtype=bool) if rows is None else np.asarray(rows, dtype=bool)
+    candidates = np.flatnonzero(_candidates(df) & wanted)
+    hits = _per_event_hits(df, candidates)
     per_event = len(hits)
     for rule in WINDOW_RULES:
-        hits.extend(_window_hits(df, rule))
+        hits.extend(hit for hit in _window_hits(df, rule) if wanted[hit[0]])
 
     scores = np.zeros(n, dtype=np.int64)
     reasons = np.full(n, "", dtype=object)
@@ -2076,7 +2123,7 @@ def label_events(df: pd.DataFrame) -> pd.DataFrame:
     log.info(
         "labelled %d of %d events (%d candidates, %d per-event and %d window hits) in %.2fs",
         int((scores > 0).sum()),
-        n,
+        int(wanted.sum()),
         len(candidates),
         per_event,
         len(hits) - per_event,

@@ -31,7 +31,8 @@ import pyarrow.compute as pc
 
 from trailguard import enrich
 from trailguard.enrich import Enricher
-from trailguard.fs import DataPath, parquet_schema, read_parquet
+from trailguard.fs import DataPath, parquet_file, parquet_schema, read_parquet
+from trailguard.schema import EVENT_SCHEMA
 from trailguard.store import EventStore, write_parquet_atomic
 
 log = logging.getLogger(__name__)
@@ -534,24 +535,33 @@ def build_features(
     history: pd.DataFrame | History | None,
     *,
     enricher: Enricher | None = None,
+    rows: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """One feature row per event of ``day_events`` (same index and order), display columns included.
 
     ``history`` is the events before the day (raw, any subset of the store's columns) or a
     :class:`History` from :func:`load_history`; rows at or after the day's first UTC midnight are ignored.
+    ``rows`` (a boolean mask over ``day_events``, which must still be the whole day): only those rows'
+    features, the same as in the whole day's.
     """
-    features, _ = _build(day_events, history, enricher or enrich.default_enricher())
+    features, _ = _build(day_events, history, enricher or enrich.default_enricher(), rows)
     return features
 
 
 def _build(
-    day: pd.DataFrame, history: pd.DataFrame | History | None, enricher: Enricher
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Features plus the day's own profile (cached for the days after it). Rows stay in the caller's
-    order; only integer codes are put in time order, for the causal counts."""
+    day: pd.DataFrame, history: pd.DataFrame | History | None, enricher: Enricher, rows: np.ndarray | None = None
+) -> tuple[pd.DataFrame, pa.Table | None]:
+    """Features plus the day's own profile (cached for the days after it; None when ``rows`` picks a
+    part of the day). Rows stay in the caller's order; only integer codes are put in time order, for the
+    causal counts.
+
+    Every feature belongs to one principal's events, except the organisation-wide counts: with ``rows``
+    those still count the whole day, and the rest is worked out on the events of the principals of
+    ``rows`` only (a part of a day, account x region, holds a part of the principals).
+    """
     started = time.perf_counter()
-    if len(day) == 0:
-        return _empty_features(), _empty_profile()
+    if len(day) == 0 or (rows is not None and not np.any(rows)):
+        return _empty_features(), None if rows is not None else _empty_profile()
     times = _event_times(day)
     t_us = _micros(times)
     order = np.argsort(t_us, kind="stable")
@@ -561,14 +571,36 @@ def _build(
     profile = history.by_dim()
     dims = _dimensions(day, enricher)
     n = len(day)
+
+    # organisation-wide: every event of the day counts
+    org_total = _lookup(profile, EVENTS_DIM, np.array([ORG], dtype=object), np.array([""], dtype=object))[0]
+    org_prior_events = np.empty(n, dtype=np.int64)
+    org_prior_events[order] = org_total + np.arange(n)
+    org_out: dict[str, np.ndarray] = {}
+    org_parts: dict[str, pd.DataFrame] = {}
+    for dim in ORG_DIMENSIONS:
+        v_codes, v_text = _value_codes(dims[dim])
+        org_hist = _lookup(profile, dim, np.full(len(v_text), ORG, dtype=object), v_text)
+        org_prior = org_hist[v_codes] + _causal_cumcount(v_codes, order)
+        org_out[f"org_rarity_{dim}"] = _rarity(org_prior, org_prior_events)
+        org_parts[dim] = pd.DataFrame(
+            {"dim": dim, "principal": ORG, "value": v_text, "count": np.bincount(v_codes, minlength=len(v_text))}
+        )
+
+    # per principal: the events of the principals asked for
+    if rows is not None:
+        codes = pd.factorize(dims["principal"])[0]
+        keep = np.isin(codes, np.unique(codes[np.asarray(rows, dtype=bool)]))
+        if not keep.all():
+            day, dims, times, t_us = day[keep], dims[keep], times[keep], t_us[keep]
+            order = np.argsort(t_us, kind="stable")
+            org_out = {name: values[keep] for name, values in org_out.items()}
+        rows = np.asarray(rows, dtype=bool)[keep]
     p_codes, p_text = _value_codes(dims["principal"])
 
     # per-principal totals: history + earlier today
     hist_total = _lookup(profile, EVENTS_DIM, p_text, np.full(len(p_text), "", dtype=object))
     prior_events = hist_total[p_codes] + _causal_cumcount(p_codes, order)
-    org_total = _lookup(profile, EVENTS_DIM, np.array([ORG], dtype=object), np.array([""], dtype=object))[0]
-    org_prior_events = np.empty(n, dtype=np.int64)
-    org_prior_events[order] = org_total + np.arange(n)
 
     out: dict[str, np.ndarray] = {}
     day_profile_parts = []
@@ -584,12 +616,8 @@ def _build(
         out[f"rarity_{dim}"] = _rarity(prior, prior_events)
         day_profile_parts.append(pd.DataFrame({"dim": dim, "principal": principals, "value": values, "count": counts}))
         if dim in ORG_DIMENSIONS:
-            org_hist = _lookup(profile, dim, np.full(len(v_text), ORG, dtype=object), v_text)
-            org_prior = org_hist[v_codes] + _causal_cumcount(v_codes, order)
-            out[f"org_rarity_{dim}"] = _rarity(org_prior, org_prior_events)
-            day_profile_parts.append(
-                pd.DataFrame({"dim": dim, "principal": ORG, "value": v_text, "count": np.bincount(v_codes, minlength=len(v_text))})
-            )
+            out[f"org_rarity_{dim}"] = org_out[f"org_rarity_{dim}"]
+            day_profile_parts.append(org_parts[dim])
     day_profile_parts.append(
         pd.DataFrame({"dim": EVENTS_DIM, "principal": p_text, "value": "", "count": np.bincount(p_codes, minlength=len(p_text))})
     )
@@ -649,9 +677,14 @@ def _build(
             "failed": failed.astype(np.float64),
         },
         index=day.index,
+        copy=False,  # one block per column: consolidating a million rows of 70 columns is a copy for nothing
     )
-    day_profile = _profile_table(day_profile_parts)
-    log.debug("features for %d events (%d history days) in %.2fs", n, len(history.days), time.perf_counter() - started)
+    if rows is not None:
+        features = features[rows] if not rows.all() else features
+        day_profile = None
+    else:
+        day_profile = _profile_table(day_profile_parts)
+    log.debug("features for %d events (%d history days) in %.2fs", len(features), len(history.days), time.perf_counter() - started)
     return features, day_profile
 
 
@@ -782,6 +815,64 @@ def load_day_events(store: EventStore, day: date | str, columns: Iterable[str] |
     return table.combine_chunks().to_pandas()
 
 
+def read_rows(store: EventStore, day: date | str, columns: Iterable[str], mask: np.ndarray) -> pa.Table:
+    """``columns`` of a day's events where ``mask`` holds (over :meth:`EventStore.read_partition`'s rows,
+    in its order), read a batch at a time: a large column (``raw`` is most of a day's bytes) is never
+    whole in memory, and row groups without a wanted row are not read at all. (A store-side helper, here
+    until the store offers it.)"""
+    cols = list(columns)
+    schema = pa.schema([EVENT_SCHEMA.field(c) for c in cols])
+    mask = np.asarray(mask, dtype=bool)
+    parts: list[pa.Table] = []
+    offset = 0
+    for path in store.partition_files(_as_date(day).isoformat()):
+        parquet = parquet_file(path)
+        present = [c for c in cols if c in parquet.schema_arrow.names]
+        for group in range(parquet.metadata.num_row_groups):
+            size = parquet.metadata.row_group(group).num_rows
+            wanted = mask[offset: offset + size]
+            offset += size
+            if not wanted.any():
+                continue
+            start = 0
+            for batch in parquet.iter_batches(batch_size=65_536, row_groups=[group], columns=present):
+                keep = wanted[start: start + batch.num_rows]
+                start += batch.num_rows
+                if keep.any():
+                    table = pa.Table.from_batches([batch]).filter(pa.array(keep))
+                    for c in cols:
+                        if c not in present:
+                            table = table.append_column(c, pa.nulls(table.num_rows, schema.field(c).type))
+                    parts.append(table.select(cols).cast(schema))
+    if offset != len(mask):
+        raise ValueError(f"the mask has {len(mask)} rows, the partition of {day} {offset}: it changed meanwhile")
+    return pa.concat_tables(parts) if parts else schema.empty_table()
+
+
+def load_rule_events(store: EventStore, day: date | str, extra_columns: Iterable[str] = ()) -> pd.DataFrame:
+    """A day's events with every column features and the labelling functions read, except the detail
+    columns (``raw``...: most of a day's bytes), which :func:`add_rule_details` adds where needed."""
+    from trailguard.detections import DETAIL_COLUMNS, RULE_COLUMNS
+
+    columns = dict.fromkeys((*DAY_COLUMNS, *RULE_COLUMNS, *extra_columns))
+    return load_day_events(store, day, columns=[c for c in columns if c not in DETAIL_COLUMNS])
+
+
+def add_rule_details(store: EventStore, day: date | str, events: pd.DataFrame, rows: np.ndarray | None = None) -> pd.DataFrame:
+    """Add the detail columns to the frame of :func:`load_rule_events` on the rows the labelling functions
+    read them from (``detections.detail_rows``; ``rows`` as passed to ``label_events``), null elsewhere."""
+    from trailguard.detections import DETAIL_COLUMNS, detail_rows
+
+    need = detail_rows(events, rows)
+    values = read_rows(store, day, DETAIL_COLUMNS, need)
+    where = pa.array(need)
+    for name in values.column_names:
+        column = values.column(name).combine_chunks()
+        full = pc.replace_with_mask(pa.nulls(len(events), column.type), where, column)
+        events[name] = pa.table({name: full}).to_pandas()[name].set_axis(events.index)
+    return events
+
+
 def load_day_features(
     store: EventStore,
     day: date | str,
@@ -789,11 +880,13 @@ def load_day_features(
     *,
     enricher: Enricher | None = None,
     events: pd.DataFrame | None = None,
+    rows: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Features of every event of ``day`` against the ``history_days`` before it.
 
     ``events``: the day's partition when the caller has already read it (it must be the whole day: its
-    profile is cached for the following days).
+    profile is cached for the following days). ``rows``: a boolean mask over those events; only their
+    features, the same as in the whole day's (see :func:`build_features`).
     """
     enricher = enricher or enrich.default_enricher()
     key = _as_date(day).isoformat()
@@ -803,8 +896,8 @@ def load_day_features(
     loaded = time.perf_counter()
     if events is None:
         events = load_day_events(store, key, columns=DAY_COLUMNS)
-    features, profile = _build(events, history, enricher)
-    if len(events) and not _profile_fresh(store, key, fingerprint):
+    features, profile = _build(events, history, enricher, rows)
+    if profile is not None and len(events) and not _profile_fresh(store, key, fingerprint):
         _write_profile(store, key, profile, fingerprint)
     log.info(
         "features %s: %d events, %d history days (%.2fs history, %.2fs total)",

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -31,7 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from trailguard.fs import DataPath, as_path, parquet_schema, read_parquet_pandas, visible_files
+from trailguard.fs import DataPath, as_path, parquet_schema, read_parquet, visible_files
 from trailguard.store import day_text as _day_text
 from trailguard.store import write_bytes_atomic
 
@@ -153,12 +154,12 @@ def read_scores(data_root: DataPath | str, day: date | str) -> pd.DataFrame:
             f"no risk scores for {day_text} (looked for {folder}/*.parquet): "
             f"run `trailguard score --date {day_text}` first"
         )
+    import pyarrow as pa
+
     wanted = (*REQUIRED_COLUMNS, *TEXT_COLUMNS, "lf_rules")  # lf_rules groups bursts; scores are not reported
-    frames = [
-        read_parquet_pandas(path, columns=[c for c in parquet_schema(path).names if c in wanted])
-        for path in files
-    ]
-    scores = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    tables = [read_parquet(path, columns=[c for c in parquet_schema(path).names if c in wanted]) for path in files]
+    # one conversion to pandas for all the day's parts (one per account x region)
+    scores = pa.concat_tables(tables, promote_options="default").to_pandas()
     missing = [c for c in REQUIRED_COLUMNS if c not in scores.columns]
     if missing:
         raise ValueError(
@@ -222,6 +223,7 @@ def rank_findings(scores: pd.DataFrame, *, top_k: int, min_score: float = 0.0) -
     return Findings(top=top, total=len(stats), high_risk=int((stats["max_risk"] >= HIGH_RISK).sum()))
 
 
+@functools.cache
 def _burst_rules() -> dict[str, str]:
     """Each window rule's detection ids -> the rule's first id: one burst, one finding, whatever it called."""
     from trailguard.detections import WINDOW_RULES
@@ -241,7 +243,8 @@ def _group_keys(scores: pd.DataFrame) -> pd.DataFrame:
     harvesting, brute force, mass deletion) group as that burst, not per API call and error code."""
     keys = scores[list(GROUP_KEYS)].copy()
     if "lf_rules" in scores:
-        burst = scores["lf_rules"].map(_burst_of)
+        codes, rules = pd.factorize(scores["lf_rules"])  # a day has a few hundred distinct rule lists
+        burst = pd.Series(np.array([_burst_of(r) for r in rules] + [None], dtype=object)[codes], index=scores.index)
         hit = burst.notna().to_numpy()
         if hit.any():
             keys.loc[hit, "eventName"] = "burst:" + burst[hit]

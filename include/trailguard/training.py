@@ -45,13 +45,15 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.base import BaseEstimator, RegressorMixin
+import pyarrow as pa
+import pyarrow.compute as pc
+from sklearn.base import BaseEstimator, RegressorMixin, TransformerMixin
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import HistGradientBoostingRegressor, IsolationForest
 from sklearn.linear_model import LinearRegression, Ridge
 from sklearn.metrics import average_precision_score, mean_absolute_error, mean_squared_error, r2_score
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, OrdinalEncoder, StandardScaler
+from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
 from trailguard import features as feat
 from trailguard import labels as labels_mod
@@ -157,15 +159,116 @@ def _weight_kwargs(pipeline: Pipeline, sample_weight: np.ndarray | None) -> dict
 
 
 # -- candidates -----------------------------------------------------------------------------------------
-def _onehot(**kw: Any) -> OneHotEncoder:
-    return OneHotEncoder(sparse_output=True, dtype=np.float64, **kw)
+class Categories(TransformerMixin, BaseEstimator):
+    """Category columns as one-hot columns (``output="onehot"``, sparse) or category codes (``"ordinal"``),
+    with the semantics of sklearn's OneHotEncoder / OrdinalEncoder but counted and looked up in Arrow's
+    hash tables: sklearn's encoders make a Python object of every value first, seconds per million rows
+    and column, in training and in every day's scoring.
+
+    Values seen fewer than ``min_frequency`` times, and all but the ``max_categories - 1`` most frequent
+    (ties: the first in sorted order), are pooled as one "infrequent" category (code ``len(categories_[i])``,
+    column ``<col>_infrequent_sklearn``). Values never seen go to that pool when ``unknown="infrequent"``
+    and there is one; otherwise (and always with ``"ignore"``) they get no column, or NaN as a code.
+    Input: a DataFrame (or 2-D array) without missing values, as :func:`model_input` builds it.
+    """
+
+    def __init__(
+        self,
+        output: str = "onehot",
+        min_frequency: int | None = None,
+        max_categories: int | None = None,
+        unknown: str = "infrequent",
+    ) -> None:
+        self.output = output
+        self.min_frequency = min_frequency
+        self.max_categories = max_categories
+        self.unknown = unknown
+
+    def fit(self, X: Any, y: Any = None) -> Categories:
+        if self.output not in ("onehot", "ordinal") or self.unknown not in ("infrequent", "ignore"):
+            raise ValueError(f"output={self.output!r} / unknown={self.unknown!r} not understood")
+        frame = _as_frame(X)
+        self.feature_names_in_ = np.asarray([str(c) for c in frame.columns], dtype=object)
+        self.n_features_in_ = frame.shape[1]
+        self.categories_, self.infrequent_categories_ = [], []
+        for col in frame.columns:
+            counted = pc.value_counts(_arrow(frame[col]))
+            values = counted.field("values")
+            order = pc.array_sort_indices(values).to_numpy()  # sorted values, as sklearn's categories
+            values, counts = values.take(order), counted.field("counts").to_numpy()[order]
+            frequent = np.ones(len(counts), dtype=bool)
+            if self.min_frequency is not None:
+                frequent &= counts >= self.min_frequency
+            if self.max_categories is not None and frequent.sum() > self.max_categories - 1:
+                by_count = np.argsort(-np.where(frequent, counts, -1), kind="stable")[: max(self.max_categories - 1, 0)]
+                frequent = np.zeros(len(counts), dtype=bool)
+                frequent[by_count] = True
+            self.categories_.append(values.filter(pa.array(frequent)))
+            self.infrequent_categories_.append(values.filter(pa.array(~frequent)))
+        return self
+
+    def _codes(self, X: Any) -> np.ndarray:
+        """(rows, columns) codes: a category's index, the pool's (``len(categories)``), or -1 for none."""
+        frame = _as_frame(X)
+        codes = np.empty((len(frame), len(self.categories_)), dtype=np.int64)
+        for j, col in enumerate(frame.columns):
+            values, known, rare = _arrow(frame[col]), self.categories_[j], self.infrequent_categories_[j]
+            found = pc.index_in(values, value_set=known).to_numpy(zero_copy_only=False)
+            code = np.where(np.isnan(found), -1, found).astype(np.int64) if found.dtype.kind == "f" else found.astype(np.int64)
+            missing = code < 0
+            if len(rare) and missing.any():
+                if self.unknown == "infrequent":
+                    code[missing] = len(known)
+                else:  # only the values seen in training join the pool
+                    seen = pc.is_in(values.filter(pa.array(missing)), value_set=rare).to_numpy(zero_copy_only=False)
+                    code[np.flatnonzero(missing)[seen]] = len(known)
+            codes[:, j] = code
+        return codes
+
+    def transform(self, X: Any) -> Any:
+        codes = self._codes(X)
+        if self.output == "ordinal":
+            return np.where(codes >= 0, codes, np.nan).astype(np.float64)
+        from scipy import sparse
+
+        widths = np.array([len(c) + (len(r) > 0) for c, r in zip(self.categories_, self.infrequent_categories_, strict=True)])
+        offsets = np.concatenate(([0], np.cumsum(widths)[:-1]))
+        valid = codes >= 0
+        rows = np.broadcast_to(np.arange(len(codes))[:, None], codes.shape)[valid]
+        columns = (codes + offsets)[valid]
+        return sparse.csr_matrix((np.ones(len(rows)), (rows, columns)), shape=(len(codes), int(widths.sum())))
+
+    def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
+        names = [str(c) for c in (input_features if input_features is not None else self.feature_names_in_)]
+        if self.output == "ordinal":
+            return np.asarray(names, dtype=object)
+        out = []
+        for name, known, rare in zip(names, self.categories_, self.infrequent_categories_, strict=True):
+            out += [f"{name}_{value}" for value in known.to_pylist()]
+            if len(rare):
+                out.append(f"{name}_infrequent_sklearn")
+        return np.asarray(out, dtype=object)
+
+
+def _as_frame(X: Any) -> pd.DataFrame:
+    return X if isinstance(X, pd.DataFrame) else pd.DataFrame(np.asarray(X))
+
+
+def _arrow(values: pd.Series) -> pa.Array:
+    """A column as one Arrow array (zero-copy for the text columns :func:`model_input` builds)."""
+    arr = pa.array(values, from_pandas=True)
+    return arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
+
+
+def _onehot(**kw: Any) -> Categories:
+    return Categories(output="onehot", **kw)
 
 
 def paper_pipeline(fs: FeatureSet) -> Pipeline:
     """The paper's model: LinearRegression(fit_intercept=True) on its own fields only."""
     pre = ColumnTransformer(
         [
-            ("categories", _onehot(handle_unknown="ignore", max_categories=100), list(fs.paper_categorical)),
+            ("categories", _onehot(unknown="ignore", max_categories=100), list(fs.paper_categorical)),
             ("time", "passthrough", list(fs.paper_numeric)),
         ]
     )
@@ -183,8 +286,8 @@ def ridge_pipeline(fs: FeatureSet) -> Pipeline:
     numeric = [c for c in fs.numeric if c not in ("hour", "weekday") and c not in counts]
     pre = ColumnTransformer(
         [
-            ("categories", _onehot(handle_unknown="infrequent_if_exist", min_frequency=2, max_categories=300), list(fs.categorical)),
-            ("time", _onehot(handle_unknown="infrequent_if_exist"), ["hour", "weekday"]),
+            ("categories", _onehot(min_frequency=2, max_categories=300), list(fs.categorical)),
+            ("time", _onehot(), ["hour", "weekday"]),
             ("counts", _log_counts(), counts),
             ("numbers", StandardScaler(), numeric),
         ]
@@ -198,22 +301,21 @@ def hgb_pipeline(fs: FeatureSet) -> Pipeline:
         [
             (
                 "categories",
-                OrdinalEncoder(
-                    handle_unknown="use_encoded_value",
-                    unknown_value=np.nan,
-                    encoded_missing_value=np.nan,
-                    max_categories=250,
-                    dtype=np.float64,
-                ),
+                Categories(output="ordinal", max_categories=250, unknown="ignore"),
                 categorical,
             ),
             ("numbers", "passthrough", list(fs.numeric)),
         ]
     )
+    # a frame, not an array: the regressor re-encodes its categorical columns, and picking columns out of
+    # a million-row array costs seconds at every scoring
+    pre.set_output(transform="pandas")
     mask = [True] * len(categorical) + [False] * len(fs.numeric)
     model = HistGradientBoostingRegressor(
         max_iter=300,
-        learning_rate=0.1,
+        # 0.2 stops at about half the trees of 0.1 with the same held-out metrics on a month of a 100k-event
+        # organisation: half the time of every day's scoring
+        learning_rate=0.2,
         max_leaf_nodes=31,
         min_samples_leaf=10,  # rare high-risk calls (StopLogging...) need small leaves to be learnt at all
         l2_regularization=1.0,
@@ -247,25 +349,33 @@ def ranking_metrics(
 ) -> dict[str, float]:
     """Ranking quality as the daily email sees it: precision@N is the mean over days of the share of
     high-risk events among the day's top N; recall@N is the share of all high-risk events that made
-    their day's top N; average precision over the whole set."""
+    their day's top N; average precision over the whole set.
+
+    With ``sample_weight`` (rows of a sample standing for ``weight`` rows each) the top N is the first N
+    rows' worth of weight, so the figures estimate those of the full set."""
     positive = np.asarray(positive, dtype=bool)
     scores = np.asarray(scores, dtype=float)
     days = np.asarray(days)
+    weight = np.ones(len(scores)) if sample_weight is None else np.asarray(sample_weight, dtype=float)
     n_pos = int(positive.sum())
     ap = float(average_precision_score(positive, scores, sample_weight=sample_weight)) if 0 < n_pos < len(positive) else float("nan")
-    precisions, hits_total = [], 0
-    frame = pd.DataFrame({"day": days, "score": scores, "pos": positive})
+    precisions, hits_total = [], 0.0
+    frame = pd.DataFrame({"day": days, "score": scores, "pos": positive, "w": weight})
     frame = frame.sample(frac=1.0, random_state=0) if len(frame) else frame  # ties broken at random, reproducibly
     for _, part in frame.groupby("day", sort=True):
-        top = part.sort_values("score", ascending=False, kind="stable").head(top_n)
-        hits = int(top["pos"].sum())
+        top = part.sort_values("score", ascending=False, kind="stable")
+        w = top["w"].to_numpy()
+        before = np.concatenate(([0.0], np.cumsum(w)[:-1]))
+        taken = np.clip(top_n - before, 0.0, w)  # each row's share of the first N rows' worth
+        hits = float((taken * top["pos"].to_numpy()).sum())
         hits_total += hits
-        precisions.append(hits / len(top))
+        precisions.append(hits / taken.sum())
+    positives = float(weight[positive].sum())
     return {
         f"precision_at_{top_n}": float(np.mean(precisions)) if precisions else float("nan"),
-        f"recall_at_{top_n}": hits_total / n_pos if n_pos else float("nan"),
+        f"recall_at_{top_n}": hits_total / positives if n_pos else float("nan"),
         "average_precision": ap,
-        "high_risk_events": float(n_pos),
+        "high_risk_events": positives,
     }
 
 
@@ -312,7 +422,7 @@ def model_input(frame: pd.DataFrame, fs: FeatureSet) -> pd.DataFrame:
             data[col] = frame[col].astype("str").fillna("") if col in frame else pd.Series("", index=frame.index, dtype="str")
         else:
             data[col] = pd.to_numeric(frame[col], errors="coerce").astype(np.float64).fillna(0.0) if col in frame else 0.0
-    return pd.DataFrame(data, index=frame.index)
+    return pd.DataFrame(data, index=frame.index, copy=False)
 
 
 def training_data(
@@ -332,9 +442,10 @@ def training_data(
     enricher = default_enricher()
     parts: dict[str, list[pd.DataFrame]] = {uc: [] for uc in USE_CASES}
     for day in days:
-        events = feat.load_day_events(store, day)
+        events = feat.load_rule_events(store, day)
         if events.empty:
             continue
+        feat.add_rule_details(store, day, events)
         lf = label_events(events)
         frame = feat.load_day_features(store, day, history_days, enricher=enricher, events=events)
         feat.add_rule_score(frame, lf)
@@ -434,6 +545,7 @@ class TrainResult:
     until: str | None
     use_cases: dict[str, UseCaseResult] = field(default_factory=dict)
     seconds: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: "data" (features of every day), per use case
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-friendly summary (what the DAG task returns through XCom)."""
@@ -650,6 +762,7 @@ def train(
     test_days: int | None = None,
     min_history_days: int = 7,
     max_train_rows: int = 150_000,
+    max_test_rows: int = 100_000,
     use_cases: tuple[str, ...] = USE_CASES,
     threads: int = 1,
     progress: Callable[[str], None] | None = None,
@@ -660,15 +773,16 @@ def train(
     Days with fewer than ``min_history_days`` days of history before them are left out (every
     behaviour looks new there), unless that would leave fewer than two days. The newest ``test_days``
     (default: a fifth, at least one) are the time split's test set. Training rows are a stratified
-    sample of at most ``max_train_rows`` (:func:`stratified_sample`). ``threads`` caps OpenMP (gradient
-    boosting): on a small box shared with Airflow, OpenMP threads waiting for a busy core cost far more
+    sample of at most ``max_train_rows`` (:func:`stratified_sample`), the test set's one of at most
+    ``max_test_rows`` (its metrics weighted to stand for every test event); both are logged as params.
+    ``threads`` caps OpenMP (gradient boosting): on a small box shared with Airflow, OpenMP threads waiting for a busy core cost far more
     than they save.
     """
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=threads, user_api="openmp"):
         return _train(store, until, history_days, tracking_uri, experiment, test_days, min_history_days,
-                      max_train_rows, use_cases, progress)
+                      max_train_rows, max_test_rows, use_cases, progress)
 
 
 def _train(
@@ -680,6 +794,7 @@ def _train(
     test_days: int | None,
     min_history_days: int,
     max_train_rows: int,
+    max_test_rows: int,
     use_cases: tuple[str, ...],
     progress: Callable[[str], None] | None,
 ) -> TrainResult:
@@ -703,6 +818,7 @@ def _train(
     log.info("training on %d days %s..%s (%d analyst labels)", len(eligible), eligible[0] if eligible else "-",
              last, len(analyst))
     data = training_data(store, eligible, history_days, analyst, progress)
+    result.timings["data"] = time.perf_counter() - started
 
     for uc in use_cases:
         uc_started = time.perf_counter()
@@ -716,8 +832,8 @@ def _train(
         k = test_days or max(1, round(len(days) * 0.2))
         k = min(k, len(days) - 1)
         res.test_days, res.train_days = days[-k:], days[:-k]
-        _train_use_case(res, frame, experiment_id, last, history_days, max_train_rows)
-        res.seconds = time.perf_counter() - uc_started
+        _train_use_case(res, frame, experiment_id, last, history_days, max_train_rows, max_test_rows)
+        res.seconds = result.timings[uc] = time.perf_counter() - uc_started
     labels_mod.mark_training(root, analyst_labels=len(analyst), until=last)
     result.seconds = time.perf_counter() - started
     for line in result.lines():
@@ -730,16 +846,19 @@ def _minus(day: str, days: int) -> str:
 
 
 def _train_use_case(
-    res: UseCaseResult, frame: pd.DataFrame, experiment_id: str, until: str, history_days: int, max_train_rows: int
+    res: UseCaseResult, frame: pd.DataFrame, experiment_id: str, until: str, history_days: int, max_train_rows: int,
+    max_test_rows: int,
 ) -> None:
     import mlflow
 
     fs = FEATURE_SETS[res.use_case]
     columns = fs.columns
     is_test = frame["day"].isin(res.test_days).to_numpy()
-    train_all, test = frame[~is_test], frame[is_test]
+    train_all, test_all = frame[~is_test], frame[is_test]
     train_rows, weights, sample_info = stratified_sample(train_all, max_train_rows)
-    res.train_rows, res.test_rows = len(train_rows), len(test)
+    # the test days are scored on a sample too: every informative event, the routine ones weighted
+    test, w_test, test_info = stratified_sample(test_all, max_test_rows)
+    res.train_rows, res.test_rows = len(train_rows), len(test_all)
     X_test, y_test, d_test = test[list(columns)], test["target"].to_numpy(float), test["day"].to_numpy()
     detector_rows = train_all.sample(n=min(len(train_all), 20_000), random_state=RANDOM_STATE)[list(columns)]
 
@@ -763,6 +882,7 @@ def _train_use_case(
         "random_split": "70/30 random rows (paper)",
         "time_split": "older days train, newest days test",
         **sample_info,
+        **{f"test_{k}": v for k, v in test_info.items()},
     }
     name = MODEL_NAMES[res.use_case]
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"{res.use_case} {until}") as parent:
@@ -800,13 +920,13 @@ def _train_use_case(
             extra = combination if cand.endswith(f"+{IFOREST}") else {}
             if cand == IFOREST:
                 extra = {"detector_rows": len(detector_rows)}
-            _log_candidate(res, cand, model, r_fitted[cand], X_test, y_test, d_test, r_test, all_weights[~in_train],
-                           common_params | extra, fs)
+            _log_candidate(res, cand, model, r_fitted[cand], X_test, y_test, d_test, w_test, r_test,
+                           all_weights[~in_train], common_params | extra, fs)
 
         best = max(res.candidates, key=lambda c: _selection_key(res.candidates[c]))
         res.best = best
         mlflow.set_tag("trailguard.best_candidate", best)
-        res.decision = _register(name, best, fitted[best], res, X_test, y_test, d_test)
+        res.decision = _register(name, best, fitted[best], res, X_test, y_test, d_test, w_test)
         mlflow.set_tags({"trailguard.decision": res.decision.alias, "trailguard.decision_reason": res.decision.reason})
 
 
@@ -818,6 +938,7 @@ def _log_candidate(
     X_test: pd.DataFrame,
     y_test: np.ndarray,
     d_test: np.ndarray,
+    w_test: np.ndarray,
     r_test: pd.DataFrame,
     r_weights: np.ndarray,
     params: dict[str, Any],
@@ -829,7 +950,7 @@ def _log_candidate(
     experiment_id = parent.info.experiment_id if parent else None
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"{res.use_case}/{cand}", nested=True) as run:
         pred = model.predict(X_test)
-        time_metrics = evaluate(y_test, pred, d_test)
+        time_metrics = evaluate(y_test, pred, d_test, sample_weight=w_test)
         r_pred = rmodel.predict(r_test[list(fs.columns)])
         random_metrics = evaluate(r_test["target"].to_numpy(float), r_pred, r_test["day"].to_numpy(), sample_weight=r_weights)
         mlflow.set_tags({"trailguard.use_case": res.use_case, "trailguard.candidate": cand})
@@ -876,7 +997,8 @@ def _model_params(model: RiskModel) -> dict[str, Any]:
 
 
 def _register(
-    name: str, cand: str, model: RiskModel, res: UseCaseResult, X_test: pd.DataFrame, y_test: np.ndarray, d_test: np.ndarray
+    name: str, cand: str, model: RiskModel, res: UseCaseResult, X_test: pd.DataFrame, y_test: np.ndarray, d_test: np.ndarray,
+    w_test: np.ndarray,
 ) -> ChampionDecision:
     """Register the best candidate; make it champion only if it beats the current champion on these
     same test days (ties keep the champion), else challenger."""
@@ -896,7 +1018,7 @@ def _register(
     if current is not None:
         try:
             old_model = mlflow.sklearn.load_model(f"models:/{name}@{CHAMPION}")
-            old_metrics = evaluate(y_test, old_model.predict(X_test), d_test)
+            old_metrics = evaluate(y_test, old_model.predict(X_test), d_test, sample_weight=w_test)
             old_key = _rank_key(old_metrics)
             promote = new_key > old_key
             reason = (
