@@ -13,6 +13,9 @@ security team.
 * **Email** through the Airflow connection `smtp_default`; with none configured the message is written
   as `report.eml` beside the report in `reports/YYYY-MM-DD/`. The report is never lost.
 * A day whose data-quality check failed critically is not scored: the run skips with the reason.
+* **Split for workers**: `score_partitions` is mapped over the day's account x region partitions (at most
+  `TRAILGUARD_SCORE_MAX_TASKS`, default 4, grouped beyond), each scored with the whole day as context and
+  written to its own `scores/date=D/part-<account>-<region>.parquet`; `build_report` reads them all.
 """
 
 from __future__ import annotations
@@ -62,26 +65,57 @@ def daily_risk_report():
         return day
 
     @task
-    def score_events(day: str) -> dict:
-        from trailguard.scoring import score_day
+    def plan_scoring(day: str) -> list[list[dict]]:
+        """The day's partitions (account x region), in groups for the mapped scoring tasks (at most
+        TRAILGUARD_SCORE_MAX_TASKS); scores of partitions that no longer exist are removed."""
+        from trailguard.ingest import group_partitions
+        from trailguard.scoring import day_partitions, prune_parts
         from trailguard.settings import load_settings
         from trailguard.store import EventStore
 
-        result = score_day(EventStore(load_settings().data_path), day)
-        for line in result.lines():
-            print(line)
-        return result.as_dict()
+        settings = load_settings()
+        store = EventStore(settings.data_path)
+        partitions = day_partitions(store, day)
+        for name in prune_parts(store.root, day, partitions):
+            print(f"removed stale scores {name}")
+        for partition in partitions:
+            partition.update(day=day, bytes=partition["events"])  # group_partitions balances on "bytes"
+        groups = group_partitions(partitions, max_groups=settings.score_max_tasks)
+        print(f"{day}: {len(partitions)} partitions in {len(groups)} scoring tasks")
+        return groups or [[{"day": day, "account": None, "region": None, "events": 0}]]  # an empty day: one run
+
+    @task(map_index_template="{{ partitions_label }}")
+    def score_partitions(partitions: list[dict]) -> dict:
+        """Score one group of partitions with the champion models (loaded once for the group)."""
+        from trailguard.scoring import load_champions, score_day
+        from trailguard.settings import load_settings
+        from trailguard.store import EventStore
+
+        labels = [f"{p['account']}/{p['region']}" for p in partitions]
+        get_current_context()["partitions_label"] = labels[0] if len(labels) == 1 else f"{len(labels)} partitions: {labels[0]} .."
+        store = EventStore(load_settings().data_path)
+        champions = load_champions(store)
+        total = {"day": partitions[0]["day"], "events": 0, "high_risk": 0, "partitions": len(partitions)}
+        for partition in partitions:
+            result = score_day(store, partition["day"], account=partition["account"], region=partition["region"],
+                               champions=champions)
+            for line in result.lines():
+                print(line)
+            total["events"] += result.events
+            total["high_risk"] += result.high_risk
+        return total
 
     @task
-    def build_report(scored: dict, params: dict) -> dict:
+    def build_report(day: str, scored: list[dict], params: dict) -> dict:
         from trailguard.report import build_report as build
         from trailguard.settings import load_settings
 
-        report = build(load_settings().data_path, scored["day"], top_k=params["top_k"],
+        print(f"{day}: {sum(s['events'] for s in scored)} events scored in {len(scored)} tasks")
+        report = build(load_settings().data_path, day, top_k=params["top_k"],
                        min_score=params["min_score"], feedback_hint=feedback_hint())
         for line in report.lines():
             print(line)
-        return {"date": scored["day"], "html": str(report.html_path), "events": len(report.top_events)}
+        return {"date": day, "html": str(report.html_path), "events": len(report.top_events)}
 
     @task
     def send_report(built: dict, params: dict) -> dict:
@@ -111,7 +145,8 @@ def daily_risk_report():
                 "`trailguard label EVENT_ID SCORE --verdict benign --note \"why\"`.")
 
     day = check_partition()
-    send_report(build_report(score_events(day)))
+    scored = score_partitions.expand(partitions=plan_scoring(day))
+    send_report(build_report(day, scored))
 
 
 daily_risk_report()

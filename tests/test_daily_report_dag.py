@@ -76,6 +76,12 @@ def test_daily_report_emails_the_injected_attacks(trained, smtp_server, monkeypa
     run = dag.test(run_conf={"date": last.isoformat(), "top_k": 20, "recipients": "secops@example.com",
                              "send_email": True, "min_score": 0})
     assert run.state == "success"
+    mapped = [ti for ti in run.get_task_instances() if ti.task_id == "score_partitions"]
+    assert len(mapped) > 1 and all(ti.state == "success" for ti in mapped), "scoring is split over mapped tasks"
+    from trailguard.scoring import day_partitions
+
+    parts = sorted(p.name for p in (store.root / "scores" / f"date={last.isoformat()}").glob("part-*.parquet"))
+    assert len(parts) == len(day_partitions(store, last)) > 1, parts  # one scores file per account x region
 
     with (store.root / "reports" / last.isoformat() / "top_events.csv").open() as handle:
         top = [row["eventID"].lstrip("'") for row in csv.DictReader(handle)]

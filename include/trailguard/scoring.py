@@ -197,6 +197,31 @@ def _part_of(path: DataPath) -> tuple[str, str] | None:
     return (account, region) if sep else None
 
 
+def prune_parts(root: DataPath | str, day: date | str, partitions: Iterable[dict[str, Any]]) -> list[str]:
+    """Remove the day's scores of partitions that are no longer in ``partitions`` (e.g. validation moved
+    all their events out), and the files of other layouts: what a whole-day run does before the
+    partitions are scored apart. Returns the names removed."""
+    keep = {(p["account"], p["region"]) for p in partitions}
+    removed = []
+    for path in visible_files(scores_dir(root, day), "*.parquet"):
+        if _part_of(path) not in keep:
+            path.unlink(missing_ok=True)
+            removed.append(path.name)
+    return removed
+
+
+def load_champions(store: EventStore, tracking_uri: str | None = None) -> dict[str, Champion]:
+    """The champion of every use case that has one (to load once and score several partitions with)."""
+    uri = tracking_uri_for(store.root, tracking_uri)
+    champions = {}
+    for use_case in USE_CASES:
+        try:
+            champions[use_case] = load_champion(use_case, uri)
+        except NoChampionError:
+            continue  # score_day says what to do if that use case has events
+    return champions
+
+
 def load_champion(use_case: str, tracking_uri: str) -> Champion:
     """The champion of a use case; :class:`NoChampionError` says what to do when there is none."""
     import mlflow

@@ -25,6 +25,7 @@ class Settings:
     ingest_batch_records: int
     ingest_workers: int
     ingest_max_tasks: int
+    score_max_tasks: int
     smtp_url: str | None
 
     @property
@@ -63,6 +64,7 @@ def load_settings(**overrides: object) -> Settings:
         "ingest_batch_records": _int("TRAILGUARD_INGEST_BATCH_RECORDS", 250_000),
         "ingest_workers": _int("TRAILGUARD_INGEST_WORKERS", 1),
         "ingest_max_tasks": max(1, _int("TRAILGUARD_INGEST_MAX_TASKS", 32)),
+        "score_max_tasks": max(1, _int("TRAILGUARD_SCORE_MAX_TASKS", 4)),
         "smtp_url": env.get("TRAILGUARD_SMTP_URL", "").strip() or None,
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
