@@ -228,7 +228,7 @@ def train_stage(data: str, day: str) -> dict[str, Any]:
     result = train(EventStore(Path(data)), until=until)
     use_cases = {uc: {"seconds": round(r.seconds, 1), "rows": r.rows, "train_rows": r.train_rows, "best": r.best}
                  for uc, r in result.use_cases.items()}
-    return {"until": until.isoformat(), "use_cases": use_cases, "timings": result.timings,
+    return {"until": until.isoformat(), "use_cases": use_cases, "timings": getattr(result, "timings", {}),
             "result": "; ".join(result.lines())[:600]}
 
 
