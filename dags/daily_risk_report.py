@@ -79,8 +79,8 @@ def daily_risk_report():
         for name in prune_parts(store.root, day, partitions):
             print(f"removed stale scores {name}")
         for partition in partitions:
-            partition.update(day=day, bytes=partition["events"])  # group_partitions balances on "bytes"
-        groups = group_partitions(partitions, max_groups=settings.score_max_tasks)
+            partition["day"] = day
+        groups = group_partitions(partitions, max_groups=settings.score_max_tasks, weight="events")
         print(f"{day}: {len(partitions)} partitions in {len(groups)} scoring tasks")
         return groups or [[{"day": day, "account": None, "region": None, "events": 0}]]  # an empty day: one run
 

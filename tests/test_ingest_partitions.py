@@ -141,3 +141,21 @@ def test_s3_partition_listing_reads_only_its_prefix(aws_client, demo_logs, tmp_p
     assert counts["objects_ingested"] == first["objects"] and summary.new > 0
     stored = store.read_partition(summary.dates[0], ["source_key"]).column("source_key")
     assert pc.all(pc.starts_with(stored, first["prefix"])).as_py()
+
+
+def test_group_partitions_caps_the_tasks_and_balances_bytes():
+    from trailguard.ingest import group_label, group_partitions
+
+    few = [{"account": "1", "region": "r", "day": f"2026-11-{d:02d}", "prefix": f"p{d}/", "bytes": d} for d in range(1, 4)]
+    assert group_partitions(few, max_groups=8) == [[p] for p in few]
+    many = [{"account": "1", "region": "r", "day": "2026-11-20", "prefix": f"p{i}/", "bytes": 100 if i % 10 == 0 else 10}
+            for i in range(50)]
+    groups = group_partitions(many, max_groups=4)
+    assert len(groups) == 4
+    assert sorted(p["prefix"] for g in groups for p in g) == sorted(p["prefix"] for p in many)  # each exactly once
+    loads = [sum(p["bytes"] for p in g) for g in groups]
+    assert max(loads) - min(loads) <= 100  # greedy by size: within one big partition of each other
+    assert all(g == sorted(g, key=many.index) for g in groups), "plan order kept within a group"
+    assert group_label(groups[0]).startswith(f"{len(groups[0])} partitions: 1/r/2026-11-20")
+    events = [{"account": a, "region": "r", "events": n} for a, n in (("a", 5), ("b", 1), ("c", 1))]
+    assert sorted(map(len, group_partitions(events, max_groups=2, weight="events"))) == [1, 2]

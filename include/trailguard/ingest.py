@@ -434,8 +434,7 @@ def _list(
             continue
         summary.objects += 1
         reason = skip_reason(obj.key) if obj.is_file else None
-        previous = seen.get(obj.key)
-        if reason is None and previous and previous[0] == obj.size and previous[1] == obj.etag:
+        if reason is None and _already_ingested(seen, obj):
             summary.objects_skipped += 1
             summary.objects_already_ingested += 1
         elif reason is not None:
@@ -451,6 +450,12 @@ def _list(
         report()
     if chunk:
         yield chunk
+
+
+def _already_ingested(seen: dict[str, tuple[int, str, str]], obj: SourceObject) -> bool:
+    """Whether the manifest holds this object with the same size and etag (read before, not changed since)."""
+    previous = seen.get(obj.key)
+    return bool(previous) and previous[0] == obj.size and previous[1] == obj.etag
 
 
 def _task(obj: SourceObject, workers: int) -> _Task:
@@ -553,8 +558,7 @@ def plan_partitions(
     for obj in source.objects(start, end):
         if obj.is_file and skip_reason(obj.key):
             continue
-        previous = seen.get(obj.key)
-        if previous and previous[0] == obj.size and previous[1] == obj.etag:
+        if _already_ingested(seen, obj):
             continue
         part = partition_of(obj.key)
         prefix = part["prefix"] if part else None
@@ -574,17 +578,19 @@ def partition_label(partition: dict[str, Any]) -> str:
     return f"{partition['account']}/{partition['region']}/{partition['day']}"
 
 
-def group_partitions(partitions: list[dict[str, Any]], max_groups: int = 32) -> list[list[dict[str, Any]]]:
-    """Partitions as at most ``max_groups`` lists of about equal bytes (one task each); each partition its
-    own group when there are few. Groups keep the plan's order within them."""
+def group_partitions(
+    partitions: list[dict[str, Any]], max_groups: int = 32, weight: str = "bytes"
+) -> list[list[dict[str, Any]]]:
+    """Partitions as at most ``max_groups`` lists of about equal ``weight`` (one task each); each partition
+    its own group when there are few. Groups keep the plan's order within them."""
     if len(partitions) <= max_groups:
         return [[p] for p in partitions]
     loads = [(0, i) for i in range(max_groups)]
     members: list[list[int]] = [[] for _ in range(max_groups)]
-    for index in sorted(range(len(partitions)), key=lambda i: -partitions[i]["bytes"]):
+    for index in sorted(range(len(partitions)), key=lambda i: -partitions[i][weight]):
         load, group = heapq.heappop(loads)
         members[group].append(index)
-        heapq.heappush(loads, (load + partitions[index]["bytes"], group))
+        heapq.heappush(loads, (load + partitions[index][weight], group))
     return [[partitions[i] for i in sorted(group)] for group in members if group]
 
 
