@@ -286,12 +286,10 @@ def decode_chunk(tasks: list[_Task]) -> tuple[list[_ObjectOutcome], pa.Table | N
                 continue
             table, outcome.rejected, outcome.note = decoded.table, decoded.rejected, decoded.note
             outcome.records_read = decoded.records_read
-            if decoded.note:  # read with a repair: the original bytes are kept too
-                outcome.data = data
         else:
             outcome.records_read, outcome.note = table.num_rows, note
-            if note:
-                outcome.data = data
+        if outcome.note:  # read with a repair: the original bytes are kept too
+            outcome.data = data
         tables.append(table)
     return outcomes, (pa.concat_tables(tables) if tables else None)
 
