@@ -93,8 +93,7 @@ def cloudtrail_ingest():
         """Move every staged partition into the store, less duplicates; returns the run's summary."""
         from trailguard.ingest import commit
 
-        source, store, _, _ = _open(params, dag_run, client=False)
-        summary = commit(store, [sid for group in stage_ids for sid in group], source=source)
+        summary = commit(_store(), [sid for group in stage_ids for sid in group], source=_source_uri(params))
         for line in summary.lines():
             print(line)
         outlet_events[EVENTS].extra = {"dates": summary.dates, "new": summary.new}
@@ -130,12 +129,9 @@ def cloudtrail_ingest():
     validate_events.expand(day=touched_dates(commit_events(staged)))
 
 
-def _open(params: dict, dag_run, client: bool = True):
-    """(source, store, start, end) of a run: the source from the Param, Variable or environment."""
+def _source_uri(params: dict) -> str:
+    """The run's source: the Param, else the Variable, else the environment."""
     from airflow.sdk import Variable
-    from trailguard.settings import load_settings
-    from trailguard.sources import open_source
-    from trailguard.store import EventStore
 
     uri = params.get("source") or Variable.get("trailguard_source", default=None) or os.environ.get("TRAILGUARD_SOURCE")
     if not uri:
@@ -143,17 +139,29 @@ def _open(params: dict, dag_run, client: bool = True):
             "no CloudTrail source: set the run's 'source' Param, the Variable trailguard_source "
             "or TRAILGUARD_SOURCE (a folder, s3://bucket/prefix or cloudwatch://log-group)"
         )
+    return uri
+
+
+def _store():
+    from trailguard.settings import load_settings
+    from trailguard.store import EventStore
+
+    return EventStore(load_settings().data_path)
+
+
+def _open(params: dict, dag_run):
+    """(source, store, start, end) of a run."""
+    from trailguard.sources import open_source
+
+    uri = _source_uri(params)
     end = optional_day(params.get("end")) or dag_run.run_after.date()
     start = optional_day(params.get("start")) or end - timedelta(days=1)
-    store = EventStore(load_settings().data_path)
-    if not client:
-        return uri, store, start, end
     aws = None
     if uri.startswith("s3://"):
         aws = aws_client_factory()("s3")
     elif uri.startswith("cloudwatch://"):
         aws = aws_client_factory()("logs")
-    return open_source(uri, aws), store, start, end
+    return open_source(uri, aws), _store(), start, end
 
 
 cloudtrail_ingest()
