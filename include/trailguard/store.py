@@ -132,56 +132,72 @@ def id_keys(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
 
 
 class KeyIndex:
-    """A set of eventID keys (a day's stored eventIDs, or a batch's): first halves sorted for binary search, second halves beside."""
+    """A set of eventID keys (a day's stored eventIDs, or a batch's): first halves sorted for binary
+    search, second halves beside. Keys given to it are sorted (see :func:`sort_keys`)."""
 
     def __init__(self, keys: np.ndarray | None = None) -> None:
         self.first = np.empty(0, dtype=np.uint64)
         self.second = np.empty(0, dtype=np.uint64)
         if keys is not None:
-            self.add(keys)
+            self.add(sort_keys(keys)[0])
 
     @property
     def nbytes(self) -> int:
         return self.first.nbytes + self.second.nbytes
 
     def contains(self, keys: np.ndarray) -> np.ndarray:
-        order = np.argsort(keys[:, 0])  # sorted queries: each search starts where the previous ended
-        queries = keys[order]
-        left = np.searchsorted(self.first, queries[:, 0], "left")
-        right = np.searchsorted(self.first, queries[:, 0], "right")
+        """Which of the (sorted) keys are in the index."""
+        at = np.searchsorted(self.first, keys[:, 0])  # sorted queries: each search starts where the last ended
         found = np.zeros(len(keys), dtype=bool)
-        one = right - left == 1
-        found[one] = self.second[left[one]] == queries[one, 1]
-        for i in np.flatnonzero(right - left > 1):  # stored ids whose first halves agree: rare
-            found[i] = bool((self.second[left[i] : right[i]] == queries[i, 1]).any())
-        result = np.empty(len(keys), dtype=bool)
-        result[order] = found
-        return result
+        inside = np.flatnonzero(at < len(self.first))
+        same = inside[self.first[at[inside]] == keys[inside, 0]]
+        found[same] = self.second[at[same]] == keys[same, 1]
+        last = len(self.first) - 1
+        shared = same[~found[same] & (at[same] < last)]
+        for i in shared[self.first[at[shared] + 1] == keys[shared, 0]]:  # first halves shared by stored ids: rare
+            stop = np.searchsorted(self.first, keys[i, 0], "right")
+            found[i] = bool((self.second[at[i] : stop] == keys[i, 1]).any())
+        return found
 
     def add(self, keys: np.ndarray) -> None:
-        """Add keys not in the index yet: the new ones, sorted, are inserted in place (one pass, no re-sort)."""
+        """Add (sorted) keys not in the index yet: inserted in place, in one pass (no re-sort)."""
         if not len(keys):
             return
-        order = np.argsort(keys[:, 0], kind="stable")
-        first, second = keys[order, 0], keys[order, 1]
-        at = np.searchsorted(self.first, first, "right")
-        self.first, self.second = np.insert(self.first, at, first), np.insert(self.second, at, second)
+        at = np.searchsorted(self.first, keys[:, 0], "right")
+        self.first, self.second = np.insert(self.first, at, keys[:, 0]), np.insert(self.second, at, keys[:, 1])
+
+
+def sort_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Keys sorted (by first half, then second), with the row each came from; equal keys stay in row order."""
+    order = np.lexsort((keys[:, 1], keys[:, 0]))
+    return keys[order], order
+
+
+def first_of_sorted(keys: np.ndarray) -> np.ndarray:
+    """True for the first of each run of equal keys in sorted keys, False for the copies after it."""
+    keep = np.ones(len(keys), dtype=bool)
+    keep[1:] = (keys[1:] != keys[:-1]).any(axis=1)
+    return keep
 
 
 @dataclass
 class StagedIds:
-    """What deduplication needs of a staged part: each row's eventID key and which source it came from."""
+    """What deduplication needs of a staged part: its eventID keys, sorted, with each one's row, and the
+    source each row came from."""
 
-    keys: np.ndarray  # (rows, 2) uint64, see id_keys
-    source_index: np.ndarray  # (rows,) int32 into sources
+    keys: np.ndarray  # (rows, 2) uint64, see id_keys; sorted by sort_keys
+    rows: np.ndarray  # (rows,) the row of each key
+    source_index: np.ndarray  # (rows,) int32 into sources, in row order
     sources: list[str]
 
     @classmethod
     def of(cls, table: pa.Table) -> StagedIds:
         """From a table's eventID and source_key columns."""
         encoded = table.column("source_key").combine_chunks().fill_null("").dictionary_encode()
+        keys, rows = sort_keys(id_keys(table.column("eventID")))
         return cls(
-            keys=id_keys(table.column("eventID")),
+            keys=keys,
+            rows=rows,
             source_index=encoded.indices.to_numpy(zero_copy_only=False).astype(np.int32),
             sources=encoded.dictionary.to_pylist(),
         )
@@ -261,7 +277,7 @@ class EventStore:
             self._indexes.popitem(last=False)
 
     def _keep_new(self, day: str, keys: np.ndarray, keep: np.ndarray) -> None:
-        """Clear ``keep`` for keys already stored on ``day``; the kept ones join the day's index."""
+        """Clear ``keep`` for (sorted) keys already stored on ``day``; the kept ones join the day's index."""
         rows = np.flatnonzero(keep)
         index = self._day_index(day)
         keep[rows[index.contains(keys[rows])]] = False
@@ -276,14 +292,17 @@ class EventStore:
         """
         if table.num_rows == 0:
             return table, 0
-        keys = id_keys(table.column("eventID"))
-        keep = _first_occurrences(keys)
+        keys, order = sort_keys(id_keys(table.column("eventID")))
+        fresh = first_of_sorted(keys)
         days = event_days(table.column("eventTime"))
+        ordered_days = days[order]
         for day in np.unique(days):
-            on_day = days == day
-            day_keep = keep & on_day
-            self._keep_new(str(day), keys, day_keep)
-            keep[on_day] = day_keep[on_day]
+            on_day = ordered_days == day
+            day_fresh = fresh & on_day
+            self._keep_new(str(day), keys, day_fresh)
+            fresh[on_day] = day_fresh[on_day]
+        keep = np.zeros(len(keys), dtype=bool)
+        keep[order[fresh]] = True
         written = []
         for day, part in split_by_day(table, days, keep):
             write_parquet_atomic(part, self.new_part_path(day, run_id))
@@ -332,12 +351,14 @@ class EventStore:
         if ids is None:
             ids = StagedIds.of(read_parquet(staged, columns=["eventID", "source_key"], schema=EVENT_SCHEMA))
         keys = ids.keys
-        keep = _first_occurrences(keys)
+        fresh = first_of_sorted(keys)
         if batch is not None:
-            keep &= ~batch.contains(keys)
-        self._keep_new(day_text(day), keys, keep)
+            fresh &= ~batch.contains(keys)
+        self._keep_new(day_text(day), keys, fresh)
         if batch is not None:
-            batch.add(keys[keep])
+            batch.add(keys[fresh])
+        keep = np.zeros(len(keys), dtype=bool)
+        keep[ids.rows[fresh]] = True
         final = self.new_part_path(day, run_id)
         if keep.all():
             fs.move(staged, final)
@@ -440,15 +461,6 @@ class EventStore:
 def _part_files(folder: DataPath) -> list[DataPath]:
     """The parquet files in a folder, not the temporary ones of a write in progress (``.tmp-*``)."""
     return visible_files(folder)
-
-
-def _first_occurrences(keys: np.ndarray) -> np.ndarray:
-    """True for the first row of each key within one batch, False for its later copies."""
-    order = np.lexsort((keys[:, 1], keys[:, 0]))  # stable: equal keys stay in row order, the first leads
-    ordered = keys[order]
-    keep = np.ones(len(keys), dtype=bool)
-    keep[order[1:][(ordered[1:] == ordered[:-1]).all(axis=1)]] = False
-    return keep
 
 
 def split_by_day(table: pa.Table, days: np.ndarray, keep: np.ndarray) -> Iterator[tuple[str, pa.Table]]:
