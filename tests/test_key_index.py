@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-
 from trailguard.store import KeyIndex, StagedIds, first_of_sorted, id_keys, sort_keys
 
 
