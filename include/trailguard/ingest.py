@@ -302,6 +302,7 @@ def stage_chunk(tasks: list[_Task], folder: str, seq: int) -> _ChunkResult:
     if table is not None and table.num_rows:
         days = event_days(table.column("eventTime"))
         for day, part in split_by_day(table, days, np.ones(len(days), dtype=bool)):
+            part = part.combine_chunks()  # one batch per file or group: the writer is faster on one
             path = os.path.join(folder, f"{seq:08d}-{day}.parquet")
             pq.write_table(part, path, **parquet_write_options(part.schema))
             parts.append(_StagedPart(day, path, part.num_rows, StagedIds.of(part)))

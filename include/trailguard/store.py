@@ -81,12 +81,26 @@ UNIQUE_TEXT_COLUMNS = frozenset(
 )
 
 
+# Event texts that queries filter on (a query engine skips row groups by their min/max statistics); the
+# other event texts (ARNs, user agents, addresses...) get no statistics: computing them is about a tenth of
+# the writing time, and a min and max of ARNs prunes nothing.
+PRUNING_COLUMNS = frozenset({
+    "eventSource", "eventName", "eventType", "eventCategory", "awsRegion", "errorCode", "recipientAccountId",
+    "userIdentity.type", "userIdentity.accountId",
+})
+_NO_STATISTICS = UNIQUE_TEXT_COLUMNS | {
+    f.name for f in EVENT_SCHEMA if pa.types.is_string(f.type) and f.name not in PRUNING_COLUMNS
+}
+
+
 def parquet_write_options(schema: pa.Schema) -> dict[str, object]:
-    """pyarrow.parquet writer options for a table: zstd, and no dictionary or statistics for unique texts."""
+    """pyarrow.parquet writer options for a table: zstd, no dictionary for unique texts, and statistics only
+    where they can prune."""
     plain = [name for name in schema.names if name not in UNIQUE_TEXT_COLUMNS]
-    if len(plain) == len(schema.names):
+    stats = [name for name in schema.names if name not in _NO_STATISTICS]
+    if len(stats) == len(schema.names):
         return {"compression": "zstd"}
-    return {"compression": "zstd", "use_dictionary": plain, "write_statistics": plain}
+    return {"compression": "zstd", "use_dictionary": plain, "write_statistics": stats}
 
 
 def write_parquet_atomic(table: pa.Table, final: DataPath) -> DataPath:
