@@ -19,6 +19,7 @@ sharing the data root), :func:`commit` moves every staged partition into the sto
 from __future__ import annotations
 
 import ctypes
+import gc
 import heapq
 import json
 import logging
@@ -316,7 +317,7 @@ def _stage_in_order(chunks: Iterable[list[_Task]], workers: int, folder: Path) -
         for seq, chunk in enumerate(chunks):
             yield stage_chunk(chunk, str(folder), seq)
         return
-    pool = ProcessPoolExecutor(workers, mp_context=_pool_context(), initializer=_keep_freed_memory)
+    pool = ProcessPoolExecutor(workers, mp_context=_pool_context(), initializer=_start_worker)
     try:
         pending: deque[Future[_ChunkResult]] = deque()
         for seq, chunk in enumerate(chunks):
@@ -335,11 +336,13 @@ def _pool_context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
 
 
-def _keep_freed_memory() -> None:
-    """In a worker (glibc only): keep freed memory for the next chunk instead of handing it back to the
-    system and faulting it in again. Each chunk allocates and frees the same few hundred MB (documents,
-    columns); by default glibc maps blocks over its threshold afresh each time, and each page fault costs
-    kernel time (about half the workers' system time)."""
+def _start_worker() -> None:
+    """Set up a worker for a stream of like chunks. The objects it inherited (modules, the parent's data)
+    live as long as it does: the garbage collector stops walking them. Freed memory is kept for the next
+    chunk (glibc only) instead of being handed back to the system and faulted in again: each chunk
+    allocates and frees the same few hundred MB, and by default glibc maps large blocks afresh each time
+    (those page faults were about half the workers' system time)."""
+    gc.freeze()
     mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
     if mallopt is not None:
         mallopt(_M_MMAP_THRESHOLD, 32 * 2**20)  # glibc's largest: blocks up to 32 MB come from the heap
