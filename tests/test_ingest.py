@@ -205,3 +205,22 @@ def test_decode_rejects_oversized_nesting_without_crashing():
     deep = b'{"Records": [' + b"[" * 100_000 + b"]" * 100_000 + b"]}"
     with pytest.raises(ValueError):
         decode_object("deep.json", deep)
+
+
+def test_command_line_ingest_uses_every_cpu_unless_told(tmp_path, monkeypatch, capsys):
+    from trailguard import cli
+
+    monkeypatch.delenv("TRAILGUARD_INGEST_WORKERS", raising=False)
+    monkeypatch.setattr(cli.os, "cpu_count", lambda: 2)
+    assert cli._ingest_workers(None, 1) == 2  # a terminal: the machine's cores
+    assert cli._ingest_workers(3, 1) == 3
+    assert cli._ingest_workers(0, 1) == 2
+    monkeypatch.setenv("TRAILGUARD_INGEST_WORKERS", "1")
+    assert cli._ingest_workers(None, 1) == 1  # the setting, when set, wins over the default
+
+    monkeypatch.delenv("TRAILGUARD_INGEST_WORKERS")
+    for i in range(4):
+        write_log(tmp_path / "logs", f"f{i}.json.gz", [record(f"e{i}-{j}") for j in range(50)])
+    assert cli.main(["--data", str(tmp_path / "data"), "ingest", "--source", str(tmp_path / "logs"), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["objects_ingested"], summary["new"], summary["duplicates"]) == (4, 200, 0)

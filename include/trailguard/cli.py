@@ -38,6 +38,15 @@ def _date(text: str) -> date:
         raise argparse.ArgumentTypeError(f"{text!r} is not a date: use YYYY-MM-DD (UTC)") from None
 
 
+def _ingest_workers(asked: int | None, configured: int) -> int:
+    """Worker processes for a command-line ingest: --workers, else TRAILGUARD_INGEST_WORKERS when set, else
+    one per CPU (a person at a terminal wants the machine's cores; an Airflow task keeps the setting's
+    default of 1, its parallelism being mapped tasks). 0 or less means one per CPU."""
+    if asked is None:
+        asked = configured if os.environ.get("TRAILGUARD_INGEST_WORKERS", "").strip() else 0
+    return asked if asked > 0 else os.cpu_count() or 1
+
+
 def _progress_bar(desc: str, unit: str) -> tuple[Callable[..., None], Callable[[], None]]:
     """A tqdm bar on stderr when it is a terminal; silent otherwise (logs, CI)."""
     from tqdm import tqdm
@@ -76,7 +85,7 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
             start=args.start,
             end=args.end,
             batch_records=settings.ingest_batch_records,
-            workers=args.workers or settings.ingest_workers,
+            workers=_ingest_workers(args.workers, settings.ingest_workers),
             progress=update,
         )
     finally:
@@ -232,7 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start", type=_date, help="first delivery date to read (YYYY-MM-DD, UTC)")
     p.add_argument("--end", type=_date, help="last delivery date to read (YYYY-MM-DD, UTC)")
     p.add_argument("--workers", type=int, default=None,
-                   help="processes that fetch and decode (default TRAILGUARD_INGEST_WORKERS, else 1)")
+                   help="processes that fetch and decode (default: TRAILGUARD_INGEST_WORKERS if set, else one "
+                        "per CPU; 0 also means one per CPU)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_ingest)
 
