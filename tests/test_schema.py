@@ -118,3 +118,37 @@ def test_files_decoded_together_equal_one_by_one():
         if reference is not None:
             assert mine.equals(reference)
     assert together[1].column("source_key").unique().to_pylist() == ["b"]
+
+
+@pytest.mark.parametrize(
+    "name", ["aws_docs_samples.ndjson", "stratus_red_team_detonations.ndjson", "panther_rule_tests.ndjson"]
+)
+def test_fast_columns_equal_normalise_on_public_records(name):
+    """The whole-file path (typed decoding, columns converted at once) gives normalise()'s rows for real
+    records; ``raw`` and the JSON columns keep the original text, so they are compared as JSON."""
+    import orjson
+    from trailguard.schema import JSON_FIELDS, RecordError, files_to_tables, normalise, rows_to_table
+
+    from tests.conftest import fixture_records
+
+    def usable(record):
+        try:
+            normalise(record, "k")
+        except RecordError:
+            return False
+        return True
+
+    records = [r for r in fixture_records(name) if usable(r)]
+    documents = [(orjson.dumps({"Records": records[i : i + 37]}), f"file-{i}") for i in range(0, len(records), 37)]
+    fast = files_to_tables(documents)
+    assert sum(t is not None for t in fast) >= len(documents) // 2  # most files take the fast path
+    for (document, key), table in zip(documents, fast, strict=True):
+        if table is None:
+            continue
+        reference = rows_to_table([normalise(r, key) for r in orjson.loads(document)["Records"]])
+        for column in table.column_names:
+            mine, theirs = table.column(column).to_pylist(), reference.column(column).to_pylist()
+            if column in (*JSON_FIELDS, "raw"):
+                mine = [None if v is None else orjson.loads(v) for v in mine]
+                theirs = [None if v is None else orjson.loads(v) for v in theirs]
+            assert mine == theirs, column

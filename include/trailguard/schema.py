@@ -17,6 +17,7 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
+from itertools import chain
 from typing import Any
 
 import msgspec
@@ -376,12 +377,9 @@ def _records_table(records: list[Any], texts: list[msgspec.Raw], source_key: str
     times = columns.at(("eventTime",))
     if not all(event_ids) or not all(times) or max(map(len, event_ids)) > _MAX_EVENT_ID_CHARS:
         raise _NeedsNormalise  # a missing or empty eventID or eventTime: a record to reject
-    try:
-        arrays: list[pa.Array] = [pa.array(event_ids, pa.string()), _event_times(times)]
-    except RecordError as exc:
-        raise _NeedsNormalise from exc
     # no flat value is longer than its record: only long records need the length check
     check_length = max(map(len, texts)) > MAX_FIELD_CHARS
+    flat = [event_ids, times]
     for _, path in STRING_FIELDS:
         if path[0] in JSON_FIELDS:
             values = [None if text == _NULL else _text(_dig(_json_value(text), path[1:])) for text in columns.at(path[:1])]
@@ -389,13 +387,27 @@ def _records_table(records: list[Any], texts: list[msgspec.Raw], source_key: str
             values = columns.at(path)
             if check_length and max((len(v) for v in values if v is not None), default=0) > MAX_FIELD_CHARS:
                 raise _NeedsNormalise
-        arrays.append(pa.array(values, pa.string()))
-    arrays += [pa.array(columns.at((name,)), pa.bool_()) for name in BOOL_FIELDS]
+        flat.append(values)
+    strings = _arrays(flat, pa.string())
+    try:
+        arrays: list[pa.Array] = [strings[0], _event_times(strings[1], times)]
+    except RecordError as exc:
+        raise _NeedsNormalise from exc
+    arrays += strings[2:]
+    arrays += _arrays([columns.at((name,)) for name in BOOL_FIELDS], pa.bool_())
     arrays += [_text_array(columns.at((name,))) for name in JSON_FIELDS]
     if isinstance(source_key, str):
         source_key = pa.repeat(pa.scalar(source_key, pa.string()), len(records))
     arrays += [raw, source_key]
     return pa.Table.from_arrays(arrays, schema=EVENT_SCHEMA)
+
+
+def _arrays(columns: list[Sequence[Any]], type_: pa.DataType) -> list[pa.Array]:
+    """Equally long columns of Python values as Arrow arrays, converted in one call: each pyarrow conversion
+    has a fixed cost larger than converting a slice's column (measured: half the time of one call each)."""
+    length = len(columns[0])
+    whole = pa.array(list(chain.from_iterable(columns)), type_)
+    return [whole.slice(i * length, length) for i in range(len(columns))]
 
 
 def _json_value(text: msgspec.Raw) -> Any:
@@ -441,10 +453,10 @@ def _text_array(texts: Sequence[msgspec.Raw]) -> pa.StringArray:
     return pa.Array.from_buffers(pa.string(), len(texts), [bitmap, pa.py_buffer(offsets), pa.py_buffer(data)])
 
 
-def _event_times(times: Sequence[str]) -> pa.Array:
-    """eventTime strings as UTC timestamps: Arrow parses the plain CloudTrail shape (and refuses 30 February
-    or a leap second, as Python does); anything else goes through parse_event_time, record by record."""
-    text = pa.array(times, pa.string())
+def _event_times(text: pa.StringArray, times: Sequence[str]) -> pa.Array:
+    """eventTime strings (as an array, and as the values) as UTC timestamps: Arrow parses the plain
+    CloudTrail shape (and refuses 30 February or a leap second, as Python does); anything else goes
+    through parse_event_time, record by record."""
     lengths = pc.min_max(pc.binary_length(text)).as_py()
     if lengths == {"min": _PLAIN_TIME_CHARS, "max": _PLAIN_TIME_CHARS} and pc.all(pc.ends_with(text, "Z")).as_py():
         try:
