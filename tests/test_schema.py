@@ -152,3 +152,23 @@ def test_fast_columns_equal_normalise_on_public_records(name):
                 mine = [None if v is None else orjson.loads(v) for v in mine]
                 theirs = [None if v is None else orjson.loads(v) for v in theirs]
             assert mine == theirs, column
+
+
+@pytest.mark.parametrize(
+    "time", ["0000-01-01T00:00:00Z", "2024-02-30T10:00:00Z", "2024-07-30T23:59:60Z", "2024-07-30T10:00:0éZ",
+             "2024-07-30T10:00:00.123456789Z", "2024-07-30T10:00:00+02:00", "2024-07-30 10:00:00"]
+)
+def test_odd_event_times_in_a_file_get_normalise_treatment(time):
+    """A file whose eventTimes are not all the plain shape decides as normalise() does, record by record:
+    the same time or the same rejection, never a silently wrong day."""
+    import orjson
+    from trailguard.schema import RecordError, file_to_table, normalise
+
+    records = [{"eventID": "a", "eventTime": "2024-07-30T10:00:00Z"}, {"eventID": "b", "eventTime": time}]
+    table = file_to_table(orjson.dumps({"Records": records}), "k")
+    try:
+        expected = [normalise(r, "k")["eventTime"] for r in records]
+    except RecordError:
+        assert table is None  # the record-by-record path will reject it with the reason
+    else:
+        assert table is not None and table.column("eventTime").to_pylist() == expected
