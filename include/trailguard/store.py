@@ -148,39 +148,73 @@ def id_keys(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
 
 
 class KeyIndex:
-    """A set of eventID keys (a day's stored eventIDs, or a batch's): first halves sorted for binary
-    search, second halves beside. Keys given to it are sorted (see :func:`sort_keys`)."""
+    """A set of eventID keys (a day's stored eventIDs, or a batch's). Keys given to it are sorted (see
+    :func:`sort_keys`). Kept as two sorted levels, each as first halves for binary search with second
+    halves beside: new keys go into the small level, which is merged into the large one now and then, so
+    adding a part's keys does not copy the whole index each time."""
+
+    _MERGE_ROWS = 65_536  # the small level is merged once it holds this many keys, or an eighth of the large
 
     def __init__(self, keys: np.ndarray | None = None) -> None:
-        self.first = np.empty(0, dtype=np.uint64)
-        self.second = np.empty(0, dtype=np.uint64)
+        empty = np.empty(0, dtype=np.uint64)
+        self._levels = [(empty, empty), (empty, empty)]  # (large, small), each (first halves, second halves)
         if keys is not None:
             self.add(sort_keys(keys)[0])
 
+    def __len__(self) -> int:
+        return sum(len(first) for first, _ in self._levels)
+
     @property
     def nbytes(self) -> int:
-        return self.first.nbytes + self.second.nbytes
+        return sum(first.nbytes + second.nbytes for first, second in self._levels)
+
+    def keys(self) -> np.ndarray:
+        """Every key, sorted (shape ``(n, 2)``)."""
+        first, second = _merged(*self._levels[0], np.stack(self._levels[1], axis=1))
+        return np.stack([first, second], axis=1)
 
     def contains(self, keys: np.ndarray) -> np.ndarray:
         """Which of the (sorted) keys are in the index."""
-        at = np.searchsorted(self.first, keys[:, 0])  # sorted queries: each search starts where the last ended
-        found = np.zeros(len(keys), dtype=bool)
-        inside = np.flatnonzero(at < len(self.first))
-        same = inside[self.first[at[inside]] == keys[inside, 0]]
-        found[same] = self.second[at[same]] == keys[same, 1]
-        last = len(self.first) - 1
-        shared = same[~found[same] & (at[same] < last)]
-        for i in shared[self.first[at[shared] + 1] == keys[shared, 0]]:  # first halves shared by stored ids: rare
-            stop = np.searchsorted(self.first, keys[i, 0], "right")
-            found[i] = bool((self.second[at[i] : stop] == keys[i, 1]).any())
+        found = _contains(*self._levels[0], keys)
+        if len(self._levels[1][0]):
+            found |= _contains(*self._levels[1], keys)
         return found
 
     def add(self, keys: np.ndarray) -> None:
-        """Add (sorted) keys not in the index yet: inserted in place, in one pass (no re-sort)."""
+        """Add (sorted) keys not in the index yet."""
         if not len(keys):
             return
-        at = np.searchsorted(self.first, keys[:, 0], "right")
-        self.first, self.second = np.insert(self.first, at, keys[:, 0]), np.insert(self.second, at, keys[:, 1])
+        (first, second), small = self._levels
+        small = _merged(*small, keys)
+        if len(small[0]) >= min(self._MERGE_ROWS, max(len(first) // 8, 1024)):
+            self._levels = [_merged(first, second, np.stack(small, axis=1)), (first[:0], second[:0])]
+        else:
+            self._levels[1] = small
+
+
+def _contains(first: np.ndarray, second: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Which of the sorted ``keys`` are among (first, second), sorted by first."""
+    at = np.searchsorted(first, keys[:, 0])  # sorted queries: each search starts where the last ended
+    found = np.zeros(len(keys), dtype=bool)
+    inside = np.flatnonzero(at < len(first))
+    same = inside[first[at[inside]] == keys[inside, 0]]
+    found[same] = second[at[same]] == keys[same, 1]
+    shared = same[~found[same] & (at[same] < len(first) - 1)]
+    for i in shared[first[at[shared] + 1] == keys[shared, 0]]:  # first halves shared by stored ids: rare
+        stop = np.searchsorted(first, keys[i, 0], "right")
+        found[i] = bool((second[at[i] : stop] == keys[i, 1]).any())
+    return found
+
+
+def _merged(first: np.ndarray, second: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(first, second) with the sorted ``keys`` inserted in place, in one pass (no re-sort)."""
+    at = np.searchsorted(first, keys[:, 0], "right") + np.arange(len(keys))  # where each new key lands
+    old = np.ones(len(first) + len(keys), dtype=bool)
+    old[at] = False
+    merged_first, merged_second = np.empty(len(old), dtype=np.uint64), np.empty(len(old), dtype=np.uint64)
+    merged_first[at], merged_second[at] = keys[:, 0], keys[:, 1]
+    merged_first[old], merged_second[old] = first, second
+    return merged_first, merged_second
 
 
 def sort_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
