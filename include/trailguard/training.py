@@ -27,7 +27,8 @@ Every candidate carries the detector (weight 0 except in the combination) so the
 an ``anomaly_score``. Targets come from :func:`trailguard.labels.training_targets` (analyst > rules >
 default 5). Evaluation: the paper's random 70/30 split AND a time split (older days train, newest days
 test); the candidate with the best time-split average precision for high-risk events (target >= 70),
-ties broken by precision@20, is registered; it becomes ``champion`` only if it beats the current
+ties broken by precision@20, then by the anomaly bonus, then by RMSE (:func:`choose_best`: within 2% of the
+lowest RMSE the simpler model wins) is registered; it becomes ``champion`` only if it beats the current
 champion evaluated on the same test days (ties keep the champion), otherwise ``challenger``.
 """
 
@@ -403,13 +404,29 @@ def _rank_key(metrics: dict[str, float]) -> tuple[float, float]:
     return value("average_precision"), value(f"precision_at_{TOP_N}")
 
 
-def _selection_key(result: CandidateResult) -> tuple[float, float, int, float]:
-    """Choosing among candidates: :func:`_rank_key`; on a tie, a model that carries the anomaly bonus
-    (it also covers events no label covers, at no cost to the ranking of the known ones); then the lower
-    RMSE."""
-    combined = int(result.name.endswith(f"+{IFOREST}"))
-    rmse = result.rmse if not math.isnan(result.rmse) else math.inf
-    return (*_rank_key(asdict(result)), combined, -rmse)
+SIMPLER_FIRST = (PAPER, RIDGE, HGB, IFOREST)
+RMSE_TOLERANCE = 0.02  # RMSEs within 2% of the lowest are a tie (sampling noise), which the simpler model wins
+
+
+def choose_best(candidates: dict[str, CandidateResult]) -> str:
+    """The candidate to register: the best :func:`_rank_key`; on a tie, a model that carries the anomaly
+    bonus (it also covers events no label covers, at no cost to the ranking of the known ones); then, among
+    those whose RMSE is within ``RMSE_TOLERANCE`` of the lowest, the simpler model (:data:`SIMPLER_FIRST`:
+    cheaper to score and to explain, and the choice does not flip between runs on a difference of noise),
+    then the lower RMSE."""
+
+    def rmse(c: CandidateResult) -> float:
+        return c.rmse if not math.isnan(c.rmse) else math.inf
+
+    def key(c: CandidateResult) -> tuple[float, float, int]:
+        return (*_rank_key(asdict(c)), int(c.name.endswith(f"+{IFOREST}")))
+
+    top = max(key(c) for c in candidates.values())
+    tied = [c for c in candidates.values() if key(c) == top]
+    lowest = min(rmse(c) for c in tied)
+    close = [c for c in tied if rmse(c) <= lowest * (1 + RMSE_TOLERANCE)]
+    simplicity = {name: i for i, name in enumerate(SIMPLER_FIRST)}
+    return min(close, key=lambda c: (simplicity.get(c.name.split("+")[0], len(SIMPLER_FIRST)), rmse(c))).name
 
 
 # -- data -----------------------------------------------------------------------------------------------
@@ -923,7 +940,7 @@ def _train_use_case(
             _log_candidate(res, cand, model, r_fitted[cand], X_test, y_test, d_test, w_test, r_test,
                            all_weights[~in_train], common_params | extra, fs)
 
-        best = max(res.candidates, key=lambda c: _selection_key(res.candidates[c]))
+        best = choose_best(res.candidates)
         res.best = best
         mlflow.set_tag("trailguard.best_candidate", best)
         res.decision = _register(name, best, fitted[best], res, X_test, y_test, d_test, w_test)
