@@ -118,21 +118,21 @@ class _TreeSampler(threading.Thread):
 def demo_logs(work: Path, events: int, days: int = 30, end: date | None = None) -> Path:
     """Demo CloudTrail logs for ``events`` events over ``days`` days up to ``end`` (the demo's last day
     unless told), generated once and kept."""
-    from trailguard import demo_data
+    from trailguard.demo import generator
 
     out = work / (f"logs-{events}" if days == 30 else f"logs-{events}-{days}d")
-    if end is not None and end != demo_data.DEFAULT_END:
+    if end is not None and end != generator.DEFAULT_END:
         out = out.with_name(f"{out.name}-until-{end.isoformat()}")
     if not (out / "demo_summary.json").exists():
         print(f"generating {events:,} events over {days} days in {out} (once) ...", flush=True)
-        demo_data.generate(out, events=events, days=days, end=end)
+        generator.generate(out, events=events, days=days, end=end)
     return out
 
 
 def org_logs(work: Path, day_events: int, per_day: int, days: int) -> tuple[list[Path], str]:
     """The organisation's logs: ``days`` ordinary days of ``per_day`` events, then the busy day of
     ``day_events`` events; and that busy day."""
-    from trailguard.demo_data import DEFAULT_END
+    from trailguard.demo.organisation import DEFAULT_END
 
     history = demo_logs(work, per_day * days, days=days, end=DEFAULT_END - timedelta(days=1))
     return [history, demo_logs(work, day_events, days=1)], DEFAULT_END.isoformat()
@@ -140,11 +140,11 @@ def org_logs(work: Path, day_events: int, per_day: int, days: int) -> tuple[list
 
 def org_prepare_stage(folder: str, logs: list[str]) -> dict[str, Any]:
     """Ingest the organisation's logs; build the ordinary days' profiles, as their own daily runs would have."""
-    from trailguard.enrich import default_enricher
-    from trailguard.features import day_profile
-    from trailguard.ingest import ingest
-    from trailguard.sources import LocalFolderSource
-    from trailguard.store import EventStore
+    from trailguard.ingest.ingestion import ingest
+    from trailguard.ingest.sources import LocalFolderSource
+    from trailguard.model.enrich import default_enricher
+    from trailguard.model.features import day_profile
+    from trailguard.store.events import EventStore
 
     shutil.rmtree(folder, ignore_errors=True)
     store = EventStore(Path(folder) / "data")
@@ -156,7 +156,7 @@ def org_prepare_stage(folder: str, logs: list[str]) -> dict[str, Any]:
 
 
 def log_files(logs: Path) -> list[Path]:
-    from trailguard.sources import skip_reason
+    from trailguard.ingest.sources import skip_reason
 
     return sorted(p for p in logs.rglob("*") if p.is_file() and skip_reason(p.relative_to(logs).as_posix()) is None)
 
@@ -165,9 +165,9 @@ def log_files(logs: Path) -> list[Path]:
 def ingest_stage(logs: str, data: str, workers: int) -> dict[str, Any]:
     """Ingestion's own time: the imports (about 0.3 s, once per process) are timed apart."""
     started = time.perf_counter()
-    from trailguard.ingest import ingest
-    from trailguard.sources import LocalFolderSource
-    from trailguard.store import EventStore
+    from trailguard.ingest.ingestion import ingest
+    from trailguard.ingest.sources import LocalFolderSource
+    from trailguard.store.events import EventStore
 
     imported = time.perf_counter()
     summary = ingest(LocalFolderSource(logs), EventStore(Path(data)), workers=workers)
@@ -216,24 +216,24 @@ def dag_parse_stage() -> dict[str, Any]:
 
 
 def validate_stage(data: str, day: str) -> dict[str, Any]:
-    from trailguard.quality import validate_partition
-    from trailguard.store import EventStore
+    from trailguard.quality.gate import validate_partition
+    from trailguard.store.events import EventStore
 
     result = validate_partition(EventStore(Path(data)), day)
     return {"date": day, "rows": result.rows_in, "quality": result.status}
 
 
 def features_stage(data: str, day: str) -> dict[str, Any]:
-    from trailguard.features import load_day_features
-    from trailguard.store import EventStore
+    from trailguard.model.features import load_day_features
+    from trailguard.store.events import EventStore
 
     return {"date": day, "rows": len(load_day_features(EventStore(Path(data)), day))}
 
 
 def train_stage(data: str, day: str) -> dict[str, Any]:
     """Training on the days before ``day``, on a fresh MLflow store."""
-    from trailguard.store import EventStore
-    from trailguard.training import train
+    from trailguard.model.training import train
+    from trailguard.store.events import EventStore
 
     shutil.rmtree(Path(data) / "mlflow", ignore_errors=True)
     until = date.fromisoformat(day) - timedelta(days=1)
@@ -245,8 +245,8 @@ def train_stage(data: str, day: str) -> dict[str, Any]:
 
 
 def score_stage(data: str, day: str) -> dict[str, Any]:
-    from trailguard.scoring import score_day
-    from trailguard.store import EventStore
+    from trailguard.model.scoring import score_day
+    from trailguard.store.events import EventStore
 
     result = score_day(EventStore(Path(data)), day)
     return {"date": day, "rows": result.events, "timings": {k: round(v, 2) for k, v in result.timings.items()},
@@ -256,8 +256,8 @@ def score_stage(data: str, day: str) -> dict[str, Any]:
 def score_partitions_stage(data: str, day: str) -> dict[str, Any]:
     """Every partition (account x region) of the day scored one after the other, as the DAG's mapped
     tasks would: the total cost of splitting the day."""
-    from trailguard.scoring import day_partitions, score_day
-    from trailguard.store import EventStore
+    from trailguard.model.scoring import day_partitions, score_day
+    from trailguard.store.events import EventStore
 
     store = EventStore(Path(data))
     parts = day_partitions(store, day)
@@ -271,7 +271,7 @@ def score_partitions_stage(data: str, day: str) -> dict[str, Any]:
 
 
 def report_stage(data: str, day: str) -> dict[str, Any]:
-    from trailguard.report import build_report
+    from trailguard.report.daily import build_report
 
     report = build_report(Path(data), day)
     return {"date": day, "events": len(report.top_events)}
@@ -375,7 +375,7 @@ def _rates(figures: dict[str, Any], input_bytes: int | None) -> None:
 
 
 def _last_day(data: Path) -> str | None:
-    from trailguard.store import EventStore
+    from trailguard.store.events import EventStore
 
     dates = EventStore(data).dates() if data.exists() else []
     return dates[-1] if dates else None

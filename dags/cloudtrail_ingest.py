@@ -57,32 +57,32 @@ def cloudtrail_ingest():
     def plan_partitions(params: dict, dag_run=None) -> list[list[dict]]:
         """List the window's objects not yet ingested, per account x region x delivery day, in groups of
         partitions for the mapped stage tasks (at most TRAILGUARD_INGEST_MAX_TASKS of them)."""
-        from trailguard import ingest
-        from trailguard.settings import load_settings
+        from trailguard.ingest import ingestion
+        from trailguard.store.settings import load_settings
 
         source, store, start, end = _open(params, dag_run)
         store.clean_staging()
-        partitions = ingest.plan_partitions(source, store, start=start, end=end)
-        groups = ingest.group_partitions(partitions, max_groups=load_settings().ingest_max_tasks)
+        partitions = ingestion.plan_partitions(source, store, start=start, end=end)
+        groups = ingestion.group_partitions(partitions, max_groups=load_settings().ingest_max_tasks)
         print(f"{len(partitions)} partitions with new objects, in {len(groups)} stage tasks")
         for partition in partitions:
-            print(f"  {ingest.partition_label(partition)}: {partition['objects']} objects, {partition['bytes']:,} bytes")
+            print(f"  {ingestion.partition_label(partition)}: {partition['objects']} objects, {partition['bytes']:,} bytes")
         return groups
 
     @task(map_index_template="{{ partitions_label }}")
     def stage_partitions(partitions: list[dict], params: dict, dag_run=None, ti=None) -> list[str]:
         """Read one group of partitions into staging (runs on any worker that shares the data root)."""
-        from trailguard import ingest
-        from trailguard.settings import load_settings
+        from trailguard.ingest import ingestion
+        from trailguard.store.settings import load_settings
 
-        get_current_context()["partitions_label"] = ingest.group_label(partitions)
+        get_current_context()["partitions_label"] = ingestion.group_label(partitions)
         source, store, start, end = _open(params, dag_run)
         stage_ids = []
         for i, partition in enumerate(partitions):
             stage_id = f"{dag_run.run_id}-{ti.map_index}-{i}"
-            counts = ingest.stage(source, store, partition, stage_id, start=start, end=end,
+            counts = ingestion.stage(source, store, partition, stage_id, start=start, end=end,
                                   workers=load_settings().ingest_workers)
-            print(f"{ingest.partition_label(partition)}: {counts['records']} records from "
+            print(f"{ingestion.partition_label(partition)}: {counts['records']} records from "
                   f"{counts['objects_ingested']} objects, {counts['quarantined']} records and "
                   f"{counts['objects_quarantined']} objects quarantined")
             stage_ids.append(stage_id)
@@ -91,7 +91,7 @@ def cloudtrail_ingest():
     @task(outlets=[EVENTS])
     def commit_events(stage_ids: list[list[str]], params: dict, dag_run=None, outlet_events=None) -> dict:
         """Move every staged partition into the store, less duplicates; returns the run's summary."""
-        from trailguard.ingest import commit
+        from trailguard.ingest.ingestion import commit
 
         summary = commit(_store(), [sid for group in stage_ids for sid in group], source=_source_uri(params))
         for line in summary.lines():
@@ -106,9 +106,9 @@ def cloudtrail_ingest():
     @task(outlets=[VALIDATED_EVENTS], map_index_template="{{ day }}")
     def validate_events(day: str, outlet_events=None) -> dict:
         """Validate one day's partition; fails (and emits nothing) on a critical failure."""
-        from trailguard.quality import validate_partition
-        from trailguard.settings import load_settings
-        from trailguard.store import EventStore
+        from trailguard.quality.gate import validate_partition
+        from trailguard.store.events import EventStore
+        from trailguard.store.settings import load_settings
 
         get_current_context()["day"] = day
         settings = load_settings()
@@ -143,15 +143,15 @@ def _source_uri(params: dict) -> str:
 
 
 def _store():
-    from trailguard.settings import load_settings
-    from trailguard.store import EventStore
+    from trailguard.store.events import EventStore
+    from trailguard.store.settings import load_settings
 
     return EventStore(load_settings().data_path)
 
 
 def _open(params: dict, dag_run):
     """(source, store, start, end) of a run."""
-    from trailguard.sources import open_source
+    from trailguard.ingest.sources import open_source
 
     uri = _source_uri(params)
     end = optional_day(params.get("end")) or dag_run.run_after.date()

@@ -52,9 +52,9 @@ def daily_risk_report():
     def check_partition() -> str:
         """The day to report; skips the run when its partition failed validation."""
         from airflow.sdk.exceptions import AirflowSkipException
-        from trailguard.quality import is_scorable, read_quality_status
-        from trailguard.settings import load_settings
-        from trailguard.store import EventStore
+        from trailguard.quality.gate import is_scorable, read_quality_status
+        from trailguard.store.events import EventStore
+        from trailguard.store.settings import load_settings
 
         day = run_day(get_current_context(), "date", offset_days=-1).isoformat()
         store = EventStore(load_settings().data_path)
@@ -68,10 +68,10 @@ def daily_risk_report():
     def plan_scoring(day: str) -> list[list[dict]]:
         """The day's partitions (account x region), in groups for the mapped scoring tasks (at most
         TRAILGUARD_SCORE_MAX_TASKS); scores of partitions that no longer exist are removed."""
-        from trailguard.ingest import group_partitions
-        from trailguard.scoring import day_partitions, prune_parts
-        from trailguard.settings import load_settings
-        from trailguard.store import EventStore
+        from trailguard.ingest.ingestion import group_partitions
+        from trailguard.model.scoring import day_partitions, prune_parts
+        from trailguard.store.events import EventStore
+        from trailguard.store.settings import load_settings
 
         settings = load_settings()
         store = EventStore(settings.data_path)
@@ -87,9 +87,9 @@ def daily_risk_report():
     @task(map_index_template="{{ partitions_label }}")
     def score_partitions(partitions: list[dict]) -> dict:
         """Score one group of partitions with the champion models (loaded once for the group)."""
-        from trailguard.scoring import load_champions, score_day
-        from trailguard.settings import load_settings
-        from trailguard.store import EventStore
+        from trailguard.model.scoring import load_champions, score_day
+        from trailguard.store.events import EventStore
+        from trailguard.store.settings import load_settings
 
         labels = [f"{p['account']}/{p['region']}" for p in partitions]
         get_current_context()["partitions_label"] = labels[0] if len(labels) == 1 else f"{len(labels)} partitions: {labels[0]} .."
@@ -107,8 +107,8 @@ def daily_risk_report():
 
     @task
     def build_report(day: str, scored: list[dict], params: dict) -> dict:
-        from trailguard.report import build_report as build
-        from trailguard.settings import load_settings
+        from trailguard.report.daily import build_report as build
+        from trailguard.store.settings import load_settings
 
         print(f"{day}: {sum(s['events'] for s in scored)} events scored in {len(scored)} tasks")
         report = build(load_settings().data_path, day, top_k=params["top_k"],
@@ -120,9 +120,9 @@ def daily_risk_report():
     @task
     def send_report(built: dict, params: dict) -> dict:
         from airflow.sdk import Variable
-        from trailguard.mail import send_report as send
-        from trailguard.report import load_report
-        from trailguard.settings import load_settings
+        from trailguard.report.daily import load_report
+        from trailguard.report.mail import send_report as send
+        from trailguard.store.settings import load_settings
 
         settings = load_settings()
         recipients = (params.get("recipients") or Variable.get("trailguard_report_recipients", default=None)

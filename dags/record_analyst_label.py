@@ -42,10 +42,10 @@ def record_analyst_label():
     @task(outlets=[LABELS])
     def record_label(params: dict, dag_run=None) -> dict:
         """Check that the event exists, then append the decision to the label store."""
-        from trailguard.labels import find_event
-        from trailguard.labels import record_label as append_label
-        from trailguard.settings import load_settings
-        from trailguard.store import EventStore
+        from trailguard.model.labels import find_event
+        from trailguard.model.labels import record_label as append_label
+        from trailguard.store.events import EventStore
+        from trailguard.store.settings import load_settings
 
         settings = load_settings()
         event_id = params["event_id"].strip()

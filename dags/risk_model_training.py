@@ -42,8 +42,8 @@ def risk_model_training():
     @task.short_circuit
     def enough_new_labels(params: dict, dag_run=None) -> bool:
         """Label-triggered runs go on only with enough new decisions; scheduled and manual runs always."""
-        from trailguard.labels import labels_since_last_training
-        from trailguard.settings import load_settings
+        from trailguard.model.labels import labels_since_last_training
+        from trailguard.store.settings import load_settings
 
         if dag_run.run_type != "asset_triggered":
             return True
@@ -54,10 +54,10 @@ def risk_model_training():
     @task(outlets=[MODELS])
     def train_models(params: dict) -> dict:
         from airflow.sdk import get_current_context
-        from trailguard.settings import load_settings
-        from trailguard.store import EventStore
-        from trailguard.summaries import save_training_summary
-        from trailguard.training import train
+        from trailguard.model.training import train
+        from trailguard.report.summaries import save_training_summary
+        from trailguard.store.events import EventStore
+        from trailguard.store.settings import load_settings
 
         until = run_day(get_current_context(), "until", offset_days=-1)
         settings = load_settings()

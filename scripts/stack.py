@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
-from trailguard.demo import airflow_env  # the environment `make demo` gives `airflow dags test`
+from trailguard.demo.runner import airflow_env
 
 log = logging.getLogger("stack")
 

@@ -38,7 +38,6 @@ os.environ.update(
 )
 os.environ.pop("TRAILGUARD_DATA", None)
 os.environ.pop("MLFLOW_TRACKING_URI", None)
-sys.path.insert(0, str(PROJECT / "plugins"))
 
 
 def fixture_records(name: str) -> list[dict]:

@@ -49,7 +49,7 @@ def test_no_secrets_inline():
 
 def test_every_env_var_documented():
     documented = set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]+)=", (PROJECT / ".env.example").read_text(), re.M))
-    settings = (PROJECT / "include" / "trailguard" / "settings.py").read_text()
+    settings = (PROJECT / "include" / "trailguard" / "store" / "settings.py").read_text()
     for name in re.findall(r'"((?:TRAILGUARD|MLFLOW)_[A-Z0-9_]+)"', settings):
         assert name in documented, f"{name} is read in settings.py but not documented in .env.example"
     compose = (PROJECT / "docker-compose.yaml").read_text()

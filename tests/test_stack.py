@@ -63,7 +63,7 @@ class Stack:
             "TRAILGUARD_MAIL_UI_PORT": str(self.mail_ui_port),
             "TRAILGUARD_STACK_TIMEOUT": "240",
         }
-        self.demo = None  # what demo_data.generate() wrote to ``logs``
+        self.demo = None  # what generator.generate() wrote to ``logs``
         self.client = None
         self.pids: set[int] = set()
         self.sessions: set[int] = set()
@@ -190,11 +190,11 @@ def _log_line(raw: str) -> str:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    from trailguard import demo_data
+    from trailguard.demo import generator
 
     root = tmp_path_factory.mktemp("stack")
     stack = Stack(root)
-    stack.demo = demo_data.generate(stack.logs, days=3, events=3000)
+    stack.demo = generator.generate(stack.logs, days=3, events=3000)
     started = time.monotonic()
     result = stack.script("up")
     print(f"{result.stdout}\n(`stack.py up` took {time.monotonic() - started:.0f} s)")

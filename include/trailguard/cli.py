@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from datetime import date
 from pathlib import Path
 
-from trailguard.settings import ConfigError, Settings, load_settings
+from trailguard.store.settings import ConfigError, Settings, load_settings
 
 log = logging.getLogger("trailguard")
 
@@ -65,9 +65,9 @@ def _progress_bar(desc: str, unit: str) -> tuple[Callable[..., None], Callable[[
 
 # -- commands -------------------------------------------------------------------------------------------
 def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
-    from trailguard.ingest import ingest
-    from trailguard.sources import open_source
-    from trailguard.store import EventStore
+    from trailguard.ingest.ingestion import ingest
+    from trailguard.ingest.sources import open_source
+    from trailguard.store.events import EventStore
 
     if args.start and args.end and args.start > args.end:
         print(f"--start {args.start} is after --end {args.end}", file=sys.stderr)
@@ -99,11 +99,11 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_demo_data(args: argparse.Namespace, settings: Settings) -> int:
-    from trailguard import demo_data
+    from trailguard.demo import generator
 
     update, close = _progress_bar("generate", "records")
     try:
-        summary = demo_data.generate(
+        summary = generator.generate(
             args.out,
             end=args.end,
             days=args.days,
@@ -123,8 +123,8 @@ def cmd_demo_data(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
-    from trailguard.quality import validate_partition
-    from trailguard.store import EventStore
+    from trailguard.quality.gate import validate_partition
+    from trailguard.store.events import EventStore
 
     result = validate_partition(
         EventStore(settings.data_path), args.date, allowed_lateness_hours=settings.allowed_lateness_hours
@@ -141,9 +141,9 @@ def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
-    from trailguard.store import EventStore
-    from trailguard.summaries import save_training_summary
-    from trailguard.training import train
+    from trailguard.model.training import train
+    from trailguard.report.summaries import save_training_summary
+    from trailguard.store.events import EventStore
 
     result = train(EventStore(settings.data_path), until=args.until, history_days=args.history_days)
     save_training_summary(settings.data_path, result)
@@ -152,8 +152,8 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
-    from trailguard.scoring import score_day
-    from trailguard.store import EventStore
+    from trailguard.model.scoring import score_day
+    from trailguard.store.events import EventStore
 
     result = score_day(EventStore(settings.data_path), args.date, account=args.account, region=args.region)
     _emit(args, result.as_dict(), result.lines())
@@ -161,8 +161,8 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
-    from trailguard.mail import send_report, smtp_settings_from_uri
-    from trailguard.report import build_report
+    from trailguard.report.daily import build_report
+    from trailguard.report.mail import send_report, smtp_settings_from_uri
 
     report = build_report(settings.data_path, args.date, top_k=args.top_k, min_score=args.min_score,
                           feedback_hint=FEEDBACK_HINT)
@@ -181,8 +181,8 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_label(args: argparse.Namespace, settings: Settings) -> int:
-    from trailguard.labels import find_event, record_label
-    from trailguard.store import EventStore
+    from trailguard.model.labels import find_event, record_label
+    from trailguard.store.events import EventStore
 
     if find_event(EventStore(settings.data_path), args.event_id) is None and not args.force:
         print(f"no event with eventID {args.event_id!r} in {settings.data_path}: check the ID "
@@ -200,7 +200,7 @@ def cmd_label(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    from trailguard.demo import run_demo
+    from trailguard.demo.runner import run_demo
 
     if not isinstance(settings.data_path, Path):
         raise ConfigError(f"trailguard demo runs on a local data root, not {settings.data_root}: use --data ./demo/data")

@@ -1,0 +1,6 @@
+"""Detections: analyst knowledge as code, for the cold start of the risk model and the reasons in reports.
+
+Owns the :class:`~trailguard.detect.event.Event` wrapper, policy helpers, the per-event rules grouped by
+ATT&CK tactic (``rules/<tactic>.py``), the window rules and the engine that labels a day.
+May import: ``trailguard.store`` (the stored event's columns) and ``trailguard.ingest``. Nothing above.
+"""

@@ -1,0 +1,4 @@
+"""The quality wing: the Great Expectations gate on each day's events, quarantine of bad rows, the quality page.
+
+May import: ``trailguard.store`` and ``trailguard.ingest``.
+"""

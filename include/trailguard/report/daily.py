@@ -1,0 +1,926 @@
+"""The daily risk report: the day's riskiest CloudTrail events, grouped, explained and safe to open.
+
+:func:`build_report` reads ``scores/date=D/*.parquet``, groups repeats (a burst of 200 identical
+AccessDenied calls is one row with a count), keeps the top K, adds summary figures, the partition's
+data-quality status and a chart, and writes ``reports/D/`` atomically: ``report.html`` (self-contained),
+``top_events.csv`` (rank order), ``report.json`` (everything, so :func:`load_report` can rebuild the
+report for the mail task) and ``chart.png``.
+
+Every CloudTrail field is attacker-controlled, and the reasons interpolate them. So: the HTML is rendered
+by Jinja2 with autoescaping and links are built only from validated patterns; CSV text cells that a
+spreadsheet would read as a formula get a leading ``'``; long values are cut with a visible marker; the
+plain text loses control and bidi characters. Nothing from the data reaches the chart.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import functools
+import hashlib
+import io
+import json
+import logging
+import re
+import shlex
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from numbers import Number
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from trailguard.store.events import day_text as _day_text
+from trailguard.store.events import write_bytes_atomic
+from trailguard.store.fs import DataPath, as_path, parquet_schema, read_parquet, visible_files
+
+log = logging.getLogger(__name__)
+
+HIGH_RISK = 70.0
+TRUNCATED = "…[truncated]"
+DEFAULT_LIMIT = 300  # characters of one displayed value
+FIELD_LIMITS = {"reasons": 2000, "userAgent": 240, "eventID": 128}
+MAX_REASONS = 12  # reasons listed per event; the rest are counted
+BREAKDOWN_LIMIT = 10  # values listed per summary breakdown; the rest are summed as "other"
+CHART_POINTS = 2000  # high-risk events drawn at most (the highest)
+
+REQUIRED_COLUMNS = ("eventID", "eventTime", "use_case", "risk_score")
+TEXT_COLUMNS = (
+    "principal", "eventName", "eventSource", "awsRegion", "account", "sourceIPAddress", "country", "asn",
+    "userAgent", "errorCode", "category", "reasons", "attack_technique", "model_name", "model_version",
+)  # fmt: skip
+GROUP_KEYS = ("principal", "eventName", "errorCode", "sourceIPAddress", "use_case")
+CSV_COLUMNS = (
+    "rank", "eventID", "risk_score", "count", "eventTime", "principal", "eventName", "eventSource",
+    "sourceIPAddress", "country", "account", "awsRegion", "attack_technique", "reasons",
+    # extensions after the contract's columns
+    "use_case", "errorCode", "first_seen", "last_seen", "userAgent", "category", "model_name", "model_version",
+)  # fmt: skip
+TOP_COLUMNS = (*CSV_COLUMNS, "asn", "group_id")
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069\ufeff]+")
+_TECHNIQUE = re.compile(r"T(\d{4})(?:\.(\d{3}))?")
+_URL = re.compile(r"https?://[A-Za-z0-9._~:/?#\[\]@!$&'()*+,;=%-]+")
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n")
+_REPORT_FILES = {"html": "report.html", "csv": "top_events.csv", "json": "report.json", "chart": "chart.png"}
+
+
+class ScoresNotFoundError(FileNotFoundError):
+    """The day has no risk scores: the report cannot be built before scoring."""
+
+
+# -- safe values ------------------------------------------------------------------------------------------
+def is_missing(value: Any) -> bool:
+    if value is None:
+        return True
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def clip(text: str, limit: int) -> str:
+    """Cut ``text`` to ``limit`` characters with a visible marker, so a 5 MB userAgent stays readable."""
+    return text if len(text) <= limit else text[:limit] + TRUNCATED
+
+
+def clean_text(value: Any, limit: int | None = None) -> str:
+    """A value for plain text, HTML or a mail header: no control or bidi characters, bounded length."""
+    if is_missing(value):
+        return ""
+    text = str(value)
+    if limit is not None and len(text) > limit * 4:
+        text = text[: limit * 4]  # never run the regex over megabytes
+    text = _CONTROL.sub(" ", text).strip()
+    return clip(text, limit) if limit is not None else text
+
+
+def csv_cell(value: Any) -> Any:
+    """A CSV cell a spreadsheet cannot execute: formula-like text gets a leading ``'``, numbers stay numbers."""
+    if is_missing(value):
+        return ""
+    if isinstance(value, Number) and not isinstance(value, bool):
+        return value
+    text = str(value)
+    if text.startswith(_FORMULA_START) or text.lstrip().startswith(_FORMULA_START):
+        return "'" + text
+    return text
+
+
+def technique_url(technique: Any) -> str | None:
+    """The ATT&CK page of a technique id, only for a well-formed ``T1234`` or ``T1234.001``."""
+    if not isinstance(technique, str):
+        return None
+    match = _TECHNIQUE.fullmatch(technique.strip())
+    if not match:
+        return None
+    main, sub = match.groups()
+    return f"https://attack.mitre.org/techniques/T{main}/" + (f"{sub}/" if sub else "")
+
+
+def _value(value: Any, column: str) -> str | None:
+    """A stored value as bounded text (None when missing); floats that are whole numbers lose their ``.0``."""
+    if is_missing(value):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return clip(str(value), FIELD_LIMITS.get(column, DEFAULT_LIMIT))
+
+
+def _iso(value: Any) -> str | None:
+    if is_missing(value):
+        return None
+    return pd.Timestamp(value).tz_convert("UTC").strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def scores_dir(data_root: DataPath | str, day: date | str) -> DataPath:
+    return as_path(data_root) / "scores" / f"date={_day_text(day)}"
+
+
+def report_dir(data_root: DataPath | str, day: date | str) -> DataPath:
+    return as_path(data_root) / "reports" / _day_text(day)
+
+
+# -- reading and ranking ----------------------------------------------------------------------------------
+def read_scores(data_root: DataPath | str, day: date | str) -> pd.DataFrame:
+    """The day's scored events; optional columns a scorer left out are added empty."""
+    day_text = _day_text(day)
+    folder = scores_dir(data_root, day_text)
+    files = visible_files(folder)
+    if not files:
+        raise ScoresNotFoundError(
+            f"no risk scores for {day_text} (looked for {folder}/*.parquet): "
+            f"run `trailguard score --date {day_text}` first"
+        )
+    import pyarrow as pa
+
+    wanted = (*REQUIRED_COLUMNS, *TEXT_COLUMNS, "lf_rules")  # lf_rules groups bursts; scores are not reported
+    tables = [read_parquet(path, columns=[c for c in parquet_schema(path).names if c in wanted]) for path in files]
+    # one conversion to pandas for all the day's parts (one per account x region)
+    scores = pa.concat_tables(tables, promote_options="default").to_pandas()
+    missing = [c for c in REQUIRED_COLUMNS if c not in scores.columns]
+    if missing:
+        raise ValueError(
+            f"{folder}: scores lack column(s) {', '.join(missing)}; rescore with `trailguard score --date {day_text}`"
+        )
+    for column in TEXT_COLUMNS:
+        if column not in scores.columns:
+            scores[column] = None
+    scores["eventTime"] = pd.to_datetime(scores["eventTime"], utc=True)
+    scores["risk_score"] = pd.to_numeric(scores["risk_score"], errors="coerce")
+    return scores
+
+
+@dataclass(frozen=True)
+class Findings:
+    """The day's events grouped into findings: the top ones in full, the others only counted."""
+
+    top: pd.DataFrame  # the highest-scored event of each reported group + count, first_seen, last_seen
+    total: int
+    high_risk: int
+
+
+def rank_findings(scores: pd.DataFrame, *, top_k: int, min_score: float = 0.0) -> Findings:
+    """Group repeats (same principal, call, error, source IP and use case) and keep the top K groups, each as
+    its highest-scored event with the group's ``count``, ``first_seen`` and ``last_seen``.
+
+    Groups are ranked on small per-group figures first; only the rows of the chosen groups are sorted
+    in full, so a day of a million events stays a few seconds.
+    """
+    valid = scores["risk_score"].notna().to_numpy()
+    index = scores.index[valid]
+    group = _group_keys(scores.loc[valid]).groupby(list(GROUP_KEYS), dropna=False, sort=False).ngroup()
+    group = group.to_numpy()
+    per_event = pd.DataFrame({
+        "group": group,
+        "risk": scores["risk_score"][valid].reset_index(drop=True),
+        "time": scores["eventTime"][valid].reset_index(drop=True),
+    })  # fmt: skip
+    stats = per_event.groupby("group").agg(
+        max_risk=("risk", "max"),
+        count=("risk", "size"),
+        first_seen=("time", "min"),
+        last_seen=("time", "max"),
+    )
+    eligible = stats[stats["max_risk"] >= min_score].sort_values(["max_risk", "count"], ascending=False)
+    if len(eligible) > top_k:  # keep every group tied with the K-th: the event itself breaks the tie
+        last = eligible.iloc[top_k - 1]
+        eligible = eligible[
+            (eligible["max_risk"] > last["max_risk"])
+            | ((eligible["max_risk"] == last["max_risk"]) & (eligible["count"] >= last["count"]))
+        ]
+    member = np.isin(group, eligible.index.to_numpy())
+    candidates = scores.loc[index[member]].assign(_group=group[member])
+    best = candidates.sort_values(
+        ["risk_score", "eventTime", "eventID"], ascending=[False, True, True], kind="stable"
+    ).drop_duplicates("_group")
+    top = best.join(stats[["count", "first_seen", "last_seen"]], on="_group").drop(columns="_group")
+    top = top.sort_values(
+        ["risk_score", "count", "eventTime", "eventID"], ascending=[False, False, True, True], kind="stable"
+    ).head(top_k)
+    return Findings(top=top, total=len(stats), high_risk=int((stats["max_risk"] >= HIGH_RISK).sum()))
+
+
+@functools.cache
+def _burst_rules() -> dict[str, str]:
+    """Each window rule's detection ids -> the rule's first id: one burst, one finding, whatever it called."""
+    from trailguard.detect.window import WINDOW_RULES
+
+    return {d.rule_id: rule.detections[0].rule_id for rule in WINDOW_RULES for d in rule.detections}
+
+
+def _burst_of(rules: Any) -> str | None:
+    if is_missing(rules):
+        return None
+    mapping = _burst_rules()
+    return next((mapping[r] for r in str(rules).split(",") if r in mapping), None)
+
+
+def _group_keys(scores: pd.DataFrame) -> pd.DataFrame:
+    """The grouping columns; events of one burst found by a window rule (access-denied recon, secret
+    harvesting, brute force, mass deletion) group as that burst, not per API call and error code."""
+    keys = scores[list(GROUP_KEYS)].copy()
+    if "lf_rules" in scores:
+        codes, rules = pd.factorize(scores["lf_rules"])  # a day has a few hundred distinct rule lists
+        burst = pd.Series(np.array([_burst_of(r) for r in rules] + [None], dtype=object)[codes], index=scores.index)
+        hit = burst.notna().to_numpy()
+        if hit.any():
+            keys.loc[hit, "eventName"] = "burst:" + burst[hit]
+            keys.loc[hit, "errorCode"] = None
+    return keys
+
+
+def group_id(row: Mapping[str, Any]) -> str:
+    """A short stable id of a finding's group, so an update mail can tell new findings from known ones."""
+    values = {k: row.get(k) for k in GROUP_KEYS}
+    burst = _burst_of(row.get("lf_rules"))
+    if burst:
+        values.update(eventName="burst:" + burst, errorCode=None)
+    key = "\x1f".join("\x00" if is_missing(v) else str(v) for v in values.values())
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def _top_frame(chosen: pd.DataFrame) -> pd.DataFrame:
+    """The reported rows as plain, bounded Python values (the same in CSV, JSON, HTML and text)."""
+    records = []
+    for rank, row in enumerate(chosen.to_dict("records"), start=1):
+        record: dict[str, Any] = {column: _value(row.get(column), column) for column in TOP_COLUMNS}
+        record.update(
+            rank=rank,
+            risk_score=round(float(row["risk_score"]), 1),
+            count=int(row["count"]),
+            eventTime=_iso(row["eventTime"]),
+            first_seen=_iso(row["first_seen"]),
+            last_seen=_iso(row["last_seen"]),
+            group_id=group_id(row),
+        )
+        records.append(record)
+    return pd.DataFrame.from_records(records, columns=list(TOP_COLUMNS))
+
+
+# -- summary ----------------------------------------------------------------------------------------------
+def _breakdown(values: pd.Series) -> dict[str, Any]:
+    counts = values.value_counts(dropna=False)
+    top = [[_value(key, "breakdown"), int(n)] for key, n in counts.head(BREAKDOWN_LIMIT).items()]
+    return {"top": top, "other": int(counts.iloc[BREAKDOWN_LIMIT:].sum()), "distinct": int(len(counts))}
+
+
+def _summary(
+    scores: pd.DataFrame, findings: Findings, top: pd.DataFrame, top_k: int, min_score: float
+) -> dict:
+    risk = scores["risk_score"]
+    valid = risk.dropna().clip(0, 100)
+    counts, _ = np.histogram(valid.to_numpy(dtype=float), bins=range(0, 101, 10))  # the last bin includes 100
+    return {
+        "events_scored": int(risk.notna().sum()),
+        "events_unscored": int(risk.isna().sum()),
+        "findings": findings.total,
+        "reported": int(len(top)),
+        "top_k": int(top_k),
+        "min_score": float(min_score),
+        "high_risk_threshold": HIGH_RISK,
+        "high_risk_events": int((risk >= HIGH_RISK).sum()),
+        "high_risk_findings": findings.high_risk,
+        "max_score": None if valid.empty else round(float(valid.max()), 1),
+        "mean_score": None if valid.empty else round(float(valid.mean()), 1),
+        "p95_score": None if valid.empty else round(float(valid.quantile(0.95)), 1),
+        "score_distribution": [
+            {"range": f"{lo}-{lo + 10}", "events": int(n)}
+            for lo, n in zip(range(0, 100, 10), counts, strict=True)
+        ],
+        "by_use_case": _breakdown(scores["use_case"]),
+        "by_category": _breakdown(scores["category"]),
+        "by_account": _breakdown(scores["account"]),
+        "by_region": _breakdown(scores["awsRegion"]),
+    }
+
+
+def _models(scores: pd.DataFrame) -> list[dict[str, Any]]:
+    keys = ["use_case", "model_name", "model_version"]
+    sizes = scores.groupby(keys, dropna=False).size()
+    return [
+        {"use_case": _value(u, "use_case"), "model_name": _value(m, "model_name"),
+         "model_version": _value(v, "model_version"), "events": int(n)}
+        for (u, m, v), n in sizes.items()
+    ]  # fmt: skip
+
+
+def _quality(data_root: DataPath, day_text: str) -> tuple[dict[str, Any] | None, DataPath | None]:
+    """The partition's data-quality verdict and page; an unreadable result is reported, not fatal."""
+    from trailguard.quality.gate import read_quality_status
+    from trailguard.store.events import EventStore
+
+    page = data_root / "quality" / f"date={day_text}" / "index.html"
+    try:
+        status = read_quality_status(EventStore(data_root), day_text)
+    except ValueError as exc:
+        log.warning("%s", exc)
+        status = {"status": "unknown", "error": str(exc)}
+    if status is None:
+        return None, None
+    quality = {key: status.get(key) for key in ("status", "rows_in", "rows_passed", "rows_quarantined")}
+    if status.get("error"):
+        quality["error"] = clip(str(status["error"]), DEFAULT_LIMIT)
+    quality["page"] = f"quality/date={day_text}/index.html" if page.exists() else None
+    return quality, page if page.exists() else None
+
+
+# -- chart ------------------------------------------------------------------------------------------------
+def render_chart(scores: pd.DataFrame, top: pd.DataFrame, day_text: str) -> bytes:
+    """Risk over the day by hour as PNG: events per hour, the hourly maximum, high-risk events in red and
+    the top five reported events numbered. Only numbers are drawn: no attacker text reaches matplotlib."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    start = pd.Timestamp(day_text, tz="UTC")
+    valid = scores["risk_score"].notna() & scores["eventTime"].notna()
+    risk = scores["risk_score"][valid]
+    hours = ((scores["eventTime"][valid] - start).dt.total_seconds() / 3600).clip(0, 23.999)
+    fig = Figure(figsize=(9, 3.3), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    volume = ax.twinx()
+    per_hour = hours.astype(int).value_counts().reindex(range(24), fill_value=0)
+    volume.bar([h + 0.5 for h in range(24)], per_hour.to_numpy(), width=0.85, color="#e5e7eb", zorder=1)
+    volume.set_ylabel("events per hour", color="#6b7280", fontsize=8)
+    volume.tick_params(labelsize=8, colors="#6b7280")
+    ax.set_zorder(volume.get_zorder() + 1)
+    ax.patch.set_visible(False)
+    if not risk.empty:
+        hourly_max = risk.groupby(hours.astype(int)).max().reindex(range(24))
+        ax.step([h + 0.5 for h in range(24)], hourly_max.to_numpy(), where="mid", color="#374151",
+                linewidth=1.2, label="hourly maximum")  # fmt: skip
+        high = risk >= HIGH_RISK
+        if high.any():
+            points = risk[high].nlargest(CHART_POINTS)
+            ax.scatter(hours[points.index], points, s=16, color="#c62828", zorder=3,
+                       label=f"risk \u2265 {HIGH_RISK:g}")  # fmt: skip
+    for row in top.head(5).itertuples():
+        moment = pd.Timestamp(row.eventTime)
+        x = min(max((moment - start).total_seconds() / 3600, 0), 23.999)
+        ax.annotate(f"#{int(row.rank)}", (x, float(row.risk_score)), xytext=(4, 4), textcoords="offset points",
+                    fontsize=8, color="#111827")  # fmt: skip
+    if risk.empty:
+        ax.text(12, 50, "no events scored", ha="center", va="center", color="#6b7280")
+    ax.axhline(HIGH_RISK, color="#c62828", linestyle="--", linewidth=0.8)
+    ax.set_xlim(0, 24)
+    ax.set_ylim(0, 105)
+    ax.set_xticks(range(0, 25, 3), [f"{h:02d}:00" for h in range(0, 25, 3)], fontsize=8)
+    ax.tick_params(axis="y", labelsize=8)
+    ax.set_ylabel("risk score", fontsize=8)
+    ax.set_title(f"Risk over {day_text} (UTC)", fontsize=10, loc="left")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=2, fontsize=8, frameon=False)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", metadata={"Software": None})
+    return buffer.getvalue()
+
+
+# -- the report -------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Notice:
+    """A highlighted note at the top of the report (the mail's "update" box)."""
+
+    title: str
+    lines: tuple[str, ...] = ()
+
+
+@dataclass
+class Report:
+    """One day's report: the values behind every rendering, and where its files are."""
+
+    day: str
+    generated_at: str
+    top_events: pd.DataFrame
+    summary: dict[str, Any]
+    models: list[dict[str, Any]]
+    quality: dict[str, Any] | None
+    chart_png: bytes
+    folder: DataPath
+    quality_page: DataPath | None = None
+    feedback_hint: str | None = None
+    _files: dict[str, DataPath] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.folder = as_path(self.folder)
+        self._files = {kind: self.folder / name for kind, name in _REPORT_FILES.items()}
+
+    @property
+    def html_path(self) -> DataPath:
+        return self._files["html"]
+
+    @property
+    def csv_path(self) -> DataPath:
+        return self._files["csv"]
+
+    @property
+    def json_path(self) -> DataPath:
+        return self._files["json"]
+
+    @property
+    def chart_path(self) -> DataPath:
+        return self._files["chart"]
+
+    @property
+    def paths(self) -> dict[str, DataPath]:
+        return dict(self._files)
+
+    @property
+    def high_risk_findings(self) -> int:
+        return int(self.summary.get("high_risk_findings", 0))
+
+    # -- renderings -------------------------------------------------------------------------------------
+    def csv_bytes(self) -> bytes:
+        """top_events.csv: one row per reported finding in rank order, formula-neutralised."""
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\r\n")
+        writer.writerow(CSV_COLUMNS)
+        for row in self.top_events.to_dict("records"):
+            writer.writerow([csv_cell(row.get(column)) for column in CSV_COLUMNS])
+        return buffer.getvalue().encode("utf-8")
+
+    def to_json(self) -> dict[str, Any]:
+        top = [
+            {k: (None if is_missing(v) else v) for k, v in row.items()}
+            for row in self.top_events.to_dict("records")
+        ]
+        return {
+            "date": self.day,
+            "generated_at": self.generated_at,
+            "top_events": top,
+            "summary": self.summary,
+            "models": self.models,
+            "quality": self.quality,
+            "feedback_hint": self.feedback_hint,
+            "files": {kind: path.name for kind, path in self._files.items()},
+        }
+
+    def render_html(
+        self, *, image_src: str | None = None, for_email: bool = False, notice: Notice | None = None,
+        new_groups: Iterable[str] = (),
+    ) -> str:  # fmt: skip
+        """The report page; ``image_src`` is the chart's ``cid:`` in a mail, a data: URI in the file."""
+        if image_src is None:
+            image_src = "data:image/png;base64," + base64.b64encode(self.chart_png).decode("ascii")
+        if not (image_src.startswith("cid:") or image_src.startswith("data:image/png;base64,")):
+            raise ValueError("image_src must be a cid: or a data:image/png URI")
+        context = _html_context(self, image_src, for_email, notice, frozenset(new_groups))
+        return _template().render(**context)
+
+    def text(self, *, notice: Notice | None = None, new_groups: Iterable[str] = ()) -> str:
+        """The plain-text report (the mail's text part): every value stripped of control characters."""
+        new = frozenset(new_groups)
+        out = [f"TrailGuard daily risk report for {self.day} (UTC)", f"generated {self.generated_at}", ""]
+        if notice is not None:
+            out += [
+                f"*** {clean_text(notice.title, 500)} ***",
+                *(f"  {clean_text(x, 1000)}" for x in notice.lines),
+                "",
+            ]
+        out += _summary_lines(self)
+        out += ["", f"Top {len(self.top_events)} events (repeats grouped; highest risk first):", ""]
+        if self.top_events.empty:
+            out.append("  no events at or above the minimum score")
+        for row in self.top_events.to_dict("records"):
+            marker = "  [NEW]" if row.get("group_id") in new else ""
+            out.append(f"#{row['rank']}  risk {row['risk_score']:.1f}  {_title(row)}{marker}")
+            out.append(f"    when:      {_when(row)}")
+            out.append(f"    principal: {clean_text(row.get('principal'), DEFAULT_LIMIT) or '-'}")
+            out.append(f"    where:     {_where(row)}")
+            if not is_missing(row.get("userAgent")):
+                out.append(f"    userAgent: {clean_text(row.get('userAgent'), FIELD_LIMITS['userAgent'])}")
+            technique = clean_text(row.get("attack_technique"), 40)
+            if technique:
+                url = technique_url(technique)
+                out.append(f"    ATT&CK:    {technique}" + (f"  {url}" if url else ""))
+            out.append(f"    eventID:   {clean_text(row.get('eventID'), FIELD_LIMITS['eventID'])}")
+            out.append("    reasons:")
+            out += [f"      - {reason}" for reason in _reasons(row.get("reasons"))]
+            out.append("")
+        out += ["How to give feedback:", *(f"  {line}" for line in _feedback_lines(self)), ""]
+        out.append(f"Files: {self.folder}")
+        return "\n".join(out) + "\n"
+
+    def lines(self) -> list[str]:
+        """A terminal summary: the figures, then each top event with its reasons on one line."""
+        out = [f"report {self.day}: {self.summary.get('events_scored', 0):,} events scored, "
+               f"{self.summary.get('high_risk_events', 0):,} at or above {HIGH_RISK:g} "
+               f"({self.high_risk_findings} distinct), {len(self.top_events)} reported"]  # fmt: skip
+        out += [f"  {line}" for line in _summary_lines(self)[1:]]
+        for row in self.top_events.to_dict("records"):
+            reasons = "; ".join(_reasons(row.get("reasons"), limit=3)) or "-"
+            out.append(f"  #{row['rank']:<3} {row['risk_score']:5.1f}  {_title(row)}  "
+                       f"{clean_text(row.get('principal'), 80) or '-'}  | {clean_text(reasons, 200)}")  # fmt: skip
+        out.append(f"  written to {self.folder} (report.html, top_events.csv, report.json)")
+        return out
+
+
+def build_report(
+    data_root: DataPath | str,
+    day: date | str,
+    *,
+    top_k: int = 20,
+    min_score: float = 0.0,
+    feedback_hint: str | None = None,
+) -> Report:
+    """Build and write the day's report; a rerun overwrites it with the same content (but its time)."""
+    data_root = as_path(data_root)
+    day_text = _day_text(day)
+    if top_k < 1:
+        raise ValueError(f"top_k must be at least 1, got {top_k}")
+    scores = read_scores(data_root, day_text)
+    unscored = int(scores["risk_score"].isna().sum())
+    if unscored:
+        log.warning("%s: %d events have no risk score; they are counted but not ranked", day_text, unscored)
+    findings = rank_findings(scores, top_k=top_k, min_score=min_score)
+    top = _top_frame(findings.top)
+    quality, quality_page = _quality(data_root, day_text)
+    report = Report(
+        day=day_text,
+        generated_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        top_events=top,
+        summary=_summary(scores, findings, top, top_k, min_score),
+        models=_models(scores),
+        quality=quality,
+        chart_png=render_chart(scores, top, day_text),
+        folder=report_dir(data_root, day_text),
+        quality_page=quality_page,
+        feedback_hint=feedback_hint,
+    )
+    write_bytes_atomic(report.chart_png, report.chart_path)
+    write_bytes_atomic(report.csv_bytes(), report.csv_path)
+    write_bytes_atomic(
+        json.dumps(report.to_json(), indent=2, ensure_ascii=False, allow_nan=False).encode("utf-8"),
+        report.json_path,
+    )
+    write_bytes_atomic(report.render_html().encode("utf-8"), report.html_path)
+    log.info("%s: report of %d events written to %s", day_text, len(top), report.folder)
+    return report
+
+
+def load_report(data_root: DataPath | str, day: date | str) -> Report:
+    """The report written by :func:`build_report` (the mail task runs apart from the build task)."""
+    day_text = _day_text(day)
+    folder = report_dir(data_root, day_text)
+    path = folder / _REPORT_FILES["json"]
+    if not path.exists():
+        raise FileNotFoundError(
+            f"no report for {day_text} at {path}: run `trailguard report --date {day_text}` first"
+        )
+    document = json.loads(path.read_text(encoding="utf-8"))
+    chart = folder / _REPORT_FILES["chart"]
+    page = as_path(data_root) / "quality" / f"date={day_text}" / "index.html"
+    return Report(
+        day=document["date"],
+        generated_at=document["generated_at"],
+        top_events=pd.DataFrame.from_records(document["top_events"], columns=list(TOP_COLUMNS)),
+        summary=document["summary"],
+        models=document["models"],
+        quality=document.get("quality"),
+        chart_png=chart.read_bytes() if chart.exists() else b"",
+        folder=folder,
+        quality_page=page if document.get("quality") and page.exists() else None,
+        feedback_hint=document.get("feedback_hint"),
+    )
+
+
+# -- shared wording ---------------------------------------------------------------------------------------
+def _service(event_source: Any) -> str:
+    source = clean_text(event_source, 80)
+    return source.removesuffix(".amazonaws.com") if source else "-"
+
+
+def _title(row: Mapping[str, Any]) -> str:
+    """``cloudtrail StopLogging`` (plus the error and ``x200`` for a group)."""
+    title = f"{_service(row.get('eventSource'))} {clean_text(row.get('eventName'), 120) or '-'}"
+    error = clean_text(row.get("errorCode"), 80)
+    if error:
+        title += f" ({error})"
+    if int(row.get("count") or 1) > 1:
+        title += f" x{int(row['count'])}"
+    return title
+
+
+def _when(row: Mapping[str, Any]) -> str:
+    if int(row.get("count") or 1) > 1 and row.get("first_seen") and row.get("last_seen"):
+        return f"{row['count']} events {row['first_seen']} .. {row['last_seen']} (top-scored at {row.get('eventTime')})"
+    return str(row.get("eventTime") or "-")
+
+
+def _where(row: Mapping[str, Any]) -> str:
+    parts = [
+        f"account {clean_text(row.get('account'), 40) or '-'}",
+        f"region {clean_text(row.get('awsRegion'), 40) or '-'}",
+        f"source {clean_text(row.get('sourceIPAddress'), 120) or '-'}",
+    ]
+    geo = ", ".join(x for x in (clean_text(row.get("country"), 40), clean_text(row.get("asn"), 60)) if x)
+    return "  ".join(parts) + (f" ({geo})" if geo else "")
+
+
+def _reasons(reasons: Any, limit: int = MAX_REASONS) -> list[str]:
+    items = [clean_text(r, DEFAULT_LIMIT) for r in clean_text(reasons, FIELD_LIMITS["reasons"]).split("; ")]
+    items = [r for r in items if r]
+    if len(items) > limit:
+        items = items[:limit] + [f"... and {len(items) - limit} more"]
+    return items
+
+
+def _quality_line(report: Report) -> str:
+    q = report.quality
+    if not q:
+        return f"Data quality: not validated (run `trailguard validate --date {report.day}`)"
+    line = (f"Data quality: {clean_text(q.get('status'), 20)} (rows in {q.get('rows_in')}, passed "
+            f"{q.get('rows_passed')}, quarantined {q.get('rows_quarantined')})")  # fmt: skip
+    if q.get("page"):
+        line += f"; details: {q['page']} under the data root"
+    return line
+
+
+def _summary_lines(report: Report) -> list[str]:
+    s = report.summary
+    uses = ", ".join(f"{clean_text(k, 40) or '(none)'} {n:,}" for k, n in s["by_use_case"]["top"]) or "-"
+    models = (
+        "; ".join(
+            f"{clean_text(m['use_case'], 40)}: {clean_text(m['model_name'], 80) or '?'} v{clean_text(m['model_version'], 40) or '?'}"
+            for m in report.models
+        )
+        or "-"
+    )
+    return [
+        f"Events scored: {s['events_scored']:,} ({uses})"
+        + (f"; {s['events_unscored']:,} without a score" if s.get("events_unscored") else ""),
+        f"At or above {HIGH_RISK:g}: {s['high_risk_events']:,} events, {s['high_risk_findings']:,} distinct findings; "
+        f"highest {s['max_score'] if s['max_score'] is not None else '-'}",
+        _quality_line(report),
+        f"Models: {models}",
+    ]
+
+
+def _feedback_lines(report: Report) -> list[str]:
+    lines = [clean_text(report.feedback_hint, 1000)] if report.feedback_hint else []
+    example = report.top_events["eventID"].iloc[0] if len(report.top_events) else "EVENT_ID"
+    lines.append(
+        f"From a shell: trailguard label {shlex.quote(clean_text(example, FIELD_LIMITS['eventID']))} SCORE "
+        "--verdict benign --note 'why'"
+    )
+    return lines
+
+
+# -- HTML -------------------------------------------------------------------------------------------------
+def _badge(score: float) -> tuple[str, str]:
+    """Background and text colour of a score badge."""
+    if score >= 90:
+        return "#7f1d1d", "#ffffff"
+    if score >= HIGH_RISK:
+        return "#c62828", "#ffffff"
+    if score >= 40:
+        return "#f59e0b", "#111827"
+    return "#d1fae5", "#065f46"
+
+
+def _link_segments(text: str) -> list[tuple[str, str | None]]:
+    """Text split into (text, url) pieces: only http(s) URLs become links."""
+    pieces: list[tuple[str, str | None]] = []
+    last = 0
+    for match in _URL.finditer(text):
+        url = match.group(0).rstrip(".,;:!?)'")  # sentence punctuation after a URL is not part of it
+        if match.start() > last:
+            pieces.append((text[last : match.start()], None))
+        pieces.append((url, url))
+        last = match.start() + len(url)
+    if last < len(text):
+        pieces.append((text[last:], None))
+    return pieces
+
+
+def _html_rows(report: Report, new: frozenset[str]) -> list[dict[str, Any]]:
+    rows = []
+    for row in report.top_events.to_dict("records"):
+        score = float(row["risk_score"])
+        background, colour = _badge(score)
+        technique = clean_text(row.get("attack_technique"), 40)
+        rows.append({
+            "rank": int(row["rank"]),
+            "score": f"{score:.1f}",
+            "badge_bg": background,
+            "badge_fg": colour,
+            "new": row.get("group_id") in new,
+            "count": int(row["count"]),
+            "event_name": clean_text(row.get("eventName"), DEFAULT_LIMIT) or "-",
+            "service": _service(row.get("eventSource")),
+            "error": clean_text(row.get("errorCode"), 80),
+            "use_case": clean_text(row.get("use_case"), 40),
+            "when": _when(row),
+            "event_id": clean_text(row.get("eventID"), FIELD_LIMITS["eventID"]),
+            "principal": clean_text(row.get("principal"), DEFAULT_LIMIT) or "-",
+            "account": clean_text(row.get("account"), 40) or "-",
+            "region": clean_text(row.get("awsRegion"), 40) or "-",
+            "ip": clean_text(row.get("sourceIPAddress"), 120) or "-",
+            "geo": ", ".join(x for x in (clean_text(row.get("country"), 40), clean_text(row.get("asn"), 60)) if x),
+            "user_agent": clean_text(row.get("userAgent"), FIELD_LIMITS["userAgent"]),
+            "technique": technique,
+            "technique_url": technique_url(technique),
+            "reasons": _reasons(row.get("reasons")),
+        })  # fmt: skip
+    return rows
+
+
+def _breakdown_rows(breakdown: Mapping[str, Any]) -> list[tuple[str, str]]:
+    rows = [(clean_text(k, 80) or "(none)", f"{n:,}") for k, n in breakdown.get("top", [])]
+    if breakdown.get("other"):
+        rows.append((f"other ({breakdown['distinct'] - len(rows)} values)", f"{breakdown['other']:,}"))
+    return rows
+
+
+def _html_context(
+    report: Report, image_src: str, for_email: bool, notice: Notice | None, new: frozenset[str]
+) -> dict[str, Any]:
+    s = report.summary
+    q = report.quality or {}
+    status = clean_text(q.get("status"), 20) if report.quality else "not validated"
+    distribution = s.get("score_distribution", [])
+    peak = max([b["events"] for b in distribution] + [1])
+    feedback = [_link_segments(line) for line in _feedback_lines(report)]
+    return {
+        "day": report.day,
+        "generated_at": report.generated_at,
+        "for_email": for_email,
+        "image_src": image_src,
+        "notice": None if notice is None else {
+            "title": clean_text(notice.title, 500), "lines": [clean_text(x, 1000) for x in notice.lines]
+        },
+        "cards": [
+            ("Events scored", f"{s['events_scored']:,}", "#111827"),
+            (f"Events \u2265 {HIGH_RISK:g}", f"{s['high_risk_events']:,}", "#c62828" if s["high_risk_events"] else "#111827"),
+            (f"Distinct findings \u2265 {HIGH_RISK:g}", f"{s['high_risk_findings']:,}", "#111827"),
+            ("Highest score", "-" if s["max_score"] is None else f"{s['max_score']:.1f}", "#111827"),
+        ],
+        "quality": {
+            "status": status,
+            "colour": {"passed": "#15803d", "warning": "#b45309", "failed": "#b91c1c"}.get(status, "#6b7280"),
+            "rows": [(label, f"{q[key]:,}") for label, key in (("rows in", "rows_in"), ("passed", "rows_passed"),
+                     ("quarantined", "rows_quarantined")) if isinstance(q.get(key), int)],  # fmt: skip
+            "error": clean_text(q.get("error"), DEFAULT_LIMIT),
+            "link": None if for_email or not q.get("page") else f"../../quality/date={report.day}/index.html",
+            "attached": for_email and report.quality_page is not None,
+        },
+        "rows": _html_rows(report, new),
+        "top_k": s.get("top_k"),
+        "min_score": s.get("min_score"),
+        "breakdowns": [
+            ("By use case", _breakdown_rows(s["by_use_case"])),
+            ("By category", _breakdown_rows(s["by_category"])),
+            ("By account", _breakdown_rows(s["by_account"])),
+            ("By region", _breakdown_rows(s["by_region"])),
+        ],
+        "distribution": [
+            (b["range"], f"{b['events']:,}", max(1, round(100 * b["events"] / peak)) if b["events"] else 0,
+             "#c62828" if int(b["range"].split("-")[0]) >= HIGH_RISK else "#9ca3af")
+            for b in distribution
+        ],
+        "models": [
+            (clean_text(m["use_case"], 40) or "-", clean_text(m["model_name"], 80) or "-",
+             clean_text(m["model_version"], 40) or "-", f"{m['events']:,}")
+            for m in report.models
+        ],
+        "feedback": feedback,
+        "folder": str(report.folder),
+    }  # fmt: skip
+
+
+_TEMPLATE = """\
+<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+{% if not for_email %}<meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; style-src 'unsafe-inline'">{% endif %}
+<title>TrailGuard daily risk report {{ day }}</title></head>
+<body style="margin:0;padding:0;background:#f3f4f6;">
+<table role="presentation" width="100%" cellpadding="0" cellspacing="0" border="0" style="background:#f3f4f6;"><tr><td align="center" style="padding:16px 8px;">
+<table role="presentation" width="100%" cellpadding="0" cellspacing="0" border="0" style="max-width:1040px;background:#ffffff;border:1px solid #e5e7eb;font-family:-apple-system,'Segoe UI',Roboto,Helvetica,Arial,sans-serif;font-size:14px;line-height:1.45;color:#1f2937;">
+<tr><td style="background:#111827;padding:18px 24px;">
+  <div style="font-size:11px;letter-spacing:.08em;text-transform:uppercase;color:#9ca3af;">TrailGuard &middot; AWS CloudTrail risk</div>
+  <div style="font-size:22px;font-weight:600;color:#ffffff;">Daily risk report {{ day }} <span style="font-weight:400;color:#9ca3af;">(UTC)</span></div>
+  <div style="font-size:12px;color:#9ca3af;">generated {{ generated_at }}</div>
+</td></tr>
+{% if notice %}<tr><td style="padding:14px 24px;background:#fff7ed;border-bottom:1px solid #fed7aa;">
+  <div style="font-weight:600;color:#9a3412;">{{ notice.title }}</div>
+  {% if notice.lines %}<ul style="margin:6px 0 0 18px;padding:0;color:#7c2d12;">{% for line in notice.lines %}<li>{{ line }}</li>{% endfor %}</ul>{% endif %}
+</td></tr>{% endif %}
+<tr><td style="padding:18px 24px 4px 24px;">
+  <table role="presentation" width="100%" cellpadding="0" cellspacing="0" border="0"><tr>
+  {% for label, value, colour in cards %}<td width="20%" valign="top" style="padding:0 8px 8px 0;">
+    <div style="border:1px solid #e5e7eb;padding:10px 12px;"><div style="font-size:11px;color:#6b7280;text-transform:uppercase;letter-spacing:.05em;">{{ label }}</div>
+    <div style="font-size:22px;font-weight:600;color:{{ colour }};">{{ value }}</div></div></td>{% endfor %}
+  <td width="20%" valign="top" style="padding:0 0 8px 0;">
+    <div style="border:1px solid #e5e7eb;padding:10px 12px;"><div style="font-size:11px;color:#6b7280;text-transform:uppercase;letter-spacing:.05em;">Data quality</div>
+    <div style="font-size:18px;font-weight:600;color:{{ quality.colour }};">{{ quality.status }}</div>
+    <div style="font-size:11px;color:#6b7280;">{% for label, value in quality.rows %}{{ label }} {{ value }}{% if not loop.last %} &middot; {% endif %}{% endfor %}</div>
+    {% if quality.error %}<div style="font-size:11px;color:#b91c1c;">{{ quality.error }}</div>{% endif %}
+    {% if quality.link %}<div style="font-size:11px;"><a href="{{ quality.link }}" style="color:#1d4ed8;">quality page</a></div>{% elif quality.attached %}<div style="font-size:11px;color:#6b7280;">page attached</div>{% endif %}
+    </div></td>
+  </tr></table>
+</td></tr>
+<tr><td style="padding:4px 24px 8px 24px;"><img src="{{ image_src }}" alt="Risk score of the day's events by hour; high-risk events in red" width="900" style="display:block;width:100%;max-width:900px;height:auto;border:0;"></td></tr>
+<tr><td style="padding:8px 24px;">
+  <div style="font-size:17px;font-weight:600;margin:0 0 4px 0;">Top {{ rows|length }} events</div>
+  <div style="font-size:12px;color:#6b7280;margin:0 0 8px 0;">Highest risk first; repeats of the same call by the same principal from the same address are grouped (count). Top {{ top_k }}, minimum score {{ min_score }}.</div>
+  {% if rows %}<table width="100%" cellpadding="0" cellspacing="0" border="0" style="border-collapse:collapse;font-size:13px;">
+  <tr style="background:#f9fafb;">
+    <th align="left" style="padding:6px;border-bottom:2px solid #e5e7eb;">#</th>
+    <th align="left" style="padding:6px;border-bottom:2px solid #e5e7eb;">Risk</th>
+    <th align="left" style="padding:6px;border-bottom:2px solid #e5e7eb;">Event</th>
+    <th align="left" style="padding:6px;border-bottom:2px solid #e5e7eb;">Who and where</th>
+    <th align="left" style="padding:6px;border-bottom:2px solid #e5e7eb;">ATT&amp;CK</th>
+    <th align="left" style="padding:6px;border-bottom:2px solid #e5e7eb;">Why</th>
+  </tr>
+  {% for r in rows %}<tr{% if r.new %} style="background:#fff7ed;"{% endif %}>
+    <td valign="top" style="padding:8px 6px;border-bottom:1px solid #e5e7eb;color:#6b7280;">{{ r.rank }}</td>
+    <td valign="top" style="padding:8px 6px;border-bottom:1px solid #e5e7eb;white-space:nowrap;">
+      <span style="display:inline-block;min-width:38px;text-align:center;padding:2px 6px;border-radius:10px;font-weight:700;background:{{ r.badge_bg }};color:{{ r.badge_fg }};">{{ r.score }}</span>
+      {% if r.count > 1 %}<div style="font-size:11px;color:#6b7280;margin-top:3px;">&times;{{ r.count }}</div>{% endif %}
+      {% if r.new %}<div style="font-size:10px;font-weight:700;color:#c2410c;margin-top:3px;">NEW</div>{% endif %}
+    </td>
+    <td valign="top" style="padding:8px 6px;border-bottom:1px solid #e5e7eb;word-break:break-all;">
+      <div style="font-weight:600;">{{ r.event_name }}</div>
+      <div style="font-size:12px;color:#4b5563;">{{ r.service }}{% if r.use_case %} &middot; {{ r.use_case }}{% endif %}</div>
+      {% if r.error %}<div style="font-size:12px;color:#b91c1c;">{{ r.error }}</div>{% endif %}
+      <div style="font-size:11px;color:#6b7280;">{{ r.when }}</div>
+      <div style="font-size:11px;color:#9ca3af;font-family:Menlo,Consolas,monospace;">{{ r.event_id }}</div>
+    </td>
+    <td valign="top" style="padding:8px 6px;border-bottom:1px solid #e5e7eb;word-break:break-all;">
+      <div style="font-family:Menlo,Consolas,monospace;font-size:12px;">{{ r.principal }}</div>
+      <div style="font-size:12px;color:#4b5563;">account {{ r.account }} &middot; {{ r.region }}</div>
+      <div style="font-size:12px;color:#4b5563;">from {{ r.ip }}{% if r.geo %} ({{ r.geo }}){% endif %}</div>
+      {% if r.user_agent %}<div style="font-size:11px;color:#9ca3af;">{{ r.user_agent }}</div>{% endif %}
+    </td>
+    <td valign="top" style="padding:8px 6px;border-bottom:1px solid #e5e7eb;white-space:nowrap;">{% if r.technique_url %}<a href="{{ r.technique_url }}" style="color:#1d4ed8;">{{ r.technique }}</a>{% elif r.technique %}{{ r.technique }}{% else %}<span style="color:#9ca3af;">-</span>{% endif %}</td>
+    <td valign="top" style="padding:8px 6px;border-bottom:1px solid #e5e7eb;word-break:break-word;">
+      {% if r.reasons %}<ul style="margin:0;padding:0 0 0 16px;">{% for reason in r.reasons %}<li>{{ reason }}</li>{% endfor %}</ul>{% else %}<span style="color:#9ca3af;">-</span>{% endif %}
+    </td>
+  </tr>{% endfor %}
+  </table>{% else %}<p style="color:#6b7280;">No events at or above the minimum score.</p>{% endif %}
+</td></tr>
+<tr><td style="padding:12px 24px;">
+  <div style="font-size:17px;font-weight:600;margin:0 0 8px 0;">The day in figures</div>
+  <table role="presentation" width="100%" cellpadding="0" cellspacing="0" border="0"><tr>
+  {% for title, items in breakdowns %}<td width="25%" valign="top" style="padding:0 10px 10px 0;">
+    <div style="font-weight:600;font-size:13px;margin-bottom:4px;">{{ title }}</div>
+    <table width="100%" cellpadding="0" cellspacing="0" border="0" style="font-size:12px;border-collapse:collapse;">
+    {% for name, count in items %}<tr><td style="padding:2px 4px 2px 0;border-bottom:1px solid #f3f4f6;word-break:break-all;">{{ name }}</td><td align="right" style="padding:2px 0;border-bottom:1px solid #f3f4f6;">{{ count }}</td></tr>{% else %}<tr><td style="color:#9ca3af;">-</td></tr>{% endfor %}
+    </table></td>{% endfor %}
+  </tr></table>
+  <div style="font-weight:600;font-size:13px;margin:8px 0 4px 0;">Score distribution</div>
+  <table width="100%" cellpadding="0" cellspacing="0" border="0" style="font-size:12px;max-width:520px;">
+  {% for label, count, width, colour in distribution %}<tr><td width="60" style="padding:1px 6px 1px 0;color:#4b5563;">{{ label }}</td>
+    <td style="padding:1px 0;"><div style="background:{{ colour }};height:10px;width:{{ width }}%;"></div></td>
+    <td width="70" align="right" style="padding:1px 0 1px 6px;">{{ count }}</td></tr>{% endfor %}
+  </table>
+  <div style="font-weight:600;font-size:13px;margin:12px 0 4px 0;">Models</div>
+  <table cellpadding="0" cellspacing="0" border="0" style="font-size:12px;border-collapse:collapse;">
+  <tr><th align="left" style="padding:2px 12px 2px 0;">use case</th><th align="left" style="padding:2px 12px 2px 0;">model</th><th align="left" style="padding:2px 12px 2px 0;">version</th><th align="right" style="padding:2px 0;">events</th></tr>
+  {% for use_case, name, version, events in models %}<tr><td style="padding:2px 12px 2px 0;">{{ use_case }}</td><td style="padding:2px 12px 2px 0;">{{ name }}</td><td style="padding:2px 12px 2px 0;">{{ version }}</td><td align="right">{{ events }}</td></tr>{% endfor %}
+  </table>
+</td></tr>
+<tr><td style="padding:12px 24px 18px 24px;background:#f9fafb;border-top:1px solid #e5e7eb;">
+  <div style="font-weight:600;margin-bottom:4px;">Was a score wrong? Tell TrailGuard</div>
+  {% for pieces in feedback %}<div style="font-size:13px;color:#374151;margin-bottom:4px;">{% for text, url in pieces %}{% if url %}<a href="{{ url }}" style="color:#1d4ed8;">{{ text }}</a>{% else %}{{ text }}{% endif %}{% endfor %}</div>{% endfor %}
+  <div style="font-size:11px;color:#9ca3af;margin-top:8px;">Every value above comes from CloudTrail records and is shown as text; long values end in &ldquo;&hellip;[truncated]&rdquo;. Report files: {{ folder }}</div>
+</td></tr>
+</table></td></tr></table>
+</body></html>
+"""
+
+
+def _template() -> Any:
+    from jinja2 import Environment, StrictUndefined
+
+    global _COMPILED
+    if _COMPILED is None:
+        _COMPILED = Environment(autoescape=True, undefined=StrictUndefined).from_string(_TEMPLATE)
+    return _COMPILED
+
+
+_COMPILED: Any = None

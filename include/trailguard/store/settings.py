@@ -1,0 +1,71 @@
+"""Every environment variable TrailGuard reads, in one place (documented in .env.example)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from trailguard.store.fs import DataPath
+
+
+class ConfigError(ValueError):
+    """A setting is missing or wrong; the message says which one and what to set."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_root: str
+    mlflow_tracking_uri: str | None
+    geoip_mmdb: str | None
+    geoip_asn_mmdb: str | None
+    report_recipients: tuple[str, ...]
+    allowed_lateness_hours: float
+    ingest_batch_records: int
+    ingest_workers: int
+    ingest_max_tasks: int
+    score_max_tasks: int
+    smtp_url: str | None
+
+    @property
+    def data_path(self) -> DataPath:
+        """The data root: a ``pathlib.Path`` for a local folder, a ``UPath`` for ``s3://bucket/prefix``."""
+        from trailguard.store.fs import as_path
+
+        try:
+            return as_path(self.data_root)
+        except ValueError as exc:
+            raise ConfigError(f"TRAILGUARD_DATA: {exc}") from exc
+
+
+def _int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name}={raw!r} is not a whole number") from exc
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build the settings from the environment; keyword overrides win (used by the CLI and tests)."""
+    env = os.environ
+    values: dict[str, object] = {
+        "data_root": env.get("TRAILGUARD_DATA", "").strip() or "./data",
+        "mlflow_tracking_uri": env.get("MLFLOW_TRACKING_URI", "").strip() or None,
+        "geoip_mmdb": env.get("TRAILGUARD_GEOIP_MMDB", "").strip() or None,
+        "geoip_asn_mmdb": env.get("TRAILGUARD_GEOIP_ASN_MMDB", "").strip() or None,
+        "report_recipients": tuple(
+            r.strip() for r in env.get("TRAILGUARD_REPORT_RECIPIENTS", "").split(",") if r.strip()
+        ),
+        "allowed_lateness_hours": float(env.get("TRAILGUARD_ALLOWED_LATENESS_HOURS", "") or 2.0),
+        "ingest_batch_records": _int("TRAILGUARD_INGEST_BATCH_RECORDS", 250_000),
+        "ingest_workers": _int("TRAILGUARD_INGEST_WORKERS", 1),
+        "ingest_max_tasks": max(1, _int("TRAILGUARD_INGEST_MAX_TASKS", 32)),
+        "score_max_tasks": max(1, _int("TRAILGUARD_SCORE_MAX_TASKS", 4)),
+        "smtp_url": env.get("TRAILGUARD_SMTP_URL", "").strip() or None,
+    }
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return Settings(**values)  # type: ignore[arg-type]

@@ -1,0 +1,120 @@
+"""The daily report and the feedback loop through the real DAGs (`dag.test()`), a real MLflow store and a
+real SMTP server on 127.0.0.1: on demo data nobody labelled (a cold start on the labelling functions),
+the injected attacks of the last day are in the emailed top 20, and an analyst's label given through the
+feedback DAG changes that event's training target."""
+
+from __future__ import annotations
+
+import csv
+import email
+import email.policy
+import json
+from datetime import timedelta
+
+import pandas as pd
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, airflow_db):
+    from airflow.dag_processing.dagbag import (
+        DagBag,  # Airflow's settings first, as the DAG processor has them
+    )
+    from trailguard.demo import generator
+    from trailguard.ingest.ingestion import ingest
+    from trailguard.ingest.sources import LocalFolderSource
+    from trailguard.model.training import train
+    from trailguard.quality.gate import validate_partition
+    from trailguard.store.events import EventStore
+
+    from tests.conftest import PROJECT
+
+    DagBag(dag_folder=str(PROJECT / "dags"))
+    root = tmp_path_factory.mktemp("daily")
+    summary = generator.generate(root / "logs", days=12, events=14_000, bad_files=False)
+    store = EventStore(root / "data")
+    ingest(LocalFolderSource(root / "logs" / "AWSLogs"), store)
+    last = summary.end
+    validate_partition(store, last)
+    train(store, until=last - timedelta(days=1))  # the MLflow store inside the data root, as in production
+    truth = pd.read_csv(summary.ground_truth)
+    return store, last, truth[truth["date"] == last.isoformat()]
+
+
+@pytest.fixture
+def smtp_server(monkeypatch):
+    from aiosmtpd.controller import Controller
+
+    from tests.conftest import _free_port
+
+    received: list[bytes] = []
+
+    class Handler:
+        async def handle_DATA(self, server, session, envelope):  # noqa: N802
+            received.append(envelope.content)
+            return "250 OK"
+
+    controller = Controller(Handler(), hostname="127.0.0.1", port=_free_port())
+    controller.start()
+    monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", json.dumps({
+        "conn_type": "smtp", "host": "127.0.0.1", "port": controller.port,
+        "extra": {"disable_ssl": True, "disable_tls": True, "from_email": "trailguard@localhost"}}))
+    yield received
+    controller.stop()
+
+
+def test_daily_report_emails_the_injected_attacks(trained, smtp_server, monkeypatch):
+    from airflow.dag_processing.dagbag import DagBag
+
+    from tests.conftest import PROJECT
+
+    store, last, attacks = trained
+    monkeypatch.setenv("TRAILGUARD_DATA", str(store.root))
+    dag = DagBag(dag_folder=str(PROJECT / "dags")).get_dag("daily_risk_report")
+    run = dag.test(run_conf={"date": last.isoformat(), "top_k": 20, "recipients": "secops@example.com",
+                             "send_email": True, "min_score": 0})
+    assert run.state == "success"
+    mapped = [ti for ti in run.get_task_instances() if ti.task_id == "score_partitions"]
+    assert len(mapped) > 1 and all(ti.state == "success" for ti in mapped), "scoring is split over mapped tasks"
+    from trailguard.model.scoring import day_partitions
+
+    parts = sorted(p.name for p in (store.root / "scores" / f"date={last.isoformat()}").glob("part-*.parquet"))
+    assert len(parts) == len(day_partitions(store, last)) > 1, parts  # one scores file per account x region
+
+    with (store.root / "reports" / last.isoformat() / "top_events.csv").open() as handle:
+        top = [row["eventID"].lstrip("'") for row in csv.DictReader(handle)]
+    reported = set(attacks.loc[attacks["eventID"].isin(top), "scenario"])
+    assert reported == set(attacks["scenario"]), f"missing from the top 20: {set(attacks['scenario']) - reported}"
+
+    assert len(smtp_server) == 1
+    message = email.message_from_bytes(smtp_server[0], policy=email.policy.default)
+    assert last.isoformat() in message["Subject"]
+    attachments = [part.get_filename() for part in message.walk() if part.get_filename()]
+    assert any(name.endswith(".csv") and "top-events" in name for name in attachments), attachments
+    text = next(p for p in message.walk() if p.get_content_type() == "text/plain").get_content()
+    assert "record_analyst_label" in text or "trailguard label" in text
+
+
+def test_feedback_dag_changes_the_training_target(trained, monkeypatch):
+    from airflow.dag_processing.dagbag import DagBag
+    from trailguard.model.training import training_data
+
+    from tests.conftest import PROJECT
+
+    store, last, attacks = trained
+    monkeypatch.setenv("TRAILGUARD_DATA", str(store.root))
+    day = (last - timedelta(days=1)).isoformat()
+    before = pd.concat(training_data(store, [day]).values())
+    event_id = before.loc[before["target"] < 20, "eventID"].iloc[0]
+
+    dag = DagBag(dag_folder=str(PROJECT / "dags")).get_dag("record_analyst_label")
+    run = dag.test(run_conf={"event_id": event_id, "risk_score": 95, "verdict": "malicious",
+                             "note": "confirmed with the owner", "analyst": "alice@example.com"})
+    assert run.state == "success"
+    after = pd.concat(training_data(store, [day]).values()).set_index("eventID")
+    assert after.loc[event_id, "target"] == 95
+
+    bad = dag.test(run_conf={"event_id": "no-such-event", "risk_score": 10, "verdict": "benign"})
+    assert bad.state == "failed"
