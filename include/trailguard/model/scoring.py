@@ -8,7 +8,12 @@ Scores are written per partition of the day, account x region: ``scores/date=YYY
 <region>.parquet``, each atomically. :func:`day_partitions` lists a day's partitions, so that an Airflow
 task can be mapped over them; ``score_day(store, day, account=..., region=...)`` scores one; ``score_day``
 without them scores the whole day and writes the same files. A rescore replaces its files, never adds
-to them. Events of other types (AwsServiceEvent, Insight...) are not scored but counted.
+to them.
+
+No day fails for want of a model: a use case without a champion, and every event that is neither a
+console sign-in nor an API call (AwsServiceEvent, AwsVpceEvent, Insight...), is scored by the cold-start
+scorer (:mod:`trailguard.model.coldstart`: the rules plus an anomaly detector on organisation-wide rarity);
+its rows say ``model_name`` ``cold-start``, an empty ``model_version`` and, in ``scorer_note``, why.
 
 Why partitions score exactly as the whole day: the labelling functions' window rules and the
 organisation-wide features count the whole day's events (read without their large columns), and the
@@ -84,6 +89,7 @@ SCORE_COLUMNS: tuple[str, ...] = (
     "lf_rules",
     "anomaly_score",
     "supervised_score",
+    "scorer_note",
 )
 _SCORE_TYPES = {
     "eventTime": pa.timestamp("us", tz="UTC"),
@@ -116,6 +122,7 @@ class ScoreResult:
     scored: dict[str, int] = field(default_factory=dict)  # per use case
     skipped: dict[str, int] = field(default_factory=dict)  # per eventType not scored
     model_versions: dict[str, str] = field(default_factory=dict)  # model name -> version
+    scorers: dict[str, dict[str, str]] = field(default_factory=dict)  # use case -> model_name, version, note
     high_risk: int = 0  # scored events with risk_score >= 70
     seconds: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
@@ -130,7 +137,10 @@ class ScoreResult:
     def lines(self) -> list[str]:
         scored = ", ".join(f"{uc} {n}" for uc, n in self.scored.items()) or "none"
         skipped = ", ".join(f"{t or 'no eventType'} {n}" for t, n in self.skipped.items()) or "none"
-        models = ", ".join(f"{m} v{v}" for m, v in self.model_versions.items()) or "-"
+        models = "; ".join(
+            f"{uc}: {s['model_name']}" + (f" v{s['model_version']}" if s["model_version"] else f" ({s['note']})")
+            for uc, s in self.scorers.items()
+        ) or "-"
         part = f" account {self.partition['account']} region {self.partition['region']}" if self.partition else ""
         return [
             f"day          {self.day}{part}: {self.events} events",
@@ -313,13 +323,14 @@ def _score_day(
         return result
 
     use_case = use_case_of(events["eventType"]).to_numpy(dtype=object)
-    present = [uc for uc in USE_CASES if (rows & (use_case == uc)).any()]
+    present = [uc for uc in (*USE_CASES, OTHER) if (rows & (use_case == uc)).any()]
     champions = dict(champions or {})
     for uc in present:
-        if uc not in champions:
-            champions[uc] = load_champion(uc, uri)
-    other = events["eventType"].to_numpy(dtype=object)[rows & (use_case == OTHER)]
-    result.skipped = {str(k): int(v) for k, v in pd.Series(other, dtype=object).fillna("").value_counts().items()}
+        if uc in USE_CASES and uc not in champions:
+            try:
+                champions[uc] = load_champion(uc, uri)
+            except NoChampionError as exc:
+                log.info("%s: %s; the cold-start scorer scores %s", key, exc, uc)
     clock("models")
 
     add_rule_details(store, key, events, None if whole_day else rows)
@@ -331,6 +342,7 @@ def _score_day(
     add_rule_score(features, lf)
     event_ids = events["eventID"][rows]
     part_codes, parts = _pair_codes(accounts[rows], regions[rows])
+    day_features = features if whole_day else None
     del events
     clock("features")
 
@@ -339,11 +351,19 @@ def _score_day(
     risk, anomaly, supervised = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
     model_name = np.full(n, None, dtype=object)
     model_version = np.full(n, None, dtype=object)
+    scorer_note = np.full(n, None, dtype=object)
     reasons = pa.nulls(n, pa.large_string())
     lf_reasons = lf["lf_reasons"].to_numpy(dtype=object)
     for uc in present:
         mask = use_case == uc
-        champ = champions[uc]
+        champ = champions.get(uc)
+        if champ is None:
+            if day_features is None:  # the cold-start reference is the whole day, as in a whole-day run
+                day_features = load_day_features(store, key, history_days)
+            why = _score_cold_start(store, key, uc, mask, features, day_features, lf_reasons, history_days,
+                                    result, (risk, anomaly, supervised, model_name, model_version, scorer_note))
+            reasons = pc.replace_with_mask(reasons, pa.array(mask), why)
+            continue
         fs = FEATURE_SETS[uc]
         # a use case holding nearly every row is scored on the whole frame and its few other rows dropped
         # after: cheaper than copying 70 columns of a million rows; every score and reason is row by row
@@ -360,6 +380,8 @@ def _score_day(
         reasons = pc.replace_with_mask(reasons, pa.array(mask), why)
         result.scored[uc] = int(mask.sum())
         result.model_versions[champ.model_name] = champ.version
+        scorer_note[mask] = f"champion {champ.model_name} v{champ.version}"
+        result.scorers[uc] = {"model_name": champ.model_name, "model_version": champ.version, "note": scorer_note[mask][0]}
     clock("predict")
 
     table = pa.Table.from_pandas(features[[c for c in SCORE_COLUMNS if c in features.columns]], preserve_index=False)
@@ -373,17 +395,51 @@ def _score_day(
         "lf_rules": pa.array(lf["lf_rules"].to_numpy(dtype=object), type=pa.string()),
         "anomaly_score": pa.array(anomaly),
         "supervised_score": pa.array(supervised),
+        "scorer_note": pa.array(scorer_note, type=pa.string()),
     }
     for name, values in extra.items():
         table = table.append_column(name, values)
-    scored = use_case != OTHER
-    table = (table.filter(pa.array(scored)) if not scored.all() else table).select(list(SCORE_COLUMNS)).cast(SCORE_SCHEMA)
-    _write_parts(result, store.root, key, (table, part_codes[scored], parts), whole_day, account, region, event_ids)
+    table = table.select(list(SCORE_COLUMNS)).cast(SCORE_SCHEMA)
+    _write_parts(result, store.root, key, (table, part_codes, parts), whole_day, account, region, event_ids)
     result.high_risk = int(np.sum(table.column("risk_score").to_numpy() >= 70))
     clock("write")
     result.seconds = time.perf_counter() - started
     log.info("scored %s: %s", key, "; ".join(result.lines()[:3]))
     return result
+
+
+def _score_cold_start(
+    store: EventStore,
+    key: str,
+    uc: str,
+    mask: np.ndarray,
+    features: pd.DataFrame,
+    day_features: pd.DataFrame,
+    lf_reasons: np.ndarray,
+    history_days: int,
+    result: ScoreResult,
+    out: tuple[np.ndarray, ...],
+) -> pa.Array:
+    """Score the rows of ``mask`` (one use case without a champion) with the cold-start scorer fitted for
+    the day; fill ``out`` (risk, anomaly, supervised, model name, version, note) and return the reasons."""
+    from trailguard.model.coldstart import COLD_START, ORG_RARITY_COLUMNS, build_cold_start, feature_set_of
+    from trailguard.store.settings import load_settings
+
+    settings = load_settings()
+    scorer = build_cold_start(store, key, uc, day_features, history_days=history_days,
+                              fit_days=settings.coldstart_fit_days, min_events=settings.coldstart_min_events)
+    fs = feature_set_of(uc)
+    uc_rows = _subset(features, mask, dict.fromkeys((*fs.columns, *REASON_COLUMNS, *ORG_RARITY_COLUMNS)))
+    comps = scorer.predict_components(uc_rows)
+    why = explain(uc_rows, lf_reasons[mask], comps, scorer, console=uc == CONSOLE_LOGIN)  # type: ignore[arg-type]
+    risk, anomaly, supervised, model_name, model_version, scorer_note = out
+    risk[mask] = comps["risk_score"].to_numpy()
+    anomaly[mask] = comps["anomaly_score"].to_numpy()
+    supervised[mask] = comps["supervised_score"].to_numpy()
+    model_name[mask], model_version[mask], scorer_note[mask] = COLD_START, "", scorer.note
+    result.scored[uc] = int(mask.sum())
+    result.scorers[uc] = {"model_name": COLD_START, "model_version": "", "note": scorer.note}
+    return why
 
 
 def _pair_codes(accounts: np.ndarray, regions: np.ndarray) -> tuple[np.ndarray, list[tuple[str, str]]]:

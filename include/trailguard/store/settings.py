@@ -27,6 +27,13 @@ class Settings:
     ingest_max_tasks: int
     score_max_tasks: int
     smtp_url: str | None
+    # what training needs before it fits a use case's models (below: that use case is scored cold-start)
+    train_min_events: int = 30
+    train_min_days: int = 2
+    # the cold-start scorer: how many days before the day its detector learns from, and how few events
+    # are too few for a detector at all (rules and rarity only then)
+    coldstart_fit_days: int = 7
+    coldstart_min_events: int = 10
 
     @property
     def data_path(self) -> DataPath:
@@ -66,6 +73,10 @@ def load_settings(**overrides: object) -> Settings:
         "ingest_max_tasks": max(1, _int("TRAILGUARD_INGEST_MAX_TASKS", 32)),
         "score_max_tasks": max(1, _int("TRAILGUARD_SCORE_MAX_TASKS", 4)),
         "smtp_url": env.get("TRAILGUARD_SMTP_URL", "").strip() or None,
+        "train_min_events": max(1, _int("TRAILGUARD_TRAIN_MIN_EVENTS", 30)),
+        "train_min_days": max(2, _int("TRAILGUARD_TRAIN_MIN_DAYS", 2)),
+        "coldstart_fit_days": max(0, _int("TRAILGUARD_COLDSTART_FIT_DAYS", 7)),
+        "coldstart_min_events": max(2, _int("TRAILGUARD_COLDSTART_MIN_EVENTS", 10)),
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
     return Settings(**values)  # type: ignore[arg-type]
