@@ -97,7 +97,7 @@ class ColdStartScorer:
         total = float(self.reference_total)
         for col in self.columns:
             if col.startswith("org_rare_"):
-                source = col[len("org_rare_"):]
+                source = col[len("org_rare_") :]
                 counts = self.reference.get(source, {})
                 values = _text(rows, source)
                 codes, distinct = pd.factorize(values)
@@ -122,7 +122,9 @@ class ColdStartScorer:
         a = self.anomaly(rows)
         bonus = BONUS * np.clip((a - self.quantile) / (1.0 - self.quantile), 0.0, 1.0)
         risk = np.clip(rules + SPREAD * a + bonus, 0.0, 100.0)
-        return pd.DataFrame({"risk_score": risk, "supervised_score": rules, "anomaly_score": a}, index=rows.index)
+        return pd.DataFrame(
+            {"risk_score": risk, "supervised_score": rules, "anomaly_score": a}, index=rows.index
+        )
 
 
 def _text(rows: pd.DataFrame, name: str) -> np.ndarray:
@@ -157,9 +159,7 @@ def fit_cold_start(
     with_history = len(history_rows) >= min_events
     fit = history_rows if with_history else pd.concat([history_rows, day_rows], ignore_index=True)
     reference = pd.concat([history_rows, day_rows], ignore_index=True)
-    counts = {
-        col: pd.Series(_text(reference, col)).value_counts().to_dict() for col in ORG_RARITY_COLUMNS
-    }
+    counts = {col: pd.Series(_text(reference, col)).value_counts().to_dict() for col in ORG_RARITY_COLUMNS}
     scorer = ColdStartScorer(
         use_case=use_case,
         columns=detector_columns(use_case, with_history),
@@ -171,7 +171,11 @@ def fit_cold_start(
         from_history=with_history,
     )
     if len(fit) >= min_events:
-        sample = fit.sample(n=min(len(fit), MAX_FIT_ROWS), random_state=RANDOM_STATE) if len(fit) > MAX_FIT_ROWS else fit
+        sample = (
+            fit.sample(n=min(len(fit), MAX_FIT_ROWS), random_state=RANDOM_STATE)
+            if len(fit) > MAX_FIT_ROWS
+            else fit
+        )
         X = scorer.inputs(sample)
         forest = IsolationForest(n_estimators=100, max_samples="auto", random_state=RANDOM_STATE, n_jobs=1)
         forest.fit(X)

@@ -271,6 +271,7 @@ def score_day(
     history_days: int = DEFAULT_HISTORY_DAYS,
     champions: dict[str, Champion] | None = None,
     threads: int = 1,
+    cold_starts: dict[tuple[str, str], Any] | None = None,
 ) -> ScoreResult:
     """Score the console sign-ins and API calls of ``day`` with the champion of their use case and write
     one scores file per partition (account x region), replacing earlier ones.
@@ -278,11 +279,13 @@ def score_day(
     ``account`` and ``region`` (as :func:`day_partitions` gives them) narrow the work to one partition
     (or one account, or one region): its events get the same scores as in a whole-day run. A whole-day
     run also removes the day's files of partitions that no longer exist. ``champions`` overrides the
-    registry (tests, backfills); ``threads`` caps OpenMP as in training."""
+    registry (tests, backfills); ``threads`` caps OpenMP as in training. ``cold_starts``: a dict that keeps
+    the cold-start scorers fitted for (day, use case), for several partitions of a day to share."""
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=threads, user_api="openmp"):
-        return _score_day(store, day, tracking_uri, history_days, champions, account, region)
+        return _score_day(store, day, tracking_uri, history_days, champions, account, region,
+                          {} if cold_starts is None else cold_starts)
 
 
 def _score_day(
@@ -293,6 +296,7 @@ def _score_day(
     champions: dict[str, Champion] | None,
     account: str | None,
     region: str | None,
+    cold_starts: dict[tuple[str, str], Any],
 ) -> ScoreResult:
     from trailguard.detect.engine import label_events
 
@@ -358,10 +362,12 @@ def _score_day(
         mask = use_case == uc
         champ = champions.get(uc)
         if champ is None:
-            if day_features is None:  # the cold-start reference is the whole day, as in a whole-day run
-                day_features = load_day_features(store, key, history_days)
-            why = _score_cold_start(store, key, uc, mask, features, day_features, lf_reasons, history_days,
-                                    result, (risk, anomaly, supervised, model_name, model_version, scorer_note))
+            if (key, uc) not in cold_starts:
+                if day_features is None:  # the cold-start reference is the whole day, as in a whole-day run
+                    day_features = load_day_features(store, key, history_days)
+                cold_starts[(key, uc)] = _fit_cold_start(store, key, uc, day_features, history_days)
+            why = _score_cold_start(cold_starts[(key, uc)], uc, mask, features, lf_reasons, result,
+                                    (risk, anomaly, supervised, model_name, model_version, scorer_note))
             reasons = pc.replace_with_mask(reasons, pa.array(mask), why)
             continue
         fs = FEATURE_SETS[uc]
@@ -408,26 +414,29 @@ def _score_day(
     return result
 
 
-def _score_cold_start(
-    store: EventStore,
-    key: str,
-    uc: str,
-    mask: np.ndarray,
-    features: pd.DataFrame,
-    day_features: pd.DataFrame,
-    lf_reasons: np.ndarray,
-    history_days: int,
-    result: ScoreResult,
-    out: tuple[np.ndarray, ...],
-) -> pa.Array:
-    """Score the rows of ``mask`` (one use case without a champion) with the cold-start scorer fitted for
-    the day; fill ``out`` (risk, anomaly, supervised, model name, version, note) and return the reasons."""
-    from trailguard.model.coldstart import COLD_START, ORG_RARITY_COLUMNS, build_cold_start, feature_set_of
+def _fit_cold_start(store: EventStore, key: str, uc: str, day_features: pd.DataFrame, history_days: int) -> Any:
+    """The cold-start scorer of a use case for the day, as the settings size it."""
+    from trailguard.model.coldstart import build_cold_start
     from trailguard.store.settings import load_settings
 
     settings = load_settings()
-    scorer = build_cold_start(store, key, uc, day_features, history_days=history_days,
-                              fit_days=settings.coldstart_fit_days, min_events=settings.coldstart_min_events)
+    return build_cold_start(store, key, uc, day_features, history_days=history_days,
+                            fit_days=settings.coldstart_fit_days, min_events=settings.coldstart_min_events)
+
+
+def _score_cold_start(
+    scorer: Any,
+    uc: str,
+    mask: np.ndarray,
+    features: pd.DataFrame,
+    lf_reasons: np.ndarray,
+    result: ScoreResult,
+    out: tuple[np.ndarray, ...],
+) -> pa.Array:
+    """Score the rows of ``mask`` (one use case without a champion) with its cold-start scorer; fill
+    ``out`` (risk, anomaly, supervised, model name, version, note) and return the reasons."""
+    from trailguard.model.coldstart import COLD_START, ORG_RARITY_COLUMNS, feature_set_of
+
     fs = feature_set_of(uc)
     uc_rows = _subset(features, mask, dict.fromkeys((*fs.columns, *REASON_COLUMNS, *ORG_RARITY_COLUMNS)))
     comps = scorer.predict_components(uc_rows)
