@@ -21,7 +21,8 @@ log = logging.getLogger(__name__)
 # .../CloudTrail/<region>/YYYY/MM/DD/... as AWS writes it
 _KEY_DATE = re.compile(r"/(\d{4})/(\d{2})/(\d{2})/")
 SKIP_MARKERS = ("CloudTrail-Digest/", "CloudTrail-Insight/", "CloudTrail-Insights/")
-LOG_SUFFIXES = (".json", ".json.gz")
+# CloudTrail's own files, and evidence as others export it (NDJSON from SIEMs, Athena, CloudTrail Lake)
+LOG_SUFFIXES = (".json", ".json.gz", ".ndjson", ".ndjson.gz", ".jsonl", ".jsonl.gz")
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ def skip_reason(key: str) -> str | None:
         kind = "digest" if "Digest" in normalised else "insight"
         return f"CloudTrail {kind} file, not event records"
     if not normalised.lower().endswith(LOG_SUFFIXES):
-        return "not a .json or .json.gz log file"
+        return "not a .json, .ndjson or .jsonl log file (gzipped or not)"
     return None
 
 
