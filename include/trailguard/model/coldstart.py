@@ -15,11 +15,16 @@ nor an API call, for which no model is trained) is scored by:
 
 Its risk::
 
-    a    = share of reference events less anomalous than this one (0..1)
-    risk = clip(rules + SPREAD * a + BONUS * max(0, a - Q) / (1 - Q), 0, 100)     SPREAD 20, BONUS 25, Q 0.95
+    a       = share of reference events less anomalous than this one (0..1)
+    rules'  = rules x 0.7 when the event is routine for its principal (days of history, nothing new in it:
+              principal, IP, network, client, API), else rules
+    raw     = rules' + 30 x offensive tool in the user agent + 10 x root
+              + SPREAD x a + BONUS x max(0, a - Q) / (1 - Q)                  SPREAD 20, BONUS 25, Q 0.95
+    risk    = raw up to 90, then 90 + 10 x (1 - exp(-(raw - 90) / 20)): never a tie at 100
 
-so a rule hit keeps its place (35-95), and among events no rule knows the oddest come first, the rarest
-5% up to 45. Fewer than ``min_events`` events in all: no detector, the rules and rarity ranks alone.
+so a rule hit keeps its place (35-95), a rule that fires on what a principal always does sinks below one
+that fires on something new, and among events no rule knows the oddest come first, the rarest 5% up to 45.
+Fewer than ``min_events`` events in all: no detector, the rules and rarity rank alone.
 """
 
 from __future__ import annotations
@@ -48,6 +53,11 @@ log = logging.getLogger(__name__)
 COLD_START = "cold-start"
 SPREAD = 20.0
 BONUS = 25.0
+ROUTINE_FACTOR = 0.7
+OFFENSIVE_UA = 30.0
+ROOT = 10.0
+SOFT_CAP = 90.0
+NOVELTY = ("new_principal", "novel_ip", "novel_asn", "novel_ua", "novel_event_name")
 QUANTILE = 0.95
 MAX_FIT_ROWS = 20_000
 RANDOM_STATE = 42
@@ -121,10 +131,32 @@ class ColdStartScorer:
             else np.zeros(len(rows))  # fmt: skip
         a = self.anomaly(rows)
         bonus = BONUS * np.clip((a - self.quantile) / (1.0 - self.quantile), 0.0, 1.0)
-        risk = np.clip(rules + SPREAD * a + bonus, 0.0, 100.0)
+        if self.history_days > 1:  # with days before, a rule hit on what the principal always does is routine
+            novel = np.zeros(len(rows), dtype=bool)
+            for col in NOVELTY:
+                if col in rows:
+                    novel |= _number(rows, col) > 0
+            rules = np.where(novel, rules, rules * ROUTINE_FACTOR)
+        raw = (
+            rules
+            + OFFENSIVE_UA * _number(rows, "ua_offensive")
+            + ROOT * _number(rows, "is_root")
+            + SPREAD * a
+            + bonus
+        )
+        risk = np.where(
+            raw <= SOFT_CAP, raw, SOFT_CAP + (100.0 - SOFT_CAP) * (1.0 - np.exp(-(raw - SOFT_CAP) / 20.0))
+        )
+        risk = np.clip(risk, 0.0, 100.0)
         return pd.DataFrame(
             {"risk_score": risk, "supervised_score": rules, "anomaly_score": a}, index=rows.index
         )
+
+
+def _number(rows: pd.DataFrame, name: str) -> np.ndarray:
+    if name not in rows:
+        return np.zeros(len(rows))
+    return pd.to_numeric(rows[name], errors="coerce").fillna(0.0).to_numpy(np.float64)
 
 
 def _text(rows: pd.DataFrame, name: str) -> np.ndarray:

@@ -284,6 +284,7 @@ def score_day(
     champions: dict[str, Champion] | None = None,
     threads: int = 1,
     cold_starts: dict[tuple[str, str], Any] | None = None,
+    registry: bool = True,
 ) -> ScoreResult:
     """Score the console sign-ins and API calls of ``day`` with the champion of their use case and write
     one scores file per partition (account x region), replacing earlier ones.
@@ -292,12 +293,13 @@ def score_day(
     (or one account, or one region): its events get the same scores as in a whole-day run. A whole-day
     run also removes the day's files of partitions that no longer exist. ``champions`` overrides the
     registry (tests, backfills); ``threads`` caps OpenMP as in training. ``cold_starts``: a dict that keeps
-    the cold-start scorers fitted for (day, use case), for several partitions of a day to share."""
+    the cold-start scorers fitted for (day, use case), for several partitions of a day to share.
+    ``registry`` False: no model registry is asked (only ``champions``; cold start for the rest)."""
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=threads, user_api="openmp"):
         return _score_day(store, day, tracking_uri, history_days, champions, account, region,
-                          {} if cold_starts is None else cold_starts)
+                          {} if cold_starts is None else cold_starts, registry)
 
 
 def _score_day(
@@ -309,12 +311,13 @@ def _score_day(
     account: str | None,
     region: str | None,
     cold_starts: dict[tuple[str, str], Any],
+    registry: bool = True,
 ) -> ScoreResult:
     from trailguard.detect.engine import label_events
 
     started = time.perf_counter()
     key = _day(day)
-    uri = tracking_uri_for(store.root, tracking_uri)
+    uri = tracking_uri_for(store.root, tracking_uri) if registry else ""
     account = partition_key(account, account=True) if account is not None else None
     region = partition_key(region) if region is not None else None
     whole_day = account is None and region is None
@@ -341,12 +344,15 @@ def _score_day(
     use_case = use_case_of(events["eventType"]).to_numpy(dtype=object)
     present = [uc for uc in (*USE_CASES, OTHER) if (rows & (use_case == uc)).any()]
     champions = dict(champions or {})
+    unloadable: dict[str, str] = {}  # use case -> why its champion could not be loaded
     for uc in present:
-        if uc in USE_CASES and uc not in champions:
+        if registry and uc in USE_CASES and uc not in champions:
             try:
                 champions[uc] = load_champion(uc, uri)
             except NoChampionError as exc:
                 log.info("%s: %s; the cold-start scorer scores %s", key, exc, uc)
+                if isinstance(exc, IncompatibleChampionError):
+                    unloadable[uc] = str(exc)
     clock("models")
 
     add_rule_details(store, key, events, None if whole_day else rows)
@@ -379,7 +385,8 @@ def _score_day(
                     day_features = load_day_features(store, key, history_days)
                 cold_starts[(key, uc)] = _fit_cold_start(store, key, uc, day_features, history_days)
             why = _score_cold_start(cold_starts[(key, uc)], uc, mask, features, lf_reasons, result,
-                                    (risk, anomaly, supervised, model_name, model_version, scorer_note))
+                                    (risk, anomaly, supervised, model_name, model_version, scorer_note),
+                                    unloadable.get(uc))
             reasons = pc.replace_with_mask(reasons, pa.array(mask), why)
             continue
         fs = FEATURE_SETS[uc]
@@ -444,9 +451,11 @@ def _score_cold_start(
     lf_reasons: np.ndarray,
     result: ScoreResult,
     out: tuple[np.ndarray, ...],
+    unloadable: str | None = None,
 ) -> pa.Array:
     """Score the rows of ``mask`` (one use case without a champion) with its cold-start scorer; fill
-    ``out`` (risk, anomaly, supervised, model name, version, note) and return the reasons."""
+    ``out`` (risk, anomaly, supervised, model name, version, note) and return the reasons. ``unloadable``:
+    why the champion could not be loaded, said in the note instead of "no model yet"."""
     from trailguard.model.coldstart import COLD_START, ORG_RARITY_COLUMNS, feature_set_of
 
     fs = feature_set_of(uc)
@@ -457,9 +466,10 @@ def _score_cold_start(
     risk[mask] = comps["risk_score"].to_numpy()
     anomaly[mask] = comps["anomaly_score"].to_numpy()
     supervised[mask] = comps["supervised_score"].to_numpy()
-    model_name[mask], model_version[mask], scorer_note[mask] = COLD_START, "", scorer.note
+    note = scorer.note if unloadable is None else f"{unloadable}; meanwhile {scorer.note.partition(': ')[2]}"
+    model_name[mask], model_version[mask], scorer_note[mask] = COLD_START, "", note
     result.scored[uc] = int(mask.sum())
-    result.scorers[uc] = {"model_name": COLD_START, "model_version": "", "note": scorer.note}
+    result.scorers[uc] = {"model_name": COLD_START, "model_version": "", "note": note}
     return why
 
 
