@@ -17,7 +17,7 @@ from trailguard.model.features import API_CALL, build_features
 from trailguard.model.scoring import read_scores
 from trailguard.store.events import EventStore
 
-from tests.conftest import FIXTURES, fixture_records
+from tests.conftest import FIXTURES
 
 
 def _raw(name: str) -> list[dict]:
