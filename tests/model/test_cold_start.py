@@ -123,3 +123,44 @@ def test_cold_start_scorer_on_one_day_without_history_ranks_the_rule_hit_and_the
     features.loc[features["eventID"].eq("r3"), "rule_score"] = 70.0
     risk = scorer.predict_components(features)["risk_score"].to_numpy()
     assert features["eventID"].iloc[int(np.argmax(risk))] == "r3"
+
+
+ODD_DAYS = {
+    "one_event": [{"eventID": "a", "eventTime": "2024-08-02T00:00:00Z", "eventType": "AwsApiCall"}],
+    "only_service_roles": [
+        {"eventID": f"s{i}", "eventTime": f"2024-08-02T0{i % 10}:00:00Z", "eventType": "AwsServiceEvent",
+         "eventName": "AssumeRole", "eventSource": "sts.amazonaws.com", "userIdentity.type": "AWSService",
+         "userIdentity.invokedBy": "lambda.amazonaws.com", "sourceIPAddress": "lambda.amazonaws.com"}
+        for i in range(12)
+    ],
+    "sign_ins_only_one_account_one_region": [
+        {"eventID": f"c{i}", "eventTime": f"2024-08-02T1{i % 10}:00:00Z", "eventType": "AwsConsoleSignIn",
+         "eventName": "ConsoleLogin", "awsRegion": "us-east-1", "recipientAccountId": "111122223333",
+         "userIdentity.type": "IAMUser", "userIdentity.arn": f"arn:aws:iam::111122223333:user/u{i % 2}",
+         "responseElements.ConsoleLogin": "Success" if i % 3 else "Failure", "sourceIPAddress": "198.51.100.7"}
+        for i in range(15)
+    ],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("shape", sorted(ODD_DAYS))
+def test_odd_days_without_history_give_finite_features_and_scores(shape):
+    """0 days of history, one event, no IP or user agent, only service roles, no sign-ins or nothing but
+    them: every model input is a finite number and the cold-start scorer scores every row."""
+    from trailguard.model.features import FEATURE_SETS, RULE_SCORE, USE_CASES
+    from trailguard.model.training import model_input
+
+    day = pd.DataFrame(ODD_DAYS[shape])
+    features = build_features(day, None)
+    features[RULE_SCORE] = 0.0
+    assert len(features) == len(day)
+    for uc in USE_CASES:
+        X = model_input(features, FEATURE_SETS[uc])
+        numbers = X[[c for c in X.columns if c not in FEATURE_SETS[uc].categorical_columns]].to_numpy(np.float64)
+        assert np.isfinite(numbers).all(), f"{shape}/{uc}: a NaN or infinite model input"
+    for uc in set(features["use_case"]):
+        rows = features[features["use_case"].eq(uc).to_numpy()]
+        scorer = fit_cold_start(uc, rows.iloc[0:0], rows, history_days=1, min_events=10, day="2024-08-02")
+        risk = scorer.predict_components(rows)["risk_score"].to_numpy()
+        assert len(risk) == len(rows) and np.isfinite(risk).all() and ((risk >= 0) & (risk <= 100)).all()
+        assert (scorer.detector is None) == (len(rows) < 10), "a detector exactly when there are enough events"
