@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import date, timedelta
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -233,6 +234,18 @@ def cold_start_note(use_case: str, history_days: int, scorer: ColdStartScorer) -
     return f"no model yet: {days}; {how}"
 
 
+def _bounded(frame: pd.DataFrame) -> pd.DataFrame:
+    """At most MAX_FIT_ROWS rows of each use case (a uniform sample): what a scorer learns from a day
+    before, so memory stays bounded by the setting, not by the organisation's size."""
+    if len(frame) <= MAX_FIT_ROWS:
+        return frame
+    parts = [
+        rows.sample(n=min(len(rows), MAX_FIT_ROWS), random_state=RANDOM_STATE).sort_index()
+        for _, rows in frame.groupby("use_case", sort=True)
+    ]
+    return pd.concat(parts)
+
+
 def build_cold_start(
     store: EventStore,
     day: str,
@@ -242,16 +255,22 @@ def build_cold_start(
     history_days: int = DEFAULT_HISTORY_DAYS,
     fit_days: int = 7,
     min_events: int = 10,
+    cache: dict[Any, Any] | None = None,
 ) -> ColdStartScorer:
     """The cold-start scorer of ``use_case`` for ``day``: the feature rows of up to ``fit_days`` days
-    before it (within ``history_days``), and the day's own (``day_features``: the whole day's feature rows)."""
+    before it (within ``history_days``), and the day's own (``day_features``: the whole day's feature rows). ``cache``: a dict
+    that keeps each day's feature rows for the next days' scorers (a run over many days)."""
     first = (date.fromisoformat(day) - timedelta(days=history_days)).isoformat()
     before = [d for d in store.dates() if first <= d < day]
     parts: list[pd.DataFrame] = []
     used: list[str] = []
     rows = 0
     for d in reversed(before[-fit_days:] if fit_days else []):
-        frame = load_day_features(store, d, history_days)
+        frame = cache.get(("features", d)) if cache is not None else None
+        if frame is None:
+            frame = _bounded(load_day_features(store, d, history_days))
+            if cache is not None:
+                cache[("features", d)] = frame
         frame = frame[frame["use_case"].eq(use_case).to_numpy()] if len(frame) else frame
         if len(frame):
             parts.append(frame)

@@ -385,7 +385,7 @@ def _score_day(
             if (key, uc) not in cold_starts:
                 if day_features is None:  # the cold-start reference is the whole day, as in a whole-day run
                     day_features = load_day_features(store, key, history_days)
-                cold_starts[(key, uc)] = _fit_cold_start(store, key, uc, day_features, history_days)
+                cold_starts[(key, uc)] = _fit_cold_start(store, key, uc, day_features, history_days, cold_starts)
             why = _score_cold_start(cold_starts[(key, uc)], uc, mask, features, lf_reasons, result,
                                     (risk, anomaly, supervised, model_name, model_version, scorer_note),
                                     unloadable.get(uc))
@@ -435,14 +435,17 @@ def _score_day(
     return result
 
 
-def _fit_cold_start(store: EventStore, key: str, uc: str, day_features: pd.DataFrame, history_days: int) -> Any:
+def _fit_cold_start(
+    store: EventStore, key: str, uc: str, day_features: pd.DataFrame, history_days: int, cache: dict
+) -> Any:
     """The cold-start scorer of a use case for the day, as the settings size it."""
     from trailguard.model.coldstart import build_cold_start
     from trailguard.store.settings import load_settings
 
     settings = load_settings()
     return build_cold_start(store, key, uc, day_features, history_days=history_days,
-                            fit_days=settings.coldstart_fit_days, min_events=settings.coldstart_min_events)
+                            fit_days=settings.coldstart_fit_days, min_events=settings.coldstart_min_events,
+                            cache=cache)
 
 
 def _score_cold_start(
