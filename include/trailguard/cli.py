@@ -213,6 +213,9 @@ def cmd_investigate(args: argparse.Namespace, settings: Settings) -> int:
     if args.start and args.end and args.start > args.end:
         print(f"--from {args.start} is after --to {args.end}", file=sys.stderr)
         return 2
+    if not args.verbose:  # the report has the quality summary: the terminal shows progress, not every warning
+        for name in ("trailguard.quality", "great_expectations", "mlflow"):
+            logging.getLogger(name).setLevel(logging.ERROR)
     data = Path(args.data) if args.data else None
     if args.data and "://" in args.data:
         print("investigate works on a local scratch data root: give --data a folder", file=sys.stderr)

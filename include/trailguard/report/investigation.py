@@ -370,15 +370,18 @@ def _counts(scores: pd.DataFrame, column: str) -> dict[str, int]:
 
 
 def _scorers(scores: pd.DataFrame) -> list[dict[str, Any]]:
-    """Which scorer ran for each use case, on how many events and days, and why."""
+    """Which scorer ran for each use case, on how many events and days, and why (the note of its
+    largest day first, then each distinct note of the others)."""
     if not len(scores):
         return []
-    day = scores["eventTime"].dt.strftime("%Y-%m-%d")
-    frame = scores.assign(_day=day, scorer_note=scores.get("scorer_note"))
+    frame = scores.assign(_day=scores["eventTime"].dt.strftime("%Y-%m-%d"), scorer_note=scores.get("scorer_note"))
     out = []
-    for (uc, name, note), part in frame.groupby(["use_case", "model_name", "scorer_note"], dropna=False):
-        out.append({"use_case": clean_text(uc, 40), "model_name": clean_text(name, 80), "note": clean_text(note, 400),
-                    "events": int(len(part)), "days": int(part["_day"].nunique())})  # fmt: skip
+    for (uc, name), part in frame.groupby(["use_case", "model_name"], dropna=False):
+        by_day = part.groupby("_day")["scorer_note"].agg(["first", "size"]).sort_values("size", ascending=False)
+        notes = [f"{day}: {clean_text(note, 400)}" for day, note in by_day["first"].sort_index().items()]
+        out.append({"use_case": clean_text(uc, 40), "model_name": clean_text(name, 80),
+                    "note": clean_text(by_day["first"].iloc[0], 400), "notes": notes,
+                    "events": int(len(part)), "days": int(len(by_day))})  # fmt: skip
     return sorted(out, key=lambda s: (s["use_case"], -s["events"]))
 
 
