@@ -201,7 +201,7 @@ def investigate(
             store, day, tracking_uri=tracking_uri, cold_starts=cold_starts, registry=fit_models
         )
         result.scored += sum(scored.scored.values())
-        say(f"score {day}: {scored.events:,} events, {scored.high_risk} at or above {HIGH_RISK}")
+        say(f"score {day}: {scored.events:,} events, {scored.high_risk} at or above {HIGH_RISK:g}")
         frames.append(read_scores(store.root, day))
     clock("score")
 
