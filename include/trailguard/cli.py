@@ -262,7 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
         "  cloudwatch://log-group   a log group CloudTrail delivers to",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--source", required=True, help="folder, s3://bucket/prefix or cloudwatch://log-group")
+    p.add_argument("--source", required=True,
+                   help="folder (or one file), s3://bucket/prefix or cloudwatch://log-group")
     p.add_argument("--start", type=_date, help="first delivery date to read (YYYY-MM-DD, UTC)")
     p.add_argument("--end", type=_date, help="last delivery date to read (YYYY-MM-DD, UTC)")
     p.add_argument("--workers", type=int, default=None,

@@ -82,3 +82,16 @@ def test_the_same_events_in_two_shapes_are_stored_once(tmp_path):
 def test_plain_text_with_a_json_suffix_is_still_quarantined(tmp_path):
     store, summary, ids = _ingest_one(tmp_path, "notes.jsonl", b"just some words\nand more\n")
     assert summary.objects_quarantined == 1 and not ids
+
+
+def test_one_file_is_a_source_and_is_read_once(tmp_path):
+    from trailguard.ingest.sources import open_source
+
+    records = fixture_records("aws_docs_samples.ndjson")
+    path = tmp_path / "export.jsonl"
+    path.write_bytes(_ndjson(records))
+    store = EventStore(tmp_path / "data")
+    first = ingest(open_source(str(path)), store)
+    again = ingest(open_source(str(path)), store)
+    assert first.objects_ingested == 1 and first.new > 0
+    assert again.objects_already_ingested == 1 and again.new == 0

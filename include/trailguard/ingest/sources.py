@@ -287,12 +287,35 @@ def _boto3_client(service: str) -> Any:
     return boto3.client(service)
 
 
+class LocalFileSource:
+    """One local file as a source: evidence often comes as a single export (NDJSON, lookup-events output).
+    Its key is the file name; like any object it is read once (same name, size and mtime)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.uri = str(self.path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"source file {self.path} does not exist or is not a file")
+
+    def objects(
+        self, start: date | None = None, end: date | None = None, prefix: str | None = None
+    ) -> Iterator[SourceObject]:
+        key = self.path.name
+        if prefix and not key.startswith(prefix):
+            return
+        stat = self.path.stat()
+        yield SourceObject(key=key, size=stat.st_size, etag=f"mtime:{stat.st_mtime_ns}", fetch=self.path.read_bytes)
+
+
 def open_source(uri: str, client: Any | None = None) -> Source:
-    """The source for a ``--source`` value: a folder, ``s3://bucket/prefix`` or ``cloudwatch://group``."""
+    """The source for a ``--source`` value: a folder (or one file), ``s3://bucket/prefix`` or
+    ``cloudwatch://group``."""
     if uri.startswith("s3://"):
         return S3Source(uri, client)
     if uri.startswith("cloudwatch://"):
         return CloudWatchLogsSource(uri, client)
     if "://" in uri:
         raise ValueError(f"unknown source {uri!r}: use a folder, s3://bucket/prefix or cloudwatch://log-group")
+    if Path(uri).is_file():
+        return LocalFileSource(uri)
     return LocalFolderSource(uri)

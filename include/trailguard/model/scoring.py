@@ -148,7 +148,7 @@ class ScoreResult:
         return [
             f"day          {self.day}{part}: {self.events} events",
             f"scored       {scored} ({self.high_risk} with risk >= 70)",
-            f"not scored   {skipped}",
+            *([f"not scored   {skipped}"] if self.skipped else []),
             f"models       {models}",
             f"written      {len(self.files)} part file(s) in {self.path}",
             f"seconds      {self.seconds:.1f} ("

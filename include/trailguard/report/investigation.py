@@ -16,7 +16,7 @@ import json
 import logging
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from pathlib import Path
@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from trailguard.ingest.ingestion import IngestSummary, ingest
-from trailguard.ingest.sources import Source, SourceObject, open_source
+from trailguard.ingest.sources import Source, open_source
 from trailguard.model.features import USE_CASES, use_case_of
 from trailguard.model.scoring import read_scores, score_day
 from trailguard.report.daily import (
@@ -55,25 +55,8 @@ class InvestigationError(ValueError):
     """The evidence cannot be investigated (no source, nothing readable): the message says why."""
 
 
-class FileSource:
-    """One evidence file as a source (an export is often a single file)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.uri = str(path)
-
-    def objects(
-        self, start: date | None = None, end: date | None = None, prefix: str | None = None
-    ) -> Iterator[SourceObject]:
-        stat = self.path.stat()
-        yield SourceObject(self.path.name, stat.st_size, f"mtime:{stat.st_mtime_ns}", self.path.read_bytes)
-
-
 def evidence_source(uri: str) -> Source:
-    """A folder, ``s3://`` prefix or ``cloudwatch://`` group as ``trailguard ingest`` reads it, or one file."""
-    path = Path(uri)
-    if "://" not in uri and path.is_file():
-        return FileSource(path)
+    """A folder, one file, an ``s3://`` prefix or a ``cloudwatch://`` group, as ``trailguard ingest`` reads it."""
     try:
         return open_source(uri)
     except (ValueError, FileNotFoundError) as exc:
