@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +15,8 @@ from typing import Any
 import numpy as np
 import orjson
 import pandas as pd
+
+from trailguard.store.text import sanitise
 
 log = logging.getLogger(__name__)
 
@@ -72,16 +73,13 @@ def _dig(value: Any, parts: Iterable[str]) -> Any:
     return value
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
-
-
 def short(value: Any, limit: int = REASON_VALUE_CHARS) -> str:
-    """An event value fit for a one-line reason: text, no control characters, at most `limit` chars."""
+    """An event value fit for a one-line reason: text, no control characters, at most `limit` chars
+    ("?" when missing). Rules interpolate only values passed through this (or :meth:`Event.actor`)."""
     if is_missing(value) or value == "":
         return "?"
     text = value if isinstance(value, str) else str(value)
-    text = _CONTROL.sub(" ", text[: limit + 1]).strip()
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return sanitise(text, limit, unsafe="remove_controls", marker="…", marker_within_limit=True, scan=limit + 1)
 
 
 def is_true(value: Any) -> bool:
