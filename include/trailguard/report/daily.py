@@ -35,7 +35,8 @@ import pandas as pd
 from trailguard.store.events import day_text as _day_text
 from trailguard.store.events import write_bytes_atomic
 from trailguard.store.fs import DataPath, as_path, parquet_schema, read_parquet, visible_files
-from trailguard.store.text import TRUNCATED, sanitise
+from trailguard.store.text import TRUNCATED as TRUNCATED  # re-exported: the report's marker
+from trailguard.store.text import sanitise
 
 log = logging.getLogger(__name__)
 
