@@ -261,7 +261,12 @@ def human_session(event: Event) -> bool:
 
 # --- identity and sign-in -------------------------------------------------------------------------
 
-READ_ONLY_PREFIXES = ("Get", "List", "Describe", "Head", "Lookup", "Search", "Check", "View")
+# eventName prefixes of calls that only read: the one list (the rules' root read/change split and the
+# model's "read" category both use it; model/enrich.py imports it from here)
+READ_ONLY_PREFIXES = (
+    "Get", "List", "Describe", "Head", "Lookup", "Search", "Check", "View", "Scan", "Query",
+    "BatchGet", "Select", "Test", "Validate", "Estimate", "Preview", "Filter", "Retrieve",
+)  # fmt: skip
 ROOT_HYGIENE = frozenset({"EnableMFADevice", "CreateVirtualMFADevice", "ResyncMFADevice", "CheckMfa"})
 
 
