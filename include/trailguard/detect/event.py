@@ -1,4 +1,4 @@
-"""The Event wrapper: one normalised CloudTrail row read defensively, and the Detection metadata a rule carries.
+"""The Event wrapper: one normalised CloudTrail row read defensively, and the small value helpers rules share.
 
 Every field is attacker-controlled: any may be missing, of the wrong type or huge. Rules read events only
 through :class:`Event`, which never raises on content.
@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -23,17 +22,6 @@ log = logging.getLogger(__name__)
 REASON_VALUE_CHARS = 64  # interpolated event values are cut to this many characters
 WALK_DEPTH = 24  # JSON nesting followed when searching request parameters
 WALK_NODES = 20_000  # JSON nodes visited at most per search: a 1 MB list must not stall a run
-
-
-@dataclass(frozen=True)
-class Detection:
-    """Metadata of one rule: what the label means and what an analyst should do about it."""
-
-    rule_id: str
-    technique: str
-    score: int
-    title: str
-    runbook: str
 
 
 _MISSING: Any = object()
@@ -79,7 +67,9 @@ def short(value: Any, limit: int = REASON_VALUE_CHARS) -> str:
     if is_missing(value) or value == "":
         return "?"
     text = value if isinstance(value, str) else str(value)
-    return sanitise(text, limit, unsafe="remove_controls", marker="…", marker_within_limit=True, scan=limit + 1)
+    return sanitise(
+        text, limit, unsafe="remove_controls", marker="…", marker_within_limit=True, scan=limit + 1
+    )
 
 
 def is_true(value: Any) -> bool:
@@ -202,5 +192,3 @@ class Event:
 
     def params(self, key: str) -> Any:
         return self.get(f"requestParameters.{key}")
-
-

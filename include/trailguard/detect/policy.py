@@ -1,5 +1,4 @@
-"""Helpers over event content that several rules share: IAM policy documents, network ingress, sharing, root calls.
-"""
+"""Helpers over event content that several rules share: IAM policy documents, network ingress, sharing, root calls."""
 
 from __future__ import annotations
 
@@ -290,5 +289,3 @@ def is_read_only(event: Event) -> bool:
 def failure_note(event: Event) -> str:
     code = event.text("errorCode")
     return f" (failed: {short(code, 40)})" if code else ""
-
-
