@@ -23,14 +23,17 @@ from trailguard.detect.registry import Case, Detection
 from trailguard.detect.window import WINDOW_RULES, window_hits
 from trailguard.ingest import normalise
 
-DOCS = Path(__file__).resolve().parents[2] / "docs" / "detections.md"
+ROOT = Path(__file__).resolve().parents[2]
+DOCS = ROOT / "docs" / "detections.md"
 WINDOWS = window_rule_ids()
 CASES = [(d, case) for d in catalogue() for case in d.cases]
 
 
 def _frame(case: Case) -> pd.DataFrame:
     """The case's records, normalised exactly as ingestion does."""
-    return normalise.rows_to_table([normalise.normalise(dict(r), "catalogue") for r in case.records]).to_pandas()
+    return normalise.rows_to_table(
+        [normalise.normalise(dict(r), "catalogue") for r in case.records]
+    ).to_pandas()
 
 
 def reasons_of(detection: Detection, case: Case) -> list[str]:
@@ -44,7 +47,9 @@ def reasons_of(detection: Detection, case: Case) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    ("detection", "case"), CASES, ids=[f"{d.rule_id}: {'fires' if c.fires else 'near miss'}: {c.name}" for d, c in CASES]
+    ("detection", "case"),
+    CASES,
+    ids=[f"{d.rule_id}: {'fires' if c.fires else 'near miss'}: {c.name}" for d, c in CASES],
 )
 def test_detection_on_its_own_case(detection: Detection, case: Case) -> None:
     reasons = reasons_of(detection, case)
@@ -80,7 +85,9 @@ def test_catalogue_ids_are_unique() -> None:
 
 def test_docs_detections_md_is_current() -> None:
     assert DOCS.is_file(), f"docs/detections.md is missing: run `{REGENERATE}`"
-    assert DOCS.read_text(encoding="utf-8") == render_markdown(), f"docs/detections.md is stale: run `{REGENERATE}`"
+    assert DOCS.read_text(encoding="utf-8") == render_markdown(), (
+        f"docs/detections.md is stale: run `{REGENERATE}`"
+    )
 
 
 def test_rules_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -101,3 +108,12 @@ def test_rules_command_errors_are_one_line(tmp_path: Path, capsys: pytest.Captur
     with pytest.raises(SystemExit) as usage:
         cli.main(["rules", "--format", "html"])
     assert usage.value.code == 2
+
+
+def test_readme_example_is_real_code() -> None:
+    """README's "Adding a detection" shows a rule as it is in the code, not a copy that drifts."""
+    section = (ROOT / "README.md").read_text(encoding="utf-8").split("## Adding a detection", 1)[1]
+    example = section.split("```python\n", 1)[1].split("```", 1)[0]
+    assert example in (ROOT / "include/trailguard/detect/rules/defense_evasion.py").read_text(
+        encoding="utf-8"
+    )

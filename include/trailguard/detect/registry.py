@@ -5,11 +5,12 @@ technique, score, reason template, triage line and its named test cases (records
 misses it must not). ``tests/detect/test_catalogue.py`` runs every rule's cases; ``trailguard rules``
 lists the catalogue and writes ``docs/detections.md``.
 
-Reason templates are the reason text a rule produces, with a ``{placeholder}`` for each value taken from
+Reason templates are the reason text a rule produces, with a ``{placeholder}`` for each part taken from
 the event: ``{actor}`` is the caller (ARN, else user name or principal id, else "unknown principal"),
-``{ip}`` the source IP address, ``{count}`` a number the rule counted; any other placeholder is the event
-value it names (a bucket, a trail, a role...). Interpolated values are cut to 64 characters and lose
-control characters; a missing value shows as "?".
+``{ip}`` the source IP address, ``{count}`` a number the rule counted, ``{failure}`` " (failed: <errorCode>)"
+or nothing, ``{a|b}`` one of the wordings shown; any other placeholder is the event value it names (a
+bucket, a trail, a role...). Interpolated values are cut to 64 characters and lose control characters; a
+missing value shows as "?". The catalogue test checks every firing case's reason against the template.
 
 Rule modules (``detect/rules/<tactic>.py``) import this; the engine imports the rule modules, so the
 registry itself imports no rule.
