@@ -30,6 +30,7 @@ UNIQUE_FIELDS = frozenset({"eventID", "raw"})
 
 
 def is_missing(value: Any) -> bool:
+    """None, pandas' NA / NaT or a float NaN: what a missing column value looks like in a frame."""
     return (
         value is None or value is pd.NA or value is pd.NaT or (isinstance(value, float) and math.isnan(value))
     )
@@ -73,14 +74,17 @@ def short(value: Any, limit: int = REASON_VALUE_CHARS) -> str:
 
 
 def is_true(value: Any) -> bool:
+    """A JSON true or the text "true" (any case): CloudTrail writes some flags as strings."""
     return value is True or (isinstance(value, str) and value.strip().lower() == "true")
 
 
 def is_false(value: Any) -> bool:
+    """A JSON false or the text "false": only an explicit false, never a missing value."""
     return value is False or (isinstance(value, str) and value.strip().lower() == "false")
 
 
 def as_list(value: Any) -> list[Any]:
+    """A list as it is, one value as a one-item list, missing as []: CloudTrail writes lists of one as the item."""
     if is_missing(value):
         return []
     return value if isinstance(value, list) else [value]
@@ -105,6 +109,7 @@ class Event:
         self.identity_type = self.text("userIdentity.type")
 
     def get(self, key: str, default: Any = None) -> Any:
+        """A field by dotted name ("requestParameters.bucketName"), or ``default`` when it is missing or unreadable."""
         if not isinstance(key, str):
             return default
         if key in UNIQUE_FIELDS:
@@ -168,9 +173,11 @@ class Event:
 
     @property
     def account(self) -> str:
+        """The caller's account id (else the account the event was recorded in)."""
         return self.text("userIdentity.accountId") or self.text("recipientAccountId")
 
     def actor(self) -> str:
+        """The caller for a reason: ARN, else user name, else principal id, cut to a reason's length."""
         return short(
             self.text("userIdentity.arn")
             or self.text("userIdentity.userName")
@@ -179,6 +186,7 @@ class Event:
         )
 
     def ip(self) -> str:
+        """The source IP address (or AWS service name) for a reason."""
         return short(self.text("sourceIPAddress"), 40)
 
     def caller_name(self) -> str:
@@ -191,4 +199,5 @@ class Event:
         return self.text("userIdentity.arn").rpartition("/")[2]
 
     def params(self, key: str) -> Any:
+        """A request parameter by dotted name, decoded (dict, list or scalar), None when missing."""
         return self.get(f"requestParameters.{key}")

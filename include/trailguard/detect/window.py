@@ -24,6 +24,7 @@ WINDOW = pd.Timedelta(minutes=10)
 
 
 def column_of(df: pd.DataFrame, name: str) -> pd.Series:
+    """A column of the frame, or an all-null one when the frame lacks it (optional columns are tolerated)."""
     if name in df.columns:
         return df[name]
     return pd.Series(None, index=df.index, dtype=object)
@@ -344,6 +345,7 @@ def _event_times(times: pd.Series) -> tuple[np.ndarray, np.ndarray, int]:
 
 
 def window_hits(df: pd.DataFrame, rule: WindowRule) -> Iterator[tuple[int, Detection, str]]:
+    """(row position, detection, reason) for every event inside a burst the rule finds in the frame."""
     if rule.key not in df.columns or "eventTime" not in df.columns:
         return
     selected = np.flatnonzero(rule.select(df))
