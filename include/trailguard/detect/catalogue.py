@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from trailguard.detect.engine import RULES
+from trailguard.detect.engine import all_detections
 from trailguard.detect.registry import Detection
 from trailguard.detect.window import WINDOW_RULES
 
@@ -66,8 +66,9 @@ _PLACEHOLDER = re.compile(r"\{[^{}]*\}")
 def catalogue() -> tuple[Detection, ...]:
     """Every detection, per-event rules then window rules, grouped by tactic in ATT&CK's order."""
     order = list(TACTICS)
-    everything = (*(r.detection for r in RULES), *(d for w in WINDOW_RULES for d in w.detections))
-    return tuple(sorted(everything, key=lambda d: order.index(d.tactic) if d.tactic in order else len(order)))
+    return tuple(
+        sorted(all_detections(), key=lambda d: order.index(d.tactic) if d.tactic in order else len(order))
+    )
 
 
 def window_rule_ids() -> frozenset[str]:

@@ -5,21 +5,14 @@ from __future__ import annotations
 import json
 
 from trailguard.detect.event import Event, short
-from trailguard.detect.policy import (
-    as_strings,
-    public_statements,
-)
+from trailguard.detect.policy import as_strings, public_statements
 from trailguard.detect.registry import fires, near_miss, rule
-from trailguard.detect.samples import (
-    call,
-    policy,
-)
+from trailguard.detect.samples import call, policy
 
 _PUBLIC_GRANTEES = (
     "acs.amazonaws.com/groups/global/allusers",
     "acs.amazonaws.com/groups/global/authenticatedusers",
 )
-
 
 _PUBLIC_CANNED_ACLS = frozenset({"public-read", "public-read-write", "authenticated-read"})
 

@@ -6,13 +6,7 @@ from typing import Any
 
 from trailguard.detect.event import Event, as_list, is_true, short
 from trailguard.detect.registry import fires, near_miss, rule
-from trailguard.detect.samples import (
-    ALICE,
-    DENIED,
-    ROOT,
-    call,
-    login,
-)
+from trailguard.detect.samples import ALICE, DENIED, ROOT, call, login
 
 
 @rule(

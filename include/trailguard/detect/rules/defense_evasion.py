@@ -14,13 +14,7 @@ from trailguard.detect.policy import (
     walk_params,
 )
 from trailguard.detect.registry import fires, near_miss, rule
-from trailguard.detect.samples import (
-    ACCOUNT,
-    DENIED,
-    ROLE,
-    call,
-    sg_ingress,
-)
+from trailguard.detect.samples import ACCOUNT, DENIED, ROLE, call, sg_ingress
 
 
 @rule(

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from trailguard.detect.event import Event, short
 from trailguard.detect.registry import fires, near_miss, rule
-from trailguard.detect.samples import (
-    call,
-)
+from trailguard.detect.samples import call
 
 
 @rule(

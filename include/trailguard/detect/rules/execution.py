@@ -5,14 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from trailguard.detect.event import Event, as_list, short
-from trailguard.detect.policy import (
-    human_session,
-)
+from trailguard.detect.policy import human_session
 from trailguard.detect.registry import fires, near_miss, rule
-from trailguard.detect.samples import (
-    ROLE,
-    call,
-)
+from trailguard.detect.samples import ROLE, call
 
 
 @rule(

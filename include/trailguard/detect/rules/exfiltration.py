@@ -3,18 +3,9 @@
 from __future__ import annotations
 
 from trailguard.detect.event import Event, short
-from trailguard.detect.policy import (
-    accounts_text,
-    public_statements,
-    share_targets,
-)
+from trailguard.detect.policy import accounts_text, public_statements, share_targets
 from trailguard.detect.registry import fires, near_miss, rule
-from trailguard.detect.samples import (
-    ACCOUNT,
-    FOREIGN,
-    call,
-    policy,
-)
+from trailguard.detect.samples import ACCOUNT, FOREIGN, call, policy
 
 _SHARE_EVENTS = (
     "ModifySnapshotAttribute",

@@ -5,15 +5,9 @@ from __future__ import annotations
 import re
 
 from trailguard.detect.event import Event, as_list, is_true, short
-from trailguard.detect.policy import (
-    failure_note,
-    port_number,
-)
+from trailguard.detect.policy import failure_note, port_number
 from trailguard.detect.registry import fires, near_miss, rule
-from trailguard.detect.samples import (
-    DENIED,
-    call,
-)
+from trailguard.detect.samples import DENIED, call
 
 _ACCELERATED_FAMILY = re.compile(r"^(?:p\d|g\d|gr\d|inf\d|trn\d|dl\d|f\d|vt\d)")
 

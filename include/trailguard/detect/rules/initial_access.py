@@ -3,21 +3,9 @@
 from __future__ import annotations
 
 from trailguard.detect.event import Event, short
-from trailguard.detect.policy import (
-    ROOT_HYGIENE,
-    failure_note,
-    is_read_only,
-    is_root_call,
-)
+from trailguard.detect.policy import ROOT_HYGIENE, failure_note, is_read_only, is_root_call
 from trailguard.detect.registry import fires, near_miss, rule
-from trailguard.detect.samples import (
-    ACCOUNT,
-    ALICE,
-    DENIED,
-    ROOT,
-    call,
-    login,
-)
+from trailguard.detect.samples import ACCOUNT, ALICE, DENIED, ROOT, call, login
 
 
 @rule(

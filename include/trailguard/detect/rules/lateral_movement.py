@@ -4,12 +4,7 @@ from __future__ import annotations
 
 from trailguard.detect.event import Event, short
 from trailguard.detect.registry import fires, near_miss, rule
-from trailguard.detect.samples import (
-    DENIED,
-    ROLE,
-    SSO,
-    call,
-)
+from trailguard.detect.samples import DENIED, ROLE, SSO, call
 
 
 @rule(

@@ -5,13 +5,7 @@ backdoors. The account-manipulation rules (T1098) are privilege escalation (TA00
 from __future__ import annotations
 
 from trailguard.detect.event import Event, is_true, short
-from trailguard.detect.policy import (
-    accounts_text,
-    as_strings,
-    is_admin_statement,
-    statements,
-    trust_exposure,
-)
+from trailguard.detect.policy import accounts_text, as_strings, is_admin_statement, statements, trust_exposure
 from trailguard.detect.registry import fires, near_miss, rule
 from trailguard.detect.samples import (
     ACCOUNT,
@@ -396,7 +390,6 @@ def rolesanywhere_trust_anchor(event: Event) -> str | None:
 
 
 _LAMBDA_PERMISSION_EVENTS = ("AddPermission", "AddPermission20150331", "AddPermission20150331v2")
-
 
 _LAMBDA_URL_EVENTS = (
     "CreateFunctionUrlConfig", "UpdateFunctionUrlConfig",
