@@ -16,7 +16,8 @@ def test_remove_mode_drops_control_invisible_and_bidi_characters() -> None:
 
 
 def test_remove_controls_mode_keeps_other_characters() -> None:
-    assert sanitise(HOSTILE, unsafe="remove_controls") == "evil FORGED line [31m\u202eexe.txt\u2028end"  # NEL is whitespace: stripped
+    # bidi and separators stay; NEL (\x85) is whitespace to str.strip, so the end goes
+    assert sanitise(HOSTILE, unsafe="remove_controls") == "evil FORGED line [31m\u202eexe.txt\u2028end"
 
 
 def test_escape_mode_shows_what_is_there() -> None:
