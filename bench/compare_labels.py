@@ -75,8 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     if now == before:
         print(f"same labels on all {now['events']} demo events ({now['labelled']} labelled)")
         return 0
-    changed = sorted(r for r in set(now["per_rule"]) | set(before["per_rule"])
-                     if now["per_rule"].get(r) != before["per_rule"].get(r))  # fmt: skip
+    changed = sorted(
+        r
+        for r in set(now["per_rule"]) | set(before["per_rule"])
+        if now["per_rule"].get(r) != before["per_rule"].get(r)
+    )
     print(
         f"labels differ: events {before['events']} -> {now['events']}, labelled {before['labelled']} -> "
         f"{now['labelled']}; rules with other counts: {', '.join(changed) or 'none (same counts, other labels)'}",

@@ -94,8 +94,11 @@ def test_rules_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert cli.main(["rules"]) == 0
     shown = capsys.readouterr().out
     assert shown == render_text()
-    assert re.search(r"^cloudtrail_stopped\s+defense_evasion\s+T1562\.008\s+90\s+1\+1\s+CloudTrail logging stopped$",
-                     shown, re.MULTILINE)  # fmt: skip
+    assert re.search(
+        r"^cloudtrail_stopped\s+defense_evasion\s+T1562\.008\s+90\s+1\+1\s+CloudTrail logging stopped$",
+        shown,
+        re.MULTILINE,
+    )
     out = tmp_path / "detections.md"
     assert cli.main(["rules", "--format", "markdown", "--out", str(out)]) == 0
     assert out.read_text(encoding="utf-8") == render_markdown()

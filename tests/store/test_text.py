@@ -39,8 +39,9 @@ def test_limits_and_markers() -> None:
 
 def test_every_output_goes_through_it() -> None:
     """Each output keeps its own conventions (missing values, markers), the characters are the sanitiser's."""
-    assert short(HOSTILE, 20) == sanitise(HOSTILE, 20, unsafe="remove_controls", marker="…",
-                                          marker_within_limit=True, scan=21)  # fmt: skip
+    assert short(HOSTILE, 20) == sanitise(
+        HOSTILE, 20, unsafe="remove_controls", marker="…", marker_within_limit=True, scan=21
+    )
     assert short(None) == "?" and clean_text(None) == ""
     assert clean_text(HOSTILE, 300) == sanitise(HOSTILE, 300)
     assert gate._clip("z" * 100) == "z" * gate.SAMPLE_CHARS + "…"
