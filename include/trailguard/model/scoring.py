@@ -123,7 +123,7 @@ class ScoreResult:
     files: list[DataPath] = field(default_factory=list)  # the part files written
     events: int = 0
     scored: dict[str, int] = field(default_factory=dict)  # per use case
-    skipped: dict[str, int] = field(default_factory=dict)  # per eventType not scored
+    skipped: dict[str, int] = field(default_factory=dict)  # per eventType not scored (none since cold start)
     model_versions: dict[str, str] = field(default_factory=dict)  # model name -> version
     scorers: dict[str, dict[str, str]] = field(default_factory=dict)  # use case -> model_name, version, note
     high_risk: int = 0  # scored events with risk_score >= 70
@@ -288,8 +288,9 @@ def score_day(
     cold_starts: dict[tuple[str, str], Any] | None = None,
     registry: bool = True,
 ) -> ScoreResult:
-    """Score the console sign-ins and API calls of ``day`` with the champion of their use case and write
-    one scores file per partition (account x region), replacing earlier ones.
+    """Score every event of ``day`` - console sign-ins and API calls with the champion of their use case,
+    the rest and use cases without a champion with the cold-start scorer - and write one scores file per
+    partition (account x region), replacing earlier ones.
 
     ``account`` and ``region`` (as :func:`day_partitions` gives them) narrow the work to one partition
     (or one account, or one region): its events get the same scores as in a whole-day run. A whole-day
