@@ -26,7 +26,9 @@ def test_a_store_without_models_gets_its_email(tmp_path, airflow_db, smtp_server
     from trailguard.store.events import EventStore
 
     DagBag(dag_folder=str(PROJECT / "dags"))  # Airflow's settings first, as the DAG processor has them
-    records = [r for r in fixture_records("stratus_red_team_detonations.ndjson") if r["eventTime"].startswith(DAY)]
+    records = [
+        r for r in fixture_records("stratus_red_team_detonations.ndjson") if r["eventTime"].startswith(DAY)
+    ]
     (tmp_path / "evidence").mkdir()
     (tmp_path / "evidence" / "day.ndjson").write_text("\n".join(json.dumps(r) for r in records))
     store = EventStore(tmp_path / "data")
@@ -36,8 +38,15 @@ def test_a_store_without_models_gets_its_email(tmp_path, airflow_db, smtp_server
 
     monkeypatch.setenv("TRAILGUARD_DATA", str(store.root))
     dag = DagBag(dag_folder=str(PROJECT / "dags")).get_dag("daily_risk_report")
-    run = dag.test(run_conf={"date": DAY, "top_k": 10, "recipients": "secops@example.com", "send_email": True,
-                             "min_score": 0})  # fmt: skip
+    run = dag.test(
+        run_conf={
+            "date": DAY,
+            "top_k": 10,
+            "recipients": "secops@example.com",
+            "send_email": True,
+            "min_score": 0,
+        }
+    )
     assert run.state == "success"
     tries = {ti.task_id: ti.try_number for ti in run.get_task_instances()}
     assert all(n <= 1 for n in tries.values()), f"no task was retried: {tries}"

@@ -32,8 +32,14 @@ def _published(records: list[dict]) -> list[dict]:
 
 
 def _sets() -> dict[str, list[dict]]:
-    stratus, panther, docs = (_raw(n) for n in ("stratus_red_team_detonations.ndjson", "panther_rule_tests.ndjson",
-                                                "aws_docs_samples.ndjson"))  # fmt: skip
+    stratus, panther, docs = (
+        _raw(n)
+        for n in (
+            "stratus_red_team_detonations.ndjson",
+            "panther_rule_tests.ndjson",
+            "aws_docs_samples.ndjson",
+        )
+    )
     everything = stratus + panther + docs
     return {
         "one_day": [r for r in stratus if str(r.get("eventTime", "")).startswith("2024-08-02")],
@@ -65,10 +71,18 @@ def run_pipeline(tmp_path: Path, records: list[dict]) -> tuple[EventStore, list[
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [
-    "one_day", "api_calls_no_sign_ins", "only_service_events", "history_of_two_events",
-    "aws_docs_samples", "panther_rule_tests", "stratus_red_team_detonations",
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "name",
+    [
+        "one_day",
+        "api_calls_no_sign_ins",
+        "only_service_events",
+        "history_of_two_events",
+        "aws_docs_samples",
+        "panther_rule_tests",
+        "stratus_red_team_detonations",
+    ],
+)
 def test_every_event_of_every_set_is_scored_and_reported(tmp_path, name, capsys):
     records = _sets()[name]
     assert records, name
@@ -98,17 +112,39 @@ def test_every_event_of_every_set_is_scored_and_reported(tmp_path, name, capsys)
 def test_cold_start_scorer_on_one_day_without_history_ranks_the_rule_hit_and_the_odd_one_first():
     """Unit: no history, 40 routine reads by one role and one odd principal's call: the odd call scores
     above the routine ones on rarity alone; a rule score lifts an event above both."""
-    base = {"eventType": "AwsApiCall", "eventSource": "s3.amazonaws.com", "awsRegion": "eu-west-1",
-            "userIdentity.type": "AssumedRole", "recipientAccountId": "111122223333",
-            "userIdentity.accountId": "111122223333"}  # fmt: skip
+    base = {
+        "eventType": "AwsApiCall",
+        "eventSource": "s3.amazonaws.com",
+        "awsRegion": "eu-west-1",
+        "userIdentity.type": "AssumedRole",
+        "recipientAccountId": "111122223333",
+        "userIdentity.accountId": "111122223333",
+    }
     rows = [
-        {**base, "eventID": f"r{i}", "eventTime": f"2024-08-02T10:{i:02d}:00Z", "eventName": "GetObject",
-         "sourceIPAddress": "10.0.0.1", "userAgent": "aws-sdk-java/1.0", "userIdentity.arn": "arn:aws:sts::1:assumed-role/app/x"}
+        {
+            **base,
+            "eventID": f"r{i}",
+            "eventTime": f"2024-08-02T10:{i:02d}:00Z",
+            "eventName": "GetObject",
+            "sourceIPAddress": "10.0.0.1",
+            "userAgent": "aws-sdk-java/1.0",
+            "userIdentity.arn": "arn:aws:sts::1:assumed-role/app/x",
+        }
         for i in range(40)
-    ]  # fmt: skip
-    rows.append({**base, "eventID": "odd", "eventTime": "2024-08-02T10:50:00Z", "eventName": "ListBuckets",
-                 "eventSource": "s3.amazonaws.com", "sourceIPAddress": "203.0.113.9", "userAgent": "curl/8.0",
-                 "userIdentity.type": "IAMUser", "userIdentity.arn": "arn:aws:iam::1:user/mallory"})  # fmt: skip
+    ]
+    rows.append(
+        {
+            **base,
+            "eventID": "odd",
+            "eventTime": "2024-08-02T10:50:00Z",
+            "eventName": "ListBuckets",
+            "eventSource": "s3.amazonaws.com",
+            "sourceIPAddress": "203.0.113.9",
+            "userAgent": "curl/8.0",
+            "userIdentity.type": "IAMUser",
+            "userIdentity.arn": "arn:aws:iam::1:user/mallory",
+        }
+    )
     day = pd.DataFrame(rows)
     features = build_features(day, None)
     features["rule_score"] = 0.0
@@ -128,19 +164,34 @@ def test_cold_start_scorer_on_one_day_without_history_ranks_the_rule_hit_and_the
 ODD_DAYS = {
     "one_event": [{"eventID": "a", "eventTime": "2024-08-02T00:00:00Z", "eventType": "AwsApiCall"}],
     "only_service_roles": [
-        {"eventID": f"s{i}", "eventTime": f"2024-08-02T0{i % 10}:00:00Z", "eventType": "AwsServiceEvent",
-         "eventName": "AssumeRole", "eventSource": "sts.amazonaws.com", "userIdentity.type": "AWSService",
-         "userIdentity.invokedBy": "lambda.amazonaws.com", "sourceIPAddress": "lambda.amazonaws.com"}
+        {
+            "eventID": f"s{i}",
+            "eventTime": f"2024-08-02T0{i % 10}:00:00Z",
+            "eventType": "AwsServiceEvent",
+            "eventName": "AssumeRole",
+            "eventSource": "sts.amazonaws.com",
+            "userIdentity.type": "AWSService",
+            "userIdentity.invokedBy": "lambda.amazonaws.com",
+            "sourceIPAddress": "lambda.amazonaws.com",
+        }
         for i in range(12)
     ],
     "sign_ins_only_one_account_one_region": [
-        {"eventID": f"c{i}", "eventTime": f"2024-08-02T1{i % 10}:00:00Z", "eventType": "AwsConsoleSignIn",
-         "eventName": "ConsoleLogin", "awsRegion": "us-east-1", "recipientAccountId": "111122223333",
-         "userIdentity.type": "IAMUser", "userIdentity.arn": f"arn:aws:iam::111122223333:user/u{i % 2}",
-         "responseElements.ConsoleLogin": "Success" if i % 3 else "Failure", "sourceIPAddress": "198.51.100.7"}
+        {
+            "eventID": f"c{i}",
+            "eventTime": f"2024-08-02T1{i % 10}:00:00Z",
+            "eventType": "AwsConsoleSignIn",
+            "eventName": "ConsoleLogin",
+            "awsRegion": "us-east-1",
+            "recipientAccountId": "111122223333",
+            "userIdentity.type": "IAMUser",
+            "userIdentity.arn": f"arn:aws:iam::111122223333:user/u{i % 2}",
+            "responseElements.ConsoleLogin": "Success" if i % 3 else "Failure",
+            "sourceIPAddress": "198.51.100.7",
+        }
         for i in range(15)
     ],
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("shape", sorted(ODD_DAYS))
@@ -156,11 +207,15 @@ def test_odd_days_without_history_give_finite_features_and_scores(shape):
     assert len(features) == len(day)
     for uc in USE_CASES:
         X = model_input(features, FEATURE_SETS[uc])
-        numbers = X[[c for c in X.columns if c not in FEATURE_SETS[uc].categorical_columns]].to_numpy(np.float64)
+        numbers = X[[c for c in X.columns if c not in FEATURE_SETS[uc].categorical_columns]].to_numpy(
+            np.float64
+        )
         assert np.isfinite(numbers).all(), f"{shape}/{uc}: a NaN or infinite model input"
     for uc in set(features["use_case"]):
         rows = features[features["use_case"].eq(uc).to_numpy()]
         scorer = fit_cold_start(uc, rows.iloc[0:0], rows, history_days=1, min_events=10, day="2024-08-02")
         risk = scorer.predict_components(rows)["risk_score"].to_numpy()
         assert len(risk) == len(rows) and np.isfinite(risk).all() and ((risk >= 0) & (risk <= 100)).all()
-        assert (scorer.detector is None) == (len(rows) < 10), "a detector exactly when there are enough events"
+        assert (scorer.detector is None) == (len(rows) < 10), (
+            "a detector exactly when there are enough events"
+        )

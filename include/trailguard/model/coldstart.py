@@ -65,9 +65,17 @@ RANDOM_STATE = 42
 
 # text columns whose organisation-wide rarity stands in for per-principal history
 ORG_RARITY_COLUMNS: tuple[str, ...] = (
-    "principal", "sourceIPAddress", "ua_family", "eventSource", "eventName", "awsRegion", "userIdentity.type",
-    "errorCode", "asn", "country",
-)  # fmt: skip
+    "principal",
+    "sourceIPAddress",
+    "ua_family",
+    "eventSource",
+    "eventName",
+    "awsRegion",
+    "userIdentity.type",
+    "errorCode",
+    "asn",
+    "country",
+)
 # per-principal features that need days of history to mean anything ("first today" is not "first ever")
 HISTORY_FEATURES = ("first_", "novel_", "new_principal", "log_prior_events")
 USE_CASE_LABELS = {CONSOLE_LOGIN: "console sign-ins", API_CALL: "API calls", OTHER: "other events"}
@@ -128,8 +136,11 @@ class ColdStartScorer:
 
     def predict_components(self, rows: pd.DataFrame) -> pd.DataFrame:
         """risk_score (0-100), supervised_score (the rules' score here) and anomaly_score per row."""
-        rules = pd.to_numeric(rows[RULE_SCORE], errors="coerce").fillna(0.0).to_numpy(np.float64) if RULE_SCORE in rows \
-            else np.zeros(len(rows))  # fmt: skip
+        rules = (
+            pd.to_numeric(rows[RULE_SCORE], errors="coerce").fillna(0.0).to_numpy(np.float64)
+            if RULE_SCORE in rows
+            else np.zeros(len(rows))
+        )
         a = self.anomaly(rows)
         bonus = BONUS * np.clip((a - self.quantile) / (1.0 - self.quantile), 0.0, 1.0)
         if self.history_days > 1:  # with days before, a rule hit on what the principal always does is routine
@@ -225,8 +236,10 @@ def cold_start_note(use_case: str, history_days: int, scorer: ColdStartScorer) -
     if scorer.detector is None:
         how = f"rules and rarity only ({scorer.fit_events} events: too few for an anomaly detector)"
     elif scorer.from_history:
-        how = (f"rules and rarity only (anomaly detector fitted on {scorer.fit_events} events of "
-               f"{len(scorer.fit_days)} day(s) before)")  # fmt: skip
+        how = (
+            f"rules and rarity only (anomaly detector fitted on {scorer.fit_events} events of "
+            f"{len(scorer.fit_days)} day(s) before)"
+        )
     else:
         how = f"rules and rarity only (anomaly detector fitted on {scorer.fit_events} events, the day's own included)"
     if use_case == OTHER:
@@ -280,7 +293,14 @@ def build_cold_start(
             break
     history_rows = pd.concat(parts, ignore_index=True) if parts else day_features.iloc[0:0]
     day_rows = day_features[day_features["use_case"].to_numpy() == use_case]
-    scorer = fit_cold_start(use_case, history_rows, day_rows, history_days=len(before) + 1, min_events=min_events,
-                            history_dates=used, day=day)  # fmt: skip
+    scorer = fit_cold_start(
+        use_case,
+        history_rows,
+        day_rows,
+        history_days=len(before) + 1,
+        min_events=min_events,
+        history_dates=used,
+        day=day,
+    )
     log.info("%s %s: cold-start scorer, %s", day, use_case, scorer.note)
     return scorer

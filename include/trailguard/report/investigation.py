@@ -140,8 +140,10 @@ def investigate(
     say(f"ingest {src.uri} into {root}")
     summary: IngestSummary = ingest(src, store, batch_records=settings.ingest_batch_records, workers=1)
     result.ingest = summary.as_dict()
-    say(f"  {summary.records:,} records: {summary.new:,} new, {summary.duplicates:,} duplicates, "
-        f"{summary.quarantined:,} quarantined; {summary.objects_quarantined} file(s) quarantined")  # fmt: skip
+    say(
+        f"  {summary.records:,} records: {summary.new:,} new, {summary.duplicates:,} duplicates, "
+        f"{summary.quarantined:,} quarantined; {summary.objects_quarantined} file(s) quarantined"
+    )
     days = [
         d
         for d in store.dates()
@@ -159,10 +161,14 @@ def investigate(
     quality: dict[str, dict[str, Any]] = {}
     for day in days:
         checked = validate_partition(store, day, allowed_lateness_hours=settings.allowed_lateness_hours)
-        quality[day] = {"status": checked.status, "rows_in": checked.rows_in, "rows_passed": checked.rows_passed,
-                        "rows_quarantined": checked.rows_quarantined,
-                        "problems": [o.summary_line() for o in checked.outcomes if not getattr(o, "success", True)][:8],
-                        "page": str(checked.html_path)}  # fmt: skip
+        quality[day] = {
+            "status": checked.status,
+            "rows_in": checked.rows_in,
+            "rows_passed": checked.rows_passed,
+            "rows_quarantined": checked.rows_quarantined,
+            "problems": [o.summary_line() for o in checked.outcomes if not getattr(o, "success", True)][:8],
+            "page": str(checked.html_path),
+        }
         say(f"validate {day}: {checked.status} ({checked.rows_passed:,} rows)")
     clock("validate")
 
@@ -170,8 +176,11 @@ def investigate(
     if fit_models:
         result.trained = _fit_what_the_data_allows(store, days, settings, tracking_uri, train, say)
     else:
-        result.trained = {uc: "cold-start (rules and rarity fitted on the evidence; --train fits models where the "
-                              "data allows)" for uc in USE_CASES}  # fmt: skip
+        result.trained = {
+            uc: "cold-start (rules and rarity fitted on the evidence; --train fits models where the "
+            "data allows)"
+            for uc in USE_CASES
+        }
     clock("train")
 
     cold_starts: dict = {}
@@ -202,9 +211,13 @@ def investigate(
 
 
 def _fit_what_the_data_allows(
-    store: EventStore, days: list[str], settings: Settings, tracking_uri: str, train: Callable[..., Any],
+    store: EventStore,
+    days: list[str],
+    settings: Settings,
+    tracking_uri: str,
+    train: Callable[..., Any],
     say: Callable[[str], None],
-) -> dict[str, str]:  # fmt: skip
+) -> dict[str, str]:
     """Train (into the scratch root's own MLflow store) only the use cases with enough events and days;
     the others are scored cold-start. Counting first keeps a small set of evidence free of MLflow."""
     per_use_case: dict[str, tuple[int, int]] = {}
@@ -221,14 +234,21 @@ def _fit_what_the_data_allows(
     ]
     what = {
         uc: f"cold-start ({n} events on {d} day(s); a model needs {settings.train_min_events} on {settings.train_min_days})"
-        for uc, (n, d) in per_use_case.items() if uc not in enough
-    }  # fmt: skip
+        for uc, (n, d) in per_use_case.items()
+        if uc not in enough
+    }
     if enough:
         say(f"train {', '.join(enough)} (local MLflow store in {store.root / 'mlflow'})")
         span = (date.fromisoformat(days[-1]) - date.fromisoformat(days[0])).days + 1
-        trained = train(store, until=date.fromisoformat(days[-1]), history_days=span, tracking_uri=tracking_uri,
-                        use_cases=tuple(enough), min_events=settings.train_min_events,
-                        min_days=settings.train_min_days)  # fmt: skip
+        trained = train(
+            store,
+            until=date.fromisoformat(days[-1]),
+            history_days=span,
+            tracking_uri=tracking_uri,
+            use_cases=tuple(enough),
+            min_events=settings.train_min_events,
+            min_days=settings.train_min_days,
+        )
         for uc, res in trained.use_cases.items():
             if res.skipped:
                 what[uc] = f"cold-start ({res.skipped})"
@@ -251,9 +271,13 @@ class _Clock:
 
 # -- the document: one dict behind the JSON and the HTML ---------------------------------------------------
 def build_document(
-    scores: pd.DataFrame, result: Investigation, quality: Mapping[str, Mapping[str, Any]], ingested: IngestSummary,
-    *, top_k: int = TOP_K,
-) -> dict[str, Any]:  # fmt: skip
+    scores: pd.DataFrame,
+    result: Investigation,
+    quality: Mapping[str, Mapping[str, Any]],
+    ingested: IngestSummary,
+    *,
+    top_k: int = TOP_K,
+) -> dict[str, Any]:
     """Everything the report shows, as plain bounded values (attacker-controlled text is clipped here
     and escaped by the template)."""
     top: list[dict[str, Any]] = []
@@ -276,7 +300,7 @@ def build_document(
             "from": result.days[0] if result.days else None,
             "to": result.days[-1] if result.days else None,
             "days": result.days,
-        },  # fmt: skip
+        },
         "summary": {
             "events": result.events,
             "events_scored": int(scores["risk_score"].notna().sum()) if len(scores) else 0,
@@ -307,7 +331,7 @@ def build_document(
             },
             "days": [{"day": d, **{k: v for k, v in q.items()}} for d, q in quality.items()],
             "quarantine": str(result.data_root / "quarantine"),
-        },  # fmt: skip
+        },
         "data_root": str(result.data_root),
     }
 
@@ -357,14 +381,25 @@ def _scorers(scores: pd.DataFrame) -> list[dict[str, Any]]:
     largest day first, then each distinct note of the others)."""
     if not len(scores):
         return []
-    frame = scores.assign(_day=scores["eventTime"].dt.strftime("%Y-%m-%d"), scorer_note=scores.get("scorer_note"))
+    frame = scores.assign(
+        _day=scores["eventTime"].dt.strftime("%Y-%m-%d"), scorer_note=scores.get("scorer_note")
+    )
     out = []
     for (uc, name), part in frame.groupby(["use_case", "model_name"], dropna=False):
-        by_day = part.groupby("_day")["scorer_note"].agg(["first", "size"]).sort_values("size", ascending=False)
+        by_day = (
+            part.groupby("_day")["scorer_note"].agg(["first", "size"]).sort_values("size", ascending=False)
+        )
         notes = [f"{day}: {clean_text(note, 400)}" for day, note in by_day["first"].sort_index().items()]
-        out.append({"use_case": clean_text(uc, 40), "model_name": clean_text(name, 80),
-                    "note": clean_text(by_day["first"].iloc[0], 400), "notes": notes,
-                    "events": int(len(part)), "days": int(len(by_day))})  # fmt: skip
+        out.append(
+            {
+                "use_case": clean_text(uc, 40),
+                "model_name": clean_text(name, 80),
+                "note": clean_text(by_day["first"].iloc[0], 400),
+                "notes": notes,
+                "events": int(len(part)),
+                "days": int(len(by_day)),
+            }
+        )
     return sorted(out, key=lambda s: (s["use_case"], -s["events"]))
 
 
@@ -375,13 +410,18 @@ def _techniques(scores: pd.DataFrame) -> list[dict[str, Any]]:
     out = []
     for technique, part in seen.groupby("attack_technique"):
         text = clean_text(technique, 40)
-        out.append({
-            "technique": text, "url": technique_url(text), "events": int(len(part)),
-            "max_risk": round(float(part["risk_score"].max()), 1),
-            "principals": sorted({clean_text(p, 200) for p in part["principal"].dropna()})[:10],
-            "calls": sorted({clean_text(n, 80) for n in part["eventName"].dropna()})[:10],
-            "first_seen": _iso(part["eventTime"].min()), "last_seen": _iso(part["eventTime"].max()),
-        })  # fmt: skip
+        out.append(
+            {
+                "technique": text,
+                "url": technique_url(text),
+                "events": int(len(part)),
+                "max_risk": round(float(part["risk_score"].max()), 1),
+                "principals": sorted({clean_text(p, 200) for p in part["principal"].dropna()})[:10],
+                "calls": sorted({clean_text(n, 80) for n in part["eventName"].dropna()})[:10],
+                "first_seen": _iso(part["eventTime"].min()),
+                "last_seen": _iso(part["eventTime"].max()),
+            }
+        )
     return sorted(out, key=lambda t: (-t["max_risk"], -t["events"]))
 
 
@@ -397,18 +437,30 @@ def _timelines(scores: pd.DataFrame, top: list[dict[str, Any]]) -> list[dict[str
     out = []
     for name in chosen[:TIMELINE_PRINCIPALS]:
         mine = scores[principal.eq(name).to_numpy()].sort_values("eventTime", kind="stable")
-        events = [{
-            "time": _iso(e["eventTime"]), "risk_score": round(float(e["risk_score"]), 1), "title": _title(e),
-            "sourceIPAddress": clean_text(e.get("sourceIPAddress"), 100), "awsRegion": clean_text(e.get("awsRegion"), 60),
-            "attack_technique": clean_text(e.get("attack_technique"), 40) or None,
-            "reason": (_reasons(e.get("reasons"), limit=1) or [""])[0], "eventID": clean_text(e.get("eventID"), 100),
-        } for e in mine.head(TIMELINE_EVENTS).to_dict("records")]  # fmt: skip
-        out.append({
-            "principal": clean_text(name, 300), "events": int(len(mine)), "shown": len(events),
-            "max_risk": round(float(mine["risk_score"].max()), 1),
-            "first_seen": _iso(mine["eventTime"].min()), "last_seen": _iso(mine["eventTime"].max()),
-            "timeline": events,
-        })  # fmt: skip
+        events = [
+            {
+                "time": _iso(e["eventTime"]),
+                "risk_score": round(float(e["risk_score"]), 1),
+                "title": _title(e),
+                "sourceIPAddress": clean_text(e.get("sourceIPAddress"), 100),
+                "awsRegion": clean_text(e.get("awsRegion"), 60),
+                "attack_technique": clean_text(e.get("attack_technique"), 40) or None,
+                "reason": (_reasons(e.get("reasons"), limit=1) or [""])[0],
+                "eventID": clean_text(e.get("eventID"), 100),
+            }
+            for e in mine.head(TIMELINE_EVENTS).to_dict("records")
+        ]
+        out.append(
+            {
+                "principal": clean_text(name, 300),
+                "events": int(len(mine)),
+                "shown": len(events),
+                "max_risk": round(float(mine["risk_score"].max()), 1),
+                "first_seen": _iso(mine["eventTime"].min()),
+                "last_seen": _iso(mine["eventTime"].max()),
+                "timeline": events,
+            }
+        )
     return out
 
 
