@@ -7,10 +7,11 @@ data-quality status and a chart, and writes ``reports/D/`` atomically: ``report.
 report for the mail task) and ``chart.png``.
 
 Every CloudTrail field is attacker-controlled, and the reasons interpolate them. So: the HTML is rendered
-from ``templates/daily_report.html`` (the mail's from ``templates/email.html``) through the autoescaping
-environment of :mod:`trailguard.store.render`, and links are built only from validated patterns; CSV text cells that a
-spreadsheet would read as a formula get a leading ``'``; long values are cut with a visible marker; the
-plain text loses control and bidi characters. Nothing from the data reaches the chart.
+from ``templates/daily_report.html`` (the mail's part from ``templates/email.html``) through the one
+autoescaping Jinja2 environment (:mod:`trailguard.store.render`) and links are built only from validated
+patterns; CSV text cells that a spreadsheet would read as a formula get a leading ``'``; long values are
+cut with a visible marker; the plain text loses control and bidi characters. Nothing from the data
+reaches the chart.
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ import pandas as pd
 from trailguard.store.events import day_text as _day_text
 from trailguard.store.events import write_bytes_atomic
 from trailguard.store.fs import DataPath, as_path, parquet_schema, read_parquet, visible_files
-from trailguard.store.render import render
 
 log = logging.getLogger(__name__)
 
@@ -159,9 +159,7 @@ def read_scores(data_root: DataPath | str, day: date | str) -> pd.DataFrame:
     import pyarrow as pa
 
     wanted = (*REQUIRED_COLUMNS, *TEXT_COLUMNS, "lf_rules")  # lf_rules groups bursts; scores are not reported
-    tables = [
-        read_parquet(path, columns=[c for c in parquet_schema(path).names if c in wanted]) for path in files
-    ]
+    tables = [read_parquet(path, columns=[c for c in parquet_schema(path).names if c in wanted]) for path in files]
     # one conversion to pandas for all the day's parts (one per account x region)
     scores = pa.concat_tables(tables, promote_options="default").to_pandas()
     missing = [c for c in REQUIRED_COLUMNS if c not in scores.columns]
@@ -248,9 +246,7 @@ def _group_keys(scores: pd.DataFrame) -> pd.DataFrame:
     keys = scores[list(GROUP_KEYS)].copy()
     if "lf_rules" in scores:
         codes, rules = pd.factorize(scores["lf_rules"])  # a day has a few hundred distinct rule lists
-        burst = pd.Series(
-            np.array([_burst_of(r) for r in rules] + [None], dtype=object)[codes], index=scores.index
-        )
+        burst = pd.Series(np.array([_burst_of(r) for r in rules] + [None], dtype=object)[codes], index=scores.index)
         hit = burst.notna().to_numpy()
         if hit.any():
             keys.loc[hit, "eventName"] = "burst:" + burst[hit]
@@ -494,6 +490,8 @@ class Report:
             image_src = "data:image/png;base64," + base64.b64encode(self.chart_png).decode("ascii")
         if not (image_src.startswith("cid:") or image_src.startswith("data:image/png;base64,")):
             raise ValueError("image_src must be a cid: or a data:image/png URI")
+        from trailguard.store.render import render
+
         context = _html_context(self, image_src, for_email, notice, frozenset(new_groups))
         return render("trailguard.report", "email.html" if for_email else "daily_report.html", **context)
 
@@ -815,3 +813,4 @@ def _html_context(
         "feedback": feedback,
         "folder": str(report.folder),
     }  # fmt: skip
+
