@@ -17,10 +17,12 @@ def test_values_are_escaped_and_missing_names_are_errors() -> None:
     )
     with pytest.raises(UndefinedError):
         template.render()
+    plain = env.from_string("{% autoescape false %}{{ x }}{% endautoescape %}")
+    assert plain.render(x="a & 'b' <c>") == "a & 'b' <c>"  # plain-text templates (email.txt) stay as written
 
 
 def test_each_wing_finds_its_templates() -> None:
-    assert {"daily_report.html", "email.html"} <= set(
+    assert {"daily_report.html", "email.html", "email.txt"} <= set(
         template_environment("trailguard.report").list_templates()
     )
     assert "quality.html" in template_environment("trailguard.quality").list_templates()

@@ -496,38 +496,11 @@ class Report:
         return render("trailguard.report", "email.html" if for_email else "daily_report.html", **context)
 
     def text(self, *, notice: Notice | None = None, new_groups: Iterable[str] = ()) -> str:
-        """The plain-text report (the mail's text part): every value stripped of control characters."""
-        new = frozenset(new_groups)
-        out = [f"TrailGuard daily risk report for {self.day} (UTC)", f"generated {self.generated_at}", ""]
-        if notice is not None:
-            out += [
-                f"*** {clean_text(notice.title, 500)} ***",
-                *(f"  {clean_text(x, 1000)}" for x in notice.lines),
-                "",
-            ]
-        out += _summary_lines(self)
-        out += ["", f"Top {len(self.top_events)} events (repeats grouped; highest risk first):", ""]
-        if self.top_events.empty:
-            out.append("  no events at or above the minimum score")
-        for row in self.top_events.to_dict("records"):
-            marker = "  [NEW]" if row.get("group_id") in new else ""
-            out.append(f"#{row['rank']}  risk {row['risk_score']:.1f}  {_title(row)}{marker}")
-            out.append(f"    when:      {_when(row)}")
-            out.append(f"    principal: {clean_text(row.get('principal'), DEFAULT_LIMIT) or '-'}")
-            out.append(f"    where:     {_where(row)}")
-            if not is_missing(row.get("userAgent")):
-                out.append(f"    userAgent: {clean_text(row.get('userAgent'), FIELD_LIMITS['userAgent'])}")
-            technique = clean_text(row.get("attack_technique"), 40)
-            if technique:
-                url = technique_url(technique)
-                out.append(f"    ATT&CK:    {technique}" + (f"  {url}" if url else ""))
-            out.append(f"    eventID:   {clean_text(row.get('eventID'), FIELD_LIMITS['eventID'])}")
-            out.append("    reasons:")
-            out += [f"      - {reason}" for reason in _reasons(row.get("reasons"))]
-            out.append("")
-        out += ["How to give feedback:", *(f"  {line}" for line in _feedback_lines(self)), ""]
-        out.append(f"Files: {self.folder}")
-        return "\n".join(out) + "\n"
+        """The plain-text report (the mail's text part, ``templates/email.txt``): every value stripped of
+        control characters."""
+        from trailguard.store.render import render
+
+        return render("trailguard.report", "email.txt", **_text_context(self, notice, frozenset(new_groups)))
 
     def lines(self) -> list[str]:
         """A terminal summary: the figures, then each top event with its reasons on one line."""
@@ -692,6 +665,38 @@ def _feedback_lines(report: Report) -> list[str]:
         "--verdict benign --note 'why'"
     )
     return lines
+
+
+def _text_context(report: Report, notice: Notice | None, new: frozenset[str]) -> dict[str, Any]:
+    rows = []
+    for row in report.top_events.to_dict("records"):
+        technique = clean_text(row.get("attack_technique"), 40)
+        rows.append({
+            "rank": row["rank"],
+            "risk": f"{row['risk_score']:.1f}",
+            "title": _title(row),
+            "new": row.get("group_id") in new,
+            "when": _when(row),
+            "principal": clean_text(row.get("principal"), DEFAULT_LIMIT) or "-",
+            "where": _where(row),
+            "user_agent": None if is_missing(row.get("userAgent"))
+            else clean_text(row.get("userAgent"), FIELD_LIMITS["userAgent"]),
+            "technique": technique,
+            "technique_url": technique_url(technique) if technique else None,
+            "event_id": clean_text(row.get("eventID"), FIELD_LIMITS["eventID"]),
+            "reasons": _reasons(row.get("reasons")),
+        })  # fmt: skip
+    return {
+        "day": report.day,
+        "generated_at": report.generated_at,
+        "notice": None if notice is None else {
+            "title": clean_text(notice.title, 500), "lines": [clean_text(x, 1000) for x in notice.lines]
+        },
+        "summary": _summary_lines(report),
+        "rows": rows,
+        "feedback": _feedback_lines(report),
+        "folder": str(report.folder),
+    }  # fmt: skip
 
 
 # -- HTML -------------------------------------------------------------------------------------------------

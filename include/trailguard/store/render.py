@@ -12,7 +12,8 @@ import functools
 import html
 from typing import Any
 
-from jinja2 import Environment, PackageLoader, StrictUndefined
+from jinja2 import Environment, PackageLoader, StrictUndefined, pass_eval_context
+from jinja2.nodes import EvalContext
 from markupsafe import Markup
 
 
@@ -28,11 +29,13 @@ def template_environment(package: str) -> Environment:
     )
 
 
-def _escaped(value: Any) -> Any:
+@pass_eval_context
+def _escaped(context: EvalContext, value: Any) -> Any:
     """A value escaped as the standard library does (``&quot;``, ``&#x27;``), before autoescaping sees it;
-    markup a template built itself passes unchanged. Autoescaping alone would write ``&#34;``: the same
-    text, spelt differently from the pages TrailGuard wrote before it used templates."""
-    if hasattr(value, "__html__"):
+    markup a template built itself passes unchanged, and so does everything in a plain-text template
+    (``{% autoescape false %}``). Autoescaping alone would write ``&#34;``: the same text, spelt
+    differently from the pages TrailGuard wrote before it used templates."""
+    if not context.autoescape or hasattr(value, "__html__"):
         return value
     return Markup(html.escape(str(value), quote=True))
 
