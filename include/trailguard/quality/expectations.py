@@ -70,7 +70,6 @@ class Expectation:
     """One expectation: what GX validates, what the page shows, and (``quarantine``) what moves rows."""
 
     name: str
-    suite: str  # schema | incoming | partition: the frame it is checked on
     gx_type: str  # the Great Expectations 1.x class in great_expectations.expectations
     severity: str
     column: str | None  # the event column the verdict is about; None for the table or the schema
@@ -143,14 +142,14 @@ def _np(array: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return np.asarray(pc.fill_null(array, False).to_numpy(zero_copy_only=False), dtype=bool)
 
 
-# -- the suites ------------------------------------------------------------------------------------------
+# -- the suites: each checks its own frame (trailguard.quality.checks) ----------------------------------
 
 # Required columns and their types as the part files store them; checked on a frame with one row per
 # required column: its expected and its observed type kind (None when a part file lacks the column).
 SCHEMA = (
-    Expectation("schema_columns", "schema", "ExpectColumnValuesToNotBeNull", CRITICAL, None,
+    Expectation("schema_columns", "ExpectColumnValuesToNotBeNull", CRITICAL, None,
                 frame_column="observed_type"),
-    Expectation("schema_types", "schema", "ExpectColumnPairValuesToBeEqual", CRITICAL, None,
+    Expectation("schema_types", "ExpectColumnPairValuesToBeEqual", CRITICAL, None,
                 arguments={"column_A": "observed_type", "column_B": "expected_type",
                            "ignore_row_if": "either_value_is_missing"}),
 )  # fmt: skip
@@ -158,47 +157,47 @@ SCHEMA = (
 # Critical, on every row that came in for the day (the partition plus rows earlier runs quarantined).
 # The row-level ones move the rows breaking them to quarantine, named in this order in quarantine_reason.
 INCOMING = (
-    Expectation("events_present", "incoming", "ExpectTableRowCountToBeBetween", CRITICAL, None,
+    Expectation("events_present", "ExpectTableRowCountToBeBetween", CRITICAL, None,
                 arguments={"min_value": 1}),
-    Expectation("eventID_not_null", "incoming", "ExpectColumnValuesToNotBeNull", CRITICAL, "eventID",
+    Expectation("eventID_not_null", "ExpectColumnValuesToNotBeNull", CRITICAL, "eventID",
                 "eventID present (not null, not empty)", quarantine=True),
-    Expectation("eventID_unique", "incoming", "ExpectColumnValuesToBeUnique", CRITICAL, "eventID",
+    Expectation("eventID_unique", "ExpectColumnValuesToBeUnique", CRITICAL, "eventID",
                 "eventID unique (the first copy stays, later copies are quarantined)", quarantine=True),
-    Expectation("eventTime_not_null", "incoming", "ExpectColumnValuesToNotBeNull", CRITICAL, "eventTime",
+    Expectation("eventTime_not_null", "ExpectColumnValuesToNotBeNull", CRITICAL, "eventTime",
                 "eventTime present", quarantine=True),
-    Expectation("eventTime_in_day", "incoming", "ExpectColumnValuesToBeBetween", CRITICAL, "eventTime",
+    Expectation("eventTime_in_day", "ExpectColumnValuesToBeBetween", CRITICAL, "eventTime",
                 "eventTime within {day} UTC",
                 arguments={"min_value": parameter("day_start"), "max_value": parameter("day_end"),
                            "strict_max": True}, quarantine=True),
-    Expectation("eventTime_not_future", "incoming", "ExpectColumnValuesToBeBetween", CRITICAL, "eventTime",
+    Expectation("eventTime_not_future", "ExpectColumnValuesToBeBetween", CRITICAL, "eventTime",
                 "eventTime not after now + {tolerance_minutes} min ({latest_allowed})",
                 arguments={"max_value": parameter("latest_allowed")}, quarantine=True),
 )  # fmt: skip
 
 # On the rows that stay in the partition: one critical (something is left), warnings otherwise.
 PARTITION = (
-    Expectation("rows_remaining", "partition", "ExpectTableRowCountToBeBetween", CRITICAL, None,
+    Expectation("rows_remaining", "ExpectTableRowCountToBeBetween", CRITICAL, None,
                 arguments={"min_value": 1}),
-    Expectation("eventSource_amazonaws", "partition", "ExpectColumnValuesToMatchRegex", WARNING, "eventSource",
+    Expectation("eventSource_amazonaws", "ExpectColumnValuesToMatchRegex", WARNING, "eventSource",
                 "must match *.amazonaws.com", arguments={"regex": AWS_NAME_REGEX}),
-    Expectation("awsRegion_known", "partition", "ExpectColumnValuesToBeInSet", WARNING, "awsRegion",
+    Expectation("awsRegion_known", "ExpectColumnValuesToBeInSet", WARNING, "awsRegion",
                 "must be a real AWS region (rows are kept)", arguments={"value_set": sorted(known_regions())}),
-    Expectation("sourceIPAddress_valid", "partition", "ExpectColumnValuesToBeInSet", WARNING, "sourceIPAddress",
+    Expectation("sourceIPAddress_valid", "ExpectColumnValuesToBeInSet", WARNING, "sourceIPAddress",
                 "must be IPv4, IPv6, *.amazonaws.com or 'AWS Internal'",
                 arguments={"value_set": list(VALID_SOURCE_KINDS)}, frame_column="sourceIPAddress.kind"),
-    Expectation("userIdentity.type_known", "partition", "ExpectColumnValuesToBeInSet", WARNING,
+    Expectation("userIdentity.type_known", "ExpectColumnValuesToBeInSet", WARNING,
                 "userIdentity.type", "must be a documented identity type (absent is allowed)",
                 arguments={"value_set": list(KNOWN_IDENTITY_TYPES)}),
-    Expectation("eventType_known", "partition", "ExpectColumnValuesToBeInSet", WARNING, "eventType",
+    Expectation("eventType_known", "ExpectColumnValuesToBeInSet", WARNING, "eventType",
                 "must be a documented CloudTrail event type", arguments={"value_set": list(KNOWN_EVENT_TYPES)}),
-    Expectation("errorCode_share", "partition", "ExpectColumnMeanToBeBetween", WARNING, "errorCode",
+    Expectation("errorCode_share", "ExpectColumnMeanToBeBetween", WARNING, "errorCode",
                 "{share} of rows have an errorCode; allowed {low_share}..{high_share}",
                 arguments={"min_value": parameter("min_error_share"), "max_value": parameter("max_error_share")},
                 frame_column="errorCode.present"),
-    Expectation("row_count_vs_history", "partition", "ExpectTableRowCountToBeBetween", WARNING, None,
+    Expectation("row_count_vs_history", "ExpectTableRowCountToBeBetween", WARNING, None,
                 "{rows} rows; median of {history_days} earlier partitions {median}, allowed {min_rows}..{max_rows}",
                 arguments={"min_value": parameter("min_rows"), "max_value": parameter("max_rows")}),
-    Expectation("freshness", "partition", "ExpectColumnMaxToBeBetween", WARNING, "eventTime",
+    Expectation("freshness", "ExpectColumnMaxToBeBetween", WARNING, "eventTime",
                 "newest event {newest}; must be at or after {oldest_allowed}",
                 arguments={"min_value": parameter("oldest_allowed")}),
 )  # fmt: skip

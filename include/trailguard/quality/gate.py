@@ -39,6 +39,8 @@ from trailguard.store.schema import EVENT_SCHEMA
 
 log = logging.getLogger(__name__)
 
+# the gate's public names; the records, the quarantine schema and the region list are re-exported from their
+# modules for callers that know them from here
 __all__ = [
     "QUARANTINE_SCHEMA",
     "ExpectationOutcome",
@@ -46,7 +48,6 @@ __all__ = [
     "is_scorable",
     "known_regions",
     "read_quality_status",
-    "render_html",
     "validate_partition",
 ]
 
