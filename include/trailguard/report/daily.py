@@ -818,4 +818,3 @@ def _html_context(
         "feedback": feedback,
         "folder": str(report.folder),
     }  # fmt: skip
-
