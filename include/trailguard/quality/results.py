@@ -12,6 +12,7 @@ from typing import Any
 
 from trailguard.quality.expectations import CRITICAL, MISSING, ROW_LEVEL, TABLE_LEVEL
 from trailguard.store.fs import DataPath
+from trailguard.store.text import sanitise
 
 PASSED, WARNED, FAILED = "passed", "warning", "failed"
 SAMPLE_VALUES = 5
@@ -99,7 +100,7 @@ def replaced(outcome: ExpectationOutcome, **changes: Any) -> ExpectationOutcome:
 
 def _clip(value: Any) -> str:
     text = value.isoformat() if isinstance(value, datetime) else str(value)
-    return text if len(text) <= SAMPLE_CHARS else text[:SAMPLE_CHARS] + "…"
+    return sanitise(text, SAMPLE_CHARS, unsafe="keep", marker="…")
 
 
 def _clip_all(values: list[Any]) -> list[str]:
@@ -116,4 +117,4 @@ def _distinct_sample(values: list[Any]) -> list[str]:
 
 
 def _printable(text: str) -> str:
-    return text.encode("unicode_escape").decode("ascii") if not text.isprintable() else text
+    return sanitise(text, unsafe="escape")
