@@ -1,0 +1,8 @@
+"""Trust the evidence: CloudTrail log-file integrity (digest files) and delivery gaps.
+
+Owns reading and validating CloudTrail digest files (their RSA signatures, their chain, the SHA-256 of
+every log file they list against what ingestion read) and finding hours in which an account/region that
+normally delivers sent nothing. Results go to ``integrity/date=YYYY-MM-DD/`` under the data root.
+
+May import ``store`` and ``ingest`` only (never detect/model/report: they read this wing's results).
+"""
