@@ -29,7 +29,7 @@ from trailguard.integrity.signing import (
     write_metadata_sidecar,
 )
 from trailguard.integrity.verify import delivery_gaps, hash_log_file
-from trailguard.sources import LocalFolderSource
+from trailguard.ingest.sources import LocalFolderSource
 
 DAY = date(2026, 11, 20)
 ACCOUNT = "111122223333"
