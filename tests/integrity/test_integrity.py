@@ -38,16 +38,6 @@ BUCKET = "trail-bucket"
 NOW = datetime(2026, 11, 22, tzinfo=timezone.utc)
 
 
-@pytest.fixture(scope="module")
-def key() -> rsa.RSAPrivateKey:
-    return seeded_rsa_key("tests")
-
-
-@pytest.fixture(scope="module")
-def other_key() -> rsa.RSAPrivateKey:
-    return seeded_rsa_key("attacker")
-
-
 def _ring(key: rsa.RSAPrivateKey) -> KeyRing:
     ring = KeyRing(origin="test keys")
     ring.add(fingerprint_of(key.public_key()), key.public_key())
