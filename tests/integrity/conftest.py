@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
-
 from trailguard.integrity.signing import seeded_rsa_key
 
 

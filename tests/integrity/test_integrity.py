@@ -16,6 +16,7 @@ from pathlib import Path
 import orjson
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
+from trailguard.ingest.sources import LocalFolderSource
 from trailguard.integrity.day import key_provider, read_result, verify_day
 from trailguard.integrity.digest import DigestError, parse_digest
 from trailguard.integrity.keys import KeyRing, fetch_public_keys, fingerprint_of, load_key_folder
@@ -24,12 +25,10 @@ from trailguard.integrity.signing import (
     ListedLogFile,
     digest_document,
     public_pem,
-    seeded_rsa_key,
     signed,
     write_metadata_sidecar,
 )
 from trailguard.integrity.verify import delivery_gaps, hash_log_file
-from trailguard.ingest.sources import LocalFolderSource
 
 DAY = date(2026, 11, 20)
 ACCOUNT = "111122223333"

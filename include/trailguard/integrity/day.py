@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from trailguard.store.fs import DataPath, as_path, write_bytes_atomic
+from trailguard.ingest.sources import Source, SourceObject, key_date, skip_reason
 from trailguard.integrity.digest import METADATA_SUFFIX, Digest, is_digest_key
 from trailguard.integrity.keys import KeyRing, fetch_public_keys, load_key_folder
 from trailguard.integrity.verify import (
@@ -38,8 +38,8 @@ from trailguard.integrity.verify import (
     object_id,
     verify_digests,
 )
-from trailguard.ingest.sources import Source, SourceObject, key_date, skip_reason
 from trailguard.store.events import EventStore, new_run_id
+from trailguard.store.fs import DataPath, as_path, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
