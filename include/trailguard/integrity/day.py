@@ -40,6 +40,7 @@ from trailguard.integrity.verify import (
 )
 from trailguard.store.events import EventStore, new_run_id
 from trailguard.store.fs import DataPath, as_path, write_bytes_atomic
+from trailguard.store.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -178,12 +179,34 @@ def verify_day(
 
 
 def list_day(source: Source, day: date) -> Iterator[SourceObject]:
-    """The day's and the day before's objects, digests included."""
+    """The day's and the day before's objects, digests included, each once."""
     lister = getattr(source, "objects_with_digests", None)
-    if lister is not None:
-        yield from lister(day - timedelta(days=1), day)
-        return
-    yield from source.objects(start=day - timedelta(days=1), end=day)
+    listing = (
+        lister(day - timedelta(days=1), day)
+        if lister
+        else source.objects(start=day - timedelta(days=1), end=day)
+    )
+    seen: set[str] = set()
+    for obj in listing:
+        if obj.key not in seen:
+            seen.add(obj.key)
+            yield obj
+
+
+def verify_with_settings(
+    settings: Settings, source: Source, day: date, *, keys: str | None = None
+) -> DayIntegrity:
+    """:func:`verify_day` as the command line and the DAGs run it: the data root, lateness and key folder
+    from the settings (``keys`` overrides the folder), the hashes ingestion recorded from the manifest."""
+    store = EventStore(settings.data_path)
+    return verify_day(
+        store.root,
+        source,
+        day,
+        key_provider(keys or settings.integrity_keys),
+        ingested=store.manifest_hashes(),
+        lateness_hours=settings.allowed_lateness_hours,
+    )
 
 
 def result_dir(root: DataPath, day: date | str) -> DataPath:
