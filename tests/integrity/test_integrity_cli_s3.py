@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 from test_integrity import BUCKET, DAY, NOW, Trail, _ring
-
 from trailguard.cli import main
 from trailguard.ingest.sources import S3Source
 from trailguard.integrity.day import verify_day
