@@ -254,7 +254,7 @@ class _ObjectOutcome:
     rejected: list[dict[str, Any]] = field(default_factory=list)
     note: str | None = None
     data: bytes | None = None
-    sha256: str | None = None  # of the uncompressed content, for CloudTrail log files in AWS's layout
+    sha256: str | None = None  # of the uncompressed content, for files (not CloudWatch hours)
 
 
 @dataclass
@@ -289,7 +289,7 @@ def decode_chunk(tasks: list[_Task]) -> tuple[list[_ObjectOutcome], pa.Table | N
         except ObjectError as exc:
             outcome.status, outcome.note, outcome.data = "quarantined", str(exc), data
             continue
-        if partition_of(task.key) is not None:
+        if not task.key.startswith("cloudwatch://"):  # a file as delivered, which a digest may list
             outcome.sha256 = _content_sha256(document, note)
         unpacked.append((outcome, data, document, note))
     fast = files_to_tables([(document, outcome.key) for outcome, _, document, _ in unpacked])

@@ -75,13 +75,26 @@ class DayIntegrity:
             f"{s['log_files_valid']}/{s['log_files_listed']} log files valid, {s['log_files_missing']} missing, "
             f"{s['log_files_modified']} modified, {s['gaps']} delivery gaps, {s['not_verified']} account/regions without digests"
         )
-        rows = sorted(
-            (r for r in self.rows if r.status != "valid"), key=lambda r: (STATUSES.index(r.status), r.hour)
+        findings = sorted(
+            (r for r in self.rows if r.status not in ("valid", "delivery_gap", "not_verified")),
+            key=lambda r: (STATUSES.index(r.status), r.hour),
         )
-        return [head] + [
+        lines = [head] + [
             f"{r.status}: {r.account} {r.region} {r.hour}: {r.problems[0] if r.problems else ''}"
-            for r in rows
+            for r in findings
         ]
+        gaps: dict[tuple[str, str], list[str]] = {}
+        for r in self.rows:
+            if r.status == "delivery_gap":
+                gaps.setdefault((r.account, r.region), []).append(r.hour[11:])
+        for (account, region), hours in sorted(gaps.items()):
+            lines.append(
+                f"delivery_gap: {account} {region}: nothing delivered at {', '.join(hours)} (not proof of tampering)"
+            )
+        unverified = sorted(f"{r.account} {r.region}" for r in self.rows if r.status == "not_verified")
+        if unverified:
+            lines.append(f"not_verified: no digest files for {', '.join(unverified)}")
+        return lines
 
     def as_dict(self) -> dict[str, Any]:
         return {

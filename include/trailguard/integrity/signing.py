@@ -7,6 +7,7 @@ files. Such a key is for demonstrations only: anyone with the seed has the priva
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import random
 from collections.abc import Sequence
@@ -114,6 +115,7 @@ def public_pem(key: rsa.RSAPublicKey) -> bytes:
     return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
+@functools.lru_cache(maxsize=4)
 def seeded_rsa_key(seed: str, bits: int = 2048) -> rsa.RSAPrivateKey:
     """An RSA key pair derived from ``seed`` (the same seed, the same key): for demos and tests only."""
     rng = random.Random(f"trailguard-rsa:{seed}:{bits}")

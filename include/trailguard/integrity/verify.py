@@ -66,14 +66,15 @@ ATTACK_TECHNIQUES = {
     "digest_invalid": "T1565.001",
 }
 GAP_NOTE = "a delivery gap is not proof of tampering: the trail may have been idle or stopped, or AWS late"
-MIN_ACTIVE_HOURS = (
-    12  # an account/region that delivered in fewer hours of the day is not "normally delivering"
-)
+# an account/region that delivered in fewer hours of the day is not "normally delivering": no gaps for it
+MIN_ACTIVE_HOURS = 20
 MAX_LISTED_PROBLEMS = 20  # per row; the counts say how many there were
 
-# AWSLogs/[o-orgid/]<account>/CloudTrail[-Digest]/<region>/YYYY/MM/DD/<file>
+# [AWSLogs/][o-orgid/]<account>/CloudTrail[-Digest]/<region>/YYYY/MM/DD/<file> (a folder source may start at
+# AWSLogs/ itself, so its keys begin with the account)
 _LAYOUT = re.compile(
-    r"(?:^|/)AWSLogs/(?:o-[a-z0-9]{10,32}/)?(\d{12})/(CloudTrail|CloudTrail-Digest)/([a-z0-9-]{1,32})/(\d{4})/(\d{2})/(\d{2})/([^/]+)$"
+    r"(?:^|/)(?:AWSLogs/)?(?:o-[a-z0-9]{10,32}/)?((\d{12})/(CloudTrail|CloudTrail-Digest)/([a-z0-9-]{1,32})/"
+    r"\d{4}/\d{2}/\d{2}/([^/]+))$"
 )
 _LOG_TIME = re.compile(r"_(\d{8}T\d{4})Z_[^_/]+\.json(?:\.gz)?$")
 _DIGEST_STREAM = re.compile(r"_\d{8}T\d{6}Z(?:_backfill)?\.json\.gz$")
@@ -118,13 +119,12 @@ class FoundDigest:
 
 
 def object_id(key: str) -> str:
-    """A key from ``AWSLogs/`` on: the same for ``s3://bucket/prefix/AWSLogs/...``, a folder's relative
-    path and a digest's ``s3Object``, so a copy of the bucket in a folder still matches its digests."""
+    """A key from the account id on (``<account>/CloudTrail/<region>/...``): the same for
+    ``s3://bucket/prefix/AWSLogs/...``, a folder's relative path and a digest's ``s3Object``, so a copy of
+    the bucket in a folder still matches its digests."""
     normalised = key.replace("\\", "/")
-    at = normalised.rfind("/AWSLogs/")
-    if at >= 0:
-        return normalised[at + 1 :]
-    return normalised if normalised.startswith("AWSLogs/") else normalised.rsplit("/", 1)[-1]
+    match = _LAYOUT.search(normalised)
+    return match.group(1) if match else normalised
 
 
 def layout_of(key: str) -> tuple[str, str, str, str] | None:
@@ -132,7 +132,7 @@ def layout_of(key: str) -> tuple[str, str, str, str] | None:
     match = _LAYOUT.search(key.replace("\\", "/"))
     if not match:
         return None
-    account, kind, region, *_, name = match.groups()
+    _, account, kind, region, name = match.groups()
     return account, region, kind, name
 
 
