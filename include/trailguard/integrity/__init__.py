@@ -4,5 +4,6 @@ Owns reading and validating CloudTrail digest files (their RSA signatures, their
 every log file they list against what ingestion read) and finding hours in which an account/region that
 normally delivers sent nothing. Results go to ``integrity/date=YYYY-MM-DD/`` under the data root.
 
-May import ``store`` and ``ingest`` only (never detect/model/report: they read this wing's results).
+May import: ``trailguard.store`` and ``trailguard.ingest``. It sits beside ingest, below quality and report,
+which read its results (``findings``).
 """

@@ -890,7 +890,17 @@ def _result_document(
         "engine": f"great_expectations {gx.__version__}",
         "outcomes": [asdict(o) for o in result.outcomes],
         "summary": result.summary_lines(),
+        "integrity": _integrity(store, result.date),
     }
+
+
+def _integrity(store: EventStore, day_text: str) -> dict[str, Any]:
+    """The day's CloudTrail evidence integrity (digest validation of that day's deliveries) for the page."""
+    from trailguard.integrity.findings import integrity_section, text_lines
+
+    section = integrity_section(store.root, day_text)
+    lines = text_lines(section, day_text)
+    return {"status": section["status"] if section else "not checked", "header": lines[0], "lines": lines[1:]}
 
 
 def _save(store: EventStore, result: QualityResult, document: dict[str, Any]) -> None:
@@ -955,6 +965,7 @@ def render_html(document: dict[str, Any]) -> str:
         f"<title>Data quality {e(document['date'])}: {e(status)}</title><style>{_CSS}</style></head><body>"
         f'<h1>TrailGuard data quality for {e(document["date"])}: <span class="{e(status)}">{e(status)}</span></h1>'
         f"<table>{counts}</table>"
+        f"{_integrity_html(document.get('integrity'))}"
         "<p>A failed <b>critical</b> expectation stops scoring for this day; a <b>warning</b> is reported and "
         "scoring goes on. Rows breaking a critical row-level expectation are moved to the quarantine file with "
         "their reason.</p>"
@@ -965,6 +976,15 @@ def render_html(document: dict[str, Any]) -> str:
 
 
 # -- small helpers ----------------------------------------------------------------------------------------
+
+
+def _integrity_html(integrity: dict[str, Any] | None) -> str:
+    if not integrity:
+        return ""
+    e = _escape
+    css = {"valid": "passed", "tampered": "failed"}.get(integrity.get("status"), "warning")
+    items = "".join(f"<li><code>{e(line.strip())}</code></li>" for line in integrity.get("lines", []))
+    return f'<p class="{css}"><b>{e(integrity.get("header"))}</b></p>' + (f"<ul>{items}</ul>" if items else "")
 
 
 def _verdict(name: str, success: bool, severity: str) -> str:

@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from trailguard.integrity.findings import integrity_section
+from trailguard.integrity.findings import text_lines as integrity_text_lines
 from trailguard.store.events import day_text as _day_text
 from trailguard.store.events import write_bytes_atomic
 from trailguard.store.fs import DataPath, as_path, parquet_schema, read_parquet, visible_files
@@ -422,6 +424,7 @@ class Report:
     folder: DataPath
     quality_page: DataPath | None = None
     feedback_hint: str | None = None
+    integrity: dict[str, Any] | None = None  # trailguard.integrity.findings.integrity_section: its own section
     _files: dict[str, DataPath] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -474,6 +477,7 @@ class Report:
             "summary": self.summary,
             "models": self.models,
             "quality": self.quality,
+            "integrity": self.integrity,
             "feedback_hint": self.feedback_hint,
             "files": {kind: path.name for kind, path in self._files.items()},
         }
@@ -501,6 +505,8 @@ class Report:
                 "",
             ]
         out += _summary_lines(self)
+        if self.integrity and (self.integrity["findings"] or self.integrity["gaps"]):
+            out += ["", "Evidence integrity (CloudTrail digest files):", *integrity_text_lines(self.integrity, self.day)[1:]]
         out += ["", f"Top {len(self.top_events)} events (repeats grouped; highest risk first):", ""]
         if self.top_events.empty:
             out.append("  no events at or above the minimum score")
@@ -530,6 +536,8 @@ class Report:
                f"{self.summary.get('high_risk_events', 0):,} at or above {HIGH_RISK:g} "
                f"({self.high_risk_findings} distinct), {len(self.top_events)} reported"]  # fmt: skip
         out += [f"  {line}" for line in _summary_lines(self)[1:]]
+        if self.integrity:
+            out += [f"  {line}" for line in integrity_text_lines(self.integrity, self.day)[1:]]
         for row in self.top_events.to_dict("records"):
             reasons = "; ".join(_reasons(row.get("reasons"), limit=3)) or "-"
             out.append(f"  #{row['rank']:<3} {row['risk_score']:5.1f}  {_title(row)}  "
@@ -569,6 +577,7 @@ def build_report(
         folder=report_dir(data_root, day_text),
         quality_page=quality_page,
         feedback_hint=feedback_hint,
+        integrity=integrity_section(data_root, day_text),
     )
     write_bytes_atomic(report.chart_png, report.chart_path)
     write_bytes_atomic(report.csv_bytes(), report.csv_path)
@@ -604,6 +613,7 @@ def load_report(data_root: DataPath | str, day: date | str) -> Report:
         folder=folder,
         quality_page=page if document.get("quality") and page.exists() else None,
         feedback_hint=document.get("feedback_hint"),
+        integrity=document.get("integrity"),
     )
 
 
@@ -675,6 +685,7 @@ def _summary_lines(report: Report) -> list[str]:
         f"At or above {HIGH_RISK:g}: {s['high_risk_events']:,} events, {s['high_risk_findings']:,} distinct findings; "
         f"highest {s['max_score'] if s['max_score'] is not None else '-'}",
         _quality_line(report),
+        integrity_text_lines(report.integrity, report.day)[0],
         f"Models: {models}",
     ]
 
@@ -787,6 +798,7 @@ def _html_context(
             "link": None if for_email or not q.get("page") else f"../../quality/date={report.day}/index.html",
             "attached": for_email and report.quality_page is not None,
         },
+        "integrity": _integrity_context(report),
         "rows": _html_rows(report, new),
         "top_k": s.get("top_k"),
         "min_score": s.get("min_score"),
@@ -809,6 +821,33 @@ def _html_context(
         "feedback": feedback,
         "folder": str(report.folder),
     }  # fmt: skip
+
+
+def _integrity_context(report: Report) -> dict[str, Any]:
+    """The evidence-integrity section: its header, colour, findings and gaps (every value as text)."""
+    section = report.integrity
+    header = integrity_text_lines(section, report.day)[0]
+    status = section["status"] if section else "not checked"
+    return {
+        "header": clean_text(header, DEFAULT_LIMIT),
+        "colour": {"valid": "#15803d", "tampered": "#b91c1c"}.get(status, "#6b7280"),
+        "tampered": status == "tampered",
+        "findings": [
+            {
+                "title": clean_text(f["title"], 200),
+                "risk": f["risk_score"],
+                "technique": clean_text(f["attack_technique"], 40),
+                "technique_url": technique_url(f["attack_technique"]),
+                "where": clean_text(f"account {f['account']} {f['region']} {f['hour']}", 200),
+                "object": clean_text(f["object"], 500),
+                "reason": clean_text(f["reason"], 500),
+            }
+            for f in (section or {}).get("findings", [])
+        ],
+        "gaps": [clean_text(f"{where}: nothing delivered at {', '.join(hours)}", 500)
+                 for where, hours in (section or {}).get("gaps", {}).items()],
+        "gap_note": clean_text((section or {}).get("gap_note"), 300),
+    }
 
 
 _TEMPLATE = """\
@@ -842,6 +881,20 @@ _TEMPLATE = """\
     {% if quality.link %}<div style="font-size:11px;"><a href="{{ quality.link }}" style="color:#1d4ed8;">quality page</a></div>{% elif quality.attached %}<div style="font-size:11px;color:#6b7280;">page attached</div>{% endif %}
     </div></td>
   </tr></table>
+</td></tr>
+<tr><td style="padding:4px 24px 8px 24px;">
+  <div style="font-size:14px;font-weight:600;color:{{ integrity.colour }};">{{ integrity.header }}</div>
+  {% if integrity.findings %}<table width="100%" cellpadding="0" cellspacing="0" border="0" style="border-collapse:collapse;font-size:13px;margin-top:6px;border:2px solid #b91c1c;">
+  <tr style="background:#fef2f2;"><th align="left" style="padding:6px;">Risk</th><th align="left" style="padding:6px;">Evidence finding</th><th align="left" style="padding:6px;">ATT&amp;CK</th><th align="left" style="padding:6px;">Where</th><th align="left" style="padding:6px;">Why</th></tr>
+  {% for f in integrity.findings %}<tr>
+    <td valign="top" style="padding:6px;border-top:1px solid #fecaca;font-weight:700;color:#b91c1c;">{{ f.risk }}</td>
+    <td valign="top" style="padding:6px;border-top:1px solid #fecaca;word-break:break-all;"><div style="font-weight:600;">{{ f.title }}</div><div style="font-size:11px;color:#6b7280;font-family:Menlo,Consolas,monospace;">{{ f.object }}</div></td>
+    <td valign="top" style="padding:6px;border-top:1px solid #fecaca;white-space:nowrap;">{% if f.technique_url %}<a href="{{ f.technique_url }}" style="color:#1d4ed8;">{{ f.technique }}</a>{% else %}{{ f.technique }}{% endif %}</td>
+    <td valign="top" style="padding:6px;border-top:1px solid #fecaca;">{{ f.where }}</td>
+    <td valign="top" style="padding:6px;border-top:1px solid #fecaca;">{{ f.reason }}</td>
+  </tr>{% endfor %}
+  </table>{% endif %}
+  {% if integrity.gaps %}<div style="font-size:12px;color:#4b5563;margin-top:6px;">Delivery gaps: {% for g in integrity.gaps %}{{ g }}{% if not loop.last %}; {% endif %}{% endfor %} ({{ integrity.gap_note }})</div>{% endif %}
 </td></tr>
 <tr><td style="padding:4px 24px 8px 24px;"><img src="{{ image_src }}" alt="Risk score of the day's events by hour; high-risk events in red" width="900" style="display:block;width:100%;max-width:900px;height:auto;border:0;"></td></tr>
 <tr><td style="padding:8px 24px;">
