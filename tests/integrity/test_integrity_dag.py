@@ -7,10 +7,10 @@ import json
 from datetime import timedelta
 
 import pytest
-
-from tests.conftest import PROJECT
 from trailguard.demo import generator
 from trailguard.integrity.findings import integrity_section
+
+from tests.conftest import PROJECT
 
 pytestmark = pytest.mark.slow
 
