@@ -114,8 +114,13 @@ def cloudtrail_ingest():
             print("CloudWatch Logs has no digest files: nothing to verify")
             return {}
         settings, statuses, day = load_settings(), {}, start
+        aws = None if settings.integrity_keys else aws_client_factory()  # ListPublicKeys through aws_default
+
+        def cloudtrail(region: str):
+            return aws("cloudtrail", region)
+
         while day <= end:
-            result = verify_with_settings(settings, source, day)
+            result = verify_with_settings(settings, source, day, client_for=None if aws is None else cloudtrail)
             for line in result.lines()[:20]:
                 print(line)
             statuses[day.isoformat()] = result.status

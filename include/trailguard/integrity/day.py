@@ -207,16 +207,22 @@ def list_day(source: Source, day: date) -> Iterator[SourceObject]:
 
 
 def verify_with_settings(
-    settings: Settings, source: Source, day: date, *, keys: str | None = None
+    settings: Settings,
+    source: Source,
+    day: date,
+    *,
+    keys: str | None = None,
+    client_for: Callable[[str], Any] | None = None,
 ) -> DayIntegrity:
     """:func:`verify_day` as the command line and the DAGs run it: the data root, lateness and key folder
-    from the settings (``keys`` overrides the folder), the hashes ingestion recorded from the manifest."""
+    from the settings (``keys`` overrides the folder; without one, ``client_for(region)`` gives the
+    CloudTrail client for ListPublicKeys), the hashes ingestion recorded from the manifest."""
     store = EventStore(settings.data_path)
     return verify_day(
         store.root,
         source,
         day,
-        key_provider(keys or settings.integrity_keys),
+        key_provider(keys or settings.integrity_keys, client_for=client_for),
         ingested=store.manifest_hashes(),
         lateness_hours=settings.allowed_lateness_hours,
     )

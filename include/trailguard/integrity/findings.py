@@ -41,7 +41,9 @@ def integrity_section(data_root: DataPath | str, day: date | str) -> dict[str, A
     for row in result.get("rows", []):
         status = row.get("status")
         if status == "delivery_gap":
-            gaps.setdefault(f"{row.get('account')} {row.get('region')}", []).append(str(row.get("hour", ""))[11:])
+            gaps.setdefault(f"{row.get('account')} {row.get('region')}", []).append(
+                str(row.get("hour", ""))[11:]
+            )
         if status not in TAMPERED:
             continue
         files = [(f, "log_file_missing") for f in row.get("missing_files", [])]
@@ -92,7 +94,11 @@ def header(status: str, summary: dict[str, Any]) -> str:
         return (
             f"Evidence integrity: valid ({summary.get('digests_valid', 0)} digests, "
             f"{summary.get('log_files_valid', 0)} log files verified"
-            + (f"; {summary.get('not_verified')} account/regions without digests" if summary.get("not_verified") else "")
+            + (
+                f"; {summary.get('not_verified')} account/regions without digests"
+                if summary.get("not_verified")
+                else ""
+            )
             + ")"
         )
     return "Evidence integrity: not verified (no digest files or no public key for them)"
@@ -109,7 +115,9 @@ def text_lines(section: dict[str, Any] | None, day: str) -> list[str]:
             f"{f['region']} {f['hour']}: {f['object']}"
         )
     if section["findings_total"] > len(section["findings"]):
-        lines.append(f"  ... and {section['findings_total'] - len(section['findings'])} more in integrity/date={day}/")
+        lines.append(
+            f"  ... and {section['findings_total'] - len(section['findings'])} more in integrity/date={day}/"
+        )
     for where, hours in section["gaps"].items():
         lines.append(f"  delivery gap {where}: nothing delivered at {', '.join(hours)}")
     if section["gaps"]:
@@ -119,7 +127,9 @@ def text_lines(section: dict[str, Any] | None, day: str) -> list[str]:
 
 def _reason(kind: str, row: dict[str, Any], problems: list[str]) -> str:
     if kind == "log_file_missing":
-        return "listed by a CloudTrail-signed digest but absent: the events it held are gone from the evidence"
+        return (
+            "listed by a CloudTrail-signed digest but absent: the events it held are gone from the evidence"
+        )
     if kind == "log_file_modified":
         return "its SHA-256 is not the one the CloudTrail-signed digest states: changed after delivery"
     return problems[0] if problems else kind
