@@ -18,11 +18,22 @@ def _keys(tmp_path, key):
     return folder
 
 
-def test_verify_passes_on_an_untouched_day_and_fails_in_one_line_on_tampering(tmp_path, key, capsys, monkeypatch):
+def test_verify_passes_on_an_untouched_day_and_fails_in_one_line_on_tampering(
+    tmp_path, key, capsys, monkeypatch
+):
     monkeypatch.delenv("TRAILGUARD_SOURCE", raising=False)
     trail = Trail(tmp_path, key, hours=4)
-    args = ["--data", str(tmp_path / "data"), "verify", "--date", DAY.isoformat(), "--source", str(tmp_path / "logs"),
-            "--keys", str(_keys(tmp_path, key))]
+    args = [
+        "--data",
+        str(tmp_path / "data"),
+        "verify",
+        "--date",
+        DAY.isoformat(),
+        "--source",
+        str(tmp_path / "logs"),
+        "--keys",
+        str(_keys(tmp_path, key)),
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert out.startswith("2026-11-20: valid: 4/4 digests valid, 8/8 log files valid")
@@ -39,8 +50,13 @@ def test_verify_usage_errors_exit_2(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("TRAILGUARD_SOURCE", raising=False)
     assert main(["--data", str(tmp_path), "verify", "--date", "2026-11-20"]) == 2
     assert "--source" in capsys.readouterr().err
-    assert main(["--data", str(tmp_path), "verify", "--date", "2026-11-20", "--source", "cloudwatch://g"]) == 2
-    assert main(["--data", str(tmp_path), "verify", "--date", "2026-11-20", "--source", str(tmp_path / "nope")]) == 2
+    assert (
+        main(["--data", str(tmp_path), "verify", "--date", "2026-11-20", "--source", "cloudwatch://g"]) == 2
+    )
+    assert (
+        main(["--data", str(tmp_path), "verify", "--date", "2026-11-20", "--source", str(tmp_path / "nope")])
+        == 2
+    )
     assert "cannot verify" in capsys.readouterr().err
 
 
@@ -59,6 +75,26 @@ def test_verify_an_s3_bucket_with_signatures_in_object_metadata(tmp_path, key, a
     result = verify_day(tmp_path / "data", source, DAY, _ring(key), now=NOW)
     assert result.status == "valid" and result.summary["digests_valid"] == 3, result.lines()
     s3.delete_object(Bucket=BUCKET, Key=trail.logs[1][1])
-    s3.put_object(Bucket=BUCKET, Key=trail.digests[2], Body=trail.path(trail.digests[2]).read_bytes())  # metadata lost
+    s3.put_object(
+        Bucket=BUCKET, Key=trail.digests[2], Body=trail.path(trail.digests[2]).read_bytes()
+    )  # metadata lost
     result = verify_day(tmp_path / "data", source, DAY, _ring(key), now=NOW)
     assert result.summary["by_status"] == {"log_file_missing": 1, "signature_invalid": 1, "valid": 1}
+
+
+def test_the_airflow_glue_gives_cloudtrail_clients_per_region(monkeypatch, moto_server):
+    """The ingest DAG asks ListPublicKeys in each digest's region through the aws_default connection."""
+    from trailguard_airflow import aws_client_factory
+
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_AWS_DEFAULT",
+        json.dumps(
+            {
+                "conn_type": "aws",
+                "login": "testing",
+                "password": "testing",
+                "extra": {"endpoint_url": moto_server},
+            }
+        ),
+    )
+    assert aws_client_factory()("cloudtrail", "eu-west-1").meta.region_name == "eu-west-1"

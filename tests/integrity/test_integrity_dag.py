@@ -24,8 +24,13 @@ def test_ingest_dag_verifies_the_demo_digests(airflow_db, tmp_path, monkeypatch)
     monkeypatch.setenv("TRAILGUARD_DATA", str(tmp_path / "data"))
     monkeypatch.setenv("TRAILGUARD_INTEGRITY_KEYS", str(logs / meta["public_keys"]))
     dag = DagBag(dag_folder=str(PROJECT / "dags")).get_dag("cloudtrail_ingest")
-    run = dag.test(run_conf={"source": str(logs / "AWSLogs"), "start": demo.start.isoformat(),
-                             "end": (demo.end + timedelta(days=1)).isoformat()})
+    run = dag.test(
+        run_conf={
+            "source": str(logs / "AWSLogs"),
+            "start": demo.start.isoformat(),
+            "end": (demo.end + timedelta(days=1)).isoformat(),
+        }
+    )
     assert run.state == "success"
     verified = next(ti for ti in run.get_task_instances() if ti.task_id == "verify_integrity")
     assert verified.state == "success"
@@ -33,8 +38,10 @@ def test_ingest_dag_verifies_the_demo_digests(airflow_db, tmp_path, monkeypatch)
     last = integrity_section(tmp_path / "data", demo.end)
     assert before["status"] == "valid" and last["status"] == "tampered"
     found = {f["object"]: f["status"] for f in last["findings"]}
-    expected = {t["key"]: {"deleted": "log_file_missing", "edited": "log_file_modified"}[t["kind"]]
-                for t in meta["tampered_files"]}
+    expected = {
+        t["key"]: {"deleted": "log_file_missing", "edited": "log_file_modified"}[t["kind"]]
+        for t in meta["tampered_files"]
+    }
     assert found == expected
     page = (tmp_path / "data" / "quality" / f"date={demo.end}" / "index.html").read_text()
     assert "Evidence integrity: TAMPERED" in page
