@@ -294,6 +294,16 @@ def test_hostile_digests_are_quarantined_with_the_reason(tmp_path, key, content,
     assert len(reasons) == 1 and reason in json.loads(reasons[0].read_text())["reason"]
 
 
+def test_a_digest_too_large_to_be_one_is_not_read(tmp_path, key, monkeypatch):
+    import trailguard.integrity.day as day_module
+
+    trail = Trail(tmp_path, key, hours=2)
+    monkeypatch.setattr(day_module, "MAX_DIGEST_BYTES", 100)
+    result = trail.verify()
+    assert _statuses(result) == {"digest_invalid": 2}
+    assert "over the 100 byte limit for a digest: not read" in result.rows[0].problems[0]
+
+
 def test_a_gzip_bomb_stops_at_the_limit():
     bomb = gzip.compress(b" " * (80 * 1024 * 1024), compresslevel=9)
     with pytest.raises(DigestError, match="limit"):

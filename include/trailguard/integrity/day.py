@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 
 from trailguard.ingest.sources import Source, SourceObject, key_date, skip_reason
-from trailguard.integrity.digest import METADATA_SUFFIX, Digest, is_digest_key
+from trailguard.integrity.digest import MAX_DIGEST_BYTES, METADATA_SUFFIX, Digest, is_digest_key
 from trailguard.integrity.keys import KeyRing, fetch_public_keys, load_key_folder
 from trailguard.integrity.verify import (
     GAP_NOTE,
@@ -293,6 +293,14 @@ def _fetch(region: str, digest: Digest, client_for: Callable[[str], Any] | None)
 
 
 def _found(source: Source, obj: SourceObject) -> FoundDigest:
+    """A digest object's bytes and metadata; one larger than any digest can be is not read at all."""
+    if obj.size > MAX_DIGEST_BYTES:
+        return FoundDigest(
+            obj.key,
+            b"",
+            None,
+            f"{obj.size} bytes, over the {MAX_DIGEST_BYTES} byte limit for a digest: not read",
+        )
     return FoundDigest(obj.key, obj.fetch(), _metadata(source, obj))
 
 

@@ -116,6 +116,7 @@ class FoundDigest:
     key: str
     data: bytes
     metadata: Mapping[str, Any] | None
+    error: str | None = None  # why it was not read (too large): reported as digest_invalid
 
 
 def object_id(key: str) -> str:
@@ -217,6 +218,8 @@ def verify_digests(
         row = _row(day, found.key, "valid")
         row.digest_key = found.key
         try:
+            if found.error:
+                raise DigestError(found.error)
             digest = parse_digest(found.key, found.data, found.metadata)
         except DigestError as exc:
             known[object_id(found.key)] = None
