@@ -364,3 +364,19 @@ def test_list_public_keys_against_the_moto_server(moto_server, key, tmp_path):
     result = trail.verify(keys=key_provider(None, client_for=client_for))
     assert result.status == "unverified"
     assert "ListPublicKeys in eu-west-1 failed" in result.rows[0].problems[0]
+
+
+def test_a_folder_source_lists_only_the_day_folders_it_verifies(tmp_path, key):
+    """The listing for a day is its day folders (and the day before's), the same objects a full walk gives."""
+    trail = Trail(tmp_path, key, hours=2)
+    old = trail.path(
+        f"AWSLogs/{ACCOUNT}/CloudTrail/{REGION}/2026/10/01/{ACCOUNT}_CloudTrail_{REGION}_20261001T0000Z_x.json.gz"
+    )
+    old.parent.mkdir(parents=True)
+    old.write_bytes(b"{}")
+    source = LocalFolderSource(tmp_path / "logs")
+    day_listing = {o.key: (o.size, o.etag) for o in source.objects_with_digests(DAY - timedelta(days=1), DAY)}
+    full = {o.key: (o.size, o.etag) for o in source.objects(DAY - timedelta(days=1), DAY)}
+    assert day_listing == full and len(full) == 2 * 2 + 2 * 2  # 4 logs, 2 digests + 2 sidecars
+    from_awslogs = LocalFolderSource(tmp_path / "logs" / "AWSLogs")
+    assert len(list(from_awslogs.objects_with_digests(DAY, DAY))) == len(full)

@@ -111,13 +111,45 @@ class LocalFolderSource:
         for key, entry in sorted(_files_below(folder, below), key=lambda found: found[0].split("/")):
             if not in_range(key, start, end) or (prefix and not key.startswith(prefix)):
                 continue
-            stat = entry.stat()
-            yield SourceObject(
-                key=key,
-                size=stat.st_size,
-                etag=f"mtime:{stat.st_mtime_ns}",
-                fetch=Path(entry.path).read_bytes,
-            )
+            yield _local_object(key, entry)
+
+    def objects_with_digests(self, start: date, end: date) -> Iterator[SourceObject]:
+        """The log files and the digest files delivered from ``start`` to ``end`` (for integrity checks):
+        only the day folders of the AWS layout are listed; a folder without that layout is read whole."""
+        roots = sorted(_trail_roots(self.folder))
+        if not roots:
+            yield from self.objects(start, end)
+            return
+        for root in roots:
+            for region in sorted(p for p in root.iterdir() if p.is_dir()):
+                day = start
+                while day <= end:
+                    folder = region / f"{day:%Y/%m/%d}"
+                    if folder.is_dir():
+                        below = folder.relative_to(self.folder).as_posix() + "/"
+                        for key, entry in sorted(_files_below(folder, below)):
+                            yield _local_object(key, entry)
+                    day += timedelta(days=1)
+
+
+def _local_object(key: str, entry: os.DirEntry[str]) -> SourceObject:
+    stat = entry.stat()
+    return SourceObject(key=key, size=stat.st_size, etag=f"mtime:{stat.st_mtime_ns}", fetch=Path(entry.path).read_bytes)
+
+
+def _trail_roots(folder: Path, depth: int = 4) -> Iterator[Path]:
+    """``CloudTrail`` and ``CloudTrail-Digest`` folders at most ``depth`` levels below ``folder``
+    (``AWSLogs/[o-id/]<account>/CloudTrail``), without walking into them or into day folders."""
+    if depth < 0:
+        return
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if not entry.is_dir():
+                continue
+            if entry.name in ("CloudTrail", "CloudTrail-Digest"):
+                yield Path(entry.path)
+            elif not entry.name.isdigit() or len(entry.name) == 12:  # an account id, not a YYYY/MM/DD folder
+                yield from _trail_roots(Path(entry.path), depth - 1)
 
 
 def _files_below(folder: Path, prefix: str = "") -> Iterator[tuple[str, os.DirEntry[str]]]:
