@@ -76,7 +76,11 @@ class DayIntegrity:
             f"{s['log_files_modified']} modified, {s['gaps']} delivery gaps, {s['not_verified']} account/regions without digests"
         )
         findings = sorted(
-            (r for r in self.rows if r.status not in ("valid", "delivery_gap", "not_verified")),
+            (
+                r
+                for r in self.rows
+                if r.status not in ("valid", "delivery_gap", "not_verified", "no_key_available")
+            ),
             key=lambda r: (STATUSES.index(r.status), r.hour),
         )
         lines = [head] + [
@@ -90,6 +94,12 @@ class DayIntegrity:
         for (account, region), hours in sorted(gaps.items()):
             lines.append(
                 f"delivery_gap: {account} {region}: nothing delivered at {', '.join(hours)} (not proof of tampering)"
+            )
+        no_key = [r for r in self.rows if r.status == "no_key_available"]
+        if no_key:
+            where = sorted({f"{r.account} {r.region}" for r in no_key})
+            lines.append(
+                f"no_key_available: {len(no_key)} digests of {', '.join(where)}: {no_key[0].problems[0]}"
             )
         unverified = sorted(f"{r.account} {r.region}" for r in self.rows if r.status == "not_verified")
         if unverified:
