@@ -984,7 +984,9 @@ def _integrity_html(integrity: dict[str, Any] | None) -> str:
     e = _escape
     css = {"valid": "passed", "tampered": "failed"}.get(integrity.get("status"), "warning")
     items = "".join(f"<li><code>{e(line.strip())}</code></li>" for line in integrity.get("lines", []))
-    return f'<p class="{css}"><b>{e(integrity.get("header"))}</b></p>' + (f"<ul>{items}</ul>" if items else "")
+    return f'<p class="{css}"><b>{e(integrity.get("header"))}</b></p>' + (
+        f"<ul>{items}</ul>" if items else ""
+    )
 
 
 def _verdict(name: str, success: bool, severity: str) -> str:
