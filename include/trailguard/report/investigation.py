@@ -39,6 +39,7 @@ from trailguard.report.daily import (
     technique_url,
 )
 from trailguard.store.events import EventStore, write_bytes_atomic
+from trailguard.store.render import render
 from trailguard.store.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -465,19 +466,6 @@ def _timelines(scores: pd.DataFrame, top: list[dict[str, Any]]) -> list[dict[str
 
 
 # -- HTML -------------------------------------------------------------------------------------------------
-def template_environment() -> Any:
-    """The report wing's Jinja2 environment over ``templates/`` (autoescape on: every value is
-    attacker-controlled text)."""
-    from jinja2 import Environment, FileSystemLoader, StrictUndefined
-
-    return Environment(
-        loader=FileSystemLoader(str(Path(__file__).parent / "templates")),
-        autoescape=True,
-        undefined=StrictUndefined,
-    )
-
-
 def render_html(document: Mapping[str, Any]) -> str:
-    return (
-        template_environment().get_template("investigation.html.j2").render(doc=document, high_risk=HIGH_RISK)
-    )
+    """``templates/investigation.html`` through the wings' one autoescaping environment (store.render)."""
+    return render("trailguard.report", "investigation.html", doc=document, high_risk=HIGH_RISK)

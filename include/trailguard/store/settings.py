@@ -27,6 +27,8 @@ class Settings:
     ingest_max_tasks: int
     score_max_tasks: int
     smtp_url: str | None
+    source: str | None = None  # the CloudTrail source the DAGs and `trailguard verify` read by default
+    integrity_keys: str | None = None  # folder of CloudTrail public keys; empty: cloudtrail:ListPublicKeys
     # what training needs before it fits a use case's models (below: that use case is scored cold-start)
     train_min_events: int = 30
     train_min_days: int = 2
@@ -73,6 +75,8 @@ def load_settings(**overrides: object) -> Settings:
         "ingest_max_tasks": max(1, _int("TRAILGUARD_INGEST_MAX_TASKS", 32)),
         "score_max_tasks": max(1, _int("TRAILGUARD_SCORE_MAX_TASKS", 4)),
         "smtp_url": env.get("TRAILGUARD_SMTP_URL", "").strip() or None,
+        "source": env.get("TRAILGUARD_SOURCE", "").strip() or None,
+        "integrity_keys": env.get("TRAILGUARD_INTEGRITY_KEYS", "").strip() or None,
         "train_min_events": max(1, _int("TRAILGUARD_TRAIN_MIN_EVENTS", 30)),
         "train_min_days": max(2, _int("TRAILGUARD_TRAIN_MIN_DAYS", 2)),
         "coldstart_fit_days": max(0, _int("TRAILGUARD_COLDSTART_FIT_DAYS", 7)),
