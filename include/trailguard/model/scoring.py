@@ -665,7 +665,8 @@ def explain(
     if unusual.any():
         tenths = np.floor(np.minimum(anomaly[unusual], 0.999) * 1000).astype(np.int64)
         codes, uniq = pd.factorize(tenths)
-        labels = [f"unusual behaviour (more anomalous than {u / 10:.1f}% of training events)" for u in uniq]
+        of = "this organisation's events" if getattr(model, "model_name", None) == "cold-start" else "training events"
+        labels = [f"unusual behaviour (more anomalous than {u / 10:.1f}% of {of})" for u in uniq]
         pieces.append((np.flatnonzero(unusual), 4, pa.array(labels, _TEXT).take(pa.array(codes))))
     if model is not None:
         top = _linear_contributions(model, rows, comps)
