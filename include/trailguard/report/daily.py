@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import base64
 import csv
-import functools
-import hashlib
 import io
 import json
 import logging
@@ -32,8 +30,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from trailguard.findings.correlate import DayFindings, correlate, read_identities
+from trailguard.findings.files import findings_document, write_findings
+from trailguard.store.events import EventStore, write_bytes_atomic
 from trailguard.store.events import day_text as _day_text
-from trailguard.store.events import write_bytes_atomic
 from trailguard.store.fs import DataPath, as_path, parquet_schema, read_parquet, visible_files
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 HIGH_RISK = 70.0
 TRUNCATED = "…[truncated]"
 DEFAULT_LIMIT = 300  # characters of one displayed value
-FIELD_LIMITS = {"reasons": 2000, "userAgent": 240, "eventID": 128}
+FIELD_LIMITS = {"reasons": 2000, "userAgent": 240, "eventID": 128, "event_ids": 10_000 * 130}
 MAX_REASONS = 12  # reasons listed per event; the rest are counted
 BREAKDOWN_LIMIT = 10  # values listed per summary breakdown; the rest are summed as "other"
 CHART_POINTS = 2000  # high-risk events drawn at most (the highest)
@@ -51,12 +51,13 @@ TEXT_COLUMNS = (
     "principal", "eventName", "eventSource", "awsRegion", "account", "sourceIPAddress", "country", "asn",
     "userAgent", "errorCode", "category", "reasons", "attack_technique", "model_name", "model_version",
 )  # fmt: skip
-GROUP_KEYS = ("principal", "eventName", "errorCode", "sourceIPAddress", "use_case")
 CSV_COLUMNS = (
     "rank", "eventID", "risk_score", "count", "eventTime", "principal", "eventName", "eventSource",
     "sourceIPAddress", "country", "account", "awsRegion", "attack_technique", "reasons",
     # extensions after the contract's columns
     "use_case", "errorCode", "first_seen", "last_seen", "userAgent", "category", "model_name", "model_version",
+    # findings (one row per finding; eventID is its lead event)
+    "finding_id", "finding_score", "tactics", "event_ids",
 )  # fmt: skip
 TOP_COLUMNS = (*CSV_COLUMNS, "asn", "group_id")
 
@@ -64,7 +65,8 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e
 _TECHNIQUE = re.compile(r"T(\d{4})(?:\.(\d{3}))?")
 _URL = re.compile(r"https?://[A-Za-z0-9._~:/?#\[\]@!$&'()*+,;=%-]+")
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n")
-_REPORT_FILES = {"html": "report.html", "csv": "top_events.csv", "json": "report.json", "chart": "chart.png"}
+_REPORT_FILES = {"html": "report.html", "csv": "top_events.csv", "json": "report.json", "chart": "chart.png",
+                 "findings": "findings.json"}  # fmt: skip
 
 
 class ScoresNotFoundError(FileNotFoundError):
@@ -156,7 +158,8 @@ def read_scores(data_root: DataPath | str, day: date | str) -> pd.DataFrame:
         )
     import pyarrow as pa
 
-    wanted = (*REQUIRED_COLUMNS, *TEXT_COLUMNS, "lf_rules")  # lf_rules groups bursts; scores are not reported
+    # lf_rules: the findings' tactics; anomaly_score: their tie-break
+    wanted = (*REQUIRED_COLUMNS, *TEXT_COLUMNS, "lf_rules", "anomaly_score")
     tables = [read_parquet(path, columns=[c for c in parquet_schema(path).names if c in wanted]) for path in files]
     # one conversion to pandas for all the day's parts (one per account x region)
     scores = pa.concat_tables(tables, promote_options="default").to_pandas()
@@ -175,91 +178,42 @@ def read_scores(data_root: DataPath | str, day: date | str) -> pd.DataFrame:
 
 @dataclass(frozen=True)
 class Findings:
-    """The day's events grouped into findings: the top ones in full, the others only counted."""
+    """The day's events correlated into findings: the top ones in full, the others only counted."""
 
-    top: pd.DataFrame  # the highest-scored event of each reported group + count, first_seen, last_seen
+    top: pd.DataFrame  # each reported finding's lead event + count, first/last seen, finding columns
     total: int
     high_risk: int
+    day: DayFindings | None = None
 
 
-def rank_findings(scores: pd.DataFrame, *, top_k: int, min_score: float = 0.0) -> Findings:
-    """Group repeats (same principal, call, error, source IP and use case) and keep the top K groups, each as
-    its highest-scored event with the group's ``count``, ``first_seen`` and ``last_seen``.
-
-    Groups are ranked on small per-group figures first; only the rows of the chosen groups are sorted
-    in full, so a day of a million events stays a few seconds.
-    """
-    valid = scores["risk_score"].notna().to_numpy()
-    index = scores.index[valid]
-    group = _group_keys(scores.loc[valid]).groupby(list(GROUP_KEYS), dropna=False, sort=False).ngroup()
-    group = group.to_numpy()
-    per_event = pd.DataFrame({
-        "group": group,
-        "risk": scores["risk_score"][valid].reset_index(drop=True),
-        "time": scores["eventTime"][valid].reset_index(drop=True),
-    })  # fmt: skip
-    stats = per_event.groupby("group").agg(
-        max_risk=("risk", "max"),
-        count=("risk", "size"),
-        first_seen=("time", "min"),
-        last_seen=("time", "max"),
-    )
-    eligible = stats[stats["max_risk"] >= min_score].sort_values(["max_risk", "count"], ascending=False)
-    if len(eligible) > top_k:  # keep every group tied with the K-th: the event itself breaks the tie
-        last = eligible.iloc[top_k - 1]
-        eligible = eligible[
-            (eligible["max_risk"] > last["max_risk"])
-            | ((eligible["max_risk"] == last["max_risk"]) & (eligible["count"] >= last["count"]))
-        ]
-    member = np.isin(group, eligible.index.to_numpy())
-    candidates = scores.loc[index[member]].assign(_group=group[member])
-    best = candidates.sort_values(
-        ["risk_score", "eventTime", "eventID"], ascending=[False, True, True], kind="stable"
-    ).drop_duplicates("_group")
-    top = best.join(stats[["count", "first_seen", "last_seen"]], on="_group").drop(columns="_group")
-    top = top.sort_values(
-        ["risk_score", "count", "eventTime", "eventID"], ascending=[False, False, True, True], kind="stable"
-    ).head(top_k)
-    return Findings(top=top, total=len(stats), high_risk=int((stats["max_risk"] >= HIGH_RISK).sum()))
-
-
-@functools.cache
-def _burst_rules() -> dict[str, str]:
-    """Each window rule's detection ids -> the rule's first id: one burst, one finding, whatever it called."""
-    from trailguard.detect.window import WINDOW_RULES
-
-    return {d.rule_id: rule.detections[0].rule_id for rule in WINDOW_RULES for d in rule.detections}
-
-
-def _burst_of(rules: Any) -> str | None:
-    if is_missing(rules):
-        return None
-    mapping = _burst_rules()
-    return next((mapping[r] for r in str(rules).split(",") if r in mapping), None)
-
-
-def _group_keys(scores: pd.DataFrame) -> pd.DataFrame:
-    """The grouping columns; events of one burst found by a window rule (access-denied recon, secret
-    harvesting, brute force, mass deletion) group as that burst, not per API call and error code."""
-    keys = scores[list(GROUP_KEYS)].copy()
-    if "lf_rules" in scores:
-        codes, rules = pd.factorize(scores["lf_rules"])  # a day has a few hundred distinct rule lists
-        burst = pd.Series(np.array([_burst_of(r) for r in rules] + [None], dtype=object)[codes], index=scores.index)
-        hit = burst.notna().to_numpy()
-        if hit.any():
-            keys.loc[hit, "eventName"] = "burst:" + burst[hit]
-            keys.loc[hit, "errorCode"] = None
-    return keys
+def rank_findings(
+    scores: pd.DataFrame, *, top_k: int, min_score: float = 0.0, identities: pd.DataFrame | None = None
+) -> Findings:
+    """Correlate the day's events into findings (:mod:`trailguard.findings.correlate`: one credential's
+    chain from one source, a burst included) and keep the top K by finding score, each as its lead event
+    with the finding's ``count``, ``first_seen``, ``last_seen``, ``finding_id``, ``finding_score``,
+    ``tactics`` and ``event_ids``. Only findings whose lead event scores at least ``min_score`` count."""
+    day = correlate(scores, identities=identities)
+    ranked = day.ranked(min_score=min_score)
+    chosen = ranked.head(top_k)
+    events = day.events
+    top = events.iloc[chosen["lead"].to_numpy()].copy()
+    top["count"] = chosen["count"].to_numpy()
+    top["first_seen"] = chosen["first_seen"].to_numpy()
+    top["last_seen"] = chosen["last_seen"].to_numpy()
+    top["principal"] = chosen["credential"].to_numpy()  # a failed sign-in shows the user, not its principalId
+    top["finding_id"] = chosen["finding_id"].to_numpy()
+    top["finding_score"] = chosen["score"].to_numpy()
+    top["tactics"] = [",".join(t) for t in chosen["tactics"]]
+    top["event_ids"] = [" ".join(day.event_ids(row)) for row in chosen.index]
+    high = int((day.table["lead_risk"] >= HIGH_RISK).sum())
+    return Findings(top=top.reset_index(drop=True), total=len(day.table), high_risk=high, day=day)
 
 
 def group_id(row: Mapping[str, Any]) -> str:
-    """A short stable id of a finding's group, so an update mail can tell new findings from known ones."""
-    values = {k: row.get(k) for k in GROUP_KEYS}
-    burst = _burst_of(row.get("lf_rules"))
-    if burst:
-        values.update(eventName="burst:" + burst, errorCode=None)
-    key = "\x1f".join("\x00" if is_missing(v) else str(v) for v in values.values())
-    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    """The finding's id (an update mail tells new findings from known ones by it)."""
+    value = row.get("finding_id")
+    return "" if is_missing(value) else str(value)
 
 
 def _top_frame(chosen: pd.DataFrame) -> pd.DataFrame:
@@ -270,10 +224,12 @@ def _top_frame(chosen: pd.DataFrame) -> pd.DataFrame:
         record.update(
             rank=rank,
             risk_score=round(float(row["risk_score"]), 1),
+            finding_score=round(float(row["finding_score"]), 2),
             count=int(row["count"]),
             eventTime=_iso(row["eventTime"]),
             first_seen=_iso(row["first_seen"]),
             last_seen=_iso(row["last_seen"]),
+            event_ids=None if is_missing(row.get("event_ids")) else str(row["event_ids"]),
             group_id=group_id(row),
         )
         records.append(record)
@@ -501,12 +457,14 @@ class Report:
                 "",
             ]
         out += _summary_lines(self)
-        out += ["", f"Top {len(self.top_events)} events (repeats grouped; highest risk first):", ""]
+        out += ["", f"Top {len(self.top_events)} findings (one credential's events from one source; highest "
+                "finding score first):", ""]  # fmt: skip
         if self.top_events.empty:
             out.append("  no events at or above the minimum score")
         for row in self.top_events.to_dict("records"):
             marker = "  [NEW]" if row.get("group_id") in new else ""
-            out.append(f"#{row['rank']}  risk {row['risk_score']:.1f}  {_title(row)}{marker}")
+            out.append(f"#{row['rank']}  score {_finding_score(row)}  {_title(row)}{marker}")
+            out.append(f"    finding:   {_finding_line(row)}")
             out.append(f"    when:      {_when(row)}")
             out.append(f"    principal: {clean_text(row.get('principal'), DEFAULT_LIMIT) or '-'}")
             out.append(f"    where:     {_where(row)}")
@@ -532,7 +490,7 @@ class Report:
         out += [f"  {line}" for line in _summary_lines(self)[1:]]
         for row in self.top_events.to_dict("records"):
             reasons = "; ".join(_reasons(row.get("reasons"), limit=3)) or "-"
-            out.append(f"  #{row['rank']:<3} {row['risk_score']:5.1f}  {_title(row)}  "
+            out.append(f"  #{row['rank']:<3} {_finding_score(row):>6}  {_title(row)}  "
                        f"{clean_text(row.get('principal'), 80) or '-'}  | {clean_text(reasons, 200)}")  # fmt: skip
         out.append(f"  written to {self.folder} (report.html, top_events.csv, report.json)")
         return out
@@ -555,7 +513,8 @@ def build_report(
     unscored = int(scores["risk_score"].isna().sum())
     if unscored:
         log.warning("%s: %d events have no risk score; they are counted but not ranked", day_text, unscored)
-    findings = rank_findings(scores, top_k=top_k, min_score=min_score)
+    identities = _identities(data_root, day_text)
+    findings = rank_findings(scores, top_k=top_k, min_score=min_score, identities=identities)
     top = _top_frame(findings.top)
     quality, quality_page = _quality(data_root, day_text)
     report = Report(
@@ -577,8 +536,19 @@ def build_report(
         report.json_path,
     )
     write_bytes_atomic(report.render_html().encode("utf-8"), report.html_path)
-    log.info("%s: report of %d events written to %s", day_text, len(top), report.folder)
+    if findings.day is not None:
+        write_findings(data_root, findings_document(day_text, findings.day, min_score=min_score))
+    log.info("%s: report of %d findings written to %s", day_text, len(top), report.folder)
     return report
+
+
+def _identities(data_root: DataPath, day_text: str) -> pd.DataFrame | None:
+    """The identity fields of the day's events, when the data root keeps its events (a failed sign-in
+    names only the principalId and userName: the event store joins it to the user's other events)."""
+    store = EventStore(data_root)
+    if not store.partition_files(day_text):
+        return None
+    return read_identities(store, day_text)
 
 
 def load_report(data_root: DataPath | str, day: date | str) -> Report:
@@ -620,14 +590,35 @@ def _title(row: Mapping[str, Any]) -> str:
     if error:
         title += f" ({error})"
     if int(row.get("count") or 1) > 1:
-        title += f" x{int(row['count'])}"
+        title += f" (+{int(row['count']) - 1} more)"
     return title
 
 
 def _when(row: Mapping[str, Any]) -> str:
     if int(row.get("count") or 1) > 1 and row.get("first_seen") and row.get("last_seen"):
-        return f"{row['count']} events {row['first_seen']} .. {row['last_seen']} (top-scored at {row.get('eventTime')})"
+        return f"{row['count']} events {row['first_seen']} .. {row['last_seen']} (lead event at {row.get('eventTime')})"
     return str(row.get("eventTime") or "-")
+
+
+def _finding_score(row: Mapping[str, Any]) -> str:
+    """The finding's score (it can pass 100: a chain adds to its lead event's risk)."""
+    value = row.get("finding_score")
+    return f"{float(value if not is_missing(value) else row['risk_score']):.1f}"
+
+
+def tactics_text(value: Any) -> str:
+    """``initial-access > discovery > persistence`` from the stored comma-separated list."""
+    return " > ".join(clean_text(t, 40) for t in clean_text(value, 400).split(",") if t.strip())
+
+
+def _finding_line(row: Mapping[str, Any]) -> str:
+    """``F-... · lead event risk 100.0 · 11 events · initial-access > discovery``."""
+    parts = [clean_text(row.get("finding_id"), 40) or "-", f"lead event risk {float(row['risk_score']):.1f}",
+             f"{int(row.get('count') or 1)} event{'s' if int(row.get('count') or 1) != 1 else ''}"]  # fmt: skip
+    tactics = tactics_text(row.get("tactics"))
+    if tactics:
+        parts.append(tactics)
+    return " · ".join(parts)
 
 
 def _where(row: Mapping[str, Any]) -> str:
