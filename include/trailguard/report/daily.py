@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from trailguard.findings.baseline import panel_lines, panels_for
 from trailguard.findings.correlate import DayFindings, correlate, read_identities
 from trailguard.findings.files import findings_document, write_findings
 from trailguard.store.events import EventStore, write_bytes_atomic
@@ -159,7 +160,7 @@ def read_scores(data_root: DataPath | str, day: date | str) -> pd.DataFrame:
     import pyarrow as pa
 
     # lf_rules: the findings' tactics; anomaly_score: their tie-break
-    wanted = (*REQUIRED_COLUMNS, *TEXT_COLUMNS, "lf_rules", "anomaly_score")
+    wanted = (*REQUIRED_COLUMNS, *TEXT_COLUMNS, "lf_rules", "anomaly_score", "ua_family", "principal_short")
     tables = [read_parquet(path, columns=[c for c in parquet_schema(path).names if c in wanted]) for path in files]
     # one conversion to pandas for all the day's parts (one per account x region)
     scores = pa.concat_tables(tables, promote_options="default").to_pandas()
@@ -378,6 +379,7 @@ class Report:
     folder: DataPath
     quality_page: DataPath | None = None
     feedback_hint: str | None = None
+    usual: dict[str, Any] = field(default_factory=dict)  # finding id -> its usual-vs-now panel
     _files: dict[str, DataPath] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -431,6 +433,7 @@ class Report:
             "models": self.models,
             "quality": self.quality,
             "feedback_hint": self.feedback_hint,
+            "usual": self.usual,
             "files": {kind: path.name for kind, path in self._files.items()},
         }
 
@@ -475,6 +478,10 @@ class Report:
                 url = technique_url(technique)
                 out.append(f"    ATT&CK:    {technique}" + (f"  {url}" if url else ""))
             out.append(f"    eventID:   {clean_text(row.get('eventID'), FIELD_LIMITS['eventID'])}")
+            usual = panel_lines(self.usual.get(str(row.get("finding_id")), {}))
+            if usual:
+                out.append("    usual vs now:")
+                out += [f"      {clean_text(line, 600)}" for line in usual]
             out.append("    reasons:")
             out += [f"      - {reason}" for reason in _reasons(row.get("reasons"))]
             out.append("")
@@ -516,6 +523,7 @@ def build_report(
     identities = _identities(data_root, day_text)
     findings = rank_findings(scores, top_k=top_k, min_score=min_score, identities=identities)
     top = _top_frame(findings.top)
+    usual = _usual(data_root, day_text, findings, identities is not None)
     quality, quality_page = _quality(data_root, day_text)
     report = Report(
         day=day_text,
@@ -528,6 +536,7 @@ def build_report(
         folder=report_dir(data_root, day_text),
         quality_page=quality_page,
         feedback_hint=feedback_hint,
+        usual=usual,
     )
     write_bytes_atomic(report.chart_png, report.chart_path)
     write_bytes_atomic(report.csv_bytes(), report.csv_path)
@@ -537,7 +546,8 @@ def build_report(
     )
     write_bytes_atomic(report.render_html().encode("utf-8"), report.html_path)
     if findings.day is not None:
-        write_findings(data_root, findings_document(day_text, findings.day, min_score=min_score))
+        usual_extra = {key: {"usual": value} for key, value in usual.items()}
+        write_findings(data_root, findings_document(day_text, findings.day, min_score=min_score, extra=usual_extra))
     log.info("%s: report of %d findings written to %s", day_text, len(top), report.folder)
     return report
 
@@ -549,6 +559,14 @@ def _identities(data_root: DataPath, day_text: str) -> pd.DataFrame | None:
     if not store.partition_files(day_text):
         return None
     return read_identities(store, day_text)
+
+
+def _usual(data_root: DataPath, day_text: str, findings: Findings, has_events: bool) -> dict[str, Any]:
+    """The usual-vs-now panels of the reported findings, from the stored history (none without events)."""
+    if findings.day is None or not has_events or findings.top.empty:
+        return {}
+    rows = findings.day.table.index[findings.day.table["finding_id"].isin(findings.top["finding_id"])]
+    return panels_for(EventStore(data_root), day_text, findings.day, rows)
 
 
 def load_report(data_root: DataPath | str, day: date | str) -> Report:
@@ -574,6 +592,7 @@ def load_report(data_root: DataPath | str, day: date | str) -> Report:
         folder=folder,
         quality_page=page if document.get("quality") and page.exists() else None,
         feedback_hint=document.get("feedback_hint"),
+        usual=document.get("usual") or {},
     )
 
 
