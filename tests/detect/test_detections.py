@@ -1206,7 +1206,7 @@ def test_panther_samples(record_property: Any) -> None:
 def test_label_events_prefilter_loses_nothing_on_real_records() -> None:
     events, _ = load_fixture("panther_rule_tests.ndjson")
     out = label_events(events)
-    window_ids = {d.rule_id for w in WINDOW_RULES for d in w.detections}
+    window_ids = {d.rule_id for w in WINDOW_RULES for d in w.detections} | {r.detection.rule_id for r in engine.FRAME_RULES}
     for i, event_row in enumerate(events.to_dict("records")):
         expected = [d.rule_id for d, _ in evaluate_event(event_row)]
         got = [r for r in out["lf_rules"].iloc[i].split(",") if r and r not in window_ids]

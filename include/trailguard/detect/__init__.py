@@ -2,5 +2,6 @@
 
 Owns the :class:`~trailguard.detect.event.Event` wrapper, policy helpers, the per-event rules grouped by
 ATT&CK tactic (``rules/<tactic>.py``), the window rules and the engine that labels a day.
-May import: ``trailguard.store`` (the stored event's columns) and ``trailguard.ingest``. Nothing above.
+May import: ``trailguard.store`` (the stored event's columns), ``trailguard.ingest`` and ``trailguard.intel``
+(where an address is, threat lists). Nothing above.
 """

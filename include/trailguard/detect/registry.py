@@ -8,10 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from trailguard.detect.event import Detection, Event
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 RuleCheck = Callable[[Event], "str | None"]
+FrameCheck = Callable[["pd.DataFrame"], "Iterable[tuple[int, str]]"]
 
 
 @dataclass(frozen=True)
@@ -68,3 +73,28 @@ def rule(
     return register
 
 
+
+
+@dataclass(frozen=True)
+class FrameRule:
+    """A rule over the whole frame, vectorised: for checks every event could need (where an address is,
+    which list it is on) that would cost a Python call per event as a per-event rule. The check returns
+    (row position, reason) pairs; it must read each distinct value once, not each row."""
+
+    detection: Detection
+    check: FrameCheck
+
+
+FRAME_REGISTERED: list[FrameRule] = []
+
+
+def frame_rule(rule_id: str, technique: str, score: int, title: str, runbook: str) -> Callable[[FrameCheck], FrameCheck]:
+    """Register a vectorised check over a day's frame as a rule (see :class:`FrameRule`)."""
+
+    def register(check: FrameCheck) -> FrameCheck:
+        if not 0 <= score <= 100:
+            raise ValueError(f"rule {rule_id} has score {score} outside 0-100")
+        FRAME_REGISTERED.append(FrameRule(Detection(rule_id, technique, score, title, runbook), check))
+        return check
+
+    return register

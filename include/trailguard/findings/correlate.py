@@ -65,6 +65,7 @@ KILL_CHAIN: tuple[str, ...] = (
     "persistence",
     "defense-evasion",
     "lateral-movement",
+    "command-and-control",
     "collection",
     "exfiltration",
     "impact",
@@ -101,6 +102,7 @@ TECHNIQUE_TACTIC: dict[str, str] = {
         ("T1562", "T1666", "T1535", "T1070", "T1578", "T1550", "T1211", "T1564"), "defense-evasion"
     ),
     **dict.fromkeys(("T1021", "T1570"), "lateral-movement"),
+    **dict.fromkeys(("T1090", "T1071", "T1572"), "command-and-control"),
     **dict.fromkeys(("T1530", "T1213", "T1119", "T1005", "T1074"), "collection"),
     **dict.fromkeys(("T1537", "T1567", "T1048", "T1020"), "exfiltration"),
     **dict.fromkeys(("T1485", "T1490", "T1496", "T1486", "T1531", "T1489", "T1491", "T1657"), "impact"),

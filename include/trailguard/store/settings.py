@@ -27,6 +27,7 @@ class Settings:
     ingest_max_tasks: int
     score_max_tasks: int
     smtp_url: str | None
+    threat_lists: tuple[str, ...] = ()
 
     @property
     def data_path(self) -> DataPath:
@@ -66,6 +67,7 @@ def load_settings(**overrides: object) -> Settings:
         "ingest_max_tasks": max(1, _int("TRAILGUARD_INGEST_MAX_TASKS", 32)),
         "score_max_tasks": max(1, _int("TRAILGUARD_SCORE_MAX_TASKS", 4)),
         "smtp_url": env.get("TRAILGUARD_SMTP_URL", "").strip() or None,
+        "threat_lists": tuple(s.strip() for s in env.get("TRAILGUARD_THREAT_LISTS", "").split(",") if s.strip()),
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
     return Settings(**values)  # type: ignore[arg-type]

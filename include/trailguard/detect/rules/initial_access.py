@@ -3,6 +3,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
+import numpy as np
+import pandas as pd
+
 from trailguard.detect.event import Event, short
 from trailguard.detect.policy import (
     ROOT_HYGIENE,
@@ -12,7 +17,9 @@ from trailguard.detect.policy import (
     is_root_call,
     statements,
 )
-from trailguard.detect.registry import rule
+from trailguard.detect.registry import frame_rule, rule
+from trailguard.intel.networks import TOR, VPN, origin_of, snapshot_date
+from trailguard.intel.reputation import configured_lists, matches
 
 
 @rule(
@@ -128,3 +135,67 @@ def sts_session_token_iam_user(event: Event) -> str | None:
     return None if event.failed else f"Session token minted by IAM user {short(event.caller_name())}"
 
 
+
+
+# --- callers' networks: threat lists, Tor (frame rules: one look-up per distinct address) -----------------
+
+
+def _by_address(df: pd.DataFrame, decide: Callable[[str], str | None]) -> Iterable[tuple[int, str]]:
+    """(row, reason) where ``decide`` gives a reason for the row's sourceIPAddress; each address once."""
+    if "sourceIPAddress" not in df:
+        return []
+    codes, uniques = pd.factorize(df["sourceIPAddress"], use_na_sentinel=True)
+    reasons = [decide(u) if isinstance(u, str) else None for u in uniques]
+    if not any(reasons):
+        return []
+    table = np.array([*reasons, None], dtype=object)
+    per_row = table[codes]  # code -1 (missing) takes the trailing None
+    return [(int(i), str(per_row[i])) for i in np.flatnonzero(pd.notna(per_row))]
+
+
+@frame_rule(
+    "ip_on_threat_list", "T1078.004", 85, "Call from an address on a threat list",
+    "The address is on one of your threat lists (the reason names it): confirm who made the call, revoke the "
+    "credential's sessions and rotate its keys if it was not your own.",
+)  # fmt: skip
+def ip_on_threat_list(df: pd.DataFrame) -> Iterable[tuple[int, str]]:
+    lists = configured_lists()
+    if not lists:
+        return []
+
+    def decide(ip: str) -> str | None:
+        found = matches(ip, lists)
+        if not found:
+            return None
+        names = ", ".join(f"'{short(n, 40)}'" + (f" ({short(label, 60)})" if label else "") for n, label in found)
+        return f"source {short(ip, 40)} is on threat list {names}"
+
+    return _by_address(df, decide)
+
+
+@frame_rule(
+    "tor_exit_caller", "T1090.003", 75, "Call from a Tor exit node",
+    "AWS work never needs Tor: treat the credential as stolen unless its owner confirms; revoke its sessions.",
+)  # fmt: skip
+def tor_exit_caller(df: pd.DataFrame) -> Iterable[tuple[int, str]]:
+    def decide(ip: str) -> str | None:
+        origin = origin_of(ip)
+        if origin.kind != TOR:
+            return None
+        return f"source {short(ip, 40)} is a Tor exit node (network data of {snapshot_date()})"
+
+    return _by_address(df, decide)
+
+
+@frame_rule(
+    "vpn_anonymiser_caller", "T1090.002", 35, "Call through a consumer VPN or private relay",
+    "Usual for some people and unusual for most: compare with the principal's usual networks in the finding.",
+)  # fmt: skip
+def vpn_anonymiser_caller(df: pd.DataFrame) -> Iterable[tuple[int, str]]:
+    def decide(ip: str) -> str | None:
+        origin = origin_of(ip)
+        if origin.kind != VPN:
+            return None
+        return f"source {short(ip, 40)} is a {short(origin.provider, 40) or 'VPN'} exit (network data of {snapshot_date()})"
+
+    return _by_address(df, decide)
