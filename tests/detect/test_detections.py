@@ -133,6 +133,51 @@ def public_access_block(**flags: bool) -> dict[str, Any]:
 
 
 # rule id -> (an event it must fire on, a near-miss it must not fire on)
+PASS_ROLE_DENIED = {"errorCode": "AccessDenied", "errorMessage": (
+    f"User: arn:aws:iam::{ACCOUNT}:user/alice is not authorized to perform: iam:PassRole on resource: "
+    f"arn:aws:iam::{ACCOUNT}:role/admin-role")}  # fmt: skip
+REPLICATION = {"bucketName": "acme-data", "ReplicationConfiguration": {"Role": f"arn:aws:iam::{ACCOUNT}:role/repl", "Rule": [
+    {"Status": "Enabled", "Destination": {"Bucket": "arn:aws:s3:::exfil-bucket", "Account": FOREIGN}}]}}  # fmt: skip
+# rules added for GuardDuty parity (issue 16): a positive and a near-miss event each
+GUARDDUTY_PARITY_CASES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "iam_access_key_created_for_self": (
+        row("CreateAccessKey", "iam", {"userName": "alice"}),
+        row("CreateAccessKey", "iam", {"userName": "alice"}, **DENIED),
+    ),
+    "ec2_key_pair_created": (
+        row("ImportKeyPair", "ec2", {"keyName": "backdoor", "publicKeyMaterial": "c3NoLXJzYQ=="}),
+        row("DescribeKeyPairs", "ec2", {"keyName": "backdoor"}),
+    ),
+    "ec2_instance_profile_attached": (
+        row("AssociateIamInstanceProfile", "ec2", {"AssociateIamInstanceProfileRequest": {
+            "InstanceId": "i-0abc", "IamInstanceProfile": {"Arn": f"arn:aws:iam::{ACCOUNT}:instance-profile/admin"}}}),
+        row("AssociateIamInstanceProfile", "ec2", {"AssociateIamInstanceProfileRequest": {"InstanceId": "i-0abc"}},
+            **DENIED),
+    ),  # fmt: skip
+    "iam_pass_role_denied": (
+        row("RunInstances", "ec2", {"instanceType": "t3.micro"}, **PASS_ROLE_DENIED),
+        row("RunInstances", "ec2", {"instanceType": "t3.micro"}, **DENIED),
+    ),
+    "iam_password_policy_changed": (
+        row("UpdateAccountPasswordPolicy", "iam", {"minimumPasswordLength": 6, "requireSymbols": False}),
+        row("GetAccountPasswordPolicy", "iam"),
+    ),
+    "s3_bucket_replication_set": (
+        row("PutBucketReplication", "s3", REPLICATION),
+        row("GetBucketReplication", "s3", {"bucketName": "acme-data"}),
+    ),
+    "ebs_snapshot_copied": (
+        row("CopySnapshot", "ec2", {"sourceSnapshotId": "snap-0abc", "sourceRegion": "us-east-1"}),
+        row("CopySnapshot", "ec2", {"sourceSnapshotId": "snap-0abc"}, **DENIED),
+    ),
+    "ebs_snapshot_created": (
+        row("CreateSnapshot", "ec2", {"volumeId": "vol-0abc"}),
+        row("CreateSnapshot", "ec2", {"volumeId": "vol-0abc"},
+            userIdentity={**ROLE, "arn": f"arn:aws:sts::{ACCOUNT}:assumed-role/AWSBackupDefaultServiceRole/AWSBackup-1"}),
+    ),  # fmt: skip
+}
+
+
 CASES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "root_console_login": (login(ROOT, "Success"), login(ROOT, "Failure")),
     "root_activity": (
@@ -600,6 +645,7 @@ CASES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         row("EnableRegion", "account", {"RegionName": "me-central-1"}),
         row("EnableRegion", "account", {"RegionName": "me-central-1"}, **DENIED),
     ),
+    **GUARDDUTY_PARITY_CASES,
 }
 
 

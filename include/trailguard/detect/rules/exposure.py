@@ -289,3 +289,64 @@ def lambda_public_permission(event: Event) -> str | None:
     return f"Lambda function {function} made invocable by anyone by {event.actor()}"
 
 
+
+
+# --- added for GuardDuty parity (issue 16): replication and snapshot copies -----------------------------------
+
+
+def _replication_destinations(event: Event) -> list[tuple[str, str]]:
+    """(bucket ARN, account) of every rule's destination in a PutBucketReplication request."""
+    config = event.params("ReplicationConfiguration") or {}
+    rules = config.get("Rule") if isinstance(config, dict) else None
+    out = []
+    for item in rules if isinstance(rules, list) else [rules]:
+        destination = item.get("Destination") if isinstance(item, dict) else None
+        if isinstance(destination, dict):
+            out.append((str(destination.get("Bucket") or ""), str(destination.get("Account") or "")))
+    return out
+
+
+@rule(
+    "s3_bucket_replication_set", "T1537", 55, "S3 bucket replication configured",
+    "Replication copies every new object to the destination: confirm the destination bucket is yours; to "
+    "another account it is a quiet exfiltration channel.",
+    events=["PutBucketReplication"], sources=["s3"],
+)  # fmt: skip
+def s3_bucket_replication_set(event: Event) -> str | None:
+    if event.failed:
+        return None
+    bucket = short(event.text("requestParameters.bucketName"), 80)
+    targets = _replication_destinations(event)
+    foreign = [(b, a) for b, a in targets if a and a != event.account]
+    where = ", ".join(short(b, 80) + (f" (account {short(a, 20)})" if a else "") for b, a in (foreign or targets))
+    prefix = "to another account: " if foreign else ""
+    return f"Bucket {bucket} now replicates {prefix}{where or 'to an unnamed destination'}; set by {event.actor()}"
+
+
+@rule(
+    "ebs_snapshot_copied", "T1537", 45, "EBS or RDS snapshot copied",
+    "A copy can move a disk to another region or be shared on from there: confirm the copy belongs to a backup "
+    "plan; otherwise delete it and check who else can read it.",
+    events=["CopySnapshot", "CopyDBSnapshot", "CopyDBClusterSnapshot"], sources=["ec2", "rds"],
+)  # fmt: skip
+def ebs_snapshot_copied(event: Event) -> str | None:
+    if event.failed:
+        return None
+    source = event.text("requestParameters.sourceSnapshotId") or event.text(
+        "requestParameters.sourceDBSnapshotIdentifier") or event.text("requestParameters.sourceDBClusterSnapshotIdentifier")
+    region = event.text("requestParameters.sourceRegion")
+    return (f"Snapshot {short(source or '?', 120)} copied{' from ' + short(region, 20) if region else ''} "
+            f"into {short(event.text('awsRegion'), 20) or 'this region'} by {event.actor()}")  # fmt: skip
+
+
+@rule(
+    "ebs_snapshot_created", "T1578.001", 25, "EBS snapshot created by a person",
+    "Backups are made by AWS Backup or automation; a person snapshotting a disk may be about to copy or share "
+    "it: check what the volume holds and what happens to the snapshot next.",
+    events=["CreateSnapshot", "CreateSnapshots"], identity_types=["IAMUser", "Root", "AssumedRole"], sources=["ec2"],
+)  # fmt: skip
+def ebs_snapshot_created(event: Event) -> str | None:
+    if event.failed or event.text("userIdentity.invokedBy") or "AWSBackup" in event.text("userIdentity.arn")[:300]:
+        return None
+    volume = event.text("requestParameters.volumeId") or event.text("requestParameters.instanceSpecification.instanceId")
+    return f"Snapshot of {short(volume or '?', 40)} created by {event.actor()}"

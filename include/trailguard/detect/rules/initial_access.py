@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from collections.abc import Callable, Iterable
 
 import numpy as np
@@ -18,7 +20,7 @@ from trailguard.detect.policy import (
     statements,
 )
 from trailguard.detect.registry import frame_rule, rule
-from trailguard.intel.networks import TOR, VPN, origin_of, snapshot_date
+from trailguard.intel.networks import TOR, VPN, origin_of, parse_ip, snapshot_date
 from trailguard.intel.reputation import configured_lists, matches
 
 
@@ -199,3 +201,72 @@ def vpn_anonymiser_caller(df: pd.DataFrame) -> Iterable[tuple[int, str]]:
         return f"source {short(ip, 40)} is a {short(origin.provider, 40) or 'VPN'} exit (network data of {snapshot_date()})"
 
     return _by_address(df, decide)
+
+
+_TWO_PLACES_WINDOW_S = 3600
+
+
+def _place(ip: str) -> str | None:
+    """A coarse "place" of an address: its /16 (IPv4) or /32 (IPv6); None for private or non-addresses."""
+    address = parse_ip(ip)
+    if address is None or not address.is_global:
+        return None
+    prefix = 16 if address.version == 4 else 32
+    return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False))
+
+
+@frame_rule(
+    "console_login_two_places", "T1078.004", 70, "Console sign-ins of one user from two places at once",
+    "One person cannot be in two networks within the hour: one of the sessions is probably someone else's. "
+    "Ask the user which one is theirs, then end the other session and reset the password.",
+)  # fmt: skip
+def console_login_two_places(df: pd.DataFrame) -> list[tuple[int, str]]:
+    needed = ("eventName", "sourceIPAddress", "eventTime")
+    if any(c not in df for c in needed):
+        return []
+    logins = np.flatnonzero((df["eventName"] == "ConsoleLogin").to_numpy(dtype=bool))
+    if len(logins) < 2:
+        return []
+    sub = df.iloc[logins]
+    outcome = sub["responseElements.ConsoleLogin"] if "responseElements.ConsoleLogin" in sub else None
+    who = sub["userIdentity.arn"] if "userIdentity.arn" in sub else pd.Series(None, index=sub.index)
+    times = pd.to_datetime(sub["eventTime"], utc=True, errors="coerce")
+    seen: dict[str, list[tuple[float, str, str]]] = {}
+    hits = []
+    order = np.argsort(times.to_numpy(), kind="stable")
+    for i in order:
+        if outcome is not None and outcome.iloc[i] != "Success":
+            continue
+        user, ip, moment = who.iloc[i], sub["sourceIPAddress"].iloc[i], times.iloc[i]
+        place = _place(ip) if isinstance(ip, str) else None
+        if not isinstance(user, str) or place is None or pd.isna(moment):
+            continue
+        now = moment.timestamp()
+        earlier = [(t, p, a) for t, p, a in seen.get(user, []) if now - t <= _TWO_PLACES_WINDOW_S and p != place]
+        if earlier:
+            t, _, other = earlier[-1]
+            hits.append((int(logins[i]), f"{short(user)} signed in to the console from {short(ip, 40)} "
+                         f"{int((now - t) // 60)} min after a sign-in from {short(other, 40)}, another network"))  # fmt: skip
+        seen.setdefault(user, []).append((now, place, ip))
+    return hits
+
+
+_PENTEST_AGENT = re.compile(r"kali|parrot|pentoo", re.IGNORECASE)
+
+
+@frame_rule(
+    "pentest_distribution_user_agent", "T1595", 75, "Call from a penetration-testing distribution",
+    "Kali, Parrot and Pentoo are attack toolkits (GuardDuty PenTest:IAMUser/*): unless a sanctioned test runs "
+    "today, treat the credential as stolen.",
+)  # fmt: skip
+def pentest_distribution_user_agent(df: pd.DataFrame) -> list[tuple[int, str]]:
+    if "userAgent" not in df:
+        return []
+    codes, agents = pd.factorize(df["userAgent"])
+    names = [(_PENTEST_AGENT.search(a[:1000]) if isinstance(a, str) else None) for a in agents]
+    if not any(names):
+        return []
+    table = np.array([m.group(0).capitalize() if m else None for m in names] + [None], dtype=object)
+    per_row = table[codes]
+    return [(int(i), f"user agent names {per_row[i]} Linux: {short(str(df['userAgent'].iloc[i]), 100)}")
+            for i in np.flatnonzero(pd.notna(per_row))]  # fmt: skip
