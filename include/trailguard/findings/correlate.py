@@ -206,12 +206,16 @@ class DayFindings:
     """A day's findings. ``table`` has one row per finding (any order); ``code`` maps each scored event
     (the rows of ``events``) to its finding's row in ``table``."""
 
-    events: pd.DataFrame  # the scored events, reset index; plus column "finding"
+    events: pd.DataFrame  # the scored events, reset index; plus columns "finding" and "credential"
     table: pd.DataFrame
 
-    def ranked(self, min_score: float = 0.0) -> pd.DataFrame:
-        """Findings whose lead event scores at least ``min_score``, highest finding score first."""
-        table = self.table[self.table["lead_risk"] >= min_score]
+    def ranked(self, min_score: float = 0.0, suppressed: np.ndarray | None = None) -> pd.DataFrame:
+        """Findings whose lead event scores at least ``min_score``, highest finding score first; rows
+        flagged in ``suppressed`` (per row of ``table``) are left out."""
+        keep = (self.table["lead_risk"] >= min_score).to_numpy(copy=True)
+        if suppressed is not None:
+            keep &= ~suppressed
+        table = self.table[keep]
         return table.sort_values(
             ["score", "first_seen", "finding_id"], ascending=[False, True, True], kind="stable"
         )
@@ -220,6 +224,14 @@ class DayFindings:
         """The events of one finding (by its row in ``table``), in time order."""
         members = self.events[self.events["finding"].to_numpy() == row]
         return members.sort_values(["eventTime", "eventID"], kind="stable")
+
+    def suppressed(self, per_event: np.ndarray) -> np.ndarray:
+        """Per finding: whether every one of its events is suppressed."""
+        if not len(self.table):
+            return np.zeros(0, dtype=bool)
+        codes = self.events["finding"].to_numpy()
+        covered = np.bincount(codes, weights=per_event.astype(float), minlength=len(self.table))
+        return covered >= self.table["count"].to_numpy()
 
     def event_ids(self, row: int, limit: int = MAX_EVENT_IDS) -> list[str]:
         return [str(e) for e in self.members(row)["eventID"].head(limit)]
@@ -239,7 +251,7 @@ def correlate(
             events = pd.concat([events, joined.reset_index(drop=True)], axis=1)
     n = len(events)
     if n == 0:
-        return DayFindings(events.assign(finding=np.zeros(0, dtype=np.int64)), _empty_table())
+        return DayFindings(events.assign(finding=np.zeros(0, dtype=np.int64), credential=""), _empty_table())
 
     credential = credential_of(events)
     source = _text(events, "sourceIPAddress")
@@ -299,7 +311,7 @@ def correlate(
         "tactics": [tuple(tactic_names(int(m))) for m in shown],
         "rule_tactics": distinct.astype(int),
     })  # fmt: skip
-    return DayFindings(events.assign(finding=code), table)
+    return DayFindings(events.assign(finding=code, credential=credential.to_numpy()), table)
 
 
 def _tactic_masks(events: pd.DataFrame, risk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

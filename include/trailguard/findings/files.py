@@ -24,6 +24,7 @@ FINDINGS_FILE = "findings.json"
 MAX_FINDINGS = 1000
 CHAIN_EVENTS = 30  # events listed in a finding's chain (its strongest, shown in time order)
 TEXT_LIMIT = 300
+MAX_ACTIONS = 200  # distinct eventNames listed per finding
 FINDING_ID = re.compile(r"F-[0-9a-f]{16}")
 _CHAIN_COLUMNS = ("eventID", "eventTime", "eventName", "eventSource", "errorCode", "risk_score", "awsRegion",
                   "attack_technique")  # fmt: skip
@@ -56,11 +57,11 @@ def _chain(members: pd.DataFrame) -> list[dict[str, Any]]:
 
 def findings_document(
     day_text: str, day: DayFindings, *, min_score: float = 0.0, limit: int = MAX_FINDINGS,
-    extra: dict[str, dict[str, Any]] | None = None,
+    extra: dict[str, dict[str, Any]] | None = None, suppressed: Any = None,
 ) -> dict[str, Any]:  # fmt: skip
     """The day's findings as JSON-ready data, highest score first; ``extra`` adds per-finding panels
     (finding id -> fields, e.g. the "usual vs now" panel)."""
-    ranked = day.ranked(min_score=min_score)
+    ranked = day.ranked(min_score=min_score, suppressed=suppressed)
     records = []
     for rank, (row, finding) in enumerate(ranked.head(limit).iterrows(), start=1):
         members = day.members(row)
@@ -82,6 +83,9 @@ def findings_document(
             "first_seen": _iso(finding["first_seen"]),
             "last_seen": _iso(finding["last_seen"]),
             "tactics": list(finding["tactics"]),
+            "actions": sorted({str(n) for n in members["eventName"].dropna().unique()})[:MAX_ACTIONS]
+            if "eventName" in members
+            else [],
             "event_ids": ids,
             "event_ids_truncated": len(ids) < int(finding["count"]),
             "chain": _chain(members),
@@ -93,6 +97,7 @@ def findings_document(
         "findings_total": int(len(day.table)),
         "findings_listed": len(records),
         "min_score": float(min_score),
+        "suppressed": 0 if suppressed is None else int(suppressed.sum()),
         "findings": records,
     }
 

@@ -23,7 +23,7 @@ import re
 import shlex
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from numbers import Number
 from typing import Any
 
@@ -33,6 +33,7 @@ import pandas as pd
 from trailguard.findings.baseline import panel_lines, panels_for
 from trailguard.findings.correlate import DayFindings, correlate, read_identities
 from trailguard.findings.files import findings_document, write_findings
+from trailguard.findings.suppress import Suppression, active_suppressions, suppressed_events
 from trailguard.store.events import EventStore, write_bytes_atomic
 from trailguard.store.events import day_text as _day_text
 from trailguard.store.fs import DataPath, as_path, parquet_schema, read_parquet, visible_files
@@ -185,17 +186,30 @@ class Findings:
     total: int
     high_risk: int
     day: DayFindings | None = None
+    suppressed: np.ndarray | None = None  # per finding of ``day.table``
+
+    @property
+    def suppressed_count(self) -> int:
+        return 0 if self.suppressed is None else int(self.suppressed.sum())
 
 
 def rank_findings(
-    scores: pd.DataFrame, *, top_k: int, min_score: float = 0.0, identities: pd.DataFrame | None = None
+    scores: pd.DataFrame,
+    *,
+    top_k: int,
+    min_score: float = 0.0,
+    identities: pd.DataFrame | None = None,
+    suppressions: list[Suppression] | None = None,
 ) -> Findings:
     """Correlate the day's events into findings (:mod:`trailguard.findings.correlate`: one credential's
     chain from one source, a burst included) and keep the top K by finding score, each as its lead event
     with the finding's ``count``, ``first_seen``, ``last_seen``, ``finding_id``, ``finding_score``,
-    ``tactics`` and ``event_ids``. Only findings whose lead event scores at least ``min_score`` count."""
+    ``tactics`` and ``event_ids``. Only findings whose lead event scores at least ``min_score`` count;
+    findings an analyst suppressed (every event matches ``suppressions``) are left out and counted."""
     day = correlate(scores, identities=identities)
-    ranked = day.ranked(min_score=min_score)
+    per_event = suppressed_events(day.events, day.events["credential"], suppressions or [])
+    suppressed = day.suppressed(per_event)
+    ranked = day.ranked(min_score=min_score, suppressed=suppressed)
     chosen = ranked.head(top_k)
     events = day.events
     top = events.iloc[chosen["lead"].to_numpy()].copy()
@@ -207,8 +221,9 @@ def rank_findings(
     top["finding_score"] = chosen["score"].to_numpy()
     top["tactics"] = [",".join(t) for t in chosen["tactics"]]
     top["event_ids"] = [" ".join(day.event_ids(row)) for row in chosen.index]
-    high = int((day.table["lead_risk"] >= HIGH_RISK).sum())
-    return Findings(top=top.reset_index(drop=True), total=len(day.table), high_risk=high, day=day)
+    high = int(((day.table["lead_risk"] >= HIGH_RISK).to_numpy() & ~suppressed).sum())
+    return Findings(top=top.reset_index(drop=True), total=len(day.table), high_risk=high, day=day,
+                    suppressed=suppressed)  # fmt: skip
 
 
 def group_id(row: Mapping[str, Any]) -> str:
@@ -254,6 +269,7 @@ def _summary(
         "events_scored": int(risk.notna().sum()),
         "events_unscored": int(risk.isna().sum()),
         "findings": findings.total,
+        "suppressed": findings.suppressed_count,
         "reported": int(len(top)),
         "top_k": int(top_k),
         "min_score": float(min_score),
@@ -486,6 +502,7 @@ class Report:
             out += [f"      - {reason}" for reason in _reasons(row.get("reasons"))]
             out.append("")
         out += ["How to give feedback:", *(f"  {line}" for line in _feedback_lines(self)), ""]
+        out.append(f"suppressed: {int(self.summary.get('suppressed', 0))} (findings an analyst marked benign)")
         out.append(f"Files: {self.folder}")
         return "\n".join(out) + "\n"
 
@@ -521,7 +538,10 @@ def build_report(
     if unscored:
         log.warning("%s: %d events have no risk score; they are counted but not ranked", day_text, unscored)
     identities = _identities(data_root, day_text)
-    findings = rank_findings(scores, top_k=top_k, min_score=min_score, identities=identities)
+    end_of_day = datetime.fromisoformat(day_text).replace(tzinfo=timezone.utc) + timedelta(days=1)
+    suppressions = active_suppressions(data_root, end_of_day)
+    findings = rank_findings(scores, top_k=top_k, min_score=min_score, identities=identities,
+                             suppressions=suppressions)  # fmt: skip
     top = _top_frame(findings.top)
     usual = _usual(data_root, day_text, findings, identities is not None)
     quality, quality_page = _quality(data_root, day_text)
@@ -547,7 +567,10 @@ def build_report(
     write_bytes_atomic(report.render_html().encode("utf-8"), report.html_path)
     if findings.day is not None:
         usual_extra = {key: {"usual": value} for key, value in usual.items()}
-        write_findings(data_root, findings_document(day_text, findings.day, min_score=min_score, extra=usual_extra))
+        document = findings_document(
+            day_text, findings.day, min_score=min_score, extra=usual_extra, suppressed=findings.suppressed
+        )
+        write_findings(data_root, document)
     log.info("%s: report of %d findings written to %s", day_text, len(top), report.folder)
     return report
 
