@@ -85,3 +85,28 @@ def test_no_history_says_so():
     )
     assert result["baseline"]["events"] == 0
     assert panel_lines(result)[0] == "no history for this principal in the last 30 days"
+
+
+def test_a_sensitive_first_call_from_a_new_network_raises_the_finding():
+    from trailguard.findings.baseline import behaviour_findings
+    from trailguard.findings.correlate import correlate
+
+    def scored(event_id: str, principal: str, name: str, source: str, asn: str, ip: str, error=None) -> dict:
+        return {"eventID": event_id, "eventTime": datetime(2026, 11, 20, 3, tzinfo=timezone.utc), "risk_score": 30.0,
+                "principal": principal, "eventName": name, "eventSource": source, "asn": asn, "sourceIPAddress": ip,
+                "errorCode": error}  # fmt: skip
+
+    frame = pd.DataFrame([
+        scored("new", ALICE, "CreateAccessKey", "iam.amazonaws.com", "M247", "192.0.2.1"),  # first use, new network
+        scored("usual-net", ALICE, "CreateAccessKey", "iam.amazonaws.com", "AMAZON-02", "192.0.2.2"),  # known network
+        scored("known-api", ALICE, "DescribeInstances", "ec2.amazonaws.com", "M247", "192.0.2.3"),  # not sensitive
+        scored("denied", ALICE, "CreateUser", "iam.amazonaws.com", "M247", "192.0.2.4", error="AccessDenied"),
+        scored("no-history", "arn:aws:iam::111122223333:user/zed", "CreateUser", "iam.amazonaws.com", "M247", "192.0.2.5"),
+        scored("role", ROLE + "i-0ccc", "PutRolePolicy", "iam.amazonaws.com", "M247", "192.0.2.6"),  # judged by its role
+    ])  # fmt: skip
+    day = correlate(frame)
+    found = behaviour_findings(day, HISTORY, 30)
+    flagged = {day.table.loc[row, "lead_event_id"] for row in found}
+    assert flagged == {"new", "role"}
+    reason = next(r for row, r in found.items() if day.table.loc[row, "lead_event_id"] == "new")
+    assert reason == "first CreateAccessKey by alice from a network it never used (M247) in 30 days"

@@ -202,19 +202,21 @@ def _short(value: Any, limit: int) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
-def panels_for(
-    store: Any, day_text: str, day: Any, finding_rows: Iterable[int], *, history_days: int = 30
-) -> dict[str, dict[str, Any]]:
-    """Panels of the given findings (rows of ``day.table``), keyed by finding id; {} without history."""
+def load_day_history(store: Any, day_text: str, history_days: int = 30) -> Any:
+    """The history before the day (per-day profiles), None when it cannot be read."""
     from trailguard.model.features import load_history
 
-    finding_rows = list(finding_rows)
-    if not finding_rows:
-        return {}
     try:
-        history = load_history(store, day_text, history_days)
+        return load_history(store, day_text, history_days)
     except (OSError, ValueError) as exc:
         log.warning("%s: no history for the usual-vs-now panels (%s)", day_text, exc)
+        return None
+
+
+def panels_for(day: Any, finding_rows: Iterable[int], history: Any) -> dict[str, dict[str, Any]]:
+    """Panels of the given findings (rows of ``day.table``), keyed by finding id; {} without history."""
+    finding_rows = list(finding_rows)
+    if not finding_rows or history is None:
         return {}
     members = {row: day.members(row) for row in finding_rows}
     principals = {row: _principal(members[row], day.table.loc[row, "credential"]) for row in finding_rows}
@@ -237,3 +239,60 @@ def _principal(members: pd.DataFrame, credential: str) -> str:
         arns = values[values.str.startswith("arn:")]
         return str((arns if len(arns) else values).mode().iloc[0])
     return credential
+
+
+# -- behaviour that raises findings -------------------------------------------------------------------------
+NOVEL_SENSITIVE = 15.0  # added to a finding's score (see trailguard.findings.correlate)
+_SENSITIVE_SOURCES = ("iam.amazonaws.com", "sts.amazonaws.com", "kms.amazonaws.com", "cloudtrail.amazonaws.com",
+                      "logs.amazonaws.com", "config.amazonaws.com", "guardduty.amazonaws.com",
+                      "securityhub.amazonaws.com", "access-analyzer.amazonaws.com", "organizations.amazonaws.com")  # fmt: skip
+_WRITE_VERBS = ("Create", "Put", "Attach", "Update", "Delete", "Add", "Remove", "Detach", "Set", "Upload", "Change",
+                "Deactivate", "Disable", "Stop", "Schedule", "Import", "Enable", "Tag", "Untag", "Reset")  # fmt: skip
+_SECRET_CALLS = frozenset({"GetSecretValue", "BatchGetSecretValue", "PutSecretValue", "DeleteSecret", "GetParameter",
+                           "GetParameters", "GetParametersByPath", "GetPasswordData", "CreateKeyPair", "ImportKeyPair"})  # fmt: skip
+
+
+def sensitive_calls(events: pd.DataFrame) -> pd.Series:
+    """Whether each call is sensitive: an IAM, key, logging or security-service write, or a secret read."""
+    names = events["eventName"].astype(object).where(events["eventName"].notna(), "").astype(str)
+    sources = events["eventSource"] if "eventSource" in events else pd.Series("", index=events.index)
+    write = names.str.startswith(_WRITE_VERBS) & sources.isin(_SENSITIVE_SOURCES)
+    failed = (
+        events["errorCode"].notna() & (events["errorCode"].astype(object) != "")
+        if "errorCode" in events
+        else False
+    )
+    return (write | names.isin(_SECRET_CALLS)) & ~failed
+
+
+def behaviour_findings(day: Any, profile: pa.Table, days: int) -> dict[int, str]:
+    """Findings (rows of ``day.table``) in which a principal with a history made a sensitive call it never
+    made before, from a network (ASN) it never used: GuardDuty's anomalous-behaviour idea as a detection.
+    A role session without history of its own is judged against its role. Returns row -> reason."""
+    events = day.events
+    if profile.num_rows == 0 or not len(events) or "eventName" not in events:
+        return {}
+    hits = events[sensitive_calls(events).to_numpy()]
+    if hits.empty:
+        return {}
+    principals = hits["principal"].astype(str) if "principal" in hits else hits["credential"].astype(str)
+    baseline = load_baseline(profile, principals.unique(), days)
+    rows = baseline.rows
+    found: dict[int, str] = {}
+    for principal, group in hits.groupby(principals, sort=False):
+        own = rows[rows["principal"] == principal]
+        role = role_of(principal)
+        if role and own[own["dim"] == EVENTS_DIM]["count"].sum() == 0:
+            own = rows[rows["principal"].str.startswith(role)]
+        if own[own["dim"] == EVENTS_DIM]["count"].sum() == 0:
+            continue  # no history: "new" means nothing yet
+        apis = set(own.loc[own["dim"] == "event_name", "value"])
+        networks = set(own.loc[own["dim"] == "asn", "value"])
+        for event in group.itertuples():
+            name, asn = str(event.eventName), str(getattr(event, "asn", "") or "")
+            if name in apis or not asn or asn in networks:
+                continue
+            finding = int(event.finding)
+            found.setdefault(finding, f"first {name} by {_short(principal.rpartition('/')[2] or principal, 60)} "
+                                      f"from a network it never used ({_short(asn, 40)}) in {days} days")  # fmt: skip
+    return found

@@ -34,6 +34,11 @@ backed by a rule's technique, ``a1`` the lead event's anomaly score (0-1, 0 when
   strong event: the follow-up term halves with each further event and is at most 2 x FOLLOW = 20;
 * a chain across tactics (sign-in, enumeration, persistence, evasion) gains 4 per further tactic;
 * the lead's anomaly score, continuous, separates findings with equal evidence (two lone events at 100).
+
+When the history is at hand (the daily report), a finding gains ``NOVEL_SENSITIVE`` = 15 more when its
+principal (or, for a new role session, its role) made a sensitive call (an IAM, key, logging or
+security-service write, a secret read) it never made before, from a network (ASN) it never used
+(:func:`trailguard.findings.baseline.behaviour_findings`): novelty becomes a detection, not only a feature.
 """
 
 from __future__ import annotations

@@ -30,7 +30,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from trailguard.findings.baseline import panel_lines, panels_for
+from trailguard.findings.baseline import (
+    NOVEL_SENSITIVE,
+    behaviour_findings,
+    load_day_history,
+    panel_lines,
+    panels_for,
+)
 from trailguard.findings.correlate import DayFindings, correlate, read_identities
 from trailguard.findings.files import findings_document, write_findings
 from trailguard.findings.suppress import Suppression, active_suppressions, suppressed_events
@@ -200,6 +206,7 @@ def rank_findings(
     min_score: float = 0.0,
     identities: pd.DataFrame | None = None,
     suppressions: list[Suppression] | None = None,
+    history: Any = None,
 ) -> Findings:
     """Correlate the day's events into findings (:mod:`trailguard.findings.correlate`: one credential's
     chain from one source, a burst included) and keep the top K by finding score, each as its lead event
@@ -207,6 +214,12 @@ def rank_findings(
     ``tactics`` and ``event_ids``. Only findings whose lead event scores at least ``min_score`` count;
     findings an analyst suppressed (every event matches ``suppressions``) are left out and counted."""
     day = correlate(scores, identities=identities)
+    if history is not None:
+        behaviour = behaviour_findings(day, history.profile, len(history.days))
+        rows = np.array(sorted(behaviour), dtype=np.int64)
+        if len(rows):
+            day.table.loc[rows, "score"] += NOVEL_SENSITIVE
+            day.table["behaviour"] = pd.Series(behaviour, dtype=object).reindex(day.table.index)
     per_event = suppressed_events(day.events, day.events["credential"], suppressions or [])
     suppressed = day.suppressed(per_event)
     ranked = day.ranked(min_score=min_score, suppressed=suppressed)
@@ -220,6 +233,10 @@ def rank_findings(
     top["finding_id"] = chosen["finding_id"].to_numpy()
     top["finding_score"] = chosen["score"].to_numpy()
     top["tactics"] = [",".join(t) for t in chosen["tactics"]]
+    if "behaviour" in chosen:  # the finding-level detection leads the reasons
+        notes = chosen["behaviour"].to_numpy()
+        top["reasons"] = [r if not isinstance(n, str) else f"{n}; {r}" if isinstance(r, str) and r else n
+                          for n, r in zip(notes, top["reasons"].to_numpy(), strict=True)]  # fmt: skip
     top["event_ids"] = [" ".join(day.event_ids(row)) for row in chosen.index]
     high = int(((day.table["lead_risk"] >= HIGH_RISK).to_numpy() & ~suppressed).sum())
     return Findings(top=top.reset_index(drop=True), total=len(day.table), high_risk=high, day=day,
@@ -538,12 +555,13 @@ def build_report(
     if unscored:
         log.warning("%s: %d events have no risk score; they are counted but not ranked", day_text, unscored)
     identities = _identities(data_root, day_text)
+    history = load_day_history(EventStore(data_root), day_text) if identities is not None else None
     end_of_day = datetime.fromisoformat(day_text).replace(tzinfo=timezone.utc) + timedelta(days=1)
     suppressions = active_suppressions(data_root, end_of_day)
     findings = rank_findings(scores, top_k=top_k, min_score=min_score, identities=identities,
-                             suppressions=suppressions)  # fmt: skip
+                             suppressions=suppressions, history=history)  # fmt: skip
     top = _top_frame(findings.top)
-    usual = _usual(data_root, day_text, findings, identities is not None)
+    usual = _usual(findings, history)
     quality, quality_page = _quality(data_root, day_text)
     report = Report(
         day=day_text,
@@ -584,12 +602,12 @@ def _identities(data_root: DataPath, day_text: str) -> pd.DataFrame | None:
     return read_identities(store, day_text)
 
 
-def _usual(data_root: DataPath, day_text: str, findings: Findings, has_events: bool) -> dict[str, Any]:
+def _usual(findings: Findings, history: Any) -> dict[str, Any]:
     """The usual-vs-now panels of the reported findings, from the stored history (none without events)."""
-    if findings.day is None or not has_events or findings.top.empty:
+    if findings.day is None or history is None or findings.top.empty:
         return {}
     rows = findings.day.table.index[findings.day.table["finding_id"].isin(findings.top["finding_id"])]
-    return panels_for(EventStore(data_root), day_text, findings.day, rows)
+    return panels_for(findings.day, rows, history)
 
 
 def load_report(data_root: DataPath | str, day: date | str) -> Report:
