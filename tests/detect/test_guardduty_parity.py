@@ -11,9 +11,19 @@ import pandas as pd
 import pytest
 from trailguard.detect import guardduty
 from trailguard.detect.engine import all_detections, label_events
+from trailguard.detect.samples import ACCOUNT, ALICE, ROOT, call
+from trailguard.detect.samples import login as login_record
+from trailguard.ingest import normalise
 from trailguard.intel import reputation
 
-from tests.detect.test_detections import ACCOUNT, ALICE, CASES, ROOT, login, row
+
+def row(name: str, source: str, params: Any = None, **fields: Any) -> dict[str, Any]:
+    """A normalised record, as the rules see it in production."""
+    return normalise.normalise(call(name, source, params, **fields), "test")
+
+
+def login(identity: dict[str, Any], result: str, mfa: str = "No") -> dict[str, Any]:
+    return normalise.normalise(login_record(identity, result, mfa), "test")
 
 INSTANCE = {"type": "AssumedRole", "arn": f"arn:aws:sts::{ACCOUNT}:assumed-role/web/i-0382ede3231f87fc1",
             "accountId": ACCOUNT, "principalId": "AROAEXAMPLE:i-0382ede3231f87fc1"}  # fmt: skip
@@ -51,8 +61,12 @@ def deletions(n: int) -> list[dict[str, Any]]:
 
 
 def case(rule_id: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str]:
-    positive, near = CASES[rule_id]
-    return [positive], [near], rule_id
+    """The rule's own first firing case and first near miss from the catalogue."""
+    detection = next(d for d in all_detections() if d.rule_id == rule_id)
+    positive = next(c for c in detection.cases if c.fires)
+    near = next(c for c in detection.cases if not c.fires)
+    normal = [normalise.normalise(dict(r), "test") for r in positive.records]
+    return normal, [normalise.normalise(dict(r), "test") for r in near.records], rule_id
 
 
 def two_logins(ip: str) -> list[dict[str, Any]]:

@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 
 import trailguard.detect.rules  # noqa: F401  (registers every rule)
-from trailguard.detect.event import UNIQUE_FIELDS, Detection, Event, short
-from trailguard.detect.registry import FRAME_REGISTERED, REGISTERED, FrameRule, Rule
+from trailguard.detect.event import UNIQUE_FIELDS, Event, short
+from trailguard.detect.registry import FRAME_REGISTERED, REGISTERED, Detection, FrameRule, Rule
 from trailguard.detect.window import WINDOW_RULES, column_of, isin, window_hits
 from trailguard.store.schema import EVENT_COLUMNS
 
@@ -175,7 +175,7 @@ def label_events(df: pd.DataFrame, rows: np.ndarray | None = None) -> pd.DataFra
     per_event = len(hits)
     for rule in WINDOW_RULES:
         hits.extend(hit for hit in window_hits(df, rule) if wanted[hit[0]])
-    hits.extend(hit for hit in _frame_hits(df) if wanted[hit[0]])
+    hits.extend(hit for hit in frame_hits(df) if wanted[hit[0]])
 
     scores = np.zeros(n, dtype=np.int64)
     reasons = np.full(n, "", dtype=object)
@@ -209,12 +209,12 @@ def label_events(df: pd.DataFrame, rows: np.ndarray | None = None) -> pd.DataFra
     return out
 
 
-def _frame_hits(df: pd.DataFrame) -> list[tuple[int, Detection, str]]:
+def frame_hits(df: pd.DataFrame, rules: tuple[FrameRule, ...] | None = None) -> list[tuple[int, Detection, str]]:
     """The frame rules' hits; a rule that raises is logged and skipped, as a per-event rule is."""
     hits: list[tuple[int, Detection, str]] = []
     if not len(df):
         return hits
-    for rule in FRAME_RULES:
+    for rule in FRAME_RULES if rules is None else rules:
         try:
             hits.extend((int(position), rule.detection, reason) for position, reason in rule.check(df))
         except Exception:
