@@ -242,7 +242,12 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_rules(args: argparse.Namespace, settings: Settings) -> int:
     from trailguard.detect.catalogue import render_markdown, render_text
 
-    text = render_markdown() if args.format == "markdown" else render_text()
+    if args.guardduty:
+        from trailguard.detect import guardduty
+
+        text = guardduty.markdown() if args.format == "markdown" else "\n".join(guardduty.text_lines()) + "\n"
+    else:
+        text = render_markdown() if args.format == "markdown" else render_text()
     if args.out is None:
         sys.stdout.write(text)
         return 0
@@ -410,6 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--format", choices=["text", "markdown"], default="text", help="text table (default) or markdown")
     p.add_argument("--out", type=Path, default=None, help="write to this file instead of standard output")
+    p.add_argument("--guardduty", action="store_true",
+                   help="the GuardDuty parity table instead: each CloudTrail-based GuardDuty finding type, what covers "
+                   "it here (covered / partial / not coverable) and why")  # fmt: skip
     p.set_defaults(func=cmd_rules)
     return parser
 

@@ -182,3 +182,14 @@ def test_attack_sequence_compromised_credentials_is_one_finding():
     apart = [{**e, "userIdentity.arn": f"arn:aws:iam::{ACCOUNT}:user/u{i}"} for i, e in enumerate(chain)]
     assert len(correlate(scored(apart, [75, 80, 90])).table) == 3
     json.dumps(guardduty.markdown())
+
+
+def test_rules_guardduty_command(capsys):
+    from trailguard import cli
+
+    assert cli.main(["rules", "--guardduty"]) == 0
+    out = capsys.readouterr().out
+    assert "UnauthorizedAccess:IAMUser/InstanceCredentialExfiltration.OutsideAWS" in out
+    assert out.rstrip().endswith("31 finding types: 25 covered, 5 partial, 1 not coverable")
+    assert cli.main(["rules", "--guardduty", "--format", "markdown"]) == 0
+    assert capsys.readouterr().out == guardduty.markdown()
