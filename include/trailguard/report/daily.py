@@ -731,6 +731,12 @@ def _feedback_lines(report: Report) -> list[str]:
         f"From a shell: trailguard label {shlex.quote(clean_text(example, FIELD_LIMITS['eventID']))} SCORE "
         "--verdict benign --note 'why'"
     )
+    finding = report.top_events["finding_id"].iloc[0] if len(report.top_events) else None
+    if isinstance(finding, str) and finding:
+        lines.append(
+            f"A whole finding: trailguard label {shlex.quote(clean_text(finding, 40))} SCORE --verdict benign "
+            "--note 'why' (benign with a note also hides the same pattern for 30 days)"
+        )
     return lines
 
 
@@ -769,7 +775,11 @@ def _html_rows(report: Report, new: frozenset[str]) -> list[dict[str, Any]]:
         technique = clean_text(row.get("attack_technique"), 40)
         rows.append({
             "rank": int(row["rank"]),
-            "score": f"{score:.1f}",
+            "score": _finding_score(row),
+            "lead_risk": f"{score:.1f}",
+            "finding_id": clean_text(row.get("finding_id"), 40),
+            "tactics": tactics_text(row.get("tactics")),
+            "usual": [clean_text(line, 600) for line in panel_lines(report.usual.get(str(row.get("finding_id")), {}))],
             "badge_bg": background,
             "badge_fg": colour,
             "new": row.get("group_id") in new,
@@ -852,6 +862,7 @@ def _html_context(
             for m in report.models
         ],
         "feedback": feedback,
+        "suppressed": int(s.get("suppressed", 0)),
         "folder": str(report.folder),
     }  # fmt: skip
 
@@ -890,8 +901,8 @@ _TEMPLATE = """\
 </td></tr>
 <tr><td style="padding:4px 24px 8px 24px;"><img src="{{ image_src }}" alt="Risk score of the day's events by hour; high-risk events in red" width="900" style="display:block;width:100%;max-width:900px;height:auto;border:0;"></td></tr>
 <tr><td style="padding:8px 24px;">
-  <div style="font-size:17px;font-weight:600;margin:0 0 4px 0;">Top {{ rows|length }} events</div>
-  <div style="font-size:12px;color:#6b7280;margin:0 0 8px 0;">Highest risk first; repeats of the same call by the same principal from the same address are grouped (count). Top {{ top_k }}, minimum score {{ min_score }}.</div>
+  <div style="font-size:17px;font-weight:600;margin:0 0 4px 0;">Top {{ rows|length }} findings</div>
+  <div style="font-size:12px;color:#6b7280;margin:0 0 8px 0;">A finding is one credential's events from one source address (a burst, an attack chain, a session); highest finding score first (it grows with each further piece of evidence and tactic, so it can pass 100). The event shown is the finding's lead event. Top {{ top_k }}, minimum score {{ min_score }}.</div>
   {% if rows %}<table width="100%" cellpadding="0" cellspacing="0" border="0" style="border-collapse:collapse;font-size:13px;">
   <tr style="background:#f9fafb;">
     <th align="left" style="padding:6px;border-bottom:2px solid #e5e7eb;">#</th>
@@ -905,7 +916,8 @@ _TEMPLATE = """\
     <td valign="top" style="padding:8px 6px;border-bottom:1px solid #e5e7eb;color:#6b7280;">{{ r.rank }}</td>
     <td valign="top" style="padding:8px 6px;border-bottom:1px solid #e5e7eb;white-space:nowrap;">
       <span style="display:inline-block;min-width:38px;text-align:center;padding:2px 6px;border-radius:10px;font-weight:700;background:{{ r.badge_bg }};color:{{ r.badge_fg }};">{{ r.score }}</span>
-      {% if r.count > 1 %}<div style="font-size:11px;color:#6b7280;margin-top:3px;">&times;{{ r.count }}</div>{% endif %}
+      <div style="font-size:11px;color:#6b7280;margin-top:3px;">lead {{ r.lead_risk }}</div>
+      {% if r.count > 1 %}<div style="font-size:11px;color:#6b7280;">{{ r.count }} events</div>{% endif %}
       {% if r.new %}<div style="font-size:10px;font-weight:700;color:#c2410c;margin-top:3px;">NEW</div>{% endif %}
     </td>
     <td valign="top" style="padding:8px 6px;border-bottom:1px solid #e5e7eb;word-break:break-all;">
@@ -914,6 +926,8 @@ _TEMPLATE = """\
       {% if r.error %}<div style="font-size:12px;color:#b91c1c;">{{ r.error }}</div>{% endif %}
       <div style="font-size:11px;color:#6b7280;">{{ r.when }}</div>
       <div style="font-size:11px;color:#9ca3af;font-family:Menlo,Consolas,monospace;">{{ r.event_id }}</div>
+      {% if r.finding_id %}<div style="font-size:11px;color:#6b7280;font-family:Menlo,Consolas,monospace;">finding {{ r.finding_id }}</div>{% endif %}
+      {% if r.tactics %}<div style="font-size:11px;color:#7c2d12;">{{ r.tactics }}</div>{% endif %}
     </td>
     <td valign="top" style="padding:8px 6px;border-bottom:1px solid #e5e7eb;word-break:break-all;">
       <div style="font-family:Menlo,Consolas,monospace;font-size:12px;">{{ r.principal }}</div>
@@ -924,6 +938,8 @@ _TEMPLATE = """\
     <td valign="top" style="padding:8px 6px;border-bottom:1px solid #e5e7eb;white-space:nowrap;">{% if r.technique_url %}<a href="{{ r.technique_url }}" style="color:#1d4ed8;">{{ r.technique }}</a>{% elif r.technique %}{{ r.technique }}{% else %}<span style="color:#9ca3af;">-</span>{% endif %}</td>
     <td valign="top" style="padding:8px 6px;border-bottom:1px solid #e5e7eb;word-break:break-word;">
       {% if r.reasons %}<ul style="margin:0;padding:0 0 0 16px;">{% for reason in r.reasons %}<li>{{ reason }}</li>{% endfor %}</ul>{% else %}<span style="color:#9ca3af;">-</span>{% endif %}
+      {% if r.usual %}<div style="font-size:11px;font-weight:600;color:#374151;margin-top:6px;">Usual vs now</div>
+      <ul style="margin:0;padding:0 0 0 16px;font-size:11px;color:#4b5563;">{% for line in r.usual %}<li>{{ line }}</li>{% endfor %}</ul>{% endif %}
     </td>
   </tr>{% endfor %}
   </table>{% else %}<p style="color:#6b7280;">No events at or above the minimum score.</p>{% endif %}
@@ -952,6 +968,7 @@ _TEMPLATE = """\
 <tr><td style="padding:12px 24px 18px 24px;background:#f9fafb;border-top:1px solid #e5e7eb;">
   <div style="font-weight:600;margin-bottom:4px;">Was a score wrong? Tell TrailGuard</div>
   {% for pieces in feedback %}<div style="font-size:13px;color:#374151;margin-bottom:4px;">{% for text, url in pieces %}{% if url %}<a href="{{ url }}" style="color:#1d4ed8;">{{ text }}</a>{% else %}{{ text }}{% endif %}{% endfor %}</div>{% endfor %}
+  <div style="font-size:12px;color:#4b5563;margin-top:8px;">suppressed: {{ suppressed }} (findings an analyst marked benign, hidden until their suppression ends)</div>
   <div style="font-size:11px;color:#9ca3af;margin-top:8px;">Every value above comes from CloudTrail records and is shown as text; long values end in &ldquo;&hellip;[truncated]&rdquo;. Report files: {{ folder }}</div>
 </td></tr>
 </table></td></tr></table>
