@@ -77,6 +77,9 @@ def test_a_label_by_finding_id_reaches_every_event_and_suppresses_the_pattern(ro
     assert not reported & {f"c-{i}" for i in range(12)}  # suppressed
     assert {f"d-{i}" for i in range(12)} <= reported and "e-1" in reported and "x-1" in reported
     assert report.summary["suppressed"] == 1 and "suppressed: 1" in report.text()
+    html = (root / "reports" / day2 / "report.html").read_text()
+    assert "suppressed: 1 (findings an analyst marked benign" in html
+    assert f"finding {report.top_events['finding_id'].iloc[0]}" in html and "Top 3 findings" in html
     document = json.loads((root / "reports" / day2 / "findings.json").read_text())
     assert document["suppressed"] == 1
 
