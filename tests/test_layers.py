@@ -15,6 +15,7 @@ LAYERS = {
     "store": 0,
     "ingest": 1,
     "intel": 1,  # where an address is, threat lists: beside ingest, below detect
+    "integrity": 1.5,  # digest validation: reads store and ingest; quality and report show its results
     "quality": 2,
     "detect": 2,
     "model": 3,
