@@ -42,6 +42,8 @@ def sample_threat_list(tmp_path_factory: pytest.TempPathFactory, monkeypatch: py
     reputation.load_lists.cache_clear()
     yield
     reputation.load_lists.cache_clear()
+
+
 CASES = [(d, case) for d in catalogue() for case in d.cases]
 
 
@@ -99,7 +101,9 @@ def test_detection_record_is_complete(detection: Detection) -> None:
 
 def test_catalogue_ids_are_unique() -> None:
     ids = [d.rule_id for d in catalogue()]
-    assert len(ids) == len(set(ids)) and len(ids) == 74 + 6 + 8 + 8  # + issue 16: 8 per-event and 8 frame rules
+    assert (
+        len(ids) == len(set(ids)) and len(ids) == 74 + 6 + 8 + 8
+    )  # + issue 16: 8 per-event and 8 frame rules
 
 
 def test_docs_detections_md_is_current() -> None:

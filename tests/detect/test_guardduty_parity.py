@@ -25,6 +25,7 @@ def row(name: str, source: str, params: Any = None, **fields: Any) -> dict[str, 
 def login(identity: dict[str, Any], result: str, mfa: str = "No") -> dict[str, Any]:
     return normalise.normalise(login_record(identity, result, mfa), "test")
 
+
 INSTANCE = {"type": "AssumedRole", "arn": f"arn:aws:sts::{ACCOUNT}:assumed-role/web/i-0382ede3231f87fc1",
             "accountId": ACCOUNT, "principalId": "AROAEXAMPLE:i-0382ede3231f87fc1"}  # fmt: skip
 SUCCESS = {

@@ -213,7 +213,9 @@ def test_burst_is_one_row_with_count_and_top_k_in_rank_order(built):
     top = report.top_events
     assert list(top["rank"]) == list(range(1, 13))
     assert list(top["finding_score"]) == sorted(top["finding_score"], reverse=True)
-    assert (top["finding_score"] >= top["risk_score"]).all() and top["finding_id"].str.fullmatch(r"F-[0-9a-f]{16}").all()
+    assert (top["finding_score"] >= top["risk_score"]).all() and top["finding_id"].str.fullmatch(
+        r"F-[0-9a-f]{16}"
+    ).all()
     assert top["eventID"].tolist()[:3] == ["crlf-1", "stop-1", "login-1"]
     burst = top[top["eventName"] == "ListSecrets"]
     assert len(burst) == 1
@@ -240,17 +242,29 @@ def test_min_score_filters_groups(tmp_path):
 def test_files_written_and_csv_neutralised(built):
     root, report = built
     folder = root / "reports" / DAY
-    assert {p.name for p in folder.iterdir()} == {"report.html", "top_events.csv", "report.json", "chart.png",
-                                                  "findings.json"}
+    assert {p.name for p in folder.iterdir()} == {
+        "report.html",
+        "top_events.csv",
+        "report.json",
+        "chart.png",
+        "findings.json",
+    }
     with (folder / "top_events.csv").open(newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     assert tuple(rows[0].keys()) == CSV_COLUMNS
     assert [r["eventID"] for r in rows] == report.top_events["eventID"].tolist()
     assert [int(r["rank"]) for r in rows] == list(range(1, 13))
-    assert float(rows[0]["risk_score"]) == 99.0 and next(r for r in rows if r["eventID"] == "login-1")["count"] == "1"
+    assert (
+        float(rows[0]["risk_score"]) == 99.0
+        and next(r for r in rows if r["eventID"] == "login-1")["count"] == "1"
+    )
     burst = next(r for r in rows if r["eventName"] == "ListSecrets")
-    assert burst["count"] == "200" and len(burst["event_ids"].split()) == 200 and burst["tactics"] == "discovery"
-    assert {r["finding_id"] for r in rows} == {f["finding_id"] for f in json.loads((folder / "findings.json").read_text())["findings"][:12]}
+    assert (
+        burst["count"] == "200" and len(burst["event_ids"].split()) == 200 and burst["tactics"] == "discovery"
+    )
+    assert {r["finding_id"] for r in rows} == {
+        f["finding_id"] for f in json.loads((folder / "findings.json").read_text())["findings"][:12]
+    }
     for i, text in enumerate(FORMULAS):
         row = next(r for r in rows if r["eventID"] == f"formula-{i}")
         for column in ("principal", "eventName", "reasons"):

@@ -282,7 +282,9 @@ def _instance_rows(df: pd.DataFrame) -> np.ndarray:
     if "userIdentity.arn" not in df:
         return np.zeros(len(df), dtype=bool)
     codes, arns = pd.factorize(df["userIdentity.arn"])  # a day has far fewer sessions than events
-    session = np.array([*(isinstance(a, str) and _INSTANCE_SESSION.search(a) is not None for a in arns), False])
+    session = np.array(
+        [*(isinstance(a, str) and _INSTANCE_SESSION.search(a) is not None for a in arns), False]
+    )
     found = session[codes]
     if "userIdentity.type" in df:
         found &= (df["userIdentity.type"] == "AssumedRole").to_numpy(dtype=bool)

@@ -856,13 +856,26 @@ def region_enabled(event: Event) -> str | None:
         fires("a user snapshots a volume", call("CreateSnapshot", "ec2", {"volumeId": "vol-0abc"})),
         near_miss(
             "AWS Backup snapshots a volume",
-            call("CreateSnapshot", "ec2", {"volumeId": "vol-0abc"}, userIdentity={
-                **ROLE, "arn": f"arn:aws:sts::{ACCOUNT}:assumed-role/AWSBackupDefaultServiceRole/AWSBackup-1"}),
+            call(
+                "CreateSnapshot",
+                "ec2",
+                {"volumeId": "vol-0abc"},
+                userIdentity={
+                    **ROLE,
+                    "arn": f"arn:aws:sts::{ACCOUNT}:assumed-role/AWSBackupDefaultServiceRole/AWSBackup-1",
+                },
+            ),
         ),  # fmt: skip
     ],
 )
 def ebs_snapshot_created(event: Event) -> str | None:
-    if event.failed or event.text("userIdentity.invokedBy") or "AWSBackup" in event.text("userIdentity.arn")[:300]:
+    if (
+        event.failed
+        or event.text("userIdentity.invokedBy")
+        or "AWSBackup" in event.text("userIdentity.arn")[:300]
+    ):
         return None
-    volume = event.text("requestParameters.volumeId") or event.text("requestParameters.instanceSpecification.instanceId")
+    volume = event.text("requestParameters.volumeId") or event.text(
+        "requestParameters.instanceSpecification.instanceId"
+    )
     return f"Snapshot of {short(volume or '?')} created by {event.actor()}"

@@ -257,7 +257,9 @@ def console_login_two_places(df: pd.DataFrame) -> list[tuple[int, str]]:
         if not isinstance(user, str) or place is None or pd.isna(moment):
             continue
         now = moment.timestamp()
-        earlier = [(t, p, a) for t, p, a in seen.get(user, []) if now - t <= _TWO_PLACES_WINDOW_S and p != place]
+        earlier = [
+            (t, p, a) for t, p, a in seen.get(user, []) if now - t <= _TWO_PLACES_WINDOW_S and p != place
+        ]
         if earlier:
             t, _, other = earlier[-1]
             hits.append((int(logins[i]), f"{short(user)} signed in to the console from {short(ip)} "

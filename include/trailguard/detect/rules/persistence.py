@@ -534,7 +534,10 @@ def iam_access_key_created_for_self(event: Event) -> str | None:
     events=["CreateKeyPair", "ImportKeyPair"],
     sources=["ec2"],
     tests=[
-        fires("a key pair imported", call("ImportKeyPair", "ec2", {"keyName": "backdoor", "publicKeyMaterial": "c3No"})),
+        fires(
+            "a key pair imported",
+            call("ImportKeyPair", "ec2", {"keyName": "backdoor", "publicKeyMaterial": "c3No"}),
+        ),
         fires("a key pair created", call("CreateKeyPair", "ec2", {"keyName": "ops"})),
         near_miss("key pairs listed", call("DescribeKeyPairs", "ec2", {"keyName": "backdoor"})),
         near_miss("the import was denied", call("ImportKeyPair", "ec2", {"keyName": "backdoor"}, **DENIED)),
@@ -560,13 +563,25 @@ def ec2_key_pair_created(event: Event) -> str | None:
     tests=[
         fires(
             "an admin profile attached",
-            call("AssociateIamInstanceProfile", "ec2", {"AssociateIamInstanceProfileRequest": {
-                "InstanceId": "i-0abc", "IamInstanceProfile": {"Arn": f"arn:aws:iam::{ACCOUNT}:instance-profile/admin"}}}),
+            call(
+                "AssociateIamInstanceProfile",
+                "ec2",
+                {
+                    "AssociateIamInstanceProfileRequest": {
+                        "InstanceId": "i-0abc",
+                        "IamInstanceProfile": {"Arn": f"arn:aws:iam::{ACCOUNT}:instance-profile/admin"},
+                    }
+                },
+            ),
         ),  # fmt: skip
         near_miss(
             "the call was denied",
-            call("AssociateIamInstanceProfile", "ec2", {"AssociateIamInstanceProfileRequest": {"InstanceId": "i-0abc"}},
-                 **DENIED),
+            call(
+                "AssociateIamInstanceProfile",
+                "ec2",
+                {"AssociateIamInstanceProfileRequest": {"InstanceId": "i-0abc"}},
+                **DENIED,
+            ),
         ),  # fmt: skip
     ],
 )
@@ -602,8 +617,14 @@ _PASS_ROLE_EVENTS = (
     "escalation probe. Ask what they meant to do; repeated attempts with different roles are hostile.",
     events=_PASS_ROLE_EVENTS,
     tests=[
-        fires("RunInstances refused the role", call("RunInstances", "ec2", {"instanceType": "t3.micro"}, **_PASS_ROLE_DENIED)),
-        near_miss("denied for another permission", call("RunInstances", "ec2", {"instanceType": "t3.micro"}, **DENIED)),
+        fires(
+            "RunInstances refused the role",
+            call("RunInstances", "ec2", {"instanceType": "t3.micro"}, **_PASS_ROLE_DENIED),
+        ),
+        near_miss(
+            "denied for another permission",
+            call("RunInstances", "ec2", {"instanceType": "t3.micro"}, **DENIED),
+        ),
     ],
 )
 def iam_pass_role_denied(event: Event) -> str | None:
@@ -635,10 +656,15 @@ def _weak_password_policy(event: Event) -> list[str]:
     events=["UpdateAccountPasswordPolicy", "DeleteAccountPasswordPolicy"],
     sources=["iam"],
     tests=[
-        fires("the policy weakened", call("UpdateAccountPasswordPolicy", "iam", {"minimumPasswordLength": 6, "requireSymbols": False})),
+        fires(
+            "the policy weakened",
+            call("UpdateAccountPasswordPolicy", "iam", {"minimumPasswordLength": 6, "requireSymbols": False}),
+        ),
         fires("the policy deleted", call("DeleteAccountPasswordPolicy", "iam")),
         near_miss("the policy read", call("GetAccountPasswordPolicy", "iam")),
-        near_miss("the deletion failed", call("DeleteAccountPasswordPolicy", "iam", errorCode="NoSuchEntity")),
+        near_miss(
+            "the deletion failed", call("DeleteAccountPasswordPolicy", "iam", errorCode="NoSuchEntity")
+        ),
     ],
 )
 def iam_password_policy_changed(event: Event) -> str | None:
@@ -688,7 +714,8 @@ def iam_user_added_to_privileged_group(df: pd.DataFrame) -> list[tuple[int, str]
         event = Event(df.iloc[int(position)].to_dict())
         arn = event.text("requestParameters.policyArn")
         if not event.failed and (
-            _admin_policy_arn(arn) or any(is_admin_statement(s) for s in statements(event.params("policyDocument")))
+            _admin_policy_arn(arn)
+            or any(is_admin_statement(s) for s in statements(event.params("policyDocument")))
         ):
             grant = arn.rpartition("/")[2] or "an inline policy granting every action"
             admin_groups[(event.account, event.text("requestParameters.groupName"))] = short(grant)
@@ -697,7 +724,9 @@ def iam_user_added_to_privileged_group(df: pd.DataFrame) -> list[tuple[int, str]
         event = Event(df.iloc[int(position)].to_dict())
         group = event.text("requestParameters.groupName")
         grant = admin_groups.get((event.account, group))
-        if event.failed or grant is None or "admin" in group.lower():  # named admin: iam_admin_group_membership
+        if (
+            event.failed or grant is None or "admin" in group.lower()
+        ):  # named admin: iam_admin_group_membership
             continue
         hits.append((int(position), f"User {short(event.text('requestParameters.userName'))} added to group "
                      f"{short(group)}, which was given {grant} the same day; by {event.actor()}"))  # fmt: skip
