@@ -29,6 +29,7 @@ class Settings:
     smtp_url: str | None
     source: str | None = None  # the CloudTrail source the DAGs and `trailguard verify` read by default
     integrity_keys: str | None = None  # folder of CloudTrail public keys; empty: cloudtrail:ListPublicKeys
+    threat_lists: tuple[str, ...] = ()
 
     @property
     def data_path(self) -> DataPath:
@@ -70,6 +71,9 @@ def load_settings(**overrides: object) -> Settings:
         "smtp_url": env.get("TRAILGUARD_SMTP_URL", "").strip() or None,
         "source": env.get("TRAILGUARD_SOURCE", "").strip() or None,
         "integrity_keys": env.get("TRAILGUARD_INTEGRITY_KEYS", "").strip() or None,
+        "threat_lists": tuple(
+            s.strip() for s in env.get("TRAILGUARD_THREAT_LISTS", "").split(",") if s.strip()
+        ),
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
     return Settings(**values)  # type: ignore[arg-type]
