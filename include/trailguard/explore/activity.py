@@ -29,10 +29,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from trailguard import enrich
-from trailguard.fs import DataPath, as_path, read_parquet, visible_files, write_parquet_atomic
-from trailguard.schema import EVENT_SCHEMA
-from trailguard.store import EventStore, day_text
+from trailguard.model import enrich
+from trailguard.store.events import EventStore, day_text
+from trailguard.store.fs import DataPath, as_path, read_parquet, visible_files, write_parquet_atomic
+from trailguard.store.schema import EVENT_SCHEMA
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +168,9 @@ def _sum(parts: Iterable[pd.DataFrame]) -> pd.DataFrame:
     return total[list(SCHEMA.names)].astype({"events": "int64"})
 
 
-def compute_day_activity(store: EventStore, day: date | str, enricher: enrich.Enricher | None = None) -> pd.DataFrame:
+def compute_day_activity(
+    store: EventStore, day: date | str, enricher: enrich.Enricher | None = None
+) -> pd.DataFrame:
     """A day's activity rows, computed part file by part file (memory: one part's columns at a time)."""
     parts = []
     for path in store.partition_files(day):
@@ -179,7 +181,9 @@ def compute_day_activity(store: EventStore, day: date | str, enricher: enrich.En
     return _sum(parts)
 
 
-def write_day_activity(store: EventStore, day: date | str, enricher: enrich.Enricher | None = None) -> DataPath:
+def write_day_activity(
+    store: EventStore, day: date | str, enricher: enrich.Enricher | None = None
+) -> DataPath:
     """Compute and write (atomically, overwriting a rerun's) ``activity/date=D/activity.parquet``."""
     rows = compute_day_activity(store, day, enricher)
     table = pa.Table.from_pandas(rows, schema=SCHEMA, preserve_index=False)
@@ -190,7 +194,9 @@ def write_day_activity(store: EventStore, day: date | str, enricher: enrich.Enri
     return path
 
 
-def ensure_activity(store: EventStore, days: Iterable[str], enricher: enrich.Enricher | None = None) -> list[str]:
+def ensure_activity(
+    store: EventStore, days: Iterable[str], enricher: enrich.Enricher | None = None
+) -> list[str]:
     """Write the activity table of each day that has events but none yet (``trailguard explore`` on a
     store the pipeline filled before aggregates existed); returns the days written."""
     have = set(activity_days(store.root))
@@ -212,7 +218,9 @@ def read_activity(root: DataPath | str, days: Iterable[str]) -> pd.DataFrame:
         files = visible_files(activity_dir(root, day), ACTIVITY_FILE)
         if files:
             table = read_parquet(files[0], schema=SCHEMA, read_dictionary=list(TEXT_COLUMNS))
-            date_column = pa.DictionaryArray.from_arrays(pa.array(np.zeros(table.num_rows, dtype=np.int32)), pa.array([day]))
+            date_column = pa.DictionaryArray.from_arrays(
+                pa.array(np.zeros(table.num_rows, dtype=np.int32)), pa.array([day])
+            )
             tables.append(table.append_column("date", date_column))
     if not tables:
         frame = SCHEMA.empty_table().to_pandas().assign(date=pd.Series(dtype="object"))

@@ -24,7 +24,7 @@ from markupsafe import Markup
 
 from trailguard.explore import svg
 from trailguard.explore import views as v
-from trailguard.fs import DataPath, as_path
+from trailguard.store.fs import DataPath, as_path
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +52,15 @@ def short_principal(principal: str) -> str:
     resource = text.split(":", 5)[-1] if text.startswith("arn:") else text
     for prefix in ("user/", "assumed-role/", "role/", "federated-user/"):
         if resource.startswith(prefix):
-            return resource[len(prefix):]
+            return resource[len(prefix) :]
     return resource[:60]
 
 
 def principal_file(principal: str) -> str:
     """A static file name for a principal's page: a hash, never the attacker-controlled name itself."""
-    return "principal-" + hashlib.sha256(principal.encode("utf-8", "surrogatepass")).hexdigest()[:16] + ".html"
+    return (
+        "principal-" + hashlib.sha256(principal.encode("utf-8", "surrogatepass")).hexdigest()[:16] + ".html"
+    )
 
 
 @dataclass
@@ -119,13 +121,21 @@ def environment() -> Environment:
             lstrip_blocks=True,
         )
         _ENV.filters["short"] = short_principal
-        _ENV.filters["num"] = lambda x: "-" if x is None else (f"{x:,}" if isinstance(x, int) else f"{x:,.3f}")
+        _ENV.filters["num"] = lambda x: (
+            "-" if x is None else (f"{x:,}" if isinstance(x, int) else f"{x:,.3f}")
+        )
         _ENV.filters["pct"] = lambda x: f"{100 * x:.1f}%"
     return _ENV
 
 
 def render(
-    page: str, view: dict[str, Any], links: Links, *, meta_csp: bool = False, json_url: str | None = None, **extra: Any
+    page: str,
+    view: dict[str, Any],
+    links: Links,
+    *,
+    meta_csp: bool = False,
+    json_url: str | None = None,
+    **extra: Any,
 ) -> str:
     """One page: ``page`` is one of :data:`PAGES` (or ``error``) over its view."""
     context = {"json_url": json_url or links.json(page), "view": view, "links": links, "page": page, "pages": PAGES, "titles": TITLES,
@@ -182,9 +192,10 @@ def write_static(
     root = as_path(root)
     out.mkdir(parents=True, exist_ok=True)
     (out / "data").mkdir(exist_ok=True)
+    rows = v.activity_rows(root, period)
     views: dict[str, dict[str, Any]] = {
         "reports": v.reports_view(root),
-        "activity": v.activity_view(root, period),
+        "activity": v.activity_view(root, period, rows=rows),
         "pca": v.pca_view(root, period),
         "quality": v.quality_view(root, period),
     }
@@ -200,18 +211,24 @@ def write_static(
     written = []
     for page, view in views.items():
         name = links.page(page)
-        (out / name).write_text(render(page, view, links, meta_csp=True, generated=generated), encoding="utf-8")
+        (out / name).write_text(
+            render(page, view, links, meta_csp=True, generated=generated), encoding="utf-8"
+        )
         (out / "data" / f"{page}.json").write_text(json.dumps(view, indent=1, default=str), encoding="utf-8")
         written.append(name)
     for principal in outliers:
-        view = v.activity_view(root, period, principal=principal)
+        view = v.activity_view(root, period, principal=principal, rows=rows)
         (out / principal_file(principal)).write_text(
-            render("activity", view, links, meta_csp=True, generated=generated), encoding="utf-8")
+            render("activity", view, links, meta_csp=True, generated=generated), encoding="utf-8"
+        )
         written.append(principal_file(principal))
     shutil.copyfile(STYLESHEET, out / "explore.css")
     for item in views["reports"]["reports"]:
-        source = (root / "reports" / item["id"] / "report.html") if item["kind"] == "report" else (
-            root / "investigations" / item["id"] / "investigation.html")
+        source = (
+            (root / "reports" / item["id"] / "report.html")
+            if item["kind"] == "report"
+            else (root / "investigations" / item["id"] / "investigation.html")
+        )
         if source.exists():
             target = out / links.report(item)
             target.parent.mkdir(parents=True, exist_ok=True)

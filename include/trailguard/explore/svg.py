@@ -38,7 +38,12 @@ def _nice_max(value: float) -> float:
 
 
 def stacked_bars(
-    labels: Sequence[str], series: Sequence[tuple[str, Sequence[float]]], *, title: str, width: int = 760, height: int = 300
+    labels: Sequence[str],
+    series: Sequence[tuple[str, Sequence[float]]],
+    *,
+    title: str,
+    width: int = 760,
+    height: int = 300,
 ) -> Markup:
     """Vertical bars per label (a day), stacked by series (a category), with a legend and an axis."""
     left, right, top, bottom = 56, 170, 24, 40
@@ -65,7 +70,9 @@ def stacked_bars(
             out.append(f'<rect x="{_n(x)}" y="{_n(y)}" width="{_n(bar)}" height="{_n(h)}" fill="{PALETTE[s % len(PALETTE)]}">'
                        f"<title>{escape(label)} {escape(name)}: {_count(values[i])}</title></rect>")  # fmt: skip
         if len(labels) <= 16 or i % max(1, len(labels) // 10) == 0:
-            out.append(f'<text x="{_n(x + bar / 2)}" y="{top + plot_h + 14}" text-anchor="middle">{escape(label[5:])}</text>')
+            out.append(
+                f'<text x="{_n(x + bar / 2)}" y="{top + plot_h + 14}" text-anchor="middle">{escape(label[5:])}</text>'
+            )
     for s, (name, _) in enumerate(series):
         y = top + 14 * s
         out.append(f'<rect x="{left + plot_w + 12}" y="{y}" width="10" height="10" fill="{PALETTE[s % len(PALETTE)]}"/>'
@@ -74,7 +81,9 @@ def stacked_bars(
     return Markup("".join(out))
 
 
-def hbars(rows: Sequence[tuple[str, float]], *, title: str, width: int = 520, bar_color: str = "#1f77b4") -> Markup:
+def hbars(
+    rows: Sequence[tuple[str, float]], *, title: str, width: int = 520, bar_color: str = "#1f77b4"
+) -> Markup:
     """Horizontal bars with their label and count (top APIs, top errors, sign-ins by country)."""
     label_w, count_w, row_h = 240, 70, 18
     height = max(row_h * len(rows) + 8, 24)
@@ -93,7 +102,9 @@ def hbars(rows: Sequence[tuple[str, float]], *, title: str, width: int = 520, ba
     return Markup("".join(out))
 
 
-def scatter(points: Sequence[dict], *, title: str, x_label: str, y_label: str, width: int = 760, height: int = 480) -> Markup:
+def scatter(
+    points: Sequence[dict], *, title: str, x_label: str, y_label: str, width: int = 760, height: int = 480
+) -> Markup:
     """The PCA map: one dot per principal; outliers red, labelled and linked (``point["href"]``)."""
     left, right, top, bottom = 50, 20, 20, 44
     plot_w, plot_h = width - left - right, height - top - bottom
@@ -114,7 +125,9 @@ def scatter(points: Sequence[dict], *, title: str, x_label: str, y_label: str, w
     if x0 < 0 < x1:
         out.append(f'<line x1="{_n(px(0))}" x2="{_n(px(0))}" y1="{top}" y2="{top + plot_h}" stroke="#eee"/>')
     if y0 < 0 < y1:
-        out.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{_n(py(0))}" y2="{_n(py(0))}" stroke="#eee"/>')
+        out.append(
+            f'<line x1="{left}" x2="{left + plot_w}" y1="{_n(py(0))}" y2="{_n(py(0))}" stroke="#eee"/>'
+        )
     out.append(f'<text x="{left + plot_w / 2}" y="{height - 8}" text-anchor="middle">{escape(x_label)}</text>'
                f'<text x="14" y="{top + plot_h / 2}" text-anchor="middle" transform="rotate(-90 14 {top + plot_h / 2})">'
                f"{escape(y_label)}</text>")  # fmt: skip
@@ -126,6 +139,8 @@ def scatter(points: Sequence[dict], *, title: str, x_label: str, y_label: str, w
                    f'<text x="{_n(px(p["pc1"]) + 7)}" y="{_n(py(p["pc2"]) + 4)}" fill="#a00">{escape(p["label"])}</text>')  # fmt: skip
             out.append(f'<a href="{escape(p["href"])}" class="outlier">{dot}</a>' if p.get("href") else dot)
         else:
-            out.append(f'<circle cx="{cx}" cy="{cy}" r="3.5" fill="#1f77b4" fill-opacity="0.6">{tip}</circle>')
+            out.append(
+                f'<circle cx="{cx}" cy="{cy}" r="3.5" fill="#1f77b4" fill-opacity="0.6">{tip}</circle>'
+            )
     out.append("</svg>")
     return Markup("".join(out))

@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from trailguard.enrich import CATEGORIES
 from trailguard.explore.activity import activity_days, read_activity
-from trailguard.fs import DataPath, as_path
+from trailguard.model.enrich import CATEGORIES
+from trailguard.store.fs import DataPath, as_path
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,9 @@ def _parse_day(text: str | date | None, name: str) -> date | None:
         raise ViewError(f"{name}={str(text)[:40]!r} is not a date: use YYYY-MM-DD") from None
 
 
-def resolve_period(root: DataPath | str, start: str | date | None = None, end: str | date | None = None) -> Period:
+def resolve_period(
+    root: DataPath | str, start: str | date | None = None, end: str | date | None = None
+) -> Period:
     """The period asked for; by default the last :data:`DEFAULT_DAYS` days that have activity tables."""
     first, last = _parse_day(start, "from"), _parse_day(end, "to")
     if last is None:
@@ -89,6 +91,9 @@ def resolve_period(root: DataPath | str, start: str | date | None = None, end: s
             last = first + timedelta(days=DEFAULT_DAYS - 1)
     if first is None:
         first = last - timedelta(days=DEFAULT_DAYS - 1)
+        days = activity_days(root)
+        if days and date.fromisoformat(days[0]) <= last:
+            first = max(first, date.fromisoformat(days[0]))  # the last 7 days *of the store*
     if first > last:
         raise ViewError(f"from {first} is after to {last}")
     if (last - first).days >= MAX_PERIOD_DAYS:
@@ -115,12 +120,13 @@ def activity_view(
     account: str | None = None,
     region: str | None = None,
     principal: str | None = None,
+    rows: pd.DataFrame | None = None,
 ) -> dict[str, Any]:
-    """The activity dashboards for a period, filtered by account, region and principal."""
-    root = as_path(root)
+    """The activity dashboards for a period, filtered by account, region and principal (``rows``: those
+    of :func:`activity_rows`, when several views of one period are rendered)."""
     filters = {"account": account or None, "region": region or None, "principal": principal or None}
-    lookback = Period(period.start - timedelta(days=LOOKBACK_DAYS), period.start - timedelta(days=1))
-    all_rows = read_activity(root, lookback.days + period.days)
+    lookback = _lookback(period)
+    all_rows = activity_rows(root, period) if rows is None else rows
     rows_all_filters = _filtered(all_rows, filters)
     in_period = all_rows["date"].isin(period.days)
     rows = rows_all_filters[rows_all_filters["date"].isin(period.days)]
@@ -132,14 +138,19 @@ def activity_view(
         return by_dim.get(name, empty)
 
     categories = dim("category")
-    per_day = categories.pivot_table(index="date", columns="value", values="events", aggfunc="sum", fill_value=0)
+    per_day = categories.pivot_table(
+        index="date", columns="value", values="events", aggfunc="sum", fill_value=0
+    )
     services = dim("service")
     service_day = services[services["value"].isin(SERVICE_SERIES)].pivot_table(
         index="date", columns="value", values="events", aggfunc="sum", fill_value=0
     )
     days_out = []
     for day in period.days:
-        counts = {c: _int(per_day.at[day, c]) if day in per_day.index and c in per_day.columns else 0 for c in CATEGORIES}
+        counts = {
+            c: _int(per_day.at[day, c]) if day in per_day.index and c in per_day.columns else 0
+            for c in CATEGORIES
+        }
         for service in SERVICE_SERIES:
             has = day in service_day.index and service in service_day.columns
             counts[f"service:{service}"] = _int(service_day.at[day, service]) if has else 0
@@ -175,12 +186,23 @@ def activity_view(
     }
 
 
+def _lookback(period: Period) -> Period:
+    return Period(period.start - timedelta(days=LOOKBACK_DAYS), period.start - timedelta(days=1))
+
+
+def activity_rows(root: DataPath | str, period: Period) -> pd.DataFrame:
+    """The activity rows an activity view of ``period`` needs: the period's and the lookback's."""
+    return read_activity(as_path(root), _lookback(period).days + period.days)
+
+
 def _top(part: pd.DataFrame, n: int = TOP_N) -> list[dict[str, Any]]:
     if part.empty:
         return []
     grouped = part.groupby("value").agg(events=("events", "sum"), principals=("principal", "nunique"))
     grouped = grouped.sort_values(["events", "principals"], ascending=False, kind="stable").head(n)
-    return [{"value": v, "events": int(r.events), "principals": int(r.principals)} for v, r in grouped.iterrows()]
+    return [
+        {"value": v, "events": int(r.events), "principals": int(r.principals)} for v, r in grouped.iterrows()
+    ]
 
 
 def _principal_table(rows: pd.DataFrame, by_dim: dict[str, pd.DataFrame]) -> list[dict[str, Any]]:
@@ -215,7 +237,9 @@ def _console(outcomes: pd.DataFrame, countries: pd.DataFrame) -> dict[str, Any]:
     by_outcome = outcomes.groupby("value")["events"].sum().to_dict() if not outcomes.empty else {}
     table = []
     if not countries.empty:
-        grouped = countries.groupby("value").agg(signins=("events", "sum"), principals=("principal", "nunique"))
+        grouped = countries.groupby("value").agg(
+            signins=("events", "sum"), principals=("principal", "nunique")
+        )
         for country, r in grouped.sort_values("signins", ascending=False, kind="stable").iterrows():
             table.append({"country": country, "signins": int(r.signins), "principals": int(r.principals)})
     return {
@@ -295,7 +319,9 @@ def principal_features(rows: pd.DataFrame) -> pd.DataFrame:
         return part.groupby("principal")["events"].sum().reindex(out.index, fill_value=0)
 
     errors_part = rows[rows["dim"] == "error"]
-    denied = errors_part["value"].str.contains("AccessDenied|Unauthorized|Forbidden|NotAuthorized", regex=True)
+    denied = errors_part["value"].str.contains(
+        "AccessDenied|Unauthorized|Forbidden|NotAuthorized", regex=True
+    )
     out["apis"] = distinct("api")
     out["services"] = distinct("service")
     out["countries"] = distinct("country")
@@ -310,7 +336,9 @@ def principal_features(rows: pd.DataFrame) -> pd.DataFrame:
     for c in CATEGORIES:
         if c != "error":
             column = share[c] if c in share.columns else 0
-            out[f"share_{c}"] = (pd.Series(column, index=share.index).reindex(out.index, fill_value=0)) / out["events"]
+            out[f"share_{c}"] = (pd.Series(column, index=share.index).reindex(out.index, fill_value=0)) / out[
+                "events"
+            ]
     out["console_mfa"] = total("console", ("success_mfa",))
     out["console_no_mfa"] = total("console", ("success_no_mfa",))
     out["console_failed"] = total("console", ("failure",))
@@ -462,14 +490,20 @@ def models_view(tracking_uri: str, latest: int = 6) -> dict[str, Any]:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from trailguard.training import CHAMPION, MODEL_NAMES
+    from trailguard.model.training import CHAMPION, MODEL_NAMES
 
     client = mlflow.MlflowClient(tracking_uri, registry_uri=tracking_uri)
     experiment = client.get_experiment_by_name("trailguard")
     use_cases = []
     for use_case, name in MODEL_NAMES.items():
-        entry: dict[str, Any] = {"use_case": use_case, "model_name": name, "champion": None, "candidates": [],
-                                 "experiment_id": None, "decision": None}
+        entry: dict[str, Any] = {
+            "use_case": use_case,
+            "model_name": name,
+            "champion": None,
+            "candidates": [],
+            "experiment_id": None,
+            "decision": None,
+        }
         try:
             version = client.get_model_version_by_alias(name, CHAMPION)
         except MlflowException:
@@ -482,7 +516,8 @@ def models_view(tracking_uri: str, latest: int = 6) -> dict[str, Any]:
             parents = client.search_runs(
                 [experiment.experiment_id],
                 filter_string=f"tags.`trailguard.use_case` = '{use_case}' and tags.`trailguard.until` != ''",
-                order_by=["attributes.start_time DESC"], max_results=1,
+                order_by=["attributes.start_time DESC"],
+                max_results=1,
             )
             if parents:
                 parent = parents[0]
@@ -490,9 +525,12 @@ def models_view(tracking_uri: str, latest: int = 6) -> dict[str, Any]:
                 entry["decision"] = parent.data.tags.get("trailguard.decision_reason")
                 children = client.search_runs(
                     [experiment.experiment_id],
-                    filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'", max_results=50,
+                    filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
+                    max_results=50,
                 )
-                for run in sorted(children, key=lambda r: -(r.data.metrics.get("test_average_precision") or -1))[:latest]:
+                for run in sorted(
+                    children, key=lambda r: -(r.data.metrics.get("test_average_precision") or -1)
+                )[:latest]:
                     entry["candidates"].append({
                         "candidate": run.data.tags.get("trailguard.candidate", run.info.run_name),
                         "run_id": run.info.run_id, "metrics": _metrics(run.data.metrics),
