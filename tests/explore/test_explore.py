@@ -217,3 +217,17 @@ def test_pages_of_a_longer_period_show_missing_days(store):
     html = render.render("activity", view, render.Links())
     assert f"No activity table for {len(view['missing_days'])} day(s)" in html
     assert np.isclose(view["totals"]["events"], sum(d["events"] for d in view["days"]))
+
+
+def test_explore_command(store, tmp_path, capsys):
+    from trailguard.cli import main
+
+    out = tmp_path / "cli-site"
+    assert main(["--data", str(store.root), "explore", "--out", str(out)]) == 0
+    assert "pages, open" in capsys.readouterr().out
+    assert (out / "index.html").exists() and (out / "pca.html").exists()
+    assert not (store.root / "mlflow" / "mlflow.db").exists()  # reading the models creates no store
+    assert main(["--data", str(store.root), "explore", "--from", "2026-11-20", "--to", "2026-11-01"]) == 2
+    assert "is after" in capsys.readouterr().err
+    assert main(["--data", str(tmp_path / "empty"), "explore"]) == 1
+    assert "no events" in capsys.readouterr().err

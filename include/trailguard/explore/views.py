@@ -13,6 +13,7 @@ import math
 import re
 from dataclasses import dataclass
 from datetime import date, timedelta
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -487,6 +488,12 @@ MODEL_METRICS = ("average_precision", "precision_at_20", "recall_at_20", "r2", "
 def models_view(tracking_uri: str, latest: int = 6) -> dict[str, Any]:
     """Per use case: the champion and the latest training's candidates with their held-out (time split)
     metrics, and the MLflow ids to link to."""
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).exists():
+        return {
+            "use_cases": [],
+            "metrics": list(MODEL_METRICS),
+            "note": "no model trained yet (no MLflow store)",
+        }
     import mlflow
     from mlflow.exceptions import MlflowException
 

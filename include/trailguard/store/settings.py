@@ -27,6 +27,7 @@ class Settings:
     ingest_max_tasks: int
     score_max_tasks: int
     smtp_url: str | None
+    mlflow_ui_url: str | None = None
 
     @property
     def data_path(self) -> DataPath:
@@ -49,6 +50,12 @@ def _int(name: str, default: int) -> int:
         raise ValueError(f"{name}={raw!r} is not a whole number") from exc
 
 
+def _served(uri: str) -> str | None:
+    """An MLflow tracking URI that is also where people open its UI (an http(s) server), else None."""
+    uri = uri.strip()
+    return uri if uri.startswith(("http://", "https://")) else None
+
+
 def load_settings(**overrides: object) -> Settings:
     """Build the settings from the environment; keyword overrides win (used by the CLI and tests)."""
     env = os.environ
@@ -66,6 +73,7 @@ def load_settings(**overrides: object) -> Settings:
         "ingest_max_tasks": max(1, _int("TRAILGUARD_INGEST_MAX_TASKS", 32)),
         "score_max_tasks": max(1, _int("TRAILGUARD_SCORE_MAX_TASKS", 4)),
         "smtp_url": env.get("TRAILGUARD_SMTP_URL", "").strip() or None,
+        "mlflow_ui_url": env.get("TRAILGUARD_MLFLOW_UI_URL", "").strip() or _served(env.get("MLFLOW_TRACKING_URI", "")),
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
     return Settings(**values)  # type: ignore[arg-type]
