@@ -126,9 +126,8 @@ def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
     from trailguard.quality.gate import validate_partition
     from trailguard.store.events import EventStore
 
-    result = validate_partition(
-        EventStore(settings.data_path), args.date, allowed_lateness_hours=settings.allowed_lateness_hours
-    )
+    store = EventStore(settings.data_path)
+    result = validate_partition(store, args.date, allowed_lateness_hours=settings.allowed_lateness_hours)
     _emit(args, {"date": result.date, "status": result.status, "rows_in": result.rows_in,
                  "rows_passed": result.rows_passed, "rows_quarantined": result.rows_quarantined,
                  "result": str(result.result_path), "html": str(result.html_path)}, result.summary_lines())
@@ -137,6 +136,9 @@ def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
     if result.critical_failed:
         print(f"{result.date}: critical data-quality failure: this day will not be scored", file=sys.stderr)
         return 1
+    from trailguard.explore.activity import write_day_activity
+
+    write_day_activity(store, args.date)  # what `trailguard explore` and the Airflow pages read
     return 0
 
 
