@@ -135,8 +135,12 @@ def scatter(
         cx, cy = _n(px(p["pc1"])), _n(py(p["pc2"]))
         tip = f"<title>{escape(p['principal'])}: {_count(p['events'])} events, distance {p['distance']:.2f}</title>"
         if p["outlier"]:
+            right = px(p["pc1"]) > left + plot_w * 0.6  # labels on the right half go left of their dot
+            label_x = px(p["pc1"]) + (-7 if right else 7)
+            anchor = "end" if right else "start"
             dot = (f'<circle cx="{cx}" cy="{cy}" r="5" fill="#d62728">{tip}</circle>'
-                   f'<text x="{_n(px(p["pc1"]) + 7)}" y="{_n(py(p["pc2"]) + 4)}" fill="#a00">{escape(p["label"])}</text>')  # fmt: skip
+                   f'<text x="{_n(label_x)}" y="{_n(py(p["pc2"]) + 4)}" text-anchor="{anchor}" fill="#a00">'
+                   f'{escape(p["label"])}</text>')  # fmt: skip
             out.append(f'<a href="{escape(p["href"])}" class="outlier">{dot}</a>' if p.get("href") else dot)
         else:
             out.append(

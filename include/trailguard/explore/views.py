@@ -548,7 +548,7 @@ def models_view(tracking_uri: str, latest: int = 6) -> dict[str, Any]:
     return {"use_cases": use_cases, "metrics": list(MODEL_METRICS)}
 
 
-def _run_metrics(client: Any, run_id: str | None) -> dict[str, float]:
+def _run_metrics(client: Any, run_id: str | None) -> dict[str, float | int]:
     if not run_id:
         return {}
     try:
@@ -558,5 +558,10 @@ def _run_metrics(client: Any, run_id: str | None) -> dict[str, float]:
         return {}
 
 
-def _metrics(metrics: dict[str, float]) -> dict[str, float]:
-    return {m: round(float(metrics[f"test_{m}"]), 4) for m in MODEL_METRICS if f"test_{m}" in metrics}
+def _metrics(metrics: dict[str, float]) -> dict[str, float | int]:
+    out: dict[str, float | int] = {}
+    for m in MODEL_METRICS:
+        if f"test_{m}" in metrics:
+            value = float(metrics[f"test_{m}"])
+            out[m] = int(value) if m == "rows" else round(value, 4)
+    return out
