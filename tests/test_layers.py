@@ -18,6 +18,7 @@ LAYERS = {
     "detect": 2,
     "model": 3,
     "report": 4,
+    "explore": 5,
     "demo": 5,
     "cli": 6,
 }
