@@ -54,6 +54,14 @@ SCHEMA = pa.schema(
     ]
 )
 
+#: The table as read for the views: text columns dictionary-encoded (pandas categoricals).
+_READ_SCHEMA = pa.schema(
+    [
+        pa.field(f.name, pa.dictionary(pa.int32(), pa.string()) if f.name in TEXT_COLUMNS else f.type)
+        for f in SCHEMA
+    ]
+)
+
 #: What the aggregates read of each event: never ``raw``, ``requestParameters`` or ``responseElements``.
 COLUMNS = (
     "eventSource",
@@ -217,7 +225,8 @@ def read_activity(root: DataPath | str, days: Iterable[str]) -> pd.DataFrame:
     for day in days:
         files = visible_files(activity_dir(root, day), ACTIVITY_FILE)
         if files:
-            table = read_parquet(files[0], schema=SCHEMA, read_dictionary=list(TEXT_COLUMNS))
+            table = read_parquet(files[0], columns=list(SCHEMA.names), read_dictionary=list(TEXT_COLUMNS))
+            table = table.cast(_READ_SCHEMA)
             date_column = pa.DictionaryArray.from_arrays(
                 pa.array(np.zeros(table.num_rows, dtype=np.int32)), pa.array([day])
             )
