@@ -169,8 +169,8 @@ def test_static_folder_is_offline_and_payloads_are_escaped(store, tmp_path):
         assert "url(" not in text and "@import" not in text
         assert PAYLOAD not in text and IMG_PAYLOAD not in text and SVG_PAYLOAD not in text, page.name
     activity = (out / "activity.html").read_text()
-    assert "user/&lt;script&gt;alert(&#34;tg&#34;)&lt;/script&gt;" in activity
-    assert "&#34;&gt;&lt;img src=x onerror=alert(1)&gt;" in activity
+    assert re.search(r"user/&lt;script&gt;alert\((&quot;|&#34;)tg(&quot;|&#34;)\)&lt;/script&gt;", activity)
+    assert re.search(r"(&quot;|&#34;)&gt;&lt;img src=x onerror=alert\(1\)&gt;", activity)
     css = (out / "explore.css").read_text()
     assert "http" not in css and "url(" not in css
     data = json.loads((out / "data" / "activity.json").read_text())

@@ -19,12 +19,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from jinja2 import Environment
 from markupsafe import Markup
 
 from trailguard.explore import svg
 from trailguard.explore import views as v
 from trailguard.store.fs import DataPath, as_path
+from trailguard.store.render import template_environment
 
 log = logging.getLogger(__name__)
 
@@ -107,25 +108,19 @@ class Links:
         return f"{self.mlflow_ui.rstrip('/')}/#/models/{name}/versions/{version}"
 
 
-_ENV: Environment | None = None
+_FILTERS = {
+    "short": short_principal,
+    "num": lambda x: "-" if x is None else (f"{x:,}" if isinstance(x, int) else f"{x:,.3f}"),
+    "pct": lambda x: f"{100 * x:.1f}%",
+}
 
 
 def environment() -> Environment:
-    global _ENV
-    if _ENV is None:
-        _ENV = Environment(
-            loader=FileSystemLoader(TEMPLATES),
-            autoescape=select_autoescape(["html"], default=True),
-            undefined=StrictUndefined,
-            trim_blocks=True,
-            lstrip_blocks=True,
-        )
-        _ENV.filters["short"] = short_principal
-        _ENV.filters["num"] = lambda x: (
-            "-" if x is None else (f"{x:,}" if isinstance(x, int) else f"{x:,.3f}")
-        )
-        _ENV.filters["pct"] = lambda x: f"{100 * x:.1f}%"
-    return _ENV
+    """The explore wing's templates in the one autoescaping environment of the library (store/render.py)."""
+    env = template_environment("trailguard.explore")
+    if "short" not in env.filters:
+        env.filters.update(_FILTERS)
+    return env
 
 
 def render(
