@@ -48,9 +48,9 @@ import psutil
 PROJECT = Path(__file__).resolve().parents[1]
 NOT_AVAILABLE = "not available yet"
 STAGES = ("ingest", "rerun", "naive", "integrity", "dags", "label", "validate", "features", "train", "score",
-          "score_partitions", "report", "demo")
+          "score_partitions", "report", "explore", "demo")
 FIXTURES = PROJECT.parent / "shared" / "fixtures" / "cloudtrail"
-ORG_STAGES = ("features", "train", "score", "score_partitions", "report")
+ORG_STAGES = ("features", "train", "score", "score_partitions", "report", "explore")
 
 
 # -- measuring a child process --------------------------------------------------------------------------
@@ -344,6 +344,44 @@ def report_stage(data: str, day: str) -> dict[str, Any]:
     return {"date": day, "events": len(report.top_events)}
 
 
+def activity_stage(data: str, day: str) -> dict[str, Any]:
+    """The activity table of every ordinary day (what each day's validation writes), slowest day given."""
+    from trailguard.explore.activity import write_day_activity
+    from trailguard.store.events import EventStore
+
+    store = EventStore(Path(data))
+    seconds = []
+    for each in [d for d in store.dates() if d < day]:
+        started = time.perf_counter()
+        write_day_activity(store, each)
+        seconds.append(round(time.perf_counter() - started, 2))
+    return {"days": len(seconds), "slowest_day_seconds": max(seconds, default=0.0),
+            "rows": sum(store.count_rows(d) for d in store.dates() if d < day)}
+
+
+def explore_stage(data: str, day: str) -> dict[str, Any]:
+    """What opening the 30-day pages costs: the activity dashboards and the PCA map of the ordinary days,
+    rendered, from their activity tables only (as the Airflow plugin serves them; its process has its
+    libraries imported already, so imports are not timed). Wall and CPU seconds per page: on a shared
+    machine the CPU seconds are what the page costs."""
+    import sklearn.decomposition  # noqa: F401
+    from trailguard.explore import render, views
+
+    end = date.fromisoformat(day) - timedelta(days=1)
+    period = views.resolve_period(Path(data), end - timedelta(days=29), end)
+    timings: dict[str, float] = {}
+    started, cpu = time.perf_counter(), time.process_time()
+    activity = views.activity_view(Path(data), period)
+    html = render.render("activity", activity, render.Links())
+    timings["activity_page"], timings["activity_page_cpu"] = time.perf_counter() - started, time.process_time() - cpu
+    started, cpu = time.perf_counter(), time.process_time()
+    pca = views.pca_view(Path(data), period)
+    html += render.render("pca", pca, render.Links())
+    timings["pca_page"], timings["pca_page_cpu"] = time.perf_counter() - started, time.process_time() - cpu
+    return {"rows": activity["totals"]["events"], "principals": pca["principals"], "html_kb": len(html) // 1024,
+            "days": len(period.days), "timings": {k: round(v, 2) for k, v in timings.items()}}
+
+
 def demo_stage(work: str) -> dict[str, Any]:
     """What `make demo` runs (`trailguard demo`), with its data and logs under bench/work/demo."""
     import trailguard.demo  # noqa: F401  (not available yet: nothing to time)
@@ -439,6 +477,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                ("score_partitions", score_partitions_stage), ("report", report_stage)):
             if name in stages:
                 step(f"{name}_last_day" if name not in ("train", "score_partitions") else name, stage_fn, str(data), day)
+        if "explore" in stages:
+            step("activity_tables", activity_stage, str(data), day)
+            step("explore_30_days", explore_stage, str(data), day)
     if "demo" in stages:
         step("demo", demo_stage, str(work))
     return results

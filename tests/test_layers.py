@@ -21,6 +21,7 @@ LAYERS = {
     "model": 3,
     "findings": 3.5,  # correlation of scored events, between the model and the report
     "report": 4,
+    "explore": 5,
     "demo": 5,
     "cli": 6,
 }

@@ -126,9 +126,8 @@ def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
     from trailguard.quality.gate import validate_partition
     from trailguard.store.events import EventStore
 
-    result = validate_partition(
-        EventStore(settings.data_path), args.date, allowed_lateness_hours=settings.allowed_lateness_hours
-    )
+    store = EventStore(settings.data_path)
+    result = validate_partition(store, args.date, allowed_lateness_hours=settings.allowed_lateness_hours)
     _emit(args, {"date": result.date, "status": result.status, "rows_in": result.rows_in,
                  "rows_passed": result.rows_passed, "rows_quarantined": result.rows_quarantined,
                  "result": str(result.result_path), "html": str(result.html_path)}, result.summary_lines())
@@ -137,6 +136,9 @@ def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
     if result.critical_failed:
         print(f"{result.date}: critical data-quality failure: this day will not be scored", file=sys.stderr)
         return 1
+    from trailguard.explore.activity import write_day_activity
+
+    write_day_activity(store, args.date)  # what `trailguard explore` and the Airflow pages read
     return 0
 
 
@@ -268,6 +270,40 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     if not isinstance(settings.data_path, Path):
         raise ConfigError(f"trailguard demo runs on a local data root, not {settings.data_root}: use --data ./demo/data")
     return run_demo(settings.data_path, Path(args.logs), events=args.events)
+
+
+def cmd_explore(args: argparse.Namespace, settings: Settings) -> int:
+    from trailguard.explore.activity import ensure_activity
+    from trailguard.explore.render import write_static
+    from trailguard.explore.views import ViewError, resolve_period
+    from trailguard.model.training import tracking_uri_for
+    from trailguard.store.events import EventStore
+
+    store = EventStore(settings.data_path)
+    if not store.dates():
+        print(f"no events in {settings.data_root}: run `trailguard ingest` or `trailguard demo` first", file=sys.stderr)
+        return 1
+    try:
+        period = resolve_period(store.root, args.start, args.end)
+    except ViewError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    # days ingested before activity tables existed get theirs now (the pipeline writes them at validation)
+    backfilled = ensure_activity(store, period.days)
+    tracking = None
+    try:
+        tracking = tracking_uri_for(store.root, settings.mlflow_tracking_uri)
+    except ConfigError as exc:
+        log.warning("models page left empty: %s", exc)
+    out = Path(args.out)
+    result = write_static(store.root, out, period, tracking_uri=tracking, mlflow_ui=settings.mlflow_ui_url)
+    lines = [f"explore {period.start} .. {period.end}: {len(result['pages'])} pages, open {out / 'index.html'}"]
+    if backfilled:
+        lines.append(f"  activity tables written for {len(backfilled)} day(s) that had none")
+    if result["missing_days"]:
+        lines.append(f"  no events for {len(result['missing_days'])} day(s) of the period")
+    _emit(args, {**result, "backfilled": backfilled}, lines)
+    return 0
 
 
 def cmd_rules(args: argparse.Namespace, settings: Settings) -> int:
@@ -454,6 +490,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--logs", default="demo/logs", help="where the demo logs go (default demo/logs)")
     p.add_argument("--events", type=int, default=None, help="total demo events (default about 45,000)")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "explore",
+        help="the exploration dashboards (reports, activity, PCA, quality, models) as static offline HTML",
+        description="Write the TrailGuard pages of the Airflow plugin as a static folder that works offline "
+        "(no CDN, no script): reports, activity per category and principal, the PCA behaviour map, data "
+        "quality and models. Reads the per-day activity tables (written at validation; computed here for "
+        "days that have none).",
+    )
+    p.add_argument("--from", dest="start", type=_date, default=None,
+                   help="first day (default: 6 days before --to, within the store)")
+    p.add_argument("--to", dest="end", type=_date, default=None, help="last day (default: the store's last day)")
+    p.add_argument("--out", default="explore", help="the folder to write (default ./explore)")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    p.set_defaults(func=cmd_explore)
 
     p = sub.add_parser(
         "rules",

@@ -30,6 +30,7 @@ class Settings:
     source: str | None = None  # the CloudTrail source the DAGs and `trailguard verify` read by default
     integrity_keys: str | None = None  # folder of CloudTrail public keys; empty: cloudtrail:ListPublicKeys
     threat_lists: tuple[str, ...] = ()
+    mlflow_ui_url: str | None = None
 
     @property
     def data_path(self) -> DataPath:
@@ -50,6 +51,12 @@ def _int(name: str, default: int) -> int:
         return int(raw)
     except ValueError as exc:
         raise ValueError(f"{name}={raw!r} is not a whole number") from exc
+
+
+def _served(uri: str) -> str | None:
+    """An MLflow tracking URI that is also where people open its UI (an http(s) server), else None."""
+    uri = uri.strip()
+    return uri if uri.startswith(("http://", "https://")) else None
 
 
 def load_settings(**overrides: object) -> Settings:
@@ -74,6 +81,7 @@ def load_settings(**overrides: object) -> Settings:
         "threat_lists": tuple(
             s.strip() for s in env.get("TRAILGUARD_THREAT_LISTS", "").split(",") if s.strip()
         ),
+        "mlflow_ui_url": env.get("TRAILGUARD_MLFLOW_UI_URL", "").strip() or _served(env.get("MLFLOW_TRACKING_URI", "")),
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
     return Settings(**values)  # type: ignore[arg-type]
