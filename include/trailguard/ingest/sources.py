@@ -134,10 +134,13 @@ class S3Source:
     """Objects under ``s3://bucket/prefix``, listed with pagination.
 
     With a date range, only the ``YYYY/MM/DD/`` day prefixes of each account and region are listed, so an
-    hourly run reads a few listings, not the whole bucket.
+    hourly run reads a few listings, not the whole bucket. ``service`` is the folder AWS delivers into
+    after the account: ``CloudTrail``, or ``vpcflowlogs`` for VPC Flow Logs.
     """
 
-    def __init__(self, uri: str, client: Any | None = None, page_size: int = 1000) -> None:
+    def __init__(
+        self, uri: str, client: Any | None = None, page_size: int = 1000, service: str = "CloudTrail"
+    ) -> None:
         if not uri.startswith("s3://"):
             raise ValueError(f"not an S3 URI: {uri!r}")
         bucket, _, prefix = uri[len("s3://") :].partition("/")
@@ -148,6 +151,7 @@ class S3Source:
             self.prefix = prefix + "/"
         self.client = client if client is not None else _boto3_client("s3")
         self.page_size = page_size
+        self.service = service
 
     def _list(self, prefix: str, delimiter: str | None = None) -> Iterator[dict]:
         paginator = self.client.get_paginator("list_objects_v2")
@@ -160,7 +164,7 @@ class S3Source:
         return [cp["Prefix"] for page in self._list(prefix, "/") for cp in page.get("CommonPrefixes", [])]
 
     def _day_prefixes(self, start: date, end: date) -> Iterator[str]:
-        """``.../AWSLogs/<acct>/CloudTrail/<region>/YYYY/MM/DD/`` for each day, found by listing folders."""
+        """``.../AWSLogs/<acct>/<service>/<region>/YYYY/MM/DD/`` for each day, found by listing folders."""
         base = self.prefix
         roots = [base + "AWSLogs/"] if self._subfolders(base + "AWSLogs/") else []
         if not roots:  # an organisation trail: AWSLogs/<org-id>/<account>/...
@@ -168,10 +172,10 @@ class S3Source:
         accounts = self._subfolders(roots[0])
         for account in accounts:
             children = self._subfolders(account)
-            if any(c.endswith("/CloudTrail/") for c in children):
-                trail_roots = [account + "CloudTrail/"]
+            if any(c.endswith(f"/{self.service}/") for c in children):
+                trail_roots = [account + f"{self.service}/"]
             else:  # organisation trail: one more level of account ids
-                trail_roots = [c + "CloudTrail/" for c in children]
+                trail_roots = [c + f"{self.service}/" for c in children]
             for trail_root in trail_roots:
                 for region in self._subfolders(trail_root):
                     day = start
@@ -286,10 +290,11 @@ def _boto3_client(service: str) -> Any:
     return boto3.client(service)
 
 
-def open_source(uri: str, client: Any | None = None) -> Source:
-    """The source for a ``--source`` value: a folder, ``s3://bucket/prefix`` or ``cloudwatch://group``."""
+def open_source(uri: str, client: Any | None = None, service: str = "CloudTrail") -> Source:
+    """The source for a ``--source`` value: a folder, ``s3://bucket/prefix`` or ``cloudwatch://group``
+    (``service``: the S3 delivery folder, ``CloudTrail`` or ``vpcflowlogs``)."""
     if uri.startswith("s3://"):
-        return S3Source(uri, client)
+        return S3Source(uri, client, service=service)
     if uri.startswith("cloudwatch://"):
         return CloudWatchLogsSource(uri, client)
     if "://" in uri:
