@@ -17,6 +17,7 @@ LAYERS = {
     "quality": 2,
     "detect": 2,
     "model": 3,
+    "flows": 3,
     "report": 4,
     "demo": 5,
     "cli": 6,

@@ -8,7 +8,6 @@ from datetime import date, datetime, timezone
 from pathlib import Path
 
 import pytest
-
 from trailguard.flows.ingestion import FlowStore, _Batch, ingest_flows, recover
 from trailguard.flows.logs import DEFAULT_FORMAT, flow_log_key, format_flow_file
 from trailguard.ingest.sources import LocalFolderSource, S3Source

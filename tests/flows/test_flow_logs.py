@@ -6,7 +6,6 @@ import gzip
 
 import pyarrow as pa
 import pytest
-
 from trailguard.flows.ingestion import decode_flow_object
 from trailguard.flows.logs import (
     DEFAULT_FORMAT,

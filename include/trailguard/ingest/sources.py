@@ -67,7 +67,9 @@ def key_date(key: str) -> date | None:
 
 
 # AWSLogs/[o-orgid/]<account>/CloudTrail/<region>/YYYY/MM/DD/: one partition of a trail's delivery
-_PARTITION = re.compile(r"(?:^|/)AWSLogs/(?:o-[a-z0-9]{10,32}/)?(\d{12})/CloudTrail/([a-z0-9-]{1,32})/(\d{4})/(\d{2})/(\d{2})/")
+_PARTITION = re.compile(
+    r"(?:^|/)AWSLogs/(?:o-[a-z0-9]{10,32}/)?(\d{12})/CloudTrail/([a-z0-9-]{1,32})/(\d{4})/(\d{2})/(\d{2})/"
+)
 
 
 def partition_of(key: str) -> dict[str, str] | None:
@@ -77,7 +79,12 @@ def partition_of(key: str) -> dict[str, str] | None:
     if not match:
         return None
     account, region, year, month, day = match.groups()
-    return {"account": account, "region": region, "day": f"{year}-{month}-{day}", "prefix": key[: match.end()]}
+    return {
+        "account": account,
+        "region": region,
+        "day": f"{year}-{month}-{day}",
+        "prefix": key[: match.end()],
+    }
 
 
 def in_range(key: str, start: date | None, end: date | None) -> bool:
@@ -199,7 +206,11 @@ class S3Source:
             for page in self._list(listed):
                 for item in page.get("Contents", []):
                     key = item["Key"]
-                    if key.endswith("/") or not in_range(key, start, end) or (prefix and not f"{own}{key}".startswith(prefix)):
+                    if (
+                        key.endswith("/")
+                        or not in_range(key, start, end)
+                        or (prefix and not f"{own}{key}".startswith(prefix))
+                    ):
                         continue
                     yield SourceObject(
                         key=f"s3://{self.bucket}/{key}",
@@ -241,7 +252,9 @@ class CloudWatchLogsSource:
         if start is not None:
             kwargs["startTime"] = _epoch_ms(datetime.combine(start, datetime.min.time(), timezone.utc))
         if end is not None:
-            kwargs["endTime"] = _epoch_ms(datetime.combine(end + timedelta(days=1), datetime.min.time(), timezone.utc)) - 1
+            kwargs["endTime"] = (
+                _epoch_ms(datetime.combine(end + timedelta(days=1), datetime.min.time(), timezone.utc)) - 1
+            )
         groups: dict[str, list[dict]] = {}
         paginator = self.client.get_paginator("filter_log_events")
         for page in paginator.paginate(**kwargs, PaginationConfig={"PageSize": self.page_size}):
@@ -298,5 +311,7 @@ def open_source(uri: str, client: Any | None = None, service: str = "CloudTrail"
     if uri.startswith("cloudwatch://"):
         return CloudWatchLogsSource(uri, client)
     if "://" in uri:
-        raise ValueError(f"unknown source {uri!r}: use a folder, s3://bucket/prefix or cloudwatch://log-group")
+        raise ValueError(
+            f"unknown source {uri!r}: use a folder, s3://bucket/prefix or cloudwatch://log-group"
+        )
     return LocalFolderSource(uri)
