@@ -79,6 +79,7 @@ def test_mining_pool_port():
     )
     assert fired([flow(HOST, "198.51.100.77", 50123, 443)]) == []
     assert fired([flow(HOST, "198.51.100.77", 50123, 3333, action="REJECT")]) == []
+    assert fired([flow(HOST, "198.51.100.77", 443, 3333)]) == []  # our web server answering a client's port
 
 
 def test_exfiltration_against_the_interfaces_history():

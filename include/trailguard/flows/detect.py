@@ -117,11 +117,13 @@ def prepare(table: pa.Table) -> pd.DataFrame:
     """The day's traffic records (NODATA/SKIPDATA left out) with direction flags."""
     frame = table.select([c for c in _READ if c in table.column_names]).to_pandas()
     frame = frame[frame["log_status"].eq("OK") & frame["srcaddr"].notna() & frame["dstaddr"].notna()].copy()
+    for column in ("srcport", "dstport", "protocol", "packets", "bytes"):
+        frame[column] = frame[column].astype("Int64")
     frame["src_internal"] = internal(frame["srcaddr"])
     frame["dst_internal"] = internal(frame["dstaddr"])
     frame["outbound"] = frame["src_internal"] & ~frame["dst_internal"]
     frame["inbound"] = ~frame["src_internal"] & frame["dst_internal"]
-    frame["initiated"] = frame["srcport"].fillna(0) > frame["dstport"].fillna(0)
+    frame["initiated"] = (frame["srcport"].fillna(0) > frame["dstport"].fillna(0)).to_numpy(dtype=bool)
     frame["accepted"] = frame["action"].eq("ACCEPT")
     return frame
 
@@ -225,7 +227,9 @@ def _rejected_bursts(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _mining_pool(frame: pd.DataFrame) -> pd.DataFrame:
+    # a reply from one of our services (source port below 1024) to a client's ephemeral port is not a miner
     rows = frame[frame["outbound"] & frame["accepted"] & frame["dstport"].isin(list(MINING_PORTS))]
+    rows = rows[rows["srcport"].fillna(0) >= 1024]
     if rows.empty:
         return rows
     out = _first(rows, ["interface_id", "srcaddr", "dstaddr", "dstport"])
