@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from trailguard.flows.logs import FLOW_SCHEMA, DecodedFlows, FlowFileError, is_flow_log_key, read_flow_text
 from trailguard.ingest.sources import Source, SourceObject
@@ -52,6 +53,14 @@ except ImportError:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 MAX_OBJECT_BYTES = 512 * 1024 * 1024  # gunzipped; AWS rolls a flow log file over long before this
+# Addresses are nearly unique per row: a dictionary for them is wasted work; snappy is the cheapest codec that
+# still shrinks them (zstd took half the ingest time as measured, for files about 40% smaller).
+_HIGH_CARDINALITY = {"srcaddr", "dstaddr", "pkt_srcaddr", "pkt_dstaddr"}
+FLOW_WRITE_OPTIONS: dict[str, Any] = {
+    "compression": "snappy",
+    "use_dictionary": [f.name for f in FLOW_SCHEMA if f.name not in _HIGH_CARDINALITY],
+    "write_statistics": ["start", "end", "account_id", "interface_id", "action", "log_status", "dstport"],
+}
 
 
 @dataclass
@@ -222,7 +231,7 @@ def ingest_flows(
     *,
     start: date | None = None,
     end: date | None = None,
-    batch_records: int = 1_000_000,
+    batch_records: int = 250_000,
     workers: int = 1,
     progress: Callable[[int, int], None] | None = None,
 ) -> FlowIngestSummary:
@@ -265,7 +274,10 @@ def _ingest(
     started = time.perf_counter()
     recover(store)
     seen = store.manifest_index()
-    batch = _Batch(store, run_id)
+    batch = _Batch(store, run_id, 1)
+    # one batch is written while the next is read: at most two batches in memory, and writing overlaps reading
+    committer = ThreadPoolExecutor(1, thread_name_prefix="flows-commit")
+    writing: Future[set[str]] | None = None
     touched: set[str] = set()
 
     def wanted() -> Iterator[SourceObject]:
@@ -281,29 +293,34 @@ def _ingest(
                 continue
             yield obj
 
-    for outcome in _read_ahead(wanted(), workers):
-        if outcome.status == "quarantined":
-            store.quarantine_object(outcome.obj.key, outcome.data or b"", outcome.reason or "", run_id)
-            summary.objects_quarantined += 1
-            batch.manifest.append(_entry(outcome.obj, "quarantined", error=outcome.reason))
-            log.warning("quarantined %s: %s", outcome.obj.key, outcome.reason)
-        else:
-            decoded = outcome.decoded
-            assert decoded is not None
-            summary.objects_ingested += 1
-            summary.records += decoded.lines_read
-            summary.stored += decoded.table.num_rows
-            summary.quarantined += len(decoded.rejected)
-            status = decoded.table.column("log_status")
-            summary.nodata += decoded.table.num_rows - int(
-                np.count_nonzero(np.asarray(status.to_numpy(zero_copy_only=False)) == "OK")
-            )
-            batch.add(outcome.obj, decoded)
-        if progress:
-            progress(summary.objects, summary.records)
-        if batch.rows >= batch_records:
-            touched |= batch.commit()
-    touched |= batch.commit()
+    try:
+        for outcome in _read_ahead(wanted(), workers):
+            if outcome.status == "quarantined":
+                store.quarantine_object(outcome.obj.key, outcome.data or b"", outcome.reason or "", run_id)
+                summary.objects_quarantined += 1
+                batch.manifest.append(_entry(outcome.obj, "quarantined", error=outcome.reason))
+                log.warning("quarantined %s: %s", outcome.obj.key, outcome.reason)
+            else:
+                decoded = outcome.decoded
+                assert decoded is not None
+                summary.objects_ingested += 1
+                summary.records += decoded.lines_read
+                summary.stored += decoded.table.num_rows
+                summary.quarantined += len(decoded.rejected)
+                traffic = pc.sum(pc.equal(decoded.table.column("log_status"), "OK")).as_py() or 0
+                summary.nodata += decoded.table.num_rows - traffic
+                batch.add(outcome.obj, decoded)
+            if progress:
+                progress(summary.objects, summary.records)
+            if batch.rows >= batch_records:
+                if writing is not None:
+                    touched |= writing.result()
+                writing, batch = committer.submit(batch.commit), _Batch(store, run_id, batch.seq + 1)
+        if writing is not None:
+            touched |= writing.result()
+        touched |= batch.commit()
+    finally:
+        committer.shutdown(wait=True)
     fs.rmtree(store.staging_root / f"flows-{run_id}")  # every batch committed: only empty folders are left
     summary.dates = sorted(touched)
     summary.seconds = time.perf_counter() - started
@@ -314,13 +331,12 @@ def _ingest(
 class _Batch:
     """Records of a few objects waiting to be committed together, one part per day."""
 
-    def __init__(self, store: FlowStore, run_id: str) -> None:
-        self.store, self.run_id = store, run_id
+    def __init__(self, store: FlowStore, run_id: str, seq: int) -> None:
+        self.store, self.run_id, self.seq = store, run_id, seq
         self.tables: list[pa.Table] = []
         self.rejected: list[dict[str, Any]] = []
         self.manifest: list[dict[str, Any]] = []
         self.rows = 0
-        self.seq = 0
 
     def add(self, obj: SourceObject, decoded: DecodedFlows) -> None:
         if decoded.table.num_rows:
@@ -342,7 +358,6 @@ class _Batch:
         """Stage the batch's parts, journal them with their manifest entries, then move them into place."""
         if not (self.tables or self.manifest):
             return set()
-        self.seq += 1
         stage = self.store.staging_root / f"flows-{self.run_id}"
         journal: dict[str, Any] = {"run_id": self.run_id, "parts": [], "rejected": None}
         days: set[str] = set()
@@ -350,7 +365,7 @@ class _Batch:
             table = pa.concat_tables(self.tables, promote_options="permissive").cast(FLOW_SCHEMA)
             for day, part in _split_by_day(table):
                 name = f"part-{self.run_id}-{self.seq:05d}-{uuid.uuid4().hex[:8]}.parquet"
-                fs.write_parquet_atomic(part, stage / name, compression="zstd")
+                fs.write_parquet_atomic(part, stage / name, **FLOW_WRITE_OPTIONS)
                 journal["parts"].append({"staged": name, "day": day})
                 days.add(day)
         if self.rejected:

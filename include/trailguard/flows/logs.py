@@ -117,10 +117,11 @@ def looks_like_flow_header(text: bytes) -> bool:
 def read_flow_text(key: str, text: bytes) -> DecodedFlows:
     """Read one file's text (already gunzipped). Raises FlowFileError when there is no usable header."""
     header, notes = _header(text)
-    body_start = text.find(b"\n") + 1 if b"\n" in text else len(text)
-    if body_start >= len(text.rstrip(b"\n")) + 1 or not text[body_start:].strip():
+    newline = text.find(b"\n")
+    body_start = newline + 1 if newline >= 0 else len(text)
+    if not text[body_start : body_start + 4096].strip() and not text[body_start:].strip():
         return DecodedFlows(_finish(_empty(), key), [], 0, _join(notes + ["no records after the header"]))
-    table = _fast(text[body_start:], header)
+    table = _fast(pa.py_buffer(text).slice(body_start), header)  # no copy of the body
     if table is not None:
         checked, rejected = _checked(table, header, key, None)
         return DecodedFlows(_finish(checked, key), rejected, table.num_rows, _join(notes))
@@ -172,7 +173,7 @@ def _options(header: list[str], typed: bool, on_invalid: Any = None) -> tuple[An
     return read, parse, convert
 
 
-def _fast(body: bytes, header: list[str]) -> pa.Table | None:
+def _fast(body: pa.Buffer, header: list[str]) -> pa.Table | None:
     """Typed columns straight from the text, or None when any line needs care."""
     invalid = []
 
@@ -261,12 +262,14 @@ def _checked(
             column = column.cast(pa.int64() if name in ("start", "end") else kind)
         elif name in _BOUNDS:
             low, high = _BOUNDS[name]
-            out = pc.fill_null(pc.or_(pc.less(column, low), pc.greater(column, high)), False)
-            if pc.any(out).as_py():
+            extremes = pc.min_max(column)  # one pass; the row masks only when a value is out of bounds
+            smallest, largest = extremes["min"].as_py(), extremes["max"].as_py()
+            if smallest is not None and (smallest < low or largest > high):
+                out = pc.fill_null(pc.or_(pc.less(column, low), pc.greater(column, high)), False)
                 mask = np.asarray(out.to_numpy(zero_copy_only=False))
                 _mark(bad, reasons, mask, column.cast(pa.string()), f"{field} out of range {low}..{high}")
         columns[name] = column
-    if "start" in columns:
+    if "start" in columns and columns["start"].null_count:
         missing = np.asarray(pc.is_null(columns["start"]).to_numpy(zero_copy_only=False))
         _mark(bad, reasons, missing & ~bad, None, "start is missing (a record needs its time)")
     if not bad.any():
