@@ -67,9 +67,7 @@ def key_date(key: str) -> date | None:
 
 
 # AWSLogs/[o-orgid/]<account>/CloudTrail/<region>/YYYY/MM/DD/: one partition of a trail's delivery
-_PARTITION = re.compile(
-    r"(?:^|/)AWSLogs/(?:o-[a-z0-9]{10,32}/)?(\d{12})/CloudTrail/([a-z0-9-]{1,32})/(\d{4})/(\d{2})/(\d{2})/"
-)
+_PARTITION = re.compile(r"(?:^|/)AWSLogs/(?:o-[a-z0-9]{10,32}/)?(\d{12})/CloudTrail/([a-z0-9-]{1,32})/(\d{4})/(\d{2})/(\d{2})/")
 
 
 def partition_of(key: str) -> dict[str, str] | None:
@@ -79,12 +77,7 @@ def partition_of(key: str) -> dict[str, str] | None:
     if not match:
         return None
     account, region, year, month, day = match.groups()
-    return {
-        "account": account,
-        "region": region,
-        "day": f"{year}-{month}-{day}",
-        "prefix": key[: match.end()],
-    }
+    return {"account": account, "region": region, "day": f"{year}-{month}-{day}", "prefix": key[: match.end()]}
 
 
 def in_range(key: str, start: date | None, end: date | None) -> bool:
@@ -118,13 +111,45 @@ class LocalFolderSource:
         for key, entry in sorted(_files_below(folder, below), key=lambda found: found[0].split("/")):
             if not in_range(key, start, end) or (prefix and not key.startswith(prefix)):
                 continue
-            stat = entry.stat()
-            yield SourceObject(
-                key=key,
-                size=stat.st_size,
-                etag=f"mtime:{stat.st_mtime_ns}",
-                fetch=Path(entry.path).read_bytes,
-            )
+            yield _local_object(key, entry)
+
+    def objects_with_digests(self, start: date, end: date) -> Iterator[SourceObject]:
+        """The log files and the digest files delivered from ``start`` to ``end`` (for integrity checks):
+        only the day folders of the AWS layout are listed; a folder without that layout is read whole."""
+        roots = sorted(_trail_roots(self.folder))
+        if not roots:
+            yield from self.objects(start, end)
+            return
+        for root in roots:
+            for region in sorted(p for p in root.iterdir() if p.is_dir()):
+                day = start
+                while day <= end:
+                    folder = region / f"{day:%Y/%m/%d}"
+                    if folder.is_dir():
+                        below = folder.relative_to(self.folder).as_posix() + "/"
+                        for key, entry in sorted(_files_below(folder, below)):
+                            yield _local_object(key, entry)
+                    day += timedelta(days=1)
+
+
+def _local_object(key: str, entry: os.DirEntry[str]) -> SourceObject:
+    stat = entry.stat()
+    return SourceObject(key=key, size=stat.st_size, etag=f"mtime:{stat.st_mtime_ns}", fetch=Path(entry.path).read_bytes)
+
+
+def _trail_roots(folder: Path, depth: int = 4) -> Iterator[Path]:
+    """``CloudTrail`` and ``CloudTrail-Digest`` folders at most ``depth`` levels below ``folder``
+    (``AWSLogs/[o-id/]<account>/CloudTrail``), without walking into them or into day folders."""
+    if depth < 0:
+        return
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if not entry.is_dir():
+                continue
+            if entry.name in ("CloudTrail", "CloudTrail-Digest"):
+                yield Path(entry.path)
+            elif not entry.name.isdigit() or len(entry.name) == 12:  # an account id, not a YYYY/MM/DD folder
+                yield from _trail_roots(Path(entry.path), depth - 1)
 
 
 def _files_below(folder: Path, prefix: str = "") -> Iterator[tuple[str, os.DirEntry[str]]]:
@@ -141,8 +166,8 @@ class S3Source:
     """Objects under ``s3://bucket/prefix``, listed with pagination.
 
     With a date range, only the ``YYYY/MM/DD/`` day prefixes of each account and region are listed, so an
-    hourly run reads a few listings, not the whole bucket. ``service`` is the folder AWS delivers into
-    after the account: ``CloudTrail``, or ``vpcflowlogs`` for VPC Flow Logs.
+    hourly run reads a few listings, not the whole bucket. ``service`` is the folder AWS delivers into after
+    the account: ``CloudTrail``, or ``vpcflowlogs`` for VPC Flow Logs.
     """
 
     def __init__(
@@ -170,8 +195,9 @@ class S3Source:
     def _subfolders(self, prefix: str) -> list[str]:
         return [cp["Prefix"] for page in self._list(prefix, "/") for cp in page.get("CommonPrefixes", [])]
 
-    def _day_prefixes(self, start: date, end: date) -> Iterator[str]:
-        """``.../AWSLogs/<acct>/<service>/<region>/YYYY/MM/DD/`` for each day, found by listing folders."""
+    def _day_prefixes(self, start: date, end: date, kind: str = "CloudTrail/") -> Iterator[str]:
+        """``.../AWSLogs/<acct>/<kind>/<region>/YYYY/MM/DD/`` for each day, found by listing folders (``kind``
+        ``CloudTrail/`` for log files, ``CloudTrail-Digest/`` for digest files)."""
         base = self.prefix
         roots = [base + "AWSLogs/"] if self._subfolders(base + "AWSLogs/") else []
         if not roots:  # an organisation trail: AWSLogs/<org-id>/<account>/...
@@ -179,16 +205,39 @@ class S3Source:
         accounts = self._subfolders(roots[0])
         for account in accounts:
             children = self._subfolders(account)
-            if any(c.endswith(f"/{self.service}/") for c in children):
-                trail_roots = [account + f"{self.service}/"]
+            if any(c.endswith(("/CloudTrail/", "/CloudTrail-Digest/", "/" + kind)) for c in children):
+                trail_roots = [account + kind]
             else:  # organisation trail: one more level of account ids
-                trail_roots = [c + f"{self.service}/" for c in children]
+                trail_roots = [c + kind for c in children]
             for trail_root in trail_roots:
                 for region in self._subfolders(trail_root):
                     day = start
                     while day <= end:
                         yield f"{region}{day:%Y/%m/%d}/"
                         day += timedelta(days=1)
+
+    def objects_with_digests(self, start: date, end: date) -> Iterator[SourceObject]:
+        """The log files and the digest files delivered from ``start`` to ``end`` (for integrity checks)."""
+        yield from self.objects(start, end)
+        for listed in self._day_prefixes(start, end, "CloudTrail-Digest/"):
+            for page in self._list(listed):
+                for item in page.get("Contents", []):
+                    yield self._object(item)
+
+    def object_metadata(self, key: str) -> dict[str, str]:
+        """An object's user metadata (a digest's ``signature`` and ``signature-algorithm``)."""
+        own = f"s3://{self.bucket}/"
+        answer = self.client.head_object(Bucket=self.bucket, Key=key[len(own) :] if key.startswith(own) else key)
+        return dict(answer.get("Metadata") or {})
+
+    def _object(self, item: dict) -> SourceObject:
+        key = item["Key"]
+        return SourceObject(
+            key=f"s3://{self.bucket}/{key}",
+            size=int(item.get("Size", 0)),
+            etag=str(item.get("ETag", "")).strip('"'),
+            fetch=_s3_fetch(self.client, self.bucket, key),
+        )
 
     def objects(
         self, start: date | None = None, end: date | None = None, prefix: str | None = None
@@ -197,7 +246,7 @@ class S3Source:
         if prefix and prefix.startswith(own + self.prefix):
             prefixes = [prefix[len(own) :]]
         elif start is not None and end is not None:
-            prefixes = list(self._day_prefixes(start, end))
+            prefixes = list(self._day_prefixes(start, end, f"{self.service}/"))
             if not prefixes:  # not the AWS layout: list everything and filter by key
                 prefixes = [self.prefix]
         else:
@@ -206,18 +255,9 @@ class S3Source:
             for page in self._list(listed):
                 for item in page.get("Contents", []):
                     key = item["Key"]
-                    if (
-                        key.endswith("/")
-                        or not in_range(key, start, end)
-                        or (prefix and not f"{own}{key}".startswith(prefix))
-                    ):
+                    if key.endswith("/") or not in_range(key, start, end) or (prefix and not f"{own}{key}".startswith(prefix)):
                         continue
-                    yield SourceObject(
-                        key=f"s3://{self.bucket}/{key}",
-                        size=int(item.get("Size", 0)),
-                        etag=str(item.get("ETag", "")).strip('"'),
-                        fetch=_s3_fetch(self.client, self.bucket, key),
-                    )
+                    yield self._object(item)
 
 
 def _s3_fetch(client: Any, bucket: str, key: str) -> Callable[[], bytes]:
@@ -252,9 +292,7 @@ class CloudWatchLogsSource:
         if start is not None:
             kwargs["startTime"] = _epoch_ms(datetime.combine(start, datetime.min.time(), timezone.utc))
         if end is not None:
-            kwargs["endTime"] = (
-                _epoch_ms(datetime.combine(end + timedelta(days=1), datetime.min.time(), timezone.utc)) - 1
-            )
+            kwargs["endTime"] = _epoch_ms(datetime.combine(end + timedelta(days=1), datetime.min.time(), timezone.utc)) - 1
         groups: dict[str, list[dict]] = {}
         paginator = self.client.get_paginator("filter_log_events")
         for page in paginator.paginate(**kwargs, PaginationConfig={"PageSize": self.page_size}):
@@ -304,14 +342,11 @@ def _boto3_client(service: str) -> Any:
 
 
 def open_source(uri: str, client: Any | None = None, service: str = "CloudTrail") -> Source:
-    """The source for a ``--source`` value: a folder, ``s3://bucket/prefix`` or ``cloudwatch://group``
-    (``service``: the S3 delivery folder, ``CloudTrail`` or ``vpcflowlogs``)."""
+    """The source for a ``--source`` value: a folder, ``s3://bucket/prefix`` or ``cloudwatch://group``."""
     if uri.startswith("s3://"):
         return S3Source(uri, client, service=service)
     if uri.startswith("cloudwatch://"):
         return CloudWatchLogsSource(uri, client)
     if "://" in uri:
-        raise ValueError(
-            f"unknown source {uri!r}: use a folder, s3://bucket/prefix or cloudwatch://log-group"
-        )
+        raise ValueError(f"unknown source {uri!r}: use a folder, s3://bucket/prefix or cloudwatch://log-group")
     return LocalFolderSource(uri)

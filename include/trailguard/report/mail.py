@@ -1,7 +1,8 @@
 """Mailing the daily report: once, never lost, and never silently changed.
 
 :func:`build_message` makes a multipart mail (text and HTML with the chart inline by ``cid:``, the CSV and
-the data-quality page attached). :func:`send_report` sends it over SMTP and records ``sent.json`` beside
+the data-quality page attached); its two bodies are the templates ``report/templates/email.txt`` and
+``email.html`` (the report page without the page's CSP). :func:`send_report` sends it over SMTP and records ``sent.json`` beside
 the report (message id, recipients, time, a hash of ``top_events.csv``): a rerun with the same content
 sends nothing, a changed report (late events rescored) sends an *update* that lists what is new, and
 ``force=True`` sends anyway. Without SMTP settings the mail is only written as ``report.eml``; it is
@@ -161,6 +162,8 @@ def default_subject(report: Report, *, new_events: int | None = None) -> str:
     else:
         head += ":"
     subject = f"{head} {report.high_risk_findings} events >= {HIGH_RISK:g}"
+    if report.integrity and report.integrity.get("status") == "tampered":
+        subject += ", CloudTrail evidence TAMPERED"
     if len(report.top_events):
         top = report.top_events.iloc[0]
         service = clean_text(top.get("eventSource"), 80).removesuffix(".amazonaws.com")

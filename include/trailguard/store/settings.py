@@ -27,6 +27,8 @@ class Settings:
     ingest_max_tasks: int
     score_max_tasks: int
     smtp_url: str | None
+    source: str | None = None  # the CloudTrail source the DAGs and `trailguard verify` read by default
+    integrity_keys: str | None = None  # folder of CloudTrail public keys; empty: cloudtrail:ListPublicKeys
 
     @property
     def data_path(self) -> DataPath:
@@ -66,6 +68,8 @@ def load_settings(**overrides: object) -> Settings:
         "ingest_max_tasks": max(1, _int("TRAILGUARD_INGEST_MAX_TASKS", 32)),
         "score_max_tasks": max(1, _int("TRAILGUARD_SCORE_MAX_TASKS", 4)),
         "smtp_url": env.get("TRAILGUARD_SMTP_URL", "").strip() or None,
+        "source": env.get("TRAILGUARD_SOURCE", "").strip() or None,
+        "integrity_keys": env.get("TRAILGUARD_INTEGRITY_KEYS", "").strip() or None,
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
     return Settings(**values)  # type: ignore[arg-type]
