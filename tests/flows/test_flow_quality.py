@@ -46,12 +46,17 @@ def test_critical_rows_are_quarantined_and_warnings_reported(tmp_path):
     doc = validate_flows(tmp_path, "2026-01-01", now=DAY + timedelta(days=2))
     assert doc["status"] == "warning" and doc["rows_quarantined"] == 2 and doc["rows_passed"] == 2
     failed = {o["name"] for o in doc["outcomes"] if not o["success"]}
-    assert failed == {"start_in_day", "log_status_known", "action_known", "srcaddr_ip"}
+    assert failed == {"flow_start_in_day", "flow_log_status_known", "flow_action_known", "flow_srcaddr_ip"}
     assert store.read_partition("2026-01-01").num_rows == 2
     moved = fs.read_parquet(
         next((tmp_path / "quarantine" / "flows" / "date=2026-01-01").glob("rows-*.parquet"))
     )
-    assert sorted(moved.column("quarantine_reason").to_pylist()) == ["log_status_known", "start_in_day"]
+    assert sorted(moved.column("quarantine_reason").to_pylist()) == [
+        "flow_log_status_known",
+        "flow_start_in_day",
+    ]
+    page = (tmp_path / "quality" / "flows" / "date=2026-01-01" / "index.html").read_text()
+    assert "flow_start_in_day" in page and "quarantined" in page
     saved = json.loads((tmp_path / "quality" / "flows" / "date=2026-01-01" / "result.json").read_text())
     assert saved["status"] == "warning"
 

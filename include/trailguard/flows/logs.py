@@ -78,8 +78,6 @@ _BOUNDS: dict[str, tuple[int, int]] = {
     "version": (2, 99),
     "traffic_path": (0, 99),
 }
-LOG_STATUSES = ("OK", "NODATA", "SKIPDATA")
-ACTIONS = ("ACCEPT", "REJECT")
 MAX_LINE_BYTES = 4096  # a flow record is about 100-300 bytes; a longer line is rejected, not parsed
 MAX_RAW_CHARS = 1000  # of a rejected line kept in quarantine
 _BLOCK_BYTES = 8 << 20
