@@ -362,7 +362,7 @@ class _Batch:
         journal: dict[str, Any] = {"run_id": self.run_id, "parts": [], "rejected": None}
         days: set[str] = set()
         if self.tables:
-            table = pa.concat_tables(self.tables, promote_options="permissive").cast(FLOW_SCHEMA)
+            table = pa.concat_tables(self.tables)  # every table is in FLOW_SCHEMA already
             for day, part in _split_by_day(table):
                 name = f"part-{self.run_id}-{self.seq:05d}-{uuid.uuid4().hex[:8]}.parquet"
                 fs.write_parquet_atomic(part, stage / name, **FLOW_WRITE_OPTIONS)
@@ -424,8 +424,13 @@ def recover(store: FlowStore) -> int:
 
 
 def _split_by_day(table: pa.Table) -> Iterator[tuple[str, pa.Table]]:
-    days = table.column("start").cast(pa.date32()).to_numpy(zero_copy_only=False)
-    values = np.asarray(days, dtype="datetime64[D]")
+    """The rows of each day by ``start``; a batch of one day (the usual case) is passed on without a copy."""
+    days = table.column("start").cast(pa.date32())
+    extremes = pc.min_max(days)
+    if extremes["min"] == extremes["max"]:
+        yield str(extremes["min"].as_py()), table
+        return
+    values = np.asarray(days.to_numpy(), dtype="datetime64[D]")
     for day in np.unique(values):
         yield str(day), table.filter(pa.array(values == day))
 

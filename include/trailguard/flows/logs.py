@@ -154,14 +154,13 @@ def _header(text: bytes) -> tuple[list[str], list[str]]:
     return fields, notes
 
 
-def _options(header: list[str], typed: bool, on_invalid: Any = None) -> tuple[Any, Any, Any]:
+def _options(header: list[str], typed: bool) -> tuple[Any, Any, Any]:
     read = pacsv.ReadOptions(column_names=header, block_size=_BLOCK_BYTES, use_threads=True)
     parse = pacsv.ParseOptions(
         delimiter=" ",
         quote_char=False,
         escape_char=False,
         newlines_in_values=False,
-        invalid_row_handler=on_invalid,
     )
     wanted = [f for f in header if f in FIELDS]
     types = {f: (FIELDS[f][1] if typed else pa.string()) for f in wanted}
@@ -172,21 +171,13 @@ def _options(header: list[str], typed: bool, on_invalid: Any = None) -> tuple[An
 
 
 def _fast(body: pa.Buffer, header: list[str]) -> pa.Table | None:
-    """Typed columns straight from the text, or None when any line needs care."""
-    invalid = []
-
-    def on_invalid(row: Any) -> str:
-        invalid.append(row)
-        return "skip"
-
-    read, parse, convert = _options(header, True, on_invalid)
+    """Typed columns straight from the text, or None when any line needs care (a wrong field count or a
+    value that is not of its type makes the reader raise; no per-row handler: it doubled the reading time)."""
+    read, parse, convert = _options(header, True)
     try:
-        table = pacsv.read_csv(
-            pa.py_buffer(body), read_options=read, parse_options=parse, convert_options=convert
-        )
+        return pacsv.read_csv(body, read_options=read, parse_options=parse, convert_options=convert)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return None
-    return None if invalid else table
 
 
 _LINE_NUMBERS = "__line"
