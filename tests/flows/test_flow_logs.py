@@ -13,7 +13,6 @@ from trailguard.flows.logs import (
     FlowFileError,
     format_flow_file,
     is_flow_log_key,
-    looks_like_flow_header,
     read_flow_text,
 )
 
@@ -152,12 +151,10 @@ def test_unknown_fields_are_noted_and_ignored():
     assert decoded.table.num_rows == 1 and "ecs-cluster-name" in (decoded.note or "")
 
 
-def test_keys_and_headers_recognised():
+def test_flow_log_keys_recognised():
     key = "AWSLogs/123456789010/vpcflowlogs/us-east-1/2026/01/01/123456789010_vpcflowlogs_us-east-1_fl-0a_20260101T0005Z_ab12.log.gz"
     assert is_flow_log_key(key) and is_flow_log_key("s3://b/" + key)
     assert not is_flow_log_key("AWSLogs/123456789010/CloudTrail/us-east-1/2026/01/01/x.json.gz")
-    assert looks_like_flow_header(DEFAULT_FORMAT.encode() + b"\n")
-    assert not looks_like_flow_header(b'{"Records": []}')
 
 
 def test_a_big_file_stays_on_the_fast_path_and_matches_the_row_count():

@@ -106,12 +106,6 @@ def is_flow_log_key(key: str) -> bool:
     return bool(_FLOW_KEY.search(normalised)) and normalised.lower().endswith(_SUFFIXES)
 
 
-def looks_like_flow_header(text: bytes) -> bool:
-    """Whether a file's first line is a flow log header (for files outside AWS's layout)."""
-    fields = text.split(b"\n", 1)[0].decode("ascii", errors="replace").split()
-    return bool(fields) and all(f in FIELDS for f in fields) and all(f in fields for f in REQUIRED_FIELDS)
-
-
 def read_flow_text(key: str, text: bytes) -> DecodedFlows:
     """Read one file's text (already gunzipped). Raises FlowFileError when there is no usable header."""
     header, notes = _header(text)
