@@ -134,6 +134,13 @@ def test_bad_lines_are_rejected_with_line_number_and_reason_the_rest_kept():
     assert decoded.lines_read == 8
 
 
+def test_an_out_of_range_value_on_the_fast_path_still_names_its_line():
+    text = format_flow_file(V2, [ACCEPT, (*ACCEPT[:5], 70000, *ACCEPT[6:]), ACCEPT])
+    decoded = read_flow_text("k", text)
+    assert [(r["record_index"], r["reason"][:21]) for r in decoded.rejected] == [(3, "srcport out of range ")]
+    assert decoded.table.num_rows == 2 and decoded.lines_read == 3
+
+
 def test_truncated_gzip_and_non_flow_files_are_file_errors():
     data = gzip.compress(format_flow_file(V2, [ACCEPT] * 100))
     with pytest.raises(FlowFileError, match="gzip"):

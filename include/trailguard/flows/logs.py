@@ -116,7 +116,9 @@ def read_flow_text(key: str, text: bytes) -> DecodedFlows:
     table = _fast(pa.py_buffer(text).slice(body_start), header)  # no copy of the body
     if table is not None:
         checked, rejected = _checked(table, header, key, None)
-        return DecodedFlows(_finish(checked, key), rejected, table.num_rows, _join(notes))
+        if not rejected:
+            return DecodedFlows(_finish(checked, key), [], table.num_rows, _join(notes))
+        # a value out of its bounds: read again line by line, so that each rejection names its line
     table, rejected, lines = _careful(key, text[body_start:], header)
     checked, more = _checked(table, header, key, _LINE_NUMBERS)
     rejected = sorted(rejected + more, key=lambda r: r["record_index"])
