@@ -53,12 +53,18 @@ except ImportError:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 MAX_OBJECT_BYTES = 512 * 1024 * 1024  # gunzipped; AWS rolls a flow log file over long before this
-# Addresses are nearly unique per row: a dictionary for them is wasted work; snappy is the cheapest codec that
-# still shrinks them (zstd took half the ingest time as measured, for files about 40% smaller).
-_HIGH_CARDINALITY = {"srcaddr", "dstaddr", "pkt_srcaddr", "pkt_dstaddr"}
+# A dictionary only for the columns with few values (accounts, interfaces, actions, statuses, the VPC
+# fields, the service port): addresses, ephemeral ports, counts and times are nearly unique per row, where
+# a dictionary is wasted work (measured: a quarter of the writing time, for files 12% smaller); snappy is
+# the cheapest codec that still shrinks them (zstd took half the ingest time, for files 40% smaller).
+_FEW_VALUES = {
+    "version", "account_id", "interface_id", "dstport", "protocol", "action", "log_status", "vpc_id", "subnet_id",
+    "instance_id", "type", "region", "az_id", "sublocation_type", "sublocation_id", "pkt_src_aws_service",
+    "pkt_dst_aws_service", "flow_direction", "traffic_path", "source_key",
+}  # fmt: skip
 FLOW_WRITE_OPTIONS: dict[str, Any] = {
     "compression": "snappy",
-    "use_dictionary": [f.name for f in FLOW_SCHEMA if f.name not in _HIGH_CARDINALITY],
+    "use_dictionary": [f.name for f in FLOW_SCHEMA if f.name in _FEW_VALUES],
     "write_statistics": ["start", "end", "account_id", "interface_id", "action", "log_status", "dstport"],
 }
 
