@@ -157,3 +157,28 @@ def test_s3_source_in_aws_layout(aws_client, tmp_path):
     summary = ingest_flows(source, tmp_path / "data", start=date(2026, 1, 1), end=date(2026, 1, 1), workers=2)
     assert (summary.objects_ingested, summary.objects_quarantined, summary.stored) == (3, 1, 17)
     assert ingest_flows(source, tmp_path / "data").objects_already_ingested == 4
+
+
+def test_an_s3_data_root_holds_the_same_layout(moto_server, tmp_path):
+    """Flows into s3://bucket/prefix: partitions, manifest and quarantine as keys, no staging left; a rerun
+    skips everything."""
+    import boto3
+    import s3fs
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AWS_ENDPOINT_URL", moto_server)
+        s3fs.S3FileSystem.clear_instance_cache()
+        client = boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1")
+        client.create_bucket(Bucket="flows-data")
+        try:
+            summary = ingest_flows(LocalFolderSource(_logs(tmp_path)), "s3://flows-data/root")
+            again = ingest_flows(LocalFolderSource(tmp_path / "logs"), "s3://flows-data/root")
+            store = FlowStore("s3://flows-data/root")
+            rows = store.read_partition("2026-01-01").num_rows
+            pages = client.get_paginator("list_objects_v2").paginate(Bucket="flows-data", Prefix="root/")
+            keys = [o["Key"][5:] for page in pages for o in page.get("Contents", [])]
+        finally:
+            s3fs.S3FileSystem.clear_instance_cache()
+    assert (summary.stored, summary.objects_quarantined, again.objects_already_ingested, rows) == (17, 1, 4, 12)
+    tops = {k.split("/")[0] + "/" + k.split("/")[1] for k in keys}
+    assert tops == {"flows/date=2026-01-01", "flows/date=2026-01-02", "manifest/flows", "quarantine/flows"}
