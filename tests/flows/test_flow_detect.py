@@ -24,8 +24,8 @@ def flow(src, dst, sport, dport, *, action="ACCEPT", nbytes=800, minute=0.0, eni
     }  # fmt: skip
 
 
-def findings(rows, history=None) -> pd.DataFrame:
-    return detect(prepare(pa.Table.from_pylist(rows, schema=_SCHEMA)), history)
+def findings(rows, history=None, seen=None) -> pd.DataFrame:
+    return detect(prepare(pa.Table.from_pylist(rows, schema=_SCHEMA)), history, seen)
 
 
 def fired(rows, history=None) -> list[str]:
@@ -45,6 +45,13 @@ def test_ssh_accepted_from_the_internet_and_the_near_misses():
     assert fired([flow("203.0.113.9", HOST, 50000, 22, action="REJECT")]) == []  # the group said no
     out = findings([flow("203.0.113.9", HOST, 50000, 3389)])
     assert out.loc[0, "attack_technique"] == "T1021.001" and "RDP" in out.loc[0, "reasons"]
+
+
+def test_ssh_a_host_always_had_scores_lower_than_a_first_time():
+    first = findings([flow("203.0.113.9", HOST, 50000, 22)])
+    usual = findings([flow("203.0.113.9", HOST, 50000, 22)], seen={(ENI, 22)})
+    assert first.loc[0, "risk_score"] == 60 and "never before" in first.loc[0, "reasons"]
+    assert usual.loc[0, "risk_score"] == 35 and "earlier days too" in usual.loc[0, "reasons"]
 
 
 def test_brute_force_is_twenty_accepted_flows_from_one_source():

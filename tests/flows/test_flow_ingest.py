@@ -179,6 +179,11 @@ def test_an_s3_data_root_holds_the_same_layout(moto_server, tmp_path):
             keys = [o["Key"][5:] for page in pages for o in page.get("Contents", [])]
         finally:
             s3fs.S3FileSystem.clear_instance_cache()
-    assert (summary.stored, summary.objects_quarantined, again.objects_already_ingested, rows) == (17, 1, 4, 12)
+    assert (summary.stored, summary.objects_quarantined, again.objects_already_ingested, rows) == (
+        17,
+        1,
+        4,
+        12,
+    )
     tops = {k.split("/")[0] + "/" + k.split("/")[1] for k in keys}
     assert tops == {"flows/date=2026-01-01", "flows/date=2026-01-02", "manifest/flows", "quarantine/flows"}

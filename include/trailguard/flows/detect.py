@@ -128,10 +128,13 @@ def prepare(table: pa.Table) -> pd.DataFrame:
     return frame
 
 
-def detect(frame: pd.DataFrame, history: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Every finding of a prepared day; ``history`` has ``interface_id, day, bytes`` (outbound per day)."""
+def detect(
+    frame: pd.DataFrame, history: pd.DataFrame | None = None, remote_seen: set[tuple[str, int]] | None = None
+) -> pd.DataFrame:
+    """Every finding of a prepared day; ``history`` has ``interface_id, day, bytes`` (outbound per day),
+    ``remote_seen`` the (interface, port) pairs that accepted SSH/RDP from the internet on earlier days."""
     found = [
-        _remote_access(frame),
+        _remote_access(frame, remote_seen or set()),
         _scan_fanout(frame),
         _rejected_bursts(frame),
         _mining_pool(frame),
@@ -163,21 +166,31 @@ def _first(frame: pd.DataFrame, keys: list[str], **aggs: tuple[str, str]) -> pd.
     return frame.groupby(keys, dropna=False, sort=False).agg(**base, **aggs).reset_index()
 
 
-def _remote_access(frame: pd.DataFrame) -> pd.DataFrame:
+def remote_access_pairs(frame: pd.DataFrame) -> set[tuple[str, int]]:
+    """(interface, port) pairs that accepted SSH/RDP from the internet: a host that always had it is less
+    surprising than one that never did."""
+    rows = frame[frame["inbound"] & frame["accepted"] & frame["dstport"].isin(list(REMOTE_ACCESS_PORTS))]
+    return {(str(i), int(p)) for i, p in zip(rows["interface_id"], rows["dstport"], strict=True)}
+
+
+def _remote_access(frame: pd.DataFrame, seen: set[tuple[str, int]]) -> pd.DataFrame:
     rows = frame[frame["inbound"] & frame["accepted"] & frame["dstport"].isin(list(REMOTE_ACCESS_PORTS))]
     if rows.empty:
         return rows
     out = _first(rows, ["interface_id", "dstaddr", "dstport", "srcaddr"])
     brute = out["flows"] >= BRUTE_FORCE_FLOWS
+    usual = np.array([(str(i), int(p)) in seen for i, p in zip(out["interface_id"], out["dstport"], strict=True)],
+                     dtype=bool)  # fmt: skip
     service = out["dstport"].map(lambda p: REMOTE_ACCESS_PORTS[int(p)][0])
     out["detection"] = np.where(brute, "flow_remote_access_brute_force", "flow_remote_access_from_internet")
     out["technique"] = np.where(brute, "T1110", out["dstport"].map(lambda p: REMOTE_ACCESS_PORTS[int(p)][1]))
-    out["risk_score"] = np.where(brute, 85, 60) + np.minimum(out["flows"] // 100, 10)
+    out["risk_score"] = np.where(brute, 85, np.where(usual, 35, 60)) + np.minimum(out["flows"] // 100, 10)
     out["reasons"] = [
         f"{s} from internet address {src} accepted by {eni} ({dst}:{port}): {n} flows"
         + (f", {BRUTE_FORCE_FLOWS}+ in a day is a brute force" if b else "")
-        for s, src, eni, dst, port, n, b in zip(service, out["srcaddr"], out["interface_id"], out["dstaddr"],
-                                                 out["dstport"], out["flows"], brute, strict=True)
+        + ("; it accepted this on earlier days too" if u else "; never before in its history")
+        for s, src, eni, dst, port, n, b, u in zip(service, out["srcaddr"], out["interface_id"], out["dstaddr"],
+                                                    out["dstport"], out["flows"], brute, usual, strict=True)
     ]  # fmt: skip
     return out
 
@@ -311,20 +324,23 @@ def _beaconing(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 # -- a day from the store ----------------------------------------------------------------------------------
-def history_of(store: FlowStore, day: str, days: int = HISTORY_DAYS) -> pd.DataFrame:
-    """Outbound bytes per interface for each of the ``days`` before ``day`` that has flows."""
+def history_of(
+    store: FlowStore, day: str, days: int = HISTORY_DAYS
+) -> tuple[pd.DataFrame, set[tuple[str, int]]]:
+    """For the ``days`` before ``day``: outbound bytes per interface and day, and the (interface, port)
+    pairs that accepted SSH/RDP from the internet."""
     first = date.fromisoformat(day)
     frames = []
+    seen: set[tuple[str, int]] = set()
     for back in range(1, days + 1):
         earlier = (first - timedelta(days=back)).isoformat()
         table = store.read_partition(earlier, columns=_READ)
         if table.num_rows:
-            frames.append(outbound_bytes(prepare(table)).assign(day=earlier))
-    return (
-        pd.concat(frames, ignore_index=True)
-        if frames
-        else pd.DataFrame(columns=["interface_id", "bytes", "day"])
-    )
+            prepared = prepare(table)
+            frames.append(outbound_bytes(prepared).assign(day=earlier))
+            seen |= remote_access_pairs(prepared)
+    empty = pd.DataFrame(columns=["interface_id", "bytes", "day"])
+    return (pd.concat(frames, ignore_index=True) if frames else empty), seen
 
 
 def scores_dir(data_root: DataPath | str, day: date | str) -> DataPath:
@@ -335,7 +351,8 @@ def score_flows(data_root: DataPath | str, day: date | str) -> tuple[pd.DataFram
     """Run every detection on a stored day and write its findings (overwritten on rerun)."""
     store = FlowStore(as_path(data_root))
     text = day_text(day)
-    findings = detect(prepare(store.read_partition(text, columns=_READ)), history_of(store, text))
+    outbound, remote_seen = history_of(store, text)
+    findings = detect(prepare(store.read_partition(text, columns=_READ)), outbound, remote_seen)
     table = pa.Table.from_pandas(findings.astype({"risk_score": "float64"}), preserve_index=False)
     path = fs.write_parquet_atomic(table, scores_dir(data_root, text) / "scores.parquet", compression="zstd")
     log.info("flows %s: %d findings written to %s", text, len(findings), path)
