@@ -3,8 +3,8 @@
 Every instance of ``INSTANCE_GROUPS`` gets an interface and a day of traffic: web servers serve HTTPS to
 internet clients, EKS nodes talk to each other, every host resolves names and calls AWS endpoints; the
 internet's background noise (a few rejected probes an hour) and idle NODATA intervals are there too.
-Files are written hourly per account and region, in AWS's layout and format (v5 fields, custom order on the
-dev account, the default v2 format elsewhere), gzipped.
+Files are written hourly per account and region, in AWS's layout and format (a custom list with v3-v5 fields
+on the dev account, the default v2 format elsewhere), gzipped.
 
 Attacks, on the days their CloudTrail counterparts happen (``attacks.SCENARIOS``):
 
