@@ -72,6 +72,8 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     if args.start and args.end and args.start > args.end:
         print(f"--start {args.start} is after --end {args.end}", file=sys.stderr)
         return 2
+    if getattr(args, "kind", "cloudtrail") == "flows":
+        return _ingest_flows(args, settings)
     try:
         source = open_source(args.source)
     except (ValueError, FileNotFoundError) as exc:
@@ -98,6 +100,59 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _ingest_flows(args: argparse.Namespace, settings: Settings) -> int:
+    """``ingest --kind flows``: VPC Flow Log files into ``flows/date=D/``."""
+    from trailguard.flows.ingestion import ingest_flows
+    from trailguard.ingest.sources import open_source
+
+    if args.source.startswith("cloudwatch://"):
+        print("--kind flows reads a folder or s3://bucket/prefix; CloudWatch Logs delivery is not supported yet", file=sys.stderr)
+        return 2
+    try:
+        source = open_source(args.source, service="vpcflowlogs")
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"cannot read the source: {exc}", file=sys.stderr)
+        return 2
+    update, close = _progress_bar("ingest flows", "objects")
+    try:
+        summary = ingest_flows(
+            source,
+            settings.data_path,
+            start=args.start,
+            end=args.end,
+            batch_records=max(settings.ingest_batch_records, 1),
+            workers=_ingest_workers(args.workers, settings.ingest_workers),
+            progress=update,
+        )
+    finally:
+        close()
+    _emit(args, summary.as_dict(), summary.lines())
+    if summary.objects_ingested + summary.objects_quarantined == 0 and summary.objects_already_ingested == 0:
+        print("no flow log files found: check --source (keys .../vpcflowlogs/...log.gz)", file=sys.stderr)
+    elif summary.objects_quarantined or summary.quarantined:
+        print(f"rejected files and lines are kept with their reasons under {settings.data_path / 'quarantine' / 'flows'}", file=sys.stderr)
+    return 0
+
+
+def cmd_flows(args: argparse.Namespace, settings: Settings) -> int:
+    """Validate a day of flows and run the network detections on it."""
+    from trailguard.flows.detect import score_flows
+    from trailguard.flows.quality import validate_flows
+
+    document = validate_flows(settings.data_path, args.date)
+    if document["critical_failed"]:
+        print(f"flows {args.date}: data quality failed ({document['rows_in']} records); nothing scored", file=sys.stderr)
+        return 1
+    findings, path = score_flows(settings.data_path, args.date)
+    lines = [f"flows {args.date}: quality {document['status']}, {document['rows_passed']} records, "
+             f"{len(findings)} findings -> {path}"]
+    lines += [f"{row.risk_score:5.0f}  {row.attack_technique:<10} {row.detection:<34} {row.reasons}"
+              for row in findings.head(args.top_k).itertuples()]
+    _emit(args, {"date": str(args.date), "quality": document["status"], "findings": len(findings),
+                 "path": str(path)}, lines)
+    return 0
+
+
 def cmd_demo_data(args: argparse.Namespace, settings: Settings) -> int:
     from trailguard.demo import generator
 
@@ -118,6 +173,12 @@ def cmd_demo_data(args: argparse.Namespace, settings: Settings) -> int:
         f"wrote {summary.files} files, {summary.records} records ({summary.start} .. {summary.end}) to {summary.out_dir}",
         f"{summary.attacks} attack events (ground truth: {summary.ground_truth}), {summary.bad_files} bad files on purpose",
     ]
+    if getattr(args, "flows", False):
+        from trailguard.demo.flows import demo_dates, write_flow_logs
+
+        truth = write_flow_logs(args.out, demo_dates(summary.end, args.days), seed=args.seed)
+        lines.append(f"VPC Flow Logs for the same days, {len(truth)} network attacks (ground truth: "
+                     f"{Path(args.out) / 'flows_ground_truth.csv'})")
     _emit(args, {k: str(v) for k, v in vars(summary).items()}, lines)
     return 0
 
@@ -363,8 +424,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None,
                    help="processes that fetch and decode (default: TRAILGUARD_INGEST_WORKERS if set, else one "
                         "per CPU; 0 also means one per CPU)")
+    p.add_argument("--kind", choices=("cloudtrail", "flows"), default="cloudtrail",
+                   help="what the source holds: CloudTrail logs (default) or VPC Flow Logs (.../vpcflowlogs/...log.gz)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser(
+        "flows",
+        help="validate a day of VPC flow records and run the network detections",
+        description="Run the flows data-quality suite on flows/date=D/ and the network detections (SSH/RDP "
+        "from the internet, scans, rejected bursts, mining pools, exfiltration, beaconing); findings are "
+        "written to flows_scores/date=D/scores.parquet.",
+    )
+    p.add_argument("--date", required=True, type=_date, help="the day (YYYY-MM-DD, UTC)")
+    p.add_argument("--top-k", type=int, default=20, help="findings to print (default 20)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_flows)
 
     p = sub.add_parser(
         "demo-data",
@@ -379,6 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--events", type=int, default=None, help="total events (default about 1,500 a day)")
     p.add_argument("--seed", type=int, default=7, help="random seed (same seed, same files)")
     p.add_argument("--no-bad-files", action="store_true", help="leave out the deliberately broken files")
+    p.add_argument("--flows", action="store_true",
+                   help="also write VPC Flow Logs for the demo's instances, with network attacks and their ground truth")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_demo_data)
 
