@@ -14,11 +14,15 @@ LIBRARY = PROJECT / "include" / "trailguard"
 LAYERS = {
     "store": 0,
     "ingest": 1,
+    "intel": 1,  # where an address is, threat lists: beside ingest, below detect
     "integrity": 1.5,  # digest validation: reads store and ingest; quality and report show its results
     "quality": 2,
     "detect": 2,
     "model": 3,
+    "findings": 3.5,  # correlation of scored events, between the model and the report
+    "flows": 3,
     "report": 4,
+    "explore": 5,
     "demo": 5,
     "cli": 6,
 }

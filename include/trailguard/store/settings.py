@@ -29,6 +29,8 @@ class Settings:
     smtp_url: str | None
     source: str | None = None  # the CloudTrail source the DAGs and `trailguard verify` read by default
     integrity_keys: str | None = None  # folder of CloudTrail public keys; empty: cloudtrail:ListPublicKeys
+    threat_lists: tuple[str, ...] = ()
+    mlflow_ui_url: str | None = None
     # what training needs before it fits a use case's models (below: that use case is scored cold-start)
     train_min_events: int = 30
     train_min_days: int = 2
@@ -58,6 +60,12 @@ def _int(name: str, default: int) -> int:
         raise ValueError(f"{name}={raw!r} is not a whole number") from exc
 
 
+def _served(uri: str) -> str | None:
+    """An MLflow tracking URI that is also where people open its UI (an http(s) server), else None."""
+    uri = uri.strip()
+    return uri if uri.startswith(("http://", "https://")) else None
+
+
 def load_settings(**overrides: object) -> Settings:
     """Build the settings from the environment; keyword overrides win (used by the CLI and tests)."""
     env = os.environ
@@ -77,6 +85,10 @@ def load_settings(**overrides: object) -> Settings:
         "smtp_url": env.get("TRAILGUARD_SMTP_URL", "").strip() or None,
         "source": env.get("TRAILGUARD_SOURCE", "").strip() or None,
         "integrity_keys": env.get("TRAILGUARD_INTEGRITY_KEYS", "").strip() or None,
+        "threat_lists": tuple(
+            s.strip() for s in env.get("TRAILGUARD_THREAT_LISTS", "").split(",") if s.strip()
+        ),
+        "mlflow_ui_url": env.get("TRAILGUARD_MLFLOW_UI_URL", "").strip() or _served(env.get("MLFLOW_TRACKING_URI", "")),
         "train_min_events": max(1, _int("TRAILGUARD_TRAIN_MIN_EVENTS", 30)),
         "train_min_days": max(2, _int("TRAILGUARD_TRAIN_MIN_DAYS", 2)),
         "coldstart_fit_days": max(0, _int("TRAILGUARD_COLDSTART_FIT_DAYS", 7)),
