@@ -284,12 +284,19 @@ def test_the_champion_scores_new_rows_as_in_training(demo, first):
 
 
 @pytest.mark.slow
-def test_no_champion_is_a_clear_error(tmp_path, demo):
-    from trailguard.model.scoring import NoChampionError, score_day
+def test_no_champion_scores_cold_start_and_says_so(tmp_path, demo):
+    from trailguard.model.scoring import NoChampionError, load_champion, read_scores, score_day
 
     store, _, _ = demo
+    empty = f"sqlite:///{tmp_path / 'empty.db'}"
     with pytest.raises(NoChampionError, match=r"no champion model for trailguard-.* yet: run `trailguard train` first"):
-        score_day(store, store.dates()[-1], tracking_uri=f"sqlite:///{tmp_path / 'empty.db'}")
+        load_champion("api_call", empty)
+    day = store.dates()[-1]
+    result = score_day(store, day, tracking_uri=empty)
+    scores = read_scores(store.root, day)
+    assert len(scores) == result.events == sum(result.scored.values())  # every event, whatever its type
+    assert set(scores["model_name"]) == {"cold-start"} and (scores["model_version"].fillna("") == "").all()
+    assert all("no model" in s["note"] and "history" in s["note"] for s in result.scorers.values())
 
 
 @pytest.mark.slow
