@@ -155,6 +155,15 @@ def test_choose_best_ranks_first_then_prefers_the_simpler_model_within_noise_of_
     assert best(_candidate(hgb, rmse=float("nan")), _candidate(ridge, rmse=float("nan"))) == ridge
 
 
+@pytest.fixture(autouse=True)
+def _mlflow_scope():
+    """The tests below point MLflow at their store; that is undone after each (no URI left behind)."""
+    from trailguard.model.training import mlflow_tracking
+
+    with mlflow_tracking():
+        yield
+
+
 # -- slow: the whole loop on demo data ---------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
