@@ -1,0 +1,10 @@
+"""Respond: where findings go once they are found, and how TrailGuard tells people when it breaks.
+
+Owns the automation destinations (Amazon SNS, EventBridge, Lambda, Slack, a generic signed webhook), the
+one finding message they all receive (:mod:`.message`), the ledger that sends each finding to each
+destination once across reruns (:mod:`.ledger`), and the operational alerts (freshness of CloudTrail
+deliveries, critical validation failures, failed tasks; :mod:`.alerts`).
+
+May import the store and the report (the data root, settings, ``reports/D/report.json``); nothing below
+imports it. Knows nothing of Airflow: the DAGs pass connections in as plain values.
+"""
