@@ -26,7 +26,15 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from trailguard.respond.message import DETAIL_TYPE, EVENT_SOURCE, chat_text, message_json, slack_escape
+from trailguard.respond.message import (
+    ALERT_DETAIL_TYPE,
+    ALERT_SCHEMA_ID,
+    DETAIL_TYPE,
+    EVENT_SOURCE,
+    chat_text,
+    message_json,
+    slack_escape,
+)
 from trailguard.settings import ConfigError
 
 log = logging.getLogger(__name__)
@@ -43,7 +51,18 @@ _TRANSIENT_CODES = {
     "ServiceUnavailable", "ServiceUnavailableException", "InternalError", "InternalFailure", "InternalErrorException",
     "KMSThrottlingException", "EC2ThrottledException", "SlowDown", "RequestTimeout",
 }  # fmt: skip
-_KEYS = {"name", "type", "target", "min_score", "secret", "region", "endpoint_url", "aws_conn_id", "conn_id"}
+_KEYS = {
+    "name",
+    "type",
+    "target",
+    "min_score",
+    "secret",
+    "region",
+    "endpoint_url",
+    "aws_conn_id",
+    "conn_id",
+    "alerts",
+}
 
 
 class DeliveryError(RuntimeError):
@@ -67,6 +86,7 @@ class Destination:
     endpoint_url: str | None = None
     aws_conn_id: str | None = None  # Airflow only: the connection whose credentials the AWS client uses
     conn_id: str | None = None  # Airflow only: a connection holding the URL (host) and the secret (password)
+    alerts: bool = False  # also receives operational alerts (failed tasks, silent trails)
 
     def describe(self) -> str:
         target = self.target if self.type in AWS_TYPES else _redacted_url(self.target)
@@ -156,6 +176,7 @@ def parse_destinations(raw: str | list | None, *, default_min_score: float) -> l
                 endpoint_url=entry.get("endpoint_url") or None,
                 aws_conn_id=entry.get("aws_conn_id") or None,
                 conn_id=entry.get("conn_id") or None,
+                alerts=bool(entry.get("alerts", False)),
             )
         )
     return out
@@ -222,13 +243,14 @@ class Delivery:
         kwargs: dict[str, Any] = {
             "TopicArn": destination.target,
             "Message": message_json(message),
-            "Subject": f"TrailGuard {message['severity']} risk {message['score']:g}"[:100],
-            "MessageAttributes": {
-                "score": {"DataType": "Number", "StringValue": f"{message['score']:g}"},
-                "severity": {"DataType": "String", "StringValue": message["severity"]},
-                "schema": {"DataType": "String", "StringValue": message["schema"]},
-            },
+            "Subject": _subject(message),
+            "MessageAttributes": {"schema": {"DataType": "String", "StringValue": message["schema"]}},
         }
+        if "score" in message:  # subscription filter policies can select on score and severity
+            kwargs["MessageAttributes"].update(
+                score={"DataType": "Number", "StringValue": f"{message['score']:g}"},
+                severity={"DataType": "String", "StringValue": message["severity"]},
+            )
         if destination.target.endswith(".fifo"):
             kwargs.update(MessageGroupId="trailguard", MessageDeduplicationId=delivery_key[:128])
         return self._client("sns", destination).publish(**kwargs)["MessageId"]
@@ -238,7 +260,7 @@ class Delivery:
     ) -> str:
         entry = {
             "Source": EVENT_SOURCE,
-            "DetailType": DETAIL_TYPE,
+            "DetailType": ALERT_DETAIL_TYPE if message["schema"] == ALERT_SCHEMA_ID else DETAIL_TYPE,
             "Detail": message_json(message),
             "EventBusName": destination.target,
         }
@@ -266,7 +288,12 @@ class Delivery:
         return response.get("ResponseMetadata", {}).get("RequestId") or str(status)
 
     def _send_slack(self, destination: Destination, message: Mapping[str, Any], delivery_key: str) -> str:
-        body = json.dumps({"text": slack_escape(chat_text(message))}, ensure_ascii=False).encode("utf-8")
+        text = (
+            chat_text(message)
+            if "score" in message
+            else "\n".join([message["subject"], *message["lines"]])[:3000]
+        )
+        body = json.dumps({"text": slack_escape(text)}, ensure_ascii=False).encode("utf-8")
         return self._post(destination, body, {})
 
     def _send_webhook(self, destination: Destination, message: Mapping[str, Any], delivery_key: str) -> str:
@@ -309,6 +336,16 @@ class Delivery:
             raise DeliveryError(
                 f"{destination.describe()}: cannot connect ({reason})", transient=True
             ) from None
+
+
+def _subject(message: Mapping[str, Any]) -> str:
+    """An SNS subject: ASCII-printable, at most 100 characters (SNS refuses others)."""
+    if "score" in message:
+        text = f"TrailGuard {message['severity']} risk {message['score']:g}: {message.get('title', '')}"
+    else:
+        text = str(message.get("subject", "TrailGuard alert"))
+    text = "".join(c if " " <= c <= "~" else "?" for c in text)
+    return text[:100]
 
 
 def _classify(destination: Destination, exc: Exception) -> DeliveryError:
