@@ -5,6 +5,7 @@ one finding message they all receive (:mod:`.message`), the ledger that sends ea
 destination once across reruns (:mod:`.ledger`), and the operational alerts (freshness of CloudTrail
 deliveries, critical validation failures, failed tasks; :mod:`.alerts`).
 
-May import the store and the report (the data root, settings, ``reports/D/report.json``); nothing below
-imports it. Knows nothing of Airflow: the DAGs pass connections in as plain values.
+May import: ``trailguard.store`` (data root, settings, events) and ``trailguard.report`` (the day's
+``report.json``, text cleaning). Only ``demo`` and ``cli`` import it. Knows nothing of Airflow: the glue in
+``trailguard_airflow`` passes connections and Variables in as plain values.
 """

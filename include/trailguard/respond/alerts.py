@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from trailguard.fs import DataPath, as_path
-from trailguard.report import clean_text
+from trailguard.report.daily import clean_text
 from trailguard.respond.message import ALERT_SCHEMA_ID
-from trailguard.store import EventStore, write_bytes_atomic
+from trailguard.store.events import EventStore
+from trailguard.store.fs import DataPath, as_path, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 

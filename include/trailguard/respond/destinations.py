@@ -35,7 +35,7 @@ from trailguard.respond.message import (
     message_json,
     slack_escape,
 )
-from trailguard.settings import ConfigError
+from trailguard.store.settings import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from collections.abc import Iterable, Mapping
 from datetime import date
 from typing import Any
 
-from trailguard.fs import DataPath, as_path
-from trailguard.report import HIGH_RISK, clean_text, is_missing, report_dir, technique_url
+from trailguard.report.daily import HIGH_RISK, clean_text, is_missing, report_dir, technique_url
+from trailguard.store.fs import DataPath, as_path
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +222,7 @@ def findings_from_report(
 
 
 def _finding_of(row: Mapping[str, Any], url: str) -> dict[str, Any]:
-    from trailguard.report import _title
+    from trailguard.report.daily import _title
 
     return {
         "finding_id": row["eventID"],

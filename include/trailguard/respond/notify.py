@@ -17,10 +17,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from trailguard.fs import DataPath, as_path
 from trailguard.respond.destinations import Delivery, DeliveryError, Destination
 from trailguard.respond.message import chat_text
-from trailguard.store import write_bytes_atomic
+from trailguard.store.fs import DataPath, as_path, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import jsonschema
 import pytest
-from test_report import DAY, day_rows, write_quality, write_scores
-from trailguard.report import build_report
+from trailguard.report.daily import build_report
 from trailguard.respond.destinations import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
@@ -28,7 +27,9 @@ from trailguard.respond.message import (
     findings_from_report,
 )
 from trailguard.respond.notify import Ledger, ledger_path, notify
-from trailguard.settings import ConfigError
+from trailguard.store.settings import ConfigError
+
+from tests.report.test_report import DAY, day_rows, write_quality, write_scores
 
 
 class Recorder:

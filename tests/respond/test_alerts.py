@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 from datetime import datetime, timedelta, timezone
 
-from test_respond import Recorder
+from trailguard.ingest.normalise import normalise, rows_to_table
 from trailguard.respond.alerts import AlertLedger, freshness_alerts, send_alert, task_failure_alert
 from trailguard.respond.destinations import Destination
-from trailguard.schema import normalise, rows_to_table
-from trailguard.store import EventStore
+from trailguard.store.events import EventStore
+
+from tests.respond.test_respond import Recorder
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
 
