@@ -283,3 +283,30 @@ def _drain(sqs, queue: str) -> list[str]:
         for m in got:
             bodies.append(m["Body"])
             sqs.delete_message(QueueUrl=queue, ReceiptHandle=m["ReceiptHandle"])
+
+
+def test_notify_command(recorder, report_root, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    from trailguard.cli import main
+
+    root = tmp_path / "data"
+    shutil.copytree(report_root, root)
+    hook = {"name": "soar", "type": "webhook", "target": recorder.url + "/hook", "min_score": 85, "secret": "k"}
+    monkeypatch.setenv("TRAILGUARD_NOTIFY_DESTINATIONS", json.dumps([hook]))
+    assert main(["--data", str(root), "notify", "--date", DAY, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "dry run" in out and "would send 4" in out and "TrailGuard high risk 99" in out
+    assert recorder.requests == [] and not ledger_path(root, DAY).exists()
+
+    assert main(["--data", str(root), "notify", "--date", DAY, "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["destinations"]["soar"]["sent"] == 4 == len(recorder.requests)
+    assert main(["--data", str(root), "notify", "--date", DAY]) == 0
+    assert "sent 0, already sent 4" in capsys.readouterr().out and len(recorder.requests) == 4
+
+    assert main(["--data", str(root), "notify", "--date", "2026-11-19"]) == 1
+    assert "no report for 2026-11-19" in capsys.readouterr().err
+    monkeypatch.setenv("TRAILGUARD_NOTIFY_DESTINATIONS", '[{"type": "pager"}]')
+    assert main(["--data", str(root), "notify", "--date", DAY]) == 2
+    assert "unknown type 'pager'" in capsys.readouterr().err

@@ -95,6 +95,27 @@ class NotifyResult:
     def failed(self) -> list[DestinationResult]:
         return [d for d in self.destinations if d.error]
 
+    def as_dict(self) -> dict[str, Any]:
+        """A small summary (XCom, ``--json``): counts per destination, no message bodies."""
+        return {
+            "date": self.day,
+            "dry_run": self.dry_run,
+            "findings": self.findings,
+            "rejected": len(self.rejected),
+            "destinations": {
+                d.destination.name: {
+                    "type": d.destination.type,
+                    "sent": len(d.sent),
+                    "would_send": len(d.would_send),
+                    "already_sent": d.already_sent,
+                    "below_min_score": d.below_min_score,
+                    "deferred": d.deferred,
+                    "error": d.error,
+                }
+                for d in self.destinations
+            },
+        }
+
     def lines(self) -> list[str]:
         verb = "would send" if self.dry_run else "sent"
         out = [f"notify {self.day}: {self.findings} findings, {len(self.destinations)} destinations"
@@ -164,4 +185,26 @@ def notify(
         if outcome.deferred and not outcome.error:
             log.warning("%s: %d findings deferred by the rate limit of %d per run", destination.name,
                         outcome.deferred, max_per_run)  # fmt: skip
+    return result
+
+
+def notify_day(
+    data_root: DataPath | str,
+    day: str,
+    destinations: list[Destination],
+    *,
+    delivery: Delivery | None = None,
+    max_per_run: int = 50,
+    dry_run: bool = False,
+    report_base_url: str | None = None,
+) -> NotifyResult:
+    """The day's findings (from its report, see :func:`findings_from_report`) to every destination."""
+    from trailguard.respond.message import build_messages, findings_from_report
+
+    findings = findings_from_report(data_root, day, report_base_url=report_base_url)
+    messages, rejected = build_messages(findings, day)
+    result = notify(messages, destinations, Ledger(data_root, day), delivery=delivery, max_per_run=max_per_run,
+                    dry_run=dry_run, rejected=rejected)  # fmt: skip
+    for line in result.lines():
+        log.info("%s", line)
     return result

@@ -27,6 +27,14 @@ class Settings:
     ingest_max_tasks: int
     score_max_tasks: int
     smtp_url: str | None
+    # respond: automation destinations and operational alerts (trailguard.respond)
+    notify_destinations: str | None = None  # JSON list, parsed by respond.destinations.parse_destinations
+    notify_min_score: float = 70.0
+    notify_max_per_run: int = 50
+    report_base_url: str | None = None
+    alert_recipients: tuple[str, ...] = ()
+    freshness_hours: float = 24.0
+    freshness_lookback_days: int = 7
 
     @property
     def data_path(self) -> DataPath:
@@ -49,6 +57,20 @@ def _int(name: str, default: int) -> int:
         raise ValueError(f"{name}={raw!r} is not a whole number") from exc
 
 
+def _float(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name}={raw!r} is not a number") from exc
+
+
+def _list(name: str) -> tuple[str, ...]:
+    return tuple(r.strip() for r in os.environ.get(name, "").split(",") if r.strip())
+
+
 def load_settings(**overrides: object) -> Settings:
     """Build the settings from the environment; keyword overrides win (used by the CLI and tests)."""
     env = os.environ
@@ -66,6 +88,13 @@ def load_settings(**overrides: object) -> Settings:
         "ingest_max_tasks": max(1, _int("TRAILGUARD_INGEST_MAX_TASKS", 32)),
         "score_max_tasks": max(1, _int("TRAILGUARD_SCORE_MAX_TASKS", 4)),
         "smtp_url": env.get("TRAILGUARD_SMTP_URL", "").strip() or None,
+        "notify_destinations": env.get("TRAILGUARD_NOTIFY_DESTINATIONS", "").strip() or None,
+        "notify_min_score": _float("TRAILGUARD_NOTIFY_MIN_SCORE", 70.0),
+        "notify_max_per_run": max(1, _int("TRAILGUARD_NOTIFY_MAX_PER_RUN", 50)),
+        "report_base_url": env.get("TRAILGUARD_REPORT_BASE_URL", "").strip() or None,
+        "alert_recipients": _list("TRAILGUARD_ALERT_RECIPIENTS") or _list("TRAILGUARD_REPORT_RECIPIENTS"),
+        "freshness_hours": _float("TRAILGUARD_FRESHNESS_HOURS", 24.0),
+        "freshness_lookback_days": max(1, _int("TRAILGUARD_FRESHNESS_LOOKBACK_DAYS", 7)),
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
     return Settings(**values)  # type: ignore[arg-type]
