@@ -12,6 +12,8 @@ from typing import Any
 
 from airflow.sdk import Asset
 
+from trailguard_airflow.respond import FailureNotifier
+
 log = logging.getLogger(__name__)
 
 EVENTS = Asset(uri="trailguard://events", name="trailguard_events")
@@ -19,7 +21,16 @@ VALIDATED_EVENTS = Asset(uri="trailguard://events-validated", name="trailguard_v
 LABELS = Asset(uri="trailguard://labels", name="trailguard_labels")
 MODELS = Asset(uri="trailguard://models", name="trailguard_models")
 
-DEFAULT_ARGS = {"owner": "trailguard", "retries": 2, "retry_delay": timedelta(minutes=2)}
+# Every task: retries with backoff for transient faults (SMTP, throttling, a busy store); configuration
+# errors raise AirflowFailException and are not retried; a task that failed for good alerts the team.
+DEFAULT_ARGS = {
+    "owner": "trailguard",
+    "retries": 2,
+    "retry_delay": timedelta(minutes=2),
+    "retry_exponential_backoff": True,
+    "max_retry_delay": timedelta(minutes=30),
+    "on_failure_callback": FailureNotifier(),
+}
 
 
 def run_day(context: dict[str, Any], param: str = "date", offset_days: int = 0) -> date:
@@ -36,28 +47,34 @@ def optional_day(value: Any) -> date | None:
     return date.fromisoformat(str(value)) if value else None
 
 
-def aws_client_factory(conn_id: str = "aws_default"):
-    """A boto3 client factory using the Airflow connection when it exists, else the standard chain.
+def aws_connection_kwargs(conn_id: str = "aws_default") -> dict[str, Any]:
+    """boto3 client arguments from the Airflow connection, or {} when there is none (the standard chain).
 
     The connection's login/password are the access key pair; its extra may hold ``region_name`` and
     ``endpoint_url`` (e.g. a local S3-compatible server).
     """
-    import boto3
     from airflow.sdk import BaseHook
 
     kwargs: dict[str, Any] = {}
     try:
         conn = BaseHook.get_connection(conn_id)
     except Exception:  # no such connection: boto3's own credential chain applies
-        conn = None
-    if conn is not None:
-        extra = conn.extra_dejson or {}
-        if conn.login:
-            kwargs["aws_access_key_id"] = conn.login
-            kwargs["aws_secret_access_key"] = conn.password
-        for key in ("region_name", "endpoint_url", "aws_session_token"):
-            if extra.get(key):
-                kwargs[key] = extra[key]
+        return kwargs
+    extra = conn.extra_dejson or {}
+    if conn.login:
+        kwargs["aws_access_key_id"] = conn.login
+        kwargs["aws_secret_access_key"] = conn.password
+    for key in ("region_name", "endpoint_url", "aws_session_token"):
+        if extra.get(key):
+            kwargs[key] = extra[key]
+    return kwargs
+
+
+def aws_client_factory(conn_id: str = "aws_default"):
+    """A boto3 client factory using the Airflow connection when it exists, else the standard chain."""
+    import boto3
+
+    kwargs = aws_connection_kwargs(conn_id)
 
     def make(service: str):
         return boto3.client(service, **kwargs)
