@@ -310,3 +310,14 @@ def test_notify_command(recorder, report_root, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("TRAILGUARD_NOTIFY_DESTINATIONS", '[{"type": "pager"}]')
     assert main(["--data", str(root), "notify", "--date", DAY]) == 2
     assert "unknown type 'pager'" in capsys.readouterr().err
+
+
+def test_demo_previews_what_automation_would_receive(report_root, monkeypatch):
+    from trailguard.demo.runner import notify_preview
+
+    monkeypatch.delenv("TRAILGUARD_NOTIFY_DESTINATIONS", raising=False)
+    lines = notify_preview(report_root, DAY)
+    text = "\n".join(lines)
+    assert "no TRAILGUARD_NOTIFY_DESTINATIONS set" in text and "example-webhook" in text
+    assert "would send 10" in text and "TrailGuard high risk 96: cloudtrail StopLogging" in text
+    assert not ledger_path(report_root, DAY).exists()
