@@ -130,7 +130,7 @@ def test_daily_report_emails_the_injected_attacks(trained, smtp_server, findings
     monkeypatch.delenv("TRAILGUARD_REPORT_RECIPIENTS", raising=False)
     monkeypatch.setenv("TRAILGUARD_ALERT_RECIPIENTS", "oncall@example.com")
     again = dag.test(run_after=run.run_after + timedelta(minutes=1),
-                     run_conf={"date": last.isoformat(), "send_email": True})
+                     run_conf={"date": last.isoformat(), "send_email": True, "recipients": ""})
     states = {ti.task_id: (ti.state, ti.try_number) for ti in again.get_task_instances() if ti.map_index < 1}
     assert again.state == "failed" and states["send_report"] == ("failed", 1), states
     assert states["notify_findings"][0] == "success" and findings_queue() == []
