@@ -98,3 +98,14 @@ def test_a_scheduled_run_without_data_skips_quietly(dagbag, inbox):
     assert run.state == "success" and states["check_partition"] == "skipped", states
     assert all(state == "skipped" for state in states.values()), states
     assert inbox == [], "a day without data alerts nobody"
+
+
+def test_ingest_without_a_source_fails_at_once_and_says_what_to_set(dagbag, inbox, monkeypatch):
+    monkeypatch.delenv("TRAILGUARD_SOURCE", raising=False)
+    run = dagbag.get_dag("cloudtrail_ingest").test(run_conf={"source": None})
+    plan = next(ti for ti in run.get_task_instances() if ti.task_id == "plan_partitions")
+    assert run.state == "failed" and plan.state == "failed" and plan.try_number == 1
+    (alert,) = inbox
+    assert alert["Subject"] == "TrailGuard: cloudtrail_ingest.plan_partitions failed"
+    assert "no CloudTrail source: set the run&#x27;s &#x27;source&#x27; Param" in _text(alert) or \
+        "no CloudTrail source: set the run's 'source' Param" in _text(alert)
