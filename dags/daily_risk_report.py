@@ -165,12 +165,13 @@ def daily_risk_report():
         settings = load_settings()
         with fail_fast_on_config_errors():
             targets = destinations()
-        if not targets:
-            raise AirflowSkipException("no automation destinations: set the Variable trailguard_notify_destinations "
-                                       "or TRAILGUARD_NOTIFY_DESTINATIONS (README: Automation and alerts)")
-        result = notify_day(settings.data_path, built["date"], targets, max_per_run=settings.notify_max_per_run,
-                            delivery=Delivery(client_factory=client_factory()),
-                            report_base_url=settings.report_base_url)
+            if not targets:
+                raise AirflowSkipException("no automation destinations: set the Variable "
+                                           "trailguard_notify_destinations or TRAILGUARD_NOTIFY_DESTINATIONS "
+                                           "(README: Automation and alerts)")
+            result = notify_day(settings.data_path, built["date"], targets, max_per_run=settings.notify_max_per_run,
+                                delivery=Delivery(client_factory=client_factory()),
+                                report_base_url=settings.report_base_url)
         for line in result.lines():
             print(line)
         if any(not f.transient for f in result.failed):

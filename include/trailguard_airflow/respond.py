@@ -85,26 +85,38 @@ def destinations() -> list:
 
 
 def client_factory():
-    """boto3 clients per destination: its ``aws_conn_id`` (else ``aws_default``) when that connection
-    exists, else the standard chain; the destination's region and endpoint win."""
-    from trailguard.respond.destinations import default_client_factory
-
-    from trailguard_airflow import aws_connection_kwargs
+    """boto3 clients per destination through the Amazon provider's ``AwsBaseHook`` (as the ingest DAG's
+    clients): the destination's ``aws_conn_id``, else ``aws_default`` when it exists, else the standard
+    chain; the destination's region (or its ARN's) and ``endpoint_url`` win over the connection's."""
+    from airflow.exceptions import AirflowNotFoundException
+    from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
+    from airflow.sdk import BaseHook
+    from trailguard.respond.destinations import client_config, default_client_factory, region_of
+    from trailguard.store.settings import ConfigError
 
     def make(service: str, destination) -> Any:
-        kwargs = aws_connection_kwargs(destination.aws_conn_id or "aws_default")
-        if not kwargs:
+        conn_id = destination.aws_conn_id or "aws_default"
+        try:
+            BaseHook.get_connection(conn_id)
+        except AirflowNotFoundException:
+            if destination.aws_conn_id:
+                raise ConfigError(
+                    f"destination {destination.name}: AWS connection {conn_id!r} not found"
+                ) from None
             return default_client_factory(service, destination)
-        import boto3
-        from botocore.config import Config
-
-        kwargs = {k: v for k, v in kwargs.items() if k not in ("region_name", "endpoint_url") or v}
-        if destination.region:
-            kwargs["region_name"] = destination.region
-        if destination.endpoint_url:
-            kwargs["endpoint_url"] = destination.endpoint_url
-        config = Config(retries={"mode": "standard", "max_attempts": 4}, connect_timeout=5, read_timeout=15)
-        return boto3.client(service, config=config, **kwargs)
+        region = destination.region or region_of(destination.target)
+        try:
+            hook = AwsBaseHook(aws_conn_id=conn_id, client_type=service)
+            if destination.endpoint_url:
+                session = hook.get_session(region_name=region)
+                return session.client(service, region_name=region, endpoint_url=destination.endpoint_url,
+                                      config=client_config())  # fmt: skip
+            return hook.get_client_type(region_name=region, config=client_config())
+        except Exception as exc:  # a configured connection that cannot produce a client
+            raise ConfigError(
+                f"destination {destination.name}: cannot make an AWS {service} client from the Airflow "
+                f"connection {conn_id!r}: {type(exc).__name__}: {exc}"
+            ) from exc
 
     return make
 

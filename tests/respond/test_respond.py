@@ -292,7 +292,13 @@ def test_notify_command(recorder, report_root, tmp_path, monkeypatch, capsys):
 
     root = tmp_path / "data"
     shutil.copytree(report_root, root)
-    hook = {"name": "soar", "type": "webhook", "target": recorder.url + "/hook", "min_score": 85, "secret": "k"}
+    hook = {
+        "name": "soar",
+        "type": "webhook",
+        "target": recorder.url + "/hook",
+        "min_score": 85,
+        "secret": "k",
+    }
     monkeypatch.setenv("TRAILGUARD_NOTIFY_DESTINATIONS", json.dumps([hook]))
     assert main(["--data", str(root), "notify", "--date", DAY, "--dry-run"]) == 0
     out = capsys.readouterr().out

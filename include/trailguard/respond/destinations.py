@@ -188,20 +188,24 @@ def sign(secret: str, timestamp: str, body: bytes) -> str:
     return "sha256=" + digest.hexdigest()
 
 
-def _region_of(arn: str) -> str | None:
+def region_of(arn: str) -> str | None:
     parts = arn.split(":")
     return parts[3] if arn.startswith("arn:") and len(parts) > 4 and parts[3] else None
+
+
+def client_config() -> Any:
+    """botocore's standard retry mode (throttling and 5xx retried with backoff) and short timeouts."""
+    from botocore.config import Config
+
+    return Config(retries={"mode": "standard", "max_attempts": 4}, connect_timeout=5, read_timeout=15)
 
 
 def default_client_factory(service: str, destination: Destination) -> Any:
     """A boto3 client from the standard credential chain, in the target's region (from its ARN)."""
     import boto3
-    from botocore.config import Config
 
-    kwargs: dict[str, Any] = {
-        "config": Config(retries={"mode": "standard", "max_attempts": 4}, connect_timeout=5, read_timeout=15)
-    }
-    region = destination.region or _region_of(destination.target)
+    kwargs: dict[str, Any] = {"config": client_config()}
+    region = destination.region or region_of(destination.target)
     if region:
         kwargs["region_name"] = region
     if destination.endpoint_url:
