@@ -108,6 +108,8 @@ def test_message_is_bounded_cleaned_and_valid():
     assert all(len(r) <= 320 and "\x1b" not in r for r in message["reasons"])
     with pytest.raises(ValueError, match="score"):
         build_message({"finding_id": "x"}, DAY)
+    messages, rejected = build_messages([{"finding_id": "n", "score": float("nan")}, {"score": 5}], DAY)
+    assert messages == [] and len(rejected) == 2 and "not a number" in rejected[0]
     assert chat_text(message).startswith(
         "TrailGuard high risk 97.3: evt-1\nwho: <!channel>"
     )  # escaped for Slack only

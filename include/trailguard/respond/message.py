@@ -137,11 +137,12 @@ def build_message(finding: Mapping[str, Any], day: date | str) -> dict[str, Any]
     if not finding_id:
         raise ValueError("a finding needs a finding_id")
     try:
-        score = round(min(100.0, max(0.0, float(finding["score"]))), 1)
+        raw = float(finding["score"])
     except (KeyError, TypeError, ValueError):
         raise ValueError(f"finding {finding_id}: score is missing or not a number") from None
-    if score != score:  # NaN
+    if raw != raw:  # NaN
         raise ValueError(f"finding {finding_id}: score is not a number")
+    score = round(min(100.0, max(0.0, raw)), 1)
     event_ids = [e for e in (clean_text(v, 128) for v in finding.get("event_ids") or [finding_id]) if e]
     url = finding.get("report_url")
     return {
