@@ -52,7 +52,7 @@ def cloudtrail_freshness():
             print(f"alert sent to {', '.join(outcome.channels)}")
             ledger.record(alert.details["keys"])
         if not alerts:
-            print("every account/region that delivered recently is still delivering (or was already reported)")
+            print("every account/region that delivered recently still delivers (or was already reported)")
         return {"alerts": len(alerts), "silent": sum(len(a.details["silent"]) for a in alerts)}
 
     check_freshness()

@@ -62,6 +62,8 @@ class Stack:
             "TRAILGUARD_SMTP_PORT": str(self.smtp_port),
             "TRAILGUARD_MAIL_UI_PORT": str(self.mail_ui_port),
             "TRAILGUARD_STACK_TIMEOUT": "240",
+            # 8 mapped stage tasks, not 32: each is a process start, and the test machine may be shared
+            "TRAILGUARD_INGEST_MAX_TASKS": "8",
         }
         self.demo = None  # what generator.generate() wrote to ``logs``
         self.client = None
