@@ -66,3 +66,12 @@ def test_alerts_reach_only_the_destinations_that_opted_in(tmp_path):
         )
     finally:
         server.close()
+
+
+def test_a_critical_validation_failure_is_worded_as_such():
+    alert = task_failure_alert(dag_id="cloudtrail_ingest", task_id="validate_events", run_id="scheduled__x",
+                               try_number=1, error="AirflowFailException: 2026-11-20: critical data-quality failure",
+                               log_url="http://127.0.0.1:8080/log", day=None)  # fmt: skip
+    assert alert.kind == "validation_failed"
+    assert alert.subject == "TrailGuard: critical data-quality failure"
+    assert "Scoring stops for that day" in alert.text() and "log:   http://127.0.0.1:8080/log" in alert.text()
