@@ -4,6 +4,7 @@ sit at the paths they had when the model was saved; older champions still load o
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from contextlib import contextmanager
@@ -54,10 +55,9 @@ def _register(tmp_path, *, by_value: bool = True, module: str | None = None) -> 
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     model, X = _model()
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    try:
+    with training.mlflow_tracking():
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
         experiment = mlflow.create_experiment("portability", artifact_location=(tmp_path / "artifacts").as_uri())
         with mlflow.start_run(experiment_id=experiment):
             if by_value:
@@ -70,8 +70,6 @@ def _register(tmp_path, *, by_value: bool = True, module: str | None = None) -> 
                     )
         client = mlflow.MlflowClient(uri, registry_uri=uri)
         client.set_registered_model_alias(MODEL_NAMES[USE_CASE], CHAMPION, info.registered_model_version)
-    finally:
-        mlflow.set_tracking_uri(previous)
     return uri
 
 
@@ -109,3 +107,14 @@ def test_a_champion_that_cannot_load_says_to_train_in_one_line(tmp_path) -> None
         load_champion(USE_CASE, uri)
     message = str(caught.value)
     assert "\n" not in message and "run `trailguard train`" in message and "trailguard.somewhere_else" in message
+
+
+def test_loading_a_champion_leaves_no_mlflow_state_behind(tmp_path, monkeypatch) -> None:
+    import mlflow
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = _register(tmp_path)
+    before = mlflow.get_tracking_uri()
+    load_champion(USE_CASE, uri)
+    assert "MLFLOW_TRACKING_URI" not in os.environ  # a child process would inherit it
+    assert mlflow.get_tracking_uri() == before

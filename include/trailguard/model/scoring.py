@@ -50,6 +50,7 @@ from trailguard.model.training import (
     ModelLoadError,
     RiskModel,
     load_registered_model,
+    mlflow_tracking,
     model_input,
     tracking_uri_for,
 )
@@ -247,10 +248,11 @@ def load_champion(use_case: str, tracking_uri: str) -> Champion:
         version = client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException:
         raise NoChampionError(f"no champion model for {name} yet: run `trailguard train` first") from None
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
     try:
-        model = load_registered_model(f"models:/{name}/{version.version}")
+        with mlflow_tracking():
+            mlflow.set_tracking_uri(tracking_uri)
+            mlflow.set_registry_uri(tracking_uri)
+            model = load_registered_model(f"models:/{name}/{version.version}")
     except ModelLoadError as exc:
         raise IncompatibleChampionError(
             f"champion {name} v{version.version} cannot be loaded by this TrailGuard ({exc}): "

@@ -656,6 +656,32 @@ def tracking_uri_for(root: DataPath | str, tracking_uri: str | None = None) -> s
     return f"sqlite:///{folder / 'mlflow.db'}"
 
 
+@contextmanager
+def mlflow_tracking() -> Iterator[None]:
+    """Whatever tracking and registry URI the block sets, MLflow's process-wide ones (and the
+    ``MLFLOW_TRACKING_URI`` variable MLflow exports for subprocesses) are as before when it ends: a
+    library call leaves no state behind for the next call, test or child process."""
+    import mlflow
+    from mlflow.tracking import _tracking_service
+    from mlflow.tracking._model_registry import utils as registry_utils
+
+    saved_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    saved_tracking = _tracking_service.utils._tracking_uri
+    saved_registry = registry_utils._registry_uri
+    try:
+        yield
+    finally:
+        if mlflow.active_run() is not None:
+            mlflow.end_run()
+        _tracking_service.utils._tracking_uri = saved_tracking
+        registry_utils._registry_uri = saved_registry
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def _setup_mlflow(root: DataPath, tracking_uri: str | None, experiment: str) -> tuple[str, str]:
     os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
@@ -859,7 +885,7 @@ def train(
     """
     from threadpoolctl import threadpool_limits
 
-    with threadpool_limits(limits=threads, user_api="openmp"):
+    with threadpool_limits(limits=threads, user_api="openmp"), mlflow_tracking():
         return _train(store, until, history_days, tracking_uri, experiment, test_days, min_history_days,
                       max_train_rows, max_test_rows, use_cases, progress)
 

@@ -44,6 +44,7 @@ from trailguard.store.events import EventStore, new_run_id, write_bytes_atomic, 
 from trailguard.store.events import day_text as _day_text
 from trailguard.store.fs import DataPath, parquet_file, parquet_schema, read_parquet
 from trailguard.store.schema import EVENT_SCHEMA
+from trailguard.store.text import sanitise
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -982,7 +983,7 @@ def _escape(value: Any) -> str:
 
 def _clip(value: Any) -> str:
     text = value.isoformat() if isinstance(value, datetime) else str(value)
-    return text if len(text) <= SAMPLE_CHARS else text[:SAMPLE_CHARS] + "…"
+    return sanitise(text, SAMPLE_CHARS, unsafe="keep", marker="…")
 
 
 def _clip_all(values: list[Any]) -> list[str]:
@@ -999,7 +1000,7 @@ def _distinct_sample(values: list[Any]) -> list[str]:
 
 
 def _printable(text: str) -> str:
-    return text.encode("unicode_escape").decode("ascii") if not text.isprintable() else text
+    return sanitise(text, unsafe="escape")
 
 
 def _replace(outcome: ExpectationOutcome, **changes: Any) -> ExpectationOutcome:

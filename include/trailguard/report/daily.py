@@ -35,11 +35,12 @@ import pandas as pd
 from trailguard.store.events import day_text as _day_text
 from trailguard.store.events import write_bytes_atomic
 from trailguard.store.fs import DataPath, as_path, parquet_schema, read_parquet, visible_files
+from trailguard.store.text import TRUNCATED as TRUNCATED  # re-exported: the report's marker
+from trailguard.store.text import sanitise
 
 log = logging.getLogger(__name__)
 
 HIGH_RISK = 70.0
-TRUNCATED = "…[truncated]"
 DEFAULT_LIMIT = 300  # characters of one displayed value
 FIELD_LIMITS = {"reasons": 2000, "userAgent": 240, "eventID": 128}
 MAX_REASONS = 12  # reasons listed per event; the rest are counted
@@ -60,7 +61,6 @@ CSV_COLUMNS = (
 )  # fmt: skip
 TOP_COLUMNS = (*CSV_COLUMNS, "asn", "group_id")
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069\ufeff]+")
 _TECHNIQUE = re.compile(r"T(\d{4})(?:\.(\d{3}))?")
 _URL = re.compile(r"https?://[A-Za-z0-9._~:/?#\[\]@!$&'()*+,;=%-]+")
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n")
@@ -83,18 +83,12 @@ def is_missing(value: Any) -> bool:
 
 def clip(text: str, limit: int) -> str:
     """Cut ``text`` to ``limit`` characters with a visible marker, so a 5 MB userAgent stays readable."""
-    return text if len(text) <= limit else text[:limit] + TRUNCATED
+    return sanitise(text, limit, unsafe="keep")
 
 
 def clean_text(value: Any, limit: int | None = None) -> str:
     """A value for plain text, HTML or a mail header: no control or bidi characters, bounded length."""
-    if is_missing(value):
-        return ""
-    text = str(value)
-    if limit is not None and len(text) > limit * 4:
-        text = text[: limit * 4]  # never run the regex over megabytes
-    text = _CONTROL.sub(" ", text).strip()
-    return clip(text, limit) if limit is not None else text
+    return "" if is_missing(value) else sanitise(str(value), limit)
 
 
 def csv_cell(value: Any) -> Any:
