@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from trailguard.detect.event import short
-from trailguard.quality import gate
+from trailguard.quality import results
 from trailguard.report.daily import clean_text
 from trailguard.store.text import TRUNCATED, sanitise
 
@@ -44,5 +44,5 @@ def test_every_output_goes_through_it() -> None:
     )
     assert short(None) == "?" and clean_text(None) == ""
     assert clean_text(HOSTILE, 300) == sanitise(HOSTILE, 300)
-    assert gate._clip("z" * 100) == "z" * gate.SAMPLE_CHARS + "…"
-    assert gate._printable("bad\nline") == "bad\\nline"
+    assert results._clip("z" * 100) == "z" * results.SAMPLE_CHARS + "…"
+    assert results._printable("bad\nline") == "bad\\nline"
