@@ -14,6 +14,7 @@ LIBRARY = PROJECT / "include" / "trailguard"
 LAYERS = {
     "store": 0,
     "ingest": 1,
+    "integrity": 1.5,  # digest validation: reads store and ingest; quality and report show its results
     "quality": 2,
     "detect": 2,
     "model": 3,

@@ -216,6 +216,37 @@ def cmd_label(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
+    from trailguard.ingest.sources import open_source
+    from trailguard.integrity.day import verify_with_settings
+    from trailguard.integrity.keys import KeyFileError
+
+    uri = args.source or settings.source
+    if not uri:
+        print("no source to verify: give --source (the trail's bucket or a copy of it) or set TRAILGUARD_SOURCE",
+              file=sys.stderr)
+        return 2
+    if uri.startswith("cloudwatch://"):
+        print(f"{uri}: CloudWatch Logs has no digest files; verify the trail's S3 bucket instead", file=sys.stderr)
+        return 2
+    try:
+        source = open_source(uri)
+        result = verify_with_settings(settings, source, args.date, keys=args.keys)
+    except (ValueError, FileNotFoundError, KeyFileError) as exc:
+        print(f"cannot verify: {exc}", file=sys.stderr)
+        return 2
+    _emit(args, result.as_dict(), result.lines())
+    if result.status == "tampered":
+        print(f"{result.date}: CloudTrail evidence was removed or changed "
+              f"(details: integrity/date={result.date}/result.json)", file=sys.stderr)
+        return 1
+    if result.status == "unverified":
+        print(f"{result.date}: nothing could be verified (no digest files, or no public key for them)",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from trailguard.demo.runner import run_demo
 
@@ -371,6 +402,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--analyst", default=os.environ.get("USER", "analyst"), help="who decided (default $USER)")
     p.add_argument("--force", action="store_true", help="record it even if the event is not in the store")
     p.set_defaults(func=cmd_label)
+
+    p = sub.add_parser(
+        "verify",
+        help="CloudTrail log-file integrity: check a day's digest files, log file hashes and delivery gaps",
+        description="Validate a day's CloudTrail digest files as AWS describes it: each digest's RSA signature "
+        "(SHA256withRSA, the signature from the object's metadata, or for a folder its "
+        "<digest>.metadata.json sidecar), the chain to the previous digest, and the SHA-256 of every log "
+        "file it lists against what ingestion read. Also lists delivery gaps (not proof of tampering). "
+        "Writes integrity/date=D/result.json. Exits 1 when evidence was removed or changed, or when "
+        "nothing could be verified.",
+    )
+    p.add_argument("--date", type=_date, required=True, help="the delivery day (YYYY-MM-DD, UTC)")
+    p.add_argument("--source", default=None, help="folder or s3://bucket/prefix (default TRAILGUARD_SOURCE)")
+    p.add_argument("--keys", default=None,
+                   help="folder of CloudTrail public keys (default TRAILGUARD_INTEGRITY_KEYS; "
+                        "without one: cloudtrail:ListPublicKeys)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser(
         "demo",

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import hashlib
 import heapq
 import json
 import logging
@@ -145,6 +146,10 @@ def decode_object(key: str, data: bytes) -> DecodedObject:
     return DecodedObject(table=table, rejected=[], records_read=table.num_rows, note=note)
 
 
+_BOM = b"\xef\xbb\xbf"
+_BOM_NOTE = "UTF-8 byte order mark removed"
+
+
 def _unpack(data: bytes) -> tuple[bytes, str | None]:
     """The JSON document inside an object's bytes (gunzipped, byte order mark removed), with a note of
     any repair."""
@@ -157,8 +162,8 @@ def _unpack(data: bytes) -> tuple[bytes, str | None]:
             raise ObjectError(f"not a readable gzip file: {exc}") from exc
         if not data:
             raise ObjectError("empty file after gunzip")
-    if data.startswith(b"\xef\xbb\xbf"):
-        return data[3:], "UTF-8 byte order mark removed"
+    if data.startswith(_BOM):
+        return data[3:], _BOM_NOTE
     return data, None
 
 
@@ -249,6 +254,7 @@ class _ObjectOutcome:
     rejected: list[dict[str, Any]] = field(default_factory=list)
     note: str | None = None
     data: bytes | None = None
+    sha256: str | None = None  # of the uncompressed content, for files (not CloudWatch hours)
 
 
 @dataclass
@@ -283,6 +289,8 @@ def decode_chunk(tasks: list[_Task]) -> tuple[list[_ObjectOutcome], pa.Table | N
         except ObjectError as exc:
             outcome.status, outcome.note, outcome.data = "quarantined", str(exc), data
             continue
+        if not task.key.startswith("cloudwatch://"):  # a file as delivered, which a digest may list
+            outcome.sha256 = _content_sha256(document, note)
         unpacked.append((outcome, data, document, note))
     fast = files_to_tables([(document, outcome.key) for outcome, _, document, _ in unpacked])
     tables: list[pa.Table] = []
@@ -301,6 +309,14 @@ def decode_chunk(tasks: list[_Task]) -> tuple[list[_ObjectOutcome], pa.Table | N
             outcome.data = data
         tables.append(table)
     return outcomes, (pa.concat_tables(tables) if tables else None)
+
+
+def _content_sha256(document: bytes, note: str | None) -> str:
+    """SHA-256 of the uncompressed file as delivered (a removed byte order mark counted back in): what
+    CloudTrail's digest states for it, checked later by :mod:`trailguard.integrity`."""
+    digest = hashlib.sha256(_BOM if note == _BOM_NOTE else b"")
+    digest.update(document)
+    return digest.hexdigest()
 
 
 def stage_chunk(tasks: list[_Task], folder: str, seq: int) -> _ChunkResult:
@@ -568,6 +584,7 @@ def _entry(obj: SourceObject | _ObjectOutcome, status: str, *, error: str | None
         "error": error,
         "run_id": None,
         "seen_at": datetime.now(timezone.utc),
+        "sha256": getattr(obj, "sha256", None),
     }
 
 

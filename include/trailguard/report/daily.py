@@ -34,6 +34,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from trailguard.integrity.findings import integrity_section
+from trailguard.integrity.findings import text_lines as integrity_text_lines
 from trailguard.store.events import day_text as _day_text
 from trailguard.store.events import write_bytes_atomic
 from trailguard.store.fs import DataPath, as_path, parquet_schema, read_parquet, visible_files
@@ -418,6 +420,7 @@ class Report:
     folder: DataPath
     quality_page: DataPath | None = None
     feedback_hint: str | None = None
+    integrity: dict[str, Any] | None = None  # trailguard.integrity.findings.integrity_section: its own section
     _files: dict[str, DataPath] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -470,6 +473,7 @@ class Report:
             "summary": self.summary,
             "models": self.models,
             "quality": self.quality,
+            "integrity": self.integrity,
             "feedback_hint": self.feedback_hint,
             "files": {kind: path.name for kind, path in self._files.items()},
         }
@@ -502,6 +506,8 @@ class Report:
                f"{self.summary.get('high_risk_events', 0):,} at or above {HIGH_RISK:g} "
                f"({self.high_risk_findings} distinct), {len(self.top_events)} reported"]  # fmt: skip
         out += [f"  {line}" for line in _summary_lines(self)[1:]]
+        if self.integrity:
+            out += [f"  {line}" for line in integrity_text_lines(self.integrity, self.day)[1:]]
         for row in self.top_events.to_dict("records"):
             reasons = "; ".join(_reasons(row.get("reasons"), limit=3)) or "-"
             out.append(f"  #{row['rank']:<3} {row['risk_score']:5.1f}  {_title(row)}  "
@@ -541,6 +547,7 @@ def build_report(
         folder=report_dir(data_root, day_text),
         quality_page=quality_page,
         feedback_hint=feedback_hint,
+        integrity=integrity_section(data_root, day_text),
     )
     write_bytes_atomic(report.chart_png, report.chart_path)
     write_bytes_atomic(report.csv_bytes(), report.csv_path)
@@ -576,6 +583,7 @@ def load_report(data_root: DataPath | str, day: date | str) -> Report:
         folder=folder,
         quality_page=page if document.get("quality") and page.exists() else None,
         feedback_hint=document.get("feedback_hint"),
+        integrity=document.get("integrity"),
     )
 
 
@@ -647,6 +655,7 @@ def _summary_lines(report: Report) -> list[str]:
         f"At or above {HIGH_RISK:g}: {s['high_risk_events']:,} events, {s['high_risk_findings']:,} distinct findings; "
         f"highest {s['max_score'] if s['max_score'] is not None else '-'}",
         _quality_line(report),
+        integrity_text_lines(report.integrity, report.day)[0],
         f"Models: {models}",
     ]
 
@@ -687,6 +696,8 @@ def _text_context(report: Report, notice: Notice | None, new: frozenset[str]) ->
             "title": clean_text(notice.title, 500), "lines": [clean_text(x, 1000) for x in notice.lines]
         },
         "summary": _summary_lines(report),
+        "integrity": integrity_text_lines(report.integrity, report.day)[1:]
+        if report.integrity and (report.integrity["findings"] or report.integrity["gaps"]) else [],
         "rows": rows,
         "feedback": _feedback_lines(report),
         "folder": str(report.folder),
@@ -790,6 +801,7 @@ def _html_context(
             "link": None if for_email or not q.get("page") else f"../../quality/date={report.day}/index.html",
             "attached": for_email and report.quality_page is not None,
         },
+        "integrity": _integrity_context(report),
         "rows": _html_rows(report, new),
         "top_k": s.get("top_k"),
         "min_score": s.get("min_score"),
@@ -812,3 +824,30 @@ def _html_context(
         "feedback": feedback,
         "folder": str(report.folder),
     }  # fmt: skip
+
+
+def _integrity_context(report: Report) -> dict[str, Any]:
+    """The evidence-integrity section: its header, colour, findings and gaps (every value as text)."""
+    section = report.integrity
+    header = integrity_text_lines(section, report.day)[0]
+    status = section["status"] if section else "not checked"
+    return {
+        "header": clean_text(header, DEFAULT_LIMIT),
+        "colour": {"valid": "#15803d", "tampered": "#b91c1c"}.get(status, "#6b7280"),
+        "tampered": status == "tampered",
+        "findings": [
+            {
+                "title": clean_text(f["title"], 200),
+                "risk": f["risk_score"],
+                "technique": clean_text(f["attack_technique"], 40),
+                "technique_url": technique_url(f["attack_technique"]),
+                "where": clean_text(f"account {f['account']} {f['region']} {f['hour']}", 200),
+                "object": clean_text(f["object"], 500),
+                "reason": clean_text(f["reason"], 500),
+            }
+            for f in (section or {}).get("findings", [])
+        ],
+        "gaps": [clean_text(f"{where}: nothing delivered at {', '.join(hours)}", 500)
+                 for where, hours in (section or {}).get("gaps", {}).items()],
+        "gap_note": clean_text((section or {}).get("gap_note"), 300),
+    }

@@ -162,6 +162,8 @@ def default_subject(report: Report, *, new_events: int | None = None) -> str:
     else:
         head += ":"
     subject = f"{head} {report.high_risk_findings} events >= {HIGH_RISK:g}"
+    if report.integrity and report.integrity.get("status") == "tampered":
+        subject += ", CloudTrail evidence TAMPERED"
     if len(report.top_events):
         top = report.top_events.iloc[0]
         service = clean_text(top.get("eventSource"), 80).removesuffix(".amazonaws.com")

@@ -35,6 +35,8 @@ class Settings:
     alert_recipients: tuple[str, ...] = ()
     freshness_hours: float = 24.0
     freshness_lookback_days: int = 7
+    source: str | None = None  # the CloudTrail source the DAGs and `trailguard verify` read by default
+    integrity_keys: str | None = None  # folder of CloudTrail public keys; empty: cloudtrail:ListPublicKeys
 
     @property
     def data_path(self) -> DataPath:
@@ -95,6 +97,8 @@ def load_settings(**overrides: object) -> Settings:
         "alert_recipients": _list("TRAILGUARD_ALERT_RECIPIENTS") or _list("TRAILGUARD_REPORT_RECIPIENTS"),
         "freshness_hours": _float("TRAILGUARD_FRESHNESS_HOURS", 24.0),
         "freshness_lookback_days": max(1, _int("TRAILGUARD_FRESHNESS_LOOKBACK_DAYS", 7)),
+        "source": env.get("TRAILGUARD_SOURCE", "").strip() or None,
+        "integrity_keys": env.get("TRAILGUARD_INTEGRITY_KEYS", "").strip() or None,
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
     return Settings(**values)  # type: ignore[arg-type]
