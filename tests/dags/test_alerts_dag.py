@@ -105,6 +105,6 @@ def test_ingest_without_a_source_fails_at_once_and_says_what_to_set(dagbag, inbo
     run = dagbag.get_dag("cloudtrail_ingest").test(run_conf={"source": None})
     plan = next(ti for ti in run.get_task_instances() if ti.task_id == "plan_partitions")
     assert run.state == "failed" and plan.state == "failed" and plan.try_number == 1
-    # (other tasks of the run may alert too: verify_integrity runs whatever happened upstream)
+    # (other tasks of the run may alert too: touched_dates runs whatever happened upstream)
     (alert,) = [m for m in inbox if m["Subject"] == "TrailGuard: cloudtrail_ingest.plan_partitions failed"]
     assert "no CloudTrail source: set the run" in _text(alert)
