@@ -162,16 +162,19 @@ def cloudtrail_ingest():
     validate_events.expand(day=dates)
 
 
-def _source_uri(params: dict) -> str:
-    """The run's source: the Param, else the Variable, else the environment."""
+def _source_uri(params: dict, dag_run=None) -> str:
+    """The run's source: the Param, else the Variable, else the environment. Without one, a scheduled run
+    (the DAG was unpaused before a source was set) skips with the reason; a triggered run fails, unretried."""
     from airflow.sdk import Variable
+    from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
     uri = params.get("source") or Variable.get("trailguard_source", default=None) or os.environ.get("TRAILGUARD_SOURCE")
     if not uri:
-        raise ValueError(
-            "no CloudTrail source: set the run's 'source' Param, the Variable trailguard_source "
-            "or TRAILGUARD_SOURCE (a folder, s3://bucket/prefix or cloudwatch://log-group)"
-        )
+        message = ("no CloudTrail source: set the run's 'source' Param, the Variable trailguard_source "
+                   "or TRAILGUARD_SOURCE (a folder, s3://bucket/prefix or cloudwatch://log-group)")
+        if dag_run is not None and str(getattr(dag_run, "run_type", "")).endswith("scheduled"):
+            raise AirflowSkipException(message)
+        raise AirflowFailException(message)
     return uri
 
 
@@ -186,7 +189,7 @@ def _open(params: dict, dag_run):
     """(source, store, start, end) of a run."""
     from trailguard.ingest.sources import open_source
 
-    uri = _source_uri(params)
+    uri = _source_uri(params, dag_run)
     end = optional_day(params.get("end")) or dag_run.run_after.date()
     start = optional_day(params.get("start")) or end - timedelta(days=1)
     aws = None

@@ -13,7 +13,12 @@ security team.
   (default: Variable `trailguard_report_recipients` or `TRAILGUARD_REPORT_RECIPIENTS`), `send_email`.
 * **Email** through the Airflow connection `smtp_default`; with none configured the message is written
   as `report.eml` beside the report in `reports/YYYY-MM-DD/`. The report is never lost.
-* A day whose data-quality check failed critically is not scored: the run skips with the reason.
+* A day whose data-quality check failed critically is not scored: the run skips with the reason. So does
+  a day with no events at all (e.g. the first scheduled run after unpausing, before any ingest).
+* **Automation** (`notify_findings`): the day's findings go to the destinations in the Variable
+  `trailguard_notify_destinations` (SNS, EventBridge, Lambda, Slack, a signed webhook), each finding to
+  each destination once; `respond/date=D/sent.json` records what went where.
+* **Alerts**: a task that fails for good emails `trailguard_alert_recipients` (see the README).
 * **Split for workers**: `score_partitions` is mapped over the day's account x region partitions (at most
   `TRAILGUARD_SCORE_MAX_TASKS`, default 4, grouped beyond), each scored with the whole day as context and
   written to its own `scores/date=D/part-<account>-<region>.parquet`; `build_report` reads them all.
@@ -46,12 +51,16 @@ from trailguard_airflow import DEFAULT_ARGS, VALIDATED_EVENTS, run_day, smtp_set
                             "trailguard_report_recipients or TRAILGUARD_REPORT_RECIPIENTS."),
         "send_email": Param(True, type="boolean", title="Send the email",
                             description="Off: build the report (and its .eml) without sending."),
+        "notify": Param(True, type="boolean", title="Notify automation destinations",
+                        description="Send the day's findings to the destinations in the Variable "
+                        "trailguard_notify_destinations (SNS, EventBridge, Lambda, Slack, webhook), each once."),
     },
 )
 def daily_risk_report():
     @task
     def check_partition() -> str:
-        """The day to report; skips the run when its partition failed validation."""
+        """The day to report; skips the run (one line, no alert) when the day has no events or its
+        partition failed validation."""
         from airflow.sdk.exceptions import AirflowSkipException
         from trailguard.quality.gate import is_scorable, read_quality_status
         from trailguard.store.events import EventStore
@@ -59,6 +68,8 @@ def daily_risk_report():
 
         day = run_day(get_current_context(), "date", offset_days=-1).isoformat()
         store = EventStore(load_settings().data_path)
+        if not store.partition_files(day):  # e.g. the scheduled run right after unpausing, before any ingest
+            raise AirflowSkipException(f"{day}: no events in the store, nothing to report")
         if not is_scorable(store, day):
             status = read_quality_status(store, day)
             why = "was never validated" if status is None else f"failed validation ({status.get('status')})"
@@ -132,11 +143,43 @@ def daily_risk_report():
         recipients = [r.strip() for r in recipients.split(",") if r.strip()]
         report = load_report(settings.data_path, built["date"])
         smtp = smtp_settings() if params["send_email"] else None
-        if not recipients:
-            raise ValueError("no recipients: set the run's 'recipients' Param, the Variable "
-                             "trailguard_report_recipients or TRAILGUARD_REPORT_RECIPIENTS")
+        if not recipients:  # a configuration error: retrying cannot help
+            from airflow.sdk.exceptions import AirflowFailException
+
+            raise AirflowFailException("no recipients: set the run's 'recipients' Param, the Variable "
+                                       "trailguard_report_recipients or TRAILGUARD_REPORT_RECIPIENTS")
         result = send(report, smtp=smtp, recipients=recipients, sender=smtp.sender if smtp else None)
         print(result.message)
+        return result.as_dict()
+
+    @task
+    def notify_findings(built: dict, params: dict) -> dict:
+        """Send the day's findings to the automation destinations, each once (a rerun sends what is
+        missing). A wrong destination fails at once; throttling or an unreachable endpoint is retried."""
+        from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+        from trailguard.respond.destinations import Delivery
+        from trailguard.respond.notify import notify_day
+        from trailguard.store.settings import load_settings
+        from trailguard_airflow.respond import client_factory, destinations, fail_fast_on_config_errors
+
+        if not params.get("notify", True):
+            raise AirflowSkipException("notify is off for this run")
+        settings = load_settings()
+        with fail_fast_on_config_errors():
+            targets = destinations()
+            if not targets:
+                raise AirflowSkipException("no automation destinations: set the Variable "
+                                           "trailguard_notify_destinations or TRAILGUARD_NOTIFY_DESTINATIONS "
+                                           "(README: Automation and alerts)")
+            result = notify_day(settings.data_path, built["date"], targets, max_per_run=settings.notify_max_per_run,
+                                delivery=Delivery(client_factory=client_factory()),
+                                report_base_url=settings.report_base_url)
+        for line in result.lines():
+            print(line)
+        if any(not f.transient for f in result.failed):
+            raise AirflowFailException("; ".join(f"{f.destination.name}: {f.error}" for f in result.failed))
+        if result.failed:
+            raise RuntimeError("; ".join(f"{f.destination.name}: {f.error}" for f in result.failed))
         return result.as_dict()
 
     def feedback_hint() -> str:
@@ -148,7 +191,9 @@ def daily_risk_report():
 
     day = check_partition()
     scored = score_partitions.expand(partitions=plan_scoring(day))
-    send_report(build_report(day, scored))
+    built = build_report(day, scored)
+    send_report(built)
+    notify_findings(built)
 
 
 daily_risk_report()

@@ -45,6 +45,8 @@ log = logging.getLogger("stack")
 PROJECT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 MARKER = "TRAILGUARD_STACK"
+DEMO_REPORT_RECIPIENTS = "secops@example.com"
+DEMO_ALERT_RECIPIENTS = "oncall@example.com"
 SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
 
 
@@ -69,6 +71,9 @@ class Config:
     password: str
     timeout: float
     source: str | None
+    report_recipients: str = DEMO_REPORT_RECIPIENTS
+    alert_recipients: str = DEMO_ALERT_RECIPIENTS
+    notify_destinations: str | None = None
 
     @classmethod
     def from_env(cls) -> Config:
@@ -95,6 +100,10 @@ class Config:
             password=env.get("TRAILGUARD_AIRFLOW_PASSWORD", "") or "admin",
             timeout=float(env.get("TRAILGUARD_STACK_TIMEOUT", "") or 180),
             source=source,
+            # the walk-through works as written: the report and alerts go to demo addresses the catcher keeps
+            report_recipients=env.get("TRAILGUARD_REPORT_RECIPIENTS", "").strip() or DEMO_REPORT_RECIPIENTS,
+            alert_recipients=env.get("TRAILGUARD_ALERT_RECIPIENTS", "").strip() or DEMO_ALERT_RECIPIENTS,
+            notify_destinations=env.get("TRAILGUARD_NOTIFY_DESTINATIONS", "").strip() or None,
         )
 
     @property
@@ -209,6 +218,8 @@ def airflow_environment(cfg: Config) -> dict[str, str]:
     )
     env.pop("MLFLOW_TRACKING_URI", None)
     env["TRAILGUARD_MLFLOW_UI_URL"] = cfg.mlflow_url  # the TrailGuard pages link to the runs there
+    env["TRAILGUARD_REPORT_RECIPIENTS"] = cfg.report_recipients
+    env["TRAILGUARD_ALERT_RECIPIENTS"] = cfg.alert_recipients
     if cfg.source:
         env["TRAILGUARD_SOURCE"] = cfg.source
     return env
@@ -452,7 +463,7 @@ def prepare_data(cfg: Config) -> str | None:
     logs = PROJECT / "demo" / "logs"
     trailguard = str(BIN / "trailguard")
     have_logs = logs.is_dir() and any(logs.rglob("*.json*"))
-    if not have_logs and importlib.util.find_spec("trailguard.demo_data") is None:
+    if not have_logs and importlib.util.find_spec("trailguard.demo.generator") is None:
         return "the demo store is empty: run `make demo` to fill it (generated CloudTrail logs through the DAGs)"
     steps = [] if have_logs else [[trailguard, "demo-data", "--out", str(logs)]]
     steps.append([trailguard, "--data", str(cfg.data_root), "ingest", "--source", str(logs)])
@@ -544,6 +555,10 @@ def _print_summary(cfg: Config, note: str | None) -> None:
         f"  Airflow   {cfg.airflow_url}   login: {login(cfg)}   (REST API {cfg.airflow_url}/api/v2)",
         f"  MLflow    {cfg.mlflow_url}   store: sqlite:///{cfg.mlflow_db}",
         f"  Mail      {cfg.mail_ui_url}   (SMTP 127.0.0.1:{cfg.smtp_port}, messages in {cfg.mail_dir})",
+        f"            reports to {cfg.report_recipients}, alerts to {cfg.alert_recipients}",
+        "  Automation " + ("TRAILGUARD_NOTIFY_DESTINATIONS is set: daily_risk_report's notify_findings sends to it"
+                           if cfg.notify_destinations else
+                           "none configured (README: Automation and alerts); notify_findings skips"),
         f"  Data      {cfg.data_root}" + (f"   (ingest source: {cfg.source})" if cfg.source else ""),
         f"  Logs      {cfg.run_dir}/<service>.log; DAGs start paused",
         "  Stop with `make down`; `make status` shows what runs.",

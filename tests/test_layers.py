@@ -23,8 +23,9 @@ LAYERS = {
     "flows": 3,
     "report": 4,
     "explore": 5,
-    "demo": 5,
-    "cli": 6,
+    "respond": 5,
+    "demo": 6,
+    "cli": 7,
 }
 
 

@@ -63,6 +63,8 @@ class Stack:
             "TRAILGUARD_SMTP_PORT": str(self.smtp_port),
             "TRAILGUARD_MAIL_UI_PORT": str(self.mail_ui_port),
             "TRAILGUARD_STACK_TIMEOUT": "240",
+            # 8 mapped stage tasks, not 32: each is a process start, and the test machine may be shared
+            "TRAILGUARD_INGEST_MAX_TASKS": "8",
         }
         self.demo = None  # what generator.generate() wrote to ``logs``
         self.client = None
@@ -190,11 +192,48 @@ def _log_line(raw: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
+def findings_queues(moto_server):
+    """An SNS topic and an EventBridge rule on the moto server, each delivering to an SQS queue: the
+    automation destinations the stack's daily_risk_report sends findings to."""
+    import boto3
+
+    def client(service: str):
+        return boto3.client(service, endpoint_url=moto_server, region_name="us-east-1")
+
+    sqs, sns, events = client("sqs"), client("sns"), client("events")
+    queues = {}
+    for name in ("sns", "eventbridge"):
+        url = sqs.create_queue(QueueName=f"stack-findings-{name}")["QueueUrl"]
+        queues[name] = (url, sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"])
+    topic = sns.create_topic(Name="stack-findings")["TopicArn"]
+    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queues["sns"][1], Attributes={"RawMessageDelivery": "true"})
+    events.put_rule(Name="trailguard-findings", EventPattern=json.dumps({"source": ["trailguard"]}))
+    events.put_targets(Rule="trailguard-findings", Targets=[{"Id": "q", "Arn": queues["eventbridge"][1]}])
+    destinations = [
+        {"name": "secops-sns", "type": "sns", "target": topic, "endpoint_url": moto_server},
+        {"name": "bus", "type": "eventbridge", "target": "default", "region": "us-east-1", "endpoint_url": moto_server},
+    ]
+
+    def drain(name: str) -> list[dict]:
+        out = []
+        while got := sqs.receive_message(QueueUrl=queues[name][0], MaxNumberOfMessages=10).get("Messages", []):
+            for m in got:
+                out.append(json.loads(m["Body"]))
+                sqs.delete_message(QueueUrl=queues[name][0], ReceiptHandle=m["ReceiptHandle"])
+        return out
+
+    return json.dumps(destinations), drain
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, findings_queues):
     from trailguard.demo import generator
 
     root = tmp_path_factory.mktemp("stack")
     stack = Stack(root)
+    stack.env["TRAILGUARD_NOTIFY_DESTINATIONS"] = findings_queues[0]
+    for name in ("TRAILGUARD_REPORT_RECIPIENTS", "TRAILGUARD_ALERT_RECIPIENTS"):
+        stack.env.pop(name, None)  # make up's demo recipients, as a new user has them
     stack.demo = generator.generate(stack.logs, days=3, events=3000)
     started = time.monotonic()
     result = stack.script("up")
@@ -318,21 +357,31 @@ def test_training_registers_a_champion_the_server_shows(trained):
     assert any(alias["alias"] == "champion" for m in models for alias in m.get("aliases", [])), models
 
 
-def test_report_is_emailed_and_a_label_recorded(trained):
-    """daily_risk_report emails the catcher; record_analyst_label takes an event from that report."""
+def test_report_is_emailed_and_a_label_recorded(trained, findings_queues):
+    """The README's walk-through: daily_risk_report triggered with only `date` (make up set the demo
+    recipients) emails the catcher and sends the findings to SNS and EventBridge (moto); then
+    record_analyst_label takes an event from that report."""
     stack = trained
     chain = {"daily_risk_report", "record_analyst_label"}
     assert chain <= stack.wait_for_dags(chain)
     last = stack.demo.end
 
     mails_before = set((stack.run_dir / "mail").glob("*.eml"))
-    stack.run_dag("daily_risk_report", {"date": last.isoformat(), "top_k": 10, "min_score": 0,
-                                        "recipients": "secops@example.com", "send_email": True})
+    stack.run_dag("daily_risk_report", {"date": last.isoformat()})
     report_dir = stack.data / "reports" / last.isoformat()
     assert (report_dir / "report.html").exists()
     new_mail = set((stack.run_dir / "mail").glob("*.eml")) - mails_before
     assert len(new_mail) == 1, new_mail
     assert "secops@example.com" in new_mail.pop().read_text(errors="replace")
+
+    report = json.loads((report_dir / "report.json").read_text())
+    high = sorted(row["eventID"] for row in report["top_events"] if row["risk_score"] >= 70)
+    drain = findings_queues[1]
+    via_sns = drain("sns")
+    via_bus = [event["detail"] for event in drain("eventbridge")]
+    assert high, "the demo day has findings at or above 70"
+    assert sorted(m["finding_id"] for m in via_sns) == high == sorted(m["finding_id"] for m in via_bus)
+    assert all(m["schema"] == "trailguard.finding/1" and m["date"] == last.isoformat() for m in via_sns + via_bus)
 
     with (report_dir / "top_events.csv").open() as handle:
         event_id = next(csv.DictReader(handle))["eventID"]

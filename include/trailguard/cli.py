@@ -243,6 +243,23 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_notify(args: argparse.Namespace, settings: Settings) -> int:
+    from trailguard.respond.destinations import parse_destinations
+    from trailguard.respond.notify import notify_day
+
+    destinations = parse_destinations(settings.notify_destinations, default_min_score=settings.notify_min_score)
+    try:
+        result = notify_day(settings.data_path, args.date.isoformat(), destinations, dry_run=args.dry_run,
+                            max_per_run=settings.notify_max_per_run, report_base_url=settings.report_base_url)
+    except (FileNotFoundError, ValueError) as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    _emit(args, result.as_dict(), result.lines())
+    for failed in result.failed:
+        print(f"{failed.destination.name}: {failed.error}", file=sys.stderr)
+    return 1 if result.failed else 0
+
+
 def cmd_label(args: argparse.Namespace, settings: Settings) -> int:
     from trailguard.findings.suppress import is_finding_id, label_finding
     from trailguard.model.labels import find_event, record_label
@@ -535,6 +552,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="send even if this report was already sent")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser(
+        "notify",
+        help="send the day's findings to the automation destinations (SNS, EventBridge, Lambda, Slack, webhook)",
+        description="Send each of the day's findings (the report's top events) at or above a destination's "
+        "min_score to every destination in TRAILGUARD_NOTIFY_DESTINATIONS, once: respond/date=D/sent.json "
+        "records what went where, so a rerun sends only what is missing. Exits 1 when a destination failed.",
+    )
+    p.add_argument("--date", type=_date, required=True, help="the day (YYYY-MM-DD, UTC); its report must exist")
+    p.add_argument("--dry-run", action="store_true", help="print what would be sent; send and record nothing")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    p.set_defaults(func=cmd_notify)
 
     p = sub.add_parser(
         "label",

@@ -12,6 +12,8 @@ from typing import Any
 
 from airflow.sdk import Asset
 
+from trailguard_airflow.respond import FailureNotifier
+
 log = logging.getLogger(__name__)
 
 EVENTS = Asset(uri="trailguard://events", name="trailguard_events")
@@ -19,7 +21,16 @@ VALIDATED_EVENTS = Asset(uri="trailguard://events-validated", name="trailguard_v
 LABELS = Asset(uri="trailguard://labels", name="trailguard_labels")
 MODELS = Asset(uri="trailguard://models", name="trailguard_models")
 
-DEFAULT_ARGS = {"owner": "trailguard", "retries": 2, "retry_delay": timedelta(minutes=2)}
+# Every task: retries with backoff for transient faults (SMTP, throttling, a busy store); configuration
+# errors raise AirflowFailException and are not retried; a task that failed for good alerts the team.
+DEFAULT_ARGS = {
+    "owner": "trailguard",
+    "retries": 2,
+    "retry_delay": timedelta(minutes=2),
+    "retry_exponential_backoff": True,
+    "max_retry_delay": timedelta(minutes=30),
+    "on_failure_callback": FailureNotifier(),
+}
 
 
 def run_day(context: dict[str, Any], param: str = "date", offset_days: int = 0) -> date:

@@ -65,7 +65,29 @@ def smtp_server(monkeypatch):
     controller.stop()
 
 
-def test_daily_report_emails_the_injected_attacks(trained, smtp_server, monkeypatch):
+@pytest.fixture
+def findings_queue(aws_client, moto_server, monkeypatch):
+    """An SNS topic on the moto server with an SQS queue subscribed, set as the automation destination."""
+    sqs, sns = aws_client("sqs"), aws_client("sns")
+    queue = sqs.create_queue(QueueName="daily-findings")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    topic = sns.create_topic(Name="trailguard-daily")["TopicArn"]
+    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn, Attributes={"RawMessageDelivery": "true"})
+    monkeypatch.setenv("TRAILGUARD_NOTIFY_DESTINATIONS", json.dumps(
+        [{"name": "secops", "type": "sns", "target": topic, "min_score": 70, "endpoint_url": moto_server}]))
+
+    def drain() -> list[dict]:
+        out = []
+        while got := sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10).get("Messages", []):
+            for m in got:
+                out.append(json.loads(m["Body"]))
+                sqs.delete_message(QueueUrl=queue, ReceiptHandle=m["ReceiptHandle"])
+        return out
+
+    return drain
+
+
+def test_daily_report_emails_the_injected_attacks(trained, smtp_server, findings_queue, monkeypatch):
     from airflow.dag_processing.dagbag import DagBag
 
     from tests.conftest import PROJECT
@@ -104,6 +126,26 @@ def test_daily_report_emails_the_injected_attacks(trained, smtp_server, monkeypa
     assert any(name.endswith(".csv") and "top-events" in name for name in attachments), attachments
     text = next(p for p in message.walk() if p.get_content_type() == "text/plain").get_content()
     assert "record_analyst_label" in text or "trailguard label" in text
+
+    # the findings at or above 70 reached SNS (read back from the subscribed queue), each once
+    report = json.loads((store.root / "reports" / last.isoformat() / "report.json").read_text())
+    high = {row["eventID"] for row in report["top_events"] if row["risk_score"] >= 70}
+    received = findings_queue()
+    assert high and sorted(m["finding_id"] for m in received) == sorted(high)
+    assert all(m["schema"] == "trailguard.finding/1" and m["score"] >= 70 for m in received)
+    assert set(attacks.loc[attacks["eventID"].isin(high), "scenario"]), "the attacks are among the findings sent"
+
+    # a rerun without recipients: send_report fails at once (no retry) and alerts; nothing is sent twice
+    monkeypatch.delenv("TRAILGUARD_REPORT_RECIPIENTS", raising=False)
+    monkeypatch.setenv("TRAILGUARD_ALERT_RECIPIENTS", "oncall@example.com")
+    again = dag.test(run_after=run.run_after + timedelta(minutes=1),
+                     run_conf={"date": last.isoformat(), "send_email": True, "recipients": ""})
+    states = {ti.task_id: (ti.state, ti.try_number) for ti in again.get_task_instances() if ti.map_index < 1}
+    assert again.state == "failed" and states["send_report"] == ("failed", 1), states
+    assert states["notify_findings"][0] == "success" and findings_queue() == []
+    alert = email.message_from_bytes(smtp_server[-1], policy=email.policy.default)
+    assert len(smtp_server) == 2 and alert["Subject"] == f"TrailGuard: daily_risk_report.send_report failed ({last})"
+    assert "no recipients" in alert.get_body(("html", "plain")).get_content()
 
 
 def test_feedback_dag_changes_the_training_target(trained, monkeypatch):

@@ -162,7 +162,8 @@ def run_demo(data_root: Path, logs: Path, *, events: int | None = None) -> int:
             DagStep("risk_model_training", last.isoformat(), {"until": (last - timedelta(days=1)).isoformat()},
                     "train the risk models on every day before the last"),
             DagStep("daily_risk_report", last.isoformat(),
-                    {"date": last.isoformat(), "top_k": 20, "send_email": True, "recipients": "secops@example.com"},
+                    {"date": last.isoformat(), "top_k": 20, "send_email": True, "recipients": "secops@example.com",
+                     "notify": False},  # the demo only previews what automation would receive (below)
                     f"score {last} and email the report"),
         ]
         for number, step in enumerate(steps, 1):
@@ -172,10 +173,36 @@ def run_demo(data_root: Path, logs: Path, *, events: int | None = None) -> int:
             for line in _step_summary(step.dag_id, data_root, last):
                 _say("  " + line)
         received = sorted(mail_dir.glob("*.eml"))
+    for line in notify_preview(data_root, last.isoformat()):
+        _say(line)
     _say(f"\nemail: {len(received)} message(s) reached the local SMTP server; newest: {received[-1] if received else '-'}")
     _say(f"data root: {data_root}   (MLflow UI: mlflow ui --backend-store-uri sqlite:///{data_root}/mlflow/mlflow.db)")
     _say(f"demo finished in {time.perf_counter() - started:.0f}s")
     return 0
+
+
+EXAMPLE_DESTINATION = '[{"name": "example-webhook", "type": "webhook", "target": "https://example.invalid/trailguard"}]'
+
+
+def notify_preview(data_root: Path, day: str) -> list[str]:
+    """What the automation destinations would receive for the day (a dry run: nothing sent or recorded):
+    the configured ones (TRAILGUARD_NOTIFY_DESTINATIONS), else an example webhook to show the messages."""
+    from trailguard.respond.destinations import parse_destinations
+    from trailguard.respond.notify import notify_day
+    from trailguard.store.settings import ConfigError, load_settings
+
+    settings = load_settings()
+    try:
+        configured = parse_destinations(settings.notify_destinations, default_min_score=settings.notify_min_score)
+    except ConfigError as exc:
+        return [f"\nautomation: TRAILGUARD_NOTIFY_DESTINATIONS is wrong: {exc}"]
+    destinations = configured or parse_destinations(EXAMPLE_DESTINATION, default_min_score=settings.notify_min_score)
+    result = notify_day(data_root, day, destinations, dry_run=True, max_per_run=settings.notify_max_per_run,
+                        report_base_url=settings.report_base_url)
+    head = ("\nautomation (dry run): what the configured destinations would receive"
+            if configured else "\nautomation (dry run, no TRAILGUARD_NOTIFY_DESTINATIONS set: an example webhook)")
+    return [head, *result.lines(),
+            f"  send for real: trailguard --data {data_root} notify --date {day}  (README: Automation and alerts)"]
 
 
 def _step_summary(dag_id: str, data_root: Path, last: object) -> list[str]:

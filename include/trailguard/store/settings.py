@@ -27,6 +27,14 @@ class Settings:
     ingest_max_tasks: int
     score_max_tasks: int
     smtp_url: str | None
+    # respond: automation destinations and operational alerts (trailguard.respond)
+    notify_destinations: str | None = None  # JSON list, parsed by respond.destinations.parse_destinations
+    notify_min_score: float = 70.0
+    notify_max_per_run: int = 50
+    report_base_url: str | None = None
+    alert_recipients: tuple[str, ...] = ()
+    freshness_hours: float = 24.0
+    freshness_lookback_days: int = 7
     source: str | None = None  # the CloudTrail source the DAGs and `trailguard verify` read by default
     integrity_keys: str | None = None  # folder of CloudTrail public keys; empty: cloudtrail:ListPublicKeys
     threat_lists: tuple[str, ...] = ()
@@ -64,6 +72,18 @@ def _served(uri: str) -> str | None:
     """An MLflow tracking URI that is also where people open its UI (an http(s) server), else None."""
     uri = uri.strip()
     return uri if uri.startswith(("http://", "https://")) else None
+def _float(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name}={raw!r} is not a number") from exc
+
+
+def _list(name: str) -> tuple[str, ...]:
+    return tuple(r.strip() for r in os.environ.get(name, "").split(",") if r.strip())
 
 
 def load_settings(**overrides: object) -> Settings:
@@ -83,6 +103,13 @@ def load_settings(**overrides: object) -> Settings:
         "ingest_max_tasks": max(1, _int("TRAILGUARD_INGEST_MAX_TASKS", 32)),
         "score_max_tasks": max(1, _int("TRAILGUARD_SCORE_MAX_TASKS", 4)),
         "smtp_url": env.get("TRAILGUARD_SMTP_URL", "").strip() or None,
+        "notify_destinations": env.get("TRAILGUARD_NOTIFY_DESTINATIONS", "").strip() or None,
+        "notify_min_score": _float("TRAILGUARD_NOTIFY_MIN_SCORE", 70.0),
+        "notify_max_per_run": max(1, _int("TRAILGUARD_NOTIFY_MAX_PER_RUN", 50)),
+        "report_base_url": env.get("TRAILGUARD_REPORT_BASE_URL", "").strip() or None,
+        "alert_recipients": _list("TRAILGUARD_ALERT_RECIPIENTS") or _list("TRAILGUARD_REPORT_RECIPIENTS"),
+        "freshness_hours": _float("TRAILGUARD_FRESHNESS_HOURS", 24.0),
+        "freshness_lookback_days": max(1, _int("TRAILGUARD_FRESHNESS_LOOKBACK_DAYS", 7)),
         "source": env.get("TRAILGUARD_SOURCE", "").strip() or None,
         "integrity_keys": env.get("TRAILGUARD_INTEGRITY_KEYS", "").strip() or None,
         "threat_lists": tuple(
