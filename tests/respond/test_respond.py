@@ -21,6 +21,7 @@ from trailguard.respond.destinations import (
 )
 from trailguard.respond.message import (
     FINDING_SCHEMA,
+    MAX_EVENT_IDS,
     build_message,
     build_messages,
     chat_text,
@@ -117,12 +118,17 @@ def test_message_is_bounded_cleaned_and_valid():
 
 def test_findings_from_the_days_report(report_root, messages):
     top = json.loads((report_root / "reports" / DAY / "report.json").read_text())["top_events"]
-    assert [m["finding_id"] for m in messages] == [row["eventID"] for row in top]
-    for message in messages:
+    assert [m["finding_id"] for m in messages] == [row["finding_id"] for row in top]
+    for message, row in zip(messages, top, strict=True):
         jsonschema.validate(message, FINDING_SCHEMA)
-        assert message["event_ids"] == [message["finding_id"]]
+        assert message["finding_id"].startswith("F-")
+        assert message["event_ids"][0] == row["eventID"]  # the lead event first, then the rest of the finding
+        ids = row["event_ids"].split()
+        assert set(message["event_ids"]) <= set(ids) and len(message["event_ids"]) == min(len(ids), MAX_EVENT_IDS)
+        assert message["event_count"] >= len(ids)
+        assert message["tactics"] == [t for t in row["tactics"].split(",") if t]
         assert message["report_url"].startswith("file://") and message["report_url"].endswith("report.html")
-    stop = next(m for m in messages if m["finding_id"] == "stop-1")
+    stop = next(m for m in messages if "stop-1" in m["event_ids"])
     assert stop["techniques"] == ["T1562.008"] and stop["score"] == 96.0
     assert stop["principal"] == "arn:aws:iam::111122223333:user/mallory"
 
