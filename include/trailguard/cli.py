@@ -66,6 +66,7 @@ def _progress_bar(desc: str, unit: str) -> tuple[Callable[..., None], Callable[[
 # -- commands -------------------------------------------------------------------------------------------
 def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     from trailguard.ingest.ingestion import ingest
+    from trailguard.ingest.limits import IngestLimits
     from trailguard.ingest.sources import open_source
     from trailguard.store.events import EventStore
 
@@ -87,6 +88,7 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
             batch_records=settings.ingest_batch_records,
             workers=_ingest_workers(args.workers, settings.ingest_workers),
             progress=update,
+            limits=IngestLimits.from_settings(settings),
         )
     finally:
         close()

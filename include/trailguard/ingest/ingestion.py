@@ -29,7 +29,6 @@ import pickle
 import shutil
 import sys
 import time
-import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -43,6 +42,14 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from trailguard.ingest.limits import (
+    INFLATE_ERRORS,
+    SCAN_ABOVE_BYTES,
+    IngestLimits,
+    LimitError,
+    gunzip,
+    record_spans,
+)
 from trailguard.ingest.normalise import (
     RecordError,
     dumps,
@@ -65,16 +72,8 @@ from trailguard.store.events import (
 )
 from trailguard.store.fs import as_path, read_parquet
 
-try:  # ISA-L inflates about twice as fast as zlib, with the gzip module's API and errors
-    from isal.igzip import decompress as _decompress_gzip
-    from isal.isal_zlib import error as _inflate_error
-except ImportError:
-    from gzip import decompress as _decompress_gzip
-    from zlib import error as _inflate_error
-
 log = logging.getLogger(__name__)
 
-MAX_OBJECT_BYTES = 512 * 1024 * 1024  # a CloudTrail file is at most tens of MB uncompressed
 CHUNK_BYTES = 4 * 1024 * 1024  # compressed bytes handed to a worker at once (about 25,000 records)
 
 
@@ -132,38 +131,73 @@ class DecodedObject:
     note: str | None = None
 
 
-def decode_object(key: str, data: bytes) -> DecodedObject:
+def decode_object(key: str, data: bytes, limits: IngestLimits | None = None) -> DecodedObject:
     """Turn one CloudTrail file's bytes into events; raise ObjectError if the file is unreadable.
 
     An ordinary file is decoded straight into columns (:func:`~trailguard.schema.file_to_table`);
     anything else goes record by record, so that each odd record is kept or rejected on its own.
     """
-    document, note = _unpack(data)
-    table = file_to_table(document, key)
-    if table is None:
-        return _decode_records(key, document, note)
-    return DecodedObject(table=table, rejected=[], records_read=table.num_rows, note=note)
+    limits = limits or IngestLimits()
+    document, note = _unpack(data, limits)
+    return decode_object_document(key, document, note, limits)
 
 
-def _unpack(data: bytes) -> tuple[bytes, str | None]:
+def _unpack(data: bytes, limits: IngestLimits) -> tuple[bytes, str | None]:
     """The JSON document inside an object's bytes (gunzipped, byte order mark removed), with a note of
-    any repair."""
+    any repair. Never holds more than ``limits.max_file_bytes`` of document."""
     if not data:
         raise ObjectError("empty file (0 bytes)")
     if data[:2] == b"\x1f\x8b":
         try:
-            data = _gunzip(data)
-        except (OSError, EOFError, zlib.error, _inflate_error) as exc:
+            data = gunzip(data, limits.max_file_bytes)
+        except LimitError as exc:
+            raise ObjectError(str(exc)) from exc
+        except INFLATE_ERRORS as exc:
             raise ObjectError(f"not a readable gzip file: {exc}") from exc
         if not data:
             raise ObjectError("empty file after gunzip")
+    elif len(data) > limits.max_file_bytes:
+        raise ObjectError(_too_large(len(data), limits))
     if data.startswith(b"\xef\xbb\xbf"):
         return data[3:], "UTF-8 byte order mark removed"
     return data, None
 
 
-def _decode_records(key: str, document: bytes, note: str | None) -> DecodedObject:
-    """The record-by-record path: any JSON, each record kept or rejected with its reason."""
+def _too_large(size: int, limits: IngestLimits) -> str:
+    return (f"is {size:,} bytes, over the {limits.max_file_bytes:,}-byte limit on a file's size "
+            "(TRAILGUARD_INGEST_MAX_FILE_BYTES)")
+
+
+def _check_count(records: int, limits: IngestLimits) -> None:
+    if records > limits.max_records:
+        raise ObjectError(f"holds {records:,} records, over the limit of {limits.max_records:,} records in one "
+                          "file (TRAILGUARD_INGEST_MAX_RECORDS_PER_FILE)")
+
+
+def _spans(document: bytes, limits: IngestLimits) -> list[tuple[int, int]] | None:
+    """The records' boundaries of a document large enough to matter (None for the ordinary small file):
+    found before anything is decoded, so that an over-full file is refused at no cost in memory."""
+    if len(document) <= min(SCAN_ABOVE_BYTES, limits.max_record_bytes):
+        return None
+    try:
+        return record_spans(document, limits)
+    except LimitError as exc:
+        raise ObjectError(str(exc)) from exc
+    except ValueError as exc:
+        raise ObjectError(f"not readable record by record: {exc} (this file is {len(document):,} bytes)") from exc
+
+
+def _short_records(spans: list[tuple[int, int]], limits: IngestLimits) -> bool:
+    return all(end - start <= limits.max_record_bytes for start, end in spans)
+
+
+def _decode_records(
+    key: str, document: bytes, note: str | None, limits: IngestLimits, spans: list[tuple[int, int]] | None = None
+) -> DecodedObject:
+    """The record-by-record path: any JSON, each record kept or rejected with its reason. A large file
+    (``spans`` found) is parsed one record at a time, so memory follows the largest record, not the file."""
+    if spans is not None:
+        return _decode_spans(key, document, spans, note, limits)
     document, parse_note = _parse_json(document)
     note = "; ".join(n for n in (note, parse_note) if n) or None
     if not isinstance(document, dict):
@@ -173,6 +207,7 @@ def _decode_records(key: str, document: bytes, note: str | None) -> DecodedObjec
         raise ObjectError("JSON object has no Records key: not a CloudTrail log file")
     if not isinstance(records, list):
         raise ObjectError(f"Records is a {_kind(records)}, expected a list")
+    _check_count(len(records), limits)
     rows: list[dict[str, Any]] = []
     rejected: list[dict[str, Any]] = []
     for index, record in enumerate(records):
@@ -183,11 +218,37 @@ def _decode_records(key: str, document: bytes, note: str | None) -> DecodedObjec
     return DecodedObject(table=rows_to_table(rows), rejected=rejected, records_read=len(records), note=note)
 
 
-def _gunzip(data: bytes) -> bytes:
-    out = _decompress_gzip(data)
-    if len(out) > MAX_OBJECT_BYTES:
-        raise ObjectError(f"gunzipped size {len(out)} bytes is over the {MAX_OBJECT_BYTES} byte limit")
-    return out
+def _decode_spans(
+    key: str, document: bytes, spans: list[tuple[int, int]], note: str | None, limits: IngestLimits
+) -> DecodedObject:
+    """Each record of a large file parsed on its own; a record over ``max_record_bytes`` is rejected with
+    the start of its text (the file's bytes are kept whole in quarantine)."""
+    rows: list[dict[str, Any]] = []
+    rejected: list[dict[str, Any]] = []
+    notes = {note} if note else set()
+    for index, (start, end) in enumerate(spans):
+        text = document[start:end]
+        if end - start > limits.max_record_bytes:
+            reason = (f"record is {end - start:,} bytes, over the {limits.max_record_bytes:,}-byte limit on one "
+                      "record (TRAILGUARD_INGEST_MAX_RECORD_BYTES)")
+            rejected.append({"source_key": key, "record_index": index, "reason": reason, "eventID": None,
+                             "raw": text[:4096].decode("utf-8", "replace") + "…[truncated]"})
+            notes.add("a record over the size limit was rejected")
+            continue
+        try:
+            record, parse_note = _parse_json(text)
+        except ObjectError as exc:
+            rejected.append({"source_key": key, "record_index": index, "reason": str(exc), "eventID": None,
+                             "raw": text[:4096].decode("utf-8", "replace")})
+            continue
+        if parse_note:
+            notes.add(parse_note)
+        try:
+            rows.append(normalise(record, key))
+        except RecordError as exc:
+            rejected.append(_rejection(key, index, str(exc), record))
+    return DecodedObject(table=rows_to_table(rows), rejected=rejected, records_read=len(spans),
+                         note="; ".join(sorted(notes)) or None)
 
 
 def _parse_json(data: bytes) -> tuple[Any, str | None]:
@@ -267,46 +328,83 @@ class _ChunkResult:
     parts: list[_StagedPart]
 
 
-def decode_chunk(tasks: list[_Task]) -> tuple[list[_ObjectOutcome], pa.Table | None]:
+def decode_chunk(tasks: list[_Task], limits: IngestLimits | None = None) -> tuple[list[_ObjectOutcome], pa.Table | None]:
     """Fetch and decode a chunk of objects: what became of each, and their events in object order.
 
     Ordinary files are decoded together (:func:`~trailguard.schema.files_to_tables`); a file that needs
     care goes record by record, as in :func:`decode_object`."""
+    limits = limits or IngestLimits()
     outcomes: list[_ObjectOutcome] = []
     unpacked: list[tuple[_ObjectOutcome, bytes, bytes, str | None]] = []
+    tables: dict[int, pa.Table] = {}  # by the object's place in the chunk: events stay in listing order
+    place: dict[int, int] = {}
     for task in tasks:
-        data = task.data if task.data is not None else task.fetch()  # type: ignore[misc]
         outcome = _ObjectOutcome(task.key, task.size, task.etag, "ingested")
+        place[id(outcome)] = len(outcomes)
         outcomes.append(outcome)
+        if task.data is None and task.size > limits.max_file_bytes:  # not even read: it stays at its source
+            outcome.status, outcome.note = "quarantined", _too_large(task.size, limits) + "; not copied"
+            continue
+        data = task.data if task.data is not None else task.fetch()  # type: ignore[misc]
         try:
-            document, note = _unpack(data)
+            document, note = _unpack(data, limits)
         except ObjectError as exc:
             outcome.status, outcome.note, outcome.data = "quarantined", str(exc), data
             continue
-        unpacked.append((outcome, data, document, note))
+        if len(document) <= min(SCAN_ABOVE_BYTES, limits.max_record_bytes):
+            unpacked.append((outcome, data, document, note))
+            continue
+        try:  # a large file: on its own, now (scanned before it is decoded), so that one at a time is held
+            tables[place[id(outcome)]] = _decode_large(outcome, document, note, limits)
+        except ObjectError as exc:
+            outcome.status, outcome.note, outcome.data = "quarantined", str(exc), data
+            continue
+        if outcome.note:
+            outcome.data = data
     fast = files_to_tables([(document, outcome.key) for outcome, _, document, _ in unpacked])
-    tables: list[pa.Table] = []
     for (outcome, data, document, note), table in zip(unpacked, fast, strict=True):
         if table is None:
             try:
-                decoded = _decode_records(outcome.key, document, note)
+                decoded = _decode_records(outcome.key, document, note, limits)
             except ObjectError as exc:
                 outcome.status, outcome.note, outcome.data = "quarantined", str(exc), data
                 continue
             table, outcome.rejected, outcome.note = decoded.table, decoded.rejected, decoded.note
             outcome.records_read = decoded.records_read
+        elif table.num_rows > limits.max_records:
+            outcome.status, outcome.data = "quarantined", data
+            outcome.note = f"holds {table.num_rows:,} records, over the limit of {limits.max_records:,} (TRAILGUARD_INGEST_MAX_RECORDS_PER_FILE)"
+            continue
         else:
             outcome.records_read, outcome.note = table.num_rows, note
         if outcome.note:  # read with a repair: the original bytes are kept too
             outcome.data = data
-        tables.append(table)
-    return outcomes, (pa.concat_tables(tables) if tables else None)
+        tables[place[id(outcome)]] = table
+    return outcomes, (pa.concat_tables([tables[i] for i in sorted(tables)]) if tables else None)
 
 
-def stage_chunk(tasks: list[_Task], folder: str, seq: int) -> _ChunkResult:
+def _decode_large(outcome: _ObjectOutcome, document: bytes, note: str | None, limits: IngestLimits) -> pa.Table:
+    """A large document: scanned for its records' boundaries first (refused if over the limits), then
+    decoded whole when its records are within bounds, else record by record."""
+    decoded = decode_object_document(outcome.key, document, note, limits)
+    outcome.rejected, outcome.note, outcome.records_read = decoded.rejected, decoded.note, decoded.records_read
+    return decoded.table
+
+
+def decode_object_document(key: str, document: bytes, note: str | None, limits: IngestLimits) -> DecodedObject:
+    """A document's events, refused past the limits (see :mod:`trailguard.ingest.limits`)."""
+    spans = _spans(document, limits)
+    table = file_to_table(document, key) if spans is None or _short_records(spans, limits) else None
+    if table is None:
+        return _decode_records(key, document, note, limits, spans)
+    _check_count(table.num_rows, limits)
+    return DecodedObject(table=table, rejected=[], records_read=table.num_rows, note=note)
+
+
+def stage_chunk(tasks: list[_Task], folder: str, seq: int, limits: IngestLimits | None = None) -> _ChunkResult:
     """Decode a chunk and write its events, one parquet part per day, into ``folder`` (a worker's whole job:
     only the outcomes and the parts' names travel back)."""
-    outcomes, table = decode_chunk(tasks)
+    outcomes, table = decode_chunk(tasks, limits)
     parts: list[_StagedPart] = []
     if table is not None and table.num_rows:
         days = event_days(table.column("eventTime"))
@@ -318,17 +416,19 @@ def stage_chunk(tasks: list[_Task], folder: str, seq: int) -> _ChunkResult:
     return _ChunkResult(outcomes, parts)
 
 
-def _stage_in_order(chunks: Iterable[list[_Task]], workers: int, folder: Path) -> Iterator[_ChunkResult]:
+def _stage_in_order(
+    chunks: Iterable[list[_Task]], workers: int, folder: Path, limits: IngestLimits | None = None
+) -> Iterator[_ChunkResult]:
     """Stage the chunks here, or in ``workers`` processes a few chunks ahead; results in chunk order."""
     if workers <= 1:
         for seq, chunk in enumerate(chunks):
-            yield stage_chunk(chunk, str(folder), seq)
+            yield stage_chunk(chunk, str(folder), seq, limits)
         return
     pool = ProcessPoolExecutor(workers, mp_context=_pool_context(), initializer=_start_worker)
     try:
         pending: deque[Future[_ChunkResult]] = deque()
         for seq, chunk in enumerate(chunks):
-            pending.append(pool.submit(stage_chunk, chunk, str(folder), seq))
+            pending.append(pool.submit(stage_chunk, chunk, str(folder), seq, limits))
             if len(pending) > 2 * workers:
                 yield pending.popleft().result()
         while pending:
@@ -381,6 +481,7 @@ def ingest(
     batch_records: int = 250_000,
     workers: int = 1,
     progress: Callable[[int, int], None] | None = None,
+    limits: IngestLimits | None = None,
 ) -> IngestSummary:
     """Ingest every object the source lists (within ``start``..``end`` by delivery date).
 
@@ -389,7 +490,7 @@ def ingest(
     listing order. Objects are recorded in the manifest every ``batch_records`` records, after their
     events are in, so a crash re-reads at most one batch and the eventID check keeps the store free of
     duplicates. The result is the same with any number of workers. ``progress(objects, records)`` is
-    called as objects are listed and read.
+    called as objects are listed and read. ``limits`` bound what one object may hold (memory).
     """
     run_id = new_run_id()
     summary = IngestSummary(source=source.uri, run_id=run_id)
@@ -406,7 +507,7 @@ def ingest(
     try:
         with store.commit_lock():
             listing = _list(source, store, start, end, summary, batch, workers, _chunk_bytes(batch_records), report)
-            for result in _stage_in_order(listing, workers, staging):
+            for result in _stage_in_order(listing, workers, staging, limits):
                 _take_outcomes(result.outcomes, batch, store, run_id, summary)
                 _commit_parts(result.parts, batch, store, run_id, summary, touched)
                 report()
@@ -637,6 +738,7 @@ def stage(
     start: date | None = None,
     end: date | None = None,
     workers: int = 1,
+    limits: IngestLimits | None = None,
 ) -> dict[str, Any]:
     """Read one partition's new objects into the staging folder ``stage_id`` (parts, rejected records and
     manifest entries, committed later by :func:`commit`); bad objects go to quarantine at once.
@@ -658,7 +760,7 @@ def stage(
     listing = _list(source, store, start, end, summary, batch, workers, CHUNK_BYTES, lambda: None, only, prefix)
     with fs.written_locally(target, last="stage.json") as folder:  # on S3: uploaded at the end, stage.json last
         folder.mkdir(parents=True, exist_ok=True)
-        for result in _stage_in_order(listing, workers, folder):
+        for result in _stage_in_order(listing, workers, folder, limits):
             _take_outcomes(result.outcomes, batch, store, stage_id, summary)
             parts += [{"day": p.day, "file": os.path.basename(p.path), "rows": p.rows} for p in result.parts]
         if batch.rejected:
