@@ -53,6 +53,7 @@ from trailguard.ingest.limits import (
 from trailguard.ingest.normalise import (
     RecordError,
     dumps,
+    exact_id,
     file_to_table,
     files_to_tables,
     normalise,
@@ -93,6 +94,7 @@ class IngestSummary:
     records: int = 0
     new: int = 0
     duplicates: int = 0
+    conflicts: int = 0  # of the duplicates: a known eventID with other content, kept in quarantine/conflicts/
     quarantined: int = 0
     seconds: float = 0.0
     dates: list[str] = field(default_factory=list)
@@ -107,7 +109,9 @@ class IngestSummary:
             f"{self.objects_skipped} skipped ({self.objects_already_ingested} already ingested), "
             f"{self.objects_quarantined} quarantined",
             f"records      {self.records} read: {self.new} new, {self.duplicates} duplicates, "
-            f"{self.quarantined} quarantined",
+            f"{self.quarantined} quarantined"
+            + (f"; {self.conflicts} CONFLICTING (known eventID, other content: kept in quarantine/conflicts/, "
+               "a sign of tampering)" if self.conflicts else ""),
             f"dates        {_date_span(self.dates)}",
             f"seconds      {self.seconds:.1f}"
             + (f" ({self.records / self.seconds:,.0f} records/s)" if self.seconds > 0 and self.records else ""),
@@ -253,7 +257,8 @@ def _decode_spans(
 
 def _parse_json(data: bytes) -> tuple[Any, str | None]:
     """orjson first (fast); the stdlib for what orjson refuses but CloudTrail-ish files contain
-    (NaN, integers beyond 64 bits); invalid UTF-8 is replaced, not fatal, and noted."""
+    (NaN, integers beyond 64 bits); invalid UTF-8 is replaced, not fatal, and noted. eventIDs keep their
+    exact bytes (see :func:`exact_id`): a lossy repair must never make two ids one."""
     try:
         return orjson.loads(data), None
     except orjson.JSONDecodeError as fast_error:
@@ -262,13 +267,27 @@ def _parse_json(data: bytes) -> tuple[Any, str | None]:
             text = data.decode("utf-8")
         except UnicodeDecodeError:
             text = data.decode("utf-8", errors="replace")
-            note = "invalid UTF-8 replaced with U+FFFD"
+            note = "invalid UTF-8 replaced with U+FFFD (in eventIDs escaped as \\xNN)"
         try:
-            return json.loads(text), note
+            document = json.loads(text)
+            if note:
+                _restore_ids(document, json.loads(data.decode("utf-8", errors="surrogateescape")))
+            return document, note
         except RecursionError as exc:
             raise ObjectError("JSON nested too deeply to read") from exc
         except ValueError as exc:
             raise ObjectError(f"not valid JSON: {fast_error}") from exc
+
+
+def _restore_ids(repaired: Any, exact: Any) -> None:
+    """Put back the exact eventIDs (escaped where they are not UTF-8) into records read with U+FFFD."""
+    if isinstance(repaired, dict) and isinstance(repaired.get("Records"), list) and isinstance(exact, dict):
+        pairs = zip(repaired["Records"], exact.get("Records") or [], strict=False)
+    else:
+        pairs = zip([repaired], [exact], strict=True)
+    for record, original in pairs:
+        if isinstance(record, dict) and isinstance(original, dict) and isinstance(original.get("eventID"), str):
+            record["eventID"] = exact_id(original["eventID"])
 
 
 def _kind(value: Any) -> str:
@@ -533,9 +552,11 @@ class _Batch:
     new_per_key: dict[str, int] = field(default_factory=dict)
     records: int = 0
     keys: KeyIndex = field(default_factory=KeyIndex)  # eventIDs committed in this batch, on any day
+    conflicts: list[dict[str, Any]] = field(default_factory=list)
 
     def clear(self) -> None:
         self.rejected, self.manifest, self.new_per_key, self.records = [], [], {}, 0
+        self.conflicts = []
         self.keys = KeyIndex()
 
 
@@ -630,7 +651,12 @@ def _commit_parts(
 ) -> None:
     """Move staged parts into the store (less duplicates), counting new events per object."""
     for part in parts:
-        new_per_key = store.add_staged_part(as_path(part.path), part.day, run_id, batch.keys, part.ids)
+        def dropped(rows: pa.Table, day: str = part.day) -> None:
+            found = find_conflicts(store, rows, [day, *sorted(touched - {day})], run_id)
+            batch.conflicts += found
+            summary.conflicts += len(found)
+
+        new_per_key = store.add_staged_part(as_path(part.path), part.day, run_id, batch.keys, part.ids, dropped)
         new = sum(new_per_key.values())
         summary.new += new
         summary.duplicates += part.rows - new
@@ -640,9 +666,46 @@ def _commit_parts(
             batch.new_per_key[key] = batch.new_per_key.get(key, 0) + count
 
 
+def find_conflicts(store: EventStore, dropped: pa.Table, days: list[str], run_id: str) -> list[dict[str, Any]]:
+    """The dropped duplicates whose content differs from the stored version under their eventID, each with
+    a pointer to that version. The stored version is looked for on the duplicate's day first, then on the
+    other days this run wrote (an eventID seen earlier in the run at another eventTime)."""
+    versions: dict[str, tuple[str, str, str, Any]] = {}
+    wanted = set(dropped.column("eventID").to_pylist())
+    for day in days:
+        for path, rows in store.find_events(day, wanted - versions.keys(), ["raw", "source_key", "eventTime"]):
+            for event_id, raw, key, moment in zip(*(rows.column(c).to_pylist() for c in rows.column_names), strict=True):
+                versions.setdefault(event_id, (raw, str(path.relative_to(store.root)), key, moment))
+        if versions.keys() >= wanted:
+            break
+    conflicts = []
+    for row in dropped.select(["eventID", "eventTime", "raw", "source_key"]).to_pylist():
+        stored = versions.get(row["eventID"])
+        if stored is None or _same_record(row["raw"], stored[0]):
+            continue  # a plain redelivery (or a version validation has moved to its own quarantine)
+        conflicts.append({**row, "day": str(row["eventTime"].date()), "stored_file": stored[1],
+                          "stored_source_key": stored[2], "stored_eventTime": stored[3], "run_id": run_id})
+        log.warning("eventID %r came again with other content (%s; stored version in %s): kept in "
+                    "quarantine/conflicts/", row["eventID"], row["source_key"], stored[1])
+    return conflicts
+
+
+def _same_record(a: str | None, b: str | None) -> bool:
+    """Same content: the same text, or the same JSON value (key order and spacing aside)."""
+    if a == b:
+        return True
+    try:
+        return orjson.loads(a or "null") == orjson.loads(b or "null")
+    except orjson.JSONDecodeError:
+        try:
+            return json.loads(a or "null") == json.loads(b or "null")
+        except (ValueError, RecursionError):
+            return False
+
+
 def _flush(batch: _Batch, store: EventStore, run_id: str) -> None:
     """Record a batch whose events are in: rejected records first, then the manifest that says so."""
-    if not (batch.rejected or batch.manifest):
+    if not (batch.rejected or batch.manifest or batch.conflicts):
         return
     for entry in batch.manifest:
         entry["run_id"] = run_id
@@ -652,6 +715,7 @@ def _flush(batch: _Batch, store: EventStore, run_id: str) -> None:
     for rejected in batch.rejected:
         rejected["run_id"] = run_id
     store.quarantine_records(batch.rejected, run_id)
+    store.quarantine_conflicts(batch.conflicts, run_id)
     store.write_manifest(batch.manifest, run_id)
     batch.clear()
 

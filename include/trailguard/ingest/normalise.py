@@ -82,6 +82,16 @@ def parse_event_time(value: Any) -> datetime:
     return parsed.astimezone(timezone.utc)
 
 
+def exact_id(text: str) -> str:
+    """An eventID as valid text that still tells its bytes apart: bytes that are not UTF-8 (read as
+    surrogate escapes) become ``\\xNN``, and a backslash becomes two, so that no two ids meet."""
+    if text.isascii() or not any("\ud800" <= c <= "\udfff" for c in text):
+        return text
+    escaped = text.replace("\\", "\\\\")
+    return "".join(f"\\x{ord(c) - 0xDC00:02x}" if "\udc80" <= c <= "\udcff"
+                   else f"\\u{ord(c):04x}" if "\ud800" <= c <= "\udfff" else c for c in escaped)
+
+
 def _preview(value: Any, limit: int = 80) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[:limit] + "…"
@@ -92,13 +102,22 @@ def _text(value: Any) -> str | None:
     if value is None:
         return None
     if isinstance(value, str):
-        text = value
+        text = value if value.isascii() else _valid_text(value)
     elif isinstance(value, bool):
         text = "true" if value else "false"
     else:
         text = dumps(value)
     if len(text) > MAX_FIELD_CHARS:
         text = text[:MAX_FIELD_CHARS] + TRUNCATION_MARK
+    return text
+
+
+def _valid_text(text: str) -> str:
+    """Text Arrow can store: lone surrogates (a JSON ``\\ud800`` escape) written out as that escape."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode()
     return text
 
 
@@ -119,9 +138,12 @@ def dumps(value: Any) -> str:
         return orjson.dumps(value).decode()
     except (TypeError, orjson.JSONEncodeError):
         try:
-            return json.dumps(value, ensure_ascii=False, default=str, allow_nan=False)
+            text = json.dumps(value, ensure_ascii=False, default=str, allow_nan=False)
         except ValueError:  # NaN beside a huge integer: Python's own JSON dialect keeps both
-            return json.dumps(value, ensure_ascii=False, default=str)
+            text = json.dumps(value, ensure_ascii=False, default=str)
+        if text.isascii() or _valid_text(text) is text:
+            return text
+        return json.dumps(value, default=str)  # lone surrogates: kept as \\u escapes (ASCII JSON)
 
 
 def _dig(record: dict, path: tuple[str, ...]) -> Any:
@@ -143,6 +165,7 @@ def normalise(record: Any, source_key: str) -> dict[str, Any]:
         raise RecordError("eventID is missing")
     if not isinstance(event_id, str):
         raise RecordError(f"eventID is not a string: {_preview(event_id)}")
+    event_id = exact_id(event_id)
     if len(event_id) > 256:
         raise RecordError(f"eventID is longer than 256 characters: {_preview(event_id)}")
     row: dict[str, Any] = {

@@ -487,12 +487,13 @@ class Report:
             image_src = "data:image/png;base64," + base64.b64encode(self.chart_png).decode("ascii")
         if not (image_src.startswith("cid:") or image_src.startswith("data:image/png;base64,")):
             raise ValueError("image_src must be a cid: or a data:image/png URI")
-        context = _html_context(self, image_src, for_email, notice, frozenset(new_groups))
+        context = _html_context(self, image_src, for_email, notice or _store_notice(self), frozenset(new_groups))
         return _template().render(**context)
 
     def text(self, *, notice: Notice | None = None, new_groups: Iterable[str] = ()) -> str:
         """The plain-text report (the mail's text part): every value stripped of control characters."""
         new = frozenset(new_groups)
+        notice = notice or _store_notice(self)
         out = [f"TrailGuard daily risk report for {self.day} (UTC)", f"generated {self.generated_at}", ""]
         if notice is not None:
             out += [
@@ -562,7 +563,8 @@ def build_report(
         day=day_text,
         generated_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         top_events=top,
-        summary=_summary(scores, findings, top, top_k, min_score),
+        summary={**_summary(scores, findings, top, top_k, min_score),
+                 "store_notices": store_notices(data_root, day_text)},
         models=_models(scores),
         quality=quality,
         chart_png=render_chart(scores, top, day_text),
@@ -676,6 +678,31 @@ def _summary_lines(report: Report) -> list[str]:
         f"highest {s['max_score'] if s['max_score'] is not None else '-'}",
         _quality_line(report),
         f"Models: {models}",
+        *(f"STORE: {clean_text(line, 1000)}" for line in s.get("store_notices", [])),
+    ]
+
+
+def _store_notice(report: Report) -> Notice | None:
+    """What the store says about the day's evidence (changed records under known eventIDs), as the
+    report's highlighted notice when no other is given."""
+    lines = report.summary.get("store_notices") or []
+    return Notice("Evidence to check before trusting this day", tuple(lines)) if lines else None
+
+
+def store_notices(data_root: DataPath, day: str) -> list[str]:
+    """Lines for the day's report about the evidence itself: records that came again under a known
+    eventID with other content (in CloudTrail, a sign that a log file was altered)."""
+    from trailguard.store.events import EventStore
+
+    conflicts = EventStore(data_root).read_conflicts(day)
+    if not conflicts.num_rows:
+        return []
+    ids = sorted(set(conflicts.column("eventID").to_pylist()))
+    shown = ", ".join(clean_text(i, 80) or "?" for i in ids[:5]) + (" ..." if len(ids) > 5 else "")
+    return [
+        f"{conflicts.num_rows} record(s) under {len(ids)} known eventID(s) came again with different content "
+        f"(possible tampering): {shown}",
+        "both versions are kept: the new ones in quarantine/conflicts/, each with a pointer to the stored one",
     ]
 
 

@@ -20,7 +20,7 @@ import logging
 import re
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
@@ -61,6 +61,22 @@ REJECTED_RECORD_SCHEMA = pa.schema(
         ("reason", pa.string()),
         ("eventID", pa.string()),
         ("raw", pa.string()),
+        ("run_id", pa.string()),
+    ]
+)
+
+# A record delivered again under a stored eventID with other content (in CloudTrail, a sign of tampering):
+# the new version, and where the stored one is.
+CONFLICT_SCHEMA = pa.schema(
+    [
+        ("eventID", pa.string()),
+        ("eventTime", pa.timestamp("us", tz="UTC")),
+        ("day", pa.string()),
+        ("source_key", pa.string()),
+        ("raw", pa.string()),
+        ("stored_file", pa.string()),  # the stored version: its part file under the data root
+        ("stored_source_key", pa.string()),
+        ("stored_eventTime", pa.timestamp("us", tz="UTC")),
         ("run_id", pa.string()),
     ]
 )
@@ -391,7 +407,8 @@ class EventStore:
         return removed
 
     def add_staged_part(
-        self, staged: DataPath, day: str, run_id: str, batch: KeyIndex | None = None, ids: StagedIds | None = None
+        self, staged: DataPath, day: str, run_id: str, batch: KeyIndex | None = None, ids: StagedIds | None = None,
+        on_dropped: Callable[[pa.Table], None] | None = None,
     ) -> dict[str, int]:
         """Move a staged part (one day's events in EVENT_SCHEMA) into the partition, less the eventIDs the
         store or the part already holds; returns the new events per ``source_key``.
@@ -400,6 +417,8 @@ class EventStore:
         eventTime) is a duplicate too. ``ids`` are the part's keys and sources as its writer computed
         them; without them the two columns are read from the file. A part with nothing to drop (the usual
         case) is renamed into place, not rewritten (on S3: uploaded, or copied within S3, once).
+        ``on_dropped(rows)`` sees the rows dropped as duplicates, once the kept ones are in place (so that a
+        changed record under a known eventID can be kept apart, not lost).
         """
         if ids is None:
             ids = StagedIds.of(read_parquet(staged, columns=["eventID", "source_key"], schema=EVENT_SCHEMA))
@@ -416,9 +435,12 @@ class EventStore:
         if keep.all():
             fs.move(staged, final)
         else:
-            if keep.any():
-                part = read_parquet(staged, schema=EVENT_SCHEMA).filter(pa.array(keep))
-                write_parquet_atomic(part, final)
+            if keep.any() or on_dropped is not None:
+                whole = read_parquet(staged, schema=EVENT_SCHEMA)
+                if keep.any():
+                    write_parquet_atomic(whole.filter(pa.array(keep)), final)
+                if on_dropped is not None:
+                    on_dropped(whole.filter(pa.array(~keep)))
             staged.unlink()
         counts = np.bincount(ids.source_index[keep], minlength=len(ids.sources))
         return {name: int(count) for name, count in zip(ids.sources, counts, strict=True) if count}
@@ -502,6 +524,38 @@ class EventStore:
         table = pa.Table.from_pylist(rejected, schema=REJECTED_RECORD_SCHEMA)
         target = self.quarantine_dir / "records" / f"part-{run_id}-{uuid.uuid4().hex[:8]}.parquet"
         return write_parquet_atomic(table, target)
+
+    def find_events(self, day: str, event_ids: Iterable[str], columns: list[str]) -> Iterator[tuple[DataPath, pa.Table]]:
+        """The stored rows of a day with these eventIDs, file by file (read in batches: memory follows a batch)."""
+        wanted = pa.array(sorted(set(event_ids)), pa.string())
+        for path in self.partition_files(day):
+            found = []
+            for batch in parquet_file(path).iter_batches(batch_size=65_536, columns=["eventID", *columns]):
+                hits = batch.filter(pc.is_in(batch.column(0), value_set=wanted))
+                if hits.num_rows:
+                    found.append(hits)
+            if found:
+                yield path, pa.Table.from_batches(found)
+
+    def quarantine_conflicts(self, rows: list[dict], run_id: str) -> DataPath | None:
+        """Keep records that came again under a stored eventID with other content, beside a pointer to
+        the stored version (``quarantine/conflicts/``)."""
+        if not rows:
+            return None
+        table = pa.Table.from_pylist(rows, schema=CONFLICT_SCHEMA)
+        target = self.quarantine_dir / "conflicts" / f"part-{run_id}-{uuid.uuid4().hex[:8]}.parquet"
+        return write_parquet_atomic(table, target)
+
+    def read_conflicts(self, day: date | str | None = None) -> pa.Table:
+        """Conflicting versions kept so far (of one event day, if given)."""
+        folder = self.quarantine_dir / "conflicts"
+        files = sorted(folder.glob("*.parquet")) if folder.exists() else []
+        if not files:
+            return CONFLICT_SCHEMA.empty_table()
+        table = pa.concat_tables([read_parquet(f, schema=CONFLICT_SCHEMA) for f in files])
+        if day is not None:
+            table = table.filter(pc.equal(table.column("day"), day_text(day)))
+        return table
 
     def read_quarantined_records(self) -> pa.Table:
         folder = self.quarantine_dir / "records"
