@@ -16,7 +16,7 @@ from tests.ingest.test_ingest import KEY_DIR, record
 from trailguard.ingest.ingestion import ingest
 from trailguard.ingest.sources import LocalFolderSource
 from trailguard.quality.gate import validate_partition
-from trailguard.store.events import EventStore
+from trailguard.store.events import EventStore, quarantine_name
 
 DAY = "2024-07-30"
 GOOD = [record("good-1"), record("good-2")]
@@ -108,7 +108,7 @@ def test_case_outcome_and_nothing_valid_lost(name, tmp_path):
     assert stored == expected_ids | {f"n-{name}"}, "a valid record was lost or an invalid one stored"
     assert int(entry["records_quarantined"]) == rejected == store.read_quarantined_records().num_rows
     if status == "quarantined":
-        kept = store.quarantine_dir / "objects" / f"{KEY_DIR}/{name}.json".replace("/", "_")
+        kept = store.quarantine_dir / "objects" / quarantine_name(f"{KEY_DIR}/{name}.json")
         assert kept.read_bytes() == data
 
 

@@ -59,7 +59,7 @@ from trailguard.ingest.normalise import (
     normalise,
     rows_to_table,
 )
-from trailguard.ingest.sources import Source, SourceObject, partition_of, skip_reason
+from trailguard.ingest.sources import Source, SourceObject, inside, partition_of, skip_reason
 from trailguard.store import fs
 from trailguard.store.events import (
     REJECTED_RECORD_SCHEMA,
@@ -511,6 +511,7 @@ def ingest(
     duplicates. The result is the same with any number of workers. ``progress(objects, records)`` is
     called as objects are listed and read. ``limits`` bound what one object may hold (memory).
     """
+    keep_apart(source, store)
     run_id = new_run_id()
     summary = IngestSummary(source=source.uri, run_id=run_id)
     started = time.perf_counter()
@@ -539,6 +540,20 @@ def ingest(
     summary.seconds = time.perf_counter() - started
     log.info("ingest %s: %s", source.uri, "; ".join(summary.lines()[1:]))
     return summary
+
+
+def keep_apart(source: Source, store: EventStore) -> None:
+    """The data root is never read as a source: a source folder inside it is refused, and a data root
+    inside the source folder is left out of the listing (else each run would read its own quarantine)."""
+    folder = getattr(source, "folder", None)
+    if folder is None or fs.is_remote(store.root):
+        return
+    root, real = os.path.realpath(store.root), os.path.realpath(folder)
+    if inside(real, root):
+        raise ValueError(f"the source folder {folder} is inside the data root {store.root}: point --source at "
+                         "the CloudTrail logs, not at TrailGuard's own data")
+    if inside(root, real):
+        source.exclude(store.root)  # type: ignore[attr-defined]
 
 
 def _chunk_bytes(batch_records: int) -> int:
@@ -582,7 +597,7 @@ def _list(
         if only is not None and not only(obj.key):
             continue
         summary.objects += 1
-        reason = skip_reason(obj.key) if obj.is_file else None
+        reason = obj.skip or (skip_reason(obj.key) if obj.is_file else None)
         if reason is None and _already_ingested(seen, obj):
             summary.objects_skipped += 1
             summary.objects_already_ingested += 1
@@ -745,10 +760,11 @@ def plan_partitions(
 
     Digest and Insight files are left out: they hold no events (a one-process :func:`ingest` records them
     in the manifest as skipped)."""
+    keep_apart(source, store)
     seen = store.manifest_index()
     found: dict[str | None, dict[str, Any]] = {}
     for obj in source.objects(start, end):
-        if obj.is_file and skip_reason(obj.key):
+        if obj.skip or (obj.is_file and skip_reason(obj.key)):
             continue
         if _already_ingested(seen, obj):
             continue
@@ -809,6 +825,7 @@ def stage(
 
     A retry starts the stage afresh. Returns the stage's counts.
     """
+    keep_apart(source, store)
     target = store.staging_dir(stage_id)
     fs.rmtree(target)
     prefix = partition.get("prefix")

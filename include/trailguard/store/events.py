@@ -136,6 +136,13 @@ def safe_name(key: str, limit: int = 180) -> str:
     return name
 
 
+def quarantine_name(key: str) -> str:
+    """A unique file name for a quarantined object: its key made safe, then a hash of the exact key (keys
+    that read alike once made safe, ``x/bad.json`` and ``x_bad.json``, never share a file)."""
+    digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    return f"{safe_name(key, limit=160)}.{digest}"
+
+
 _UUID = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 _UUID_HEX_COLUMNS = [i for i in range(36) if i not in (8, 13, 18, 23)]
 
@@ -511,7 +518,7 @@ class EventStore:
     def quarantine_object(self, key: str, data: bytes, reason: str, run_id: str) -> DataPath:
         """Keep a rejected source object's bytes and the reason beside it."""
         folder = self.quarantine_dir / "objects"
-        target = folder / safe_name(key)
+        target = folder / quarantine_name(key)
         write_bytes_atomic(data, target)
         reason_doc = {"key": key, "reason": reason, "run_id": run_id, "bytes": len(data)}
         write_bytes_atomic(json.dumps(reason_doc, indent=2).encode(), target.with_name(target.name + ".reason.json"))
