@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import re
+import threading
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
@@ -453,23 +454,48 @@ class EventStore:
         return {name: int(count) for name, count in zip(ids.sources, counts, strict=True) if count}
 
     @contextmanager
-    def commit_lock(self) -> Iterator[None]:
+    def commit_lock(self, purpose: str = "commit") -> Iterator[None]:
         """Held while parts are committed, so two committers on one machine never race on a day's index.
+
+        A POSIX record lock (``lockf``): the kernel drops it when its process dies, however it dies, and
+        worker processes forked while it is held do not inherit it (an ``flock`` they would: workers left
+        alive by a ``kill -9`` of their parent held it for ever). The lock file records its owner (pid,
+        host, start, purpose): a waiting run says what it waits for, and a run that finds the record of an
+        owner that is gone says it takes over.
 
         (Runs on several machines commit through one Airflow task at a time: the DAG's max_active_runs=1.
         For an S3 root the lock file is local: see :func:`trailguard.fs.lock_file`.)
         """
         import fcntl
+        import os
+        import socket
 
         lock = fs.lock_file(self.root)
         lock.parent.mkdir(parents=True, exist_ok=True)
-        with open(lock, "a+b") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
+        with _THREAD_LOCKS.setdefault(str(lock), threading.Lock()), open(lock, "a+b") as handle:
+            try:
+                fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                log.warning("waiting for the commit lock of %s, held by %s", self.root, _lock_owner(handle))
+                fcntl.lockf(handle, fcntl.LOCK_EX)
+            previous = _lock_owner(handle)
+            if previous != "nobody":
+                log.warning("took over the commit lock of %s from %s (gone without releasing it; what it "
+                            "committed is complete, what it had not is read again)", self.root, previous)
+            owner = {"pid": os.getpid(), "host": socket.gethostname(), "purpose": purpose,
+                     "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            handle.seek(0)
+            handle.truncate()
+            handle.write(json.dumps(owner).encode())
+            handle.flush()
             try:
                 self._indexes.clear()  # another process may have committed since: rebuild from disk
                 yield
             finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+                handle.seek(0)
+                handle.truncate()  # released cleanly: no owner left on record
+                handle.flush()
+                fcntl.lockf(handle, fcntl.LOCK_UN)
 
     def rewrite_partition(self, day: date | str, table: pa.Table) -> None:
         """Replace a day's partition with ``table`` as one file (used by validation's quarantine).
@@ -570,6 +596,23 @@ class EventStore:
         if not files:
             return REJECTED_RECORD_SCHEMA.empty_table()
         return pa.concat_tables([read_parquet(f, schema=REJECTED_RECORD_SCHEMA) for f in files])
+
+
+# POSIX record locks keep processes apart, not the threads of one process: those take this lock first
+_THREAD_LOCKS: dict[str, threading.Lock] = {}
+
+
+def _lock_owner(handle: object) -> str:
+    """Who the lock file says holds it, as text ("nobody" when it holds no record)."""
+    handle.seek(0)  # type: ignore[attr-defined]
+    try:
+        owner = json.loads(handle.read() or b"null")  # type: ignore[attr-defined]
+    except ValueError:
+        return "an unknown process"
+    if not isinstance(owner, dict):
+        return "nobody"
+    return (f"pid {owner.get('pid')} on {owner.get('host')} ({owner.get('purpose')}, since "
+            f"{owner.get('started')})")
 
 
 def _part_files(folder: DataPath) -> list[DataPath]:
