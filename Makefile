@@ -15,7 +15,7 @@ export GX_ANALYTICS_ENABLED := false
 export MLFLOW_ENABLE_TELEMETRY := false
 export DO_NOT_TRACK := true
 
-.PHONY: help install install-test airflow-db demo test test-fast lint lock bench clean
+.PHONY: help install install-test airflow-db demo test test-fast lint fmt lock bench clean
 .DEFAULT_GOAL := help
 
 help: ## show the targets
@@ -53,8 +53,13 @@ test: install-test ## run the test suite
 test-fast: install-test ## the fast tests only (no DAG runs or servers)
 	PATH=$(BIN):$$PATH $(BIN)/python -m pytest -m "not slow"
 
-lint: install-test ## ruff (with Airflow's AIR rules)
-	$(BIN)/ruff check dags plugins include tests bench
+lint: install-test ## ruff check (with Airflow's AIR rules) and ruff format --check over the whole tree
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+fmt: install-test ## format the whole tree with ruff (and apply ruff's safe fixes)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 bench: install ## time ingestion of 1M events (1 and 2 workers, the naive way) and the other stages: bench/results.json
 	PATH=$(BIN):$$PATH $(BIN)/python bench/run.py $(BENCH_ARGS)

@@ -40,6 +40,20 @@ os.environ.pop("TRAILGUARD_DATA", None)
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 
+# CI sets this: the checks that real attack records score high live in tests that need the public fixtures,
+# so there a missing ../shared/fixtures is a failure, not a quiet skip. A plain clone elsewhere skips them.
+REQUIRE_FIXTURES = os.environ.get("TRAILGUARD_REQUIRE_FIXTURES", "").lower() in ("1", "true", "yes")
+
+
+def pytest_configure(config) -> None:
+    if REQUIRE_FIXTURES and not FIXTURES.is_dir():
+        pytest.exit(
+            f"TRAILGUARD_REQUIRE_FIXTURES is set but the public CloudTrail fixtures are not at {FIXTURES}: "
+            "clone next to ../shared, or unset it to skip the tests that need them",
+            returncode=1,
+        )
+
+
 def fixture_records(name: str) -> list[dict]:
     """Records of one public fixture file, exactly as published (provenance keys starting with _ dropped)."""
     import json
@@ -53,6 +67,21 @@ def fixture_records(name: str) -> list[dict]:
             record = json.loads(line)
             out.append({k: v for k, v in record.items() if not k.startswith("_")})
     return out
+
+
+@pytest.fixture(autouse=True)
+def no_mlflow_state_left_behind():
+    """A test (and the library code it calls) leaves no MLflow URI in the environment, where every later
+    test and child process would inherit it (MLflow's set_tracking_uri exports MLFLOW_TRACKING_URI)."""
+    before = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    yield
+    after = {k: os.environ.get(k) for k in before}
+    for key, value in before.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    assert after == before, f"the test left MLflow state in the environment: {after}"
 
 
 @pytest.fixture(scope="session")

@@ -36,31 +36,40 @@ def optional_day(value: Any) -> date | None:
     return date.fromisoformat(str(value)) if value else None
 
 
-def aws_client_factory(conn_id: str = "aws_default"):
-    """A boto3 client factory using the Airflow connection when it exists, else the standard chain.
+class AwsConnectionError(RuntimeError):
+    """The AWS connection that is configured cannot be used: the message says which and what to fix."""
 
-    The connection's login/password are the access key pair; its extra may hold ``region_name`` and
-    ``endpoint_url`` (e.g. a local S3-compatible server).
+
+def aws_client_factory(conn_id: str = "aws_default"):
+    """A boto3 client factory through the Amazon provider's ``AwsBaseHook``, so everything the
+    connection can say works (access keys, ``role_arn`` assume-role, ``profile_name``, ``region_name``,
+    ``endpoint_url`` in its extra).
+
+    No connection ``conn_id`` at all: the standard AWS credential chain (environment, ``~/.aws``, instance
+    role), as the contract says. A connection that exists but cannot be used (bad extra, a role that
+    cannot be assumed, a missing profile) is an error naming the connection, never a silent fallback
+    to whatever credentials the worker happens to have.
     """
-    import boto3
+    from airflow.exceptions import AirflowNotFoundException
+    from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
     from airflow.sdk import BaseHook
 
-    kwargs: dict[str, Any] = {}
     try:
-        conn = BaseHook.get_connection(conn_id)
-    except Exception:  # no such connection: boto3's own credential chain applies
-        conn = None
-    if conn is not None:
-        extra = conn.extra_dejson or {}
-        if conn.login:
-            kwargs["aws_access_key_id"] = conn.login
-            kwargs["aws_secret_access_key"] = conn.password
-        for key in ("region_name", "endpoint_url", "aws_session_token"):
-            if extra.get(key):
-                kwargs[key] = extra[key]
+        BaseHook.get_connection(conn_id)
+        hook_conn_id: str | None = conn_id
+    except AirflowNotFoundException:
+        log.info("no Airflow connection %r: using the standard AWS credential chain", conn_id)
+        hook_conn_id = None
 
     def make(service: str):
-        return boto3.client(service, **kwargs)
+        try:
+            return AwsBaseHook(aws_conn_id=hook_conn_id, client_type=service).get_client_type()
+        except Exception as exc:  # a configured connection that cannot produce a client
+            where = f"Airflow connection {conn_id!r}" if hook_conn_id else "the standard AWS credential chain"
+            raise AwsConnectionError(
+                f"cannot make an AWS {service} client from {where}: {exc.__class__.__name__}: {exc}. "
+                f"Fix the connection (Admin > Connections > {conn_id}) or delete it to use the standard chain."
+            ) from exc
 
     return make
 

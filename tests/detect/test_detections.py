@@ -4,11 +4,9 @@ detonations, panther-analysis rule samples) when ../shared/fixtures is present."
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import re
-import time
 from typing import Any
 
 import numpy as np
@@ -1198,8 +1196,10 @@ def test_panther_samples(record_property: Any) -> None:
     logging.getLogger(__name__).info("panther samples: %s", figures)
     # Panther's attack samples include many events we deliberately leave unscored (RDS reboots, ECR pushes,
     # single denied calls); benign samples are near-misses of *their* rule and some are risky for another.
-    assert attack_hit / attack.sum() >= 0.45, figures
-    assert benign_quiet / benign.sum() >= 0.80, figures
+    # measured 110/212 = 0.519 and 198/222 = 0.892; the bounds leave a margin of about four samples each
+    # (a rule change that costs more than that is worth a look)
+    assert attack_hit / attack.sum() >= 0.50, figures
+    assert benign_quiet / benign.sum() >= 0.87, figures
 
 
 @needs_fixtures
@@ -1220,32 +1220,3 @@ def test_aws_documentation_samples() -> None:
     root_logins = out[(out["eventName"] == "ConsoleLogin") & (out["userIdentity.type"] == "Root")]
     assert set(root_logins["lf_rules"]) == {"root_console_login", "root_console_login_failure"}
     assert (out.loc[out["eventName"] == "StartInstances", "lf_score"] == 0).all()
-
-
-@pytest.mark.slow
-@needs_fixtures
-def test_label_events_is_fast_on_a_million_rows() -> None:
-    """A day of 1M events, mostly benign reads with real fixture records mixed in, labels in seconds."""
-    rows = []
-    for name in ("stratus_red_team_detonations.ndjson", "panther_rule_tests.ndjson"):
-        for line in (FIXTURES / name).read_text().splitlines():
-            with contextlib.suppress(normalise.RecordError):
-                rows.append(
-                    normalise.normalise({k: v for k, v in json.loads(line).items() if k[0] != "_"}, name)
-                )
-    table = normalise.rows_to_table(rows)
-    names = pd.Series(table.column("eventName").to_pylist())
-    reads = np.flatnonzero(names.str.match(r"^(Describe|List)").fillna(False).to_numpy())
-    rng = np.random.default_rng(0)
-    picks = np.r_[rng.choice(reads, 970_000), rng.choice(len(rows), 30_000)]
-    day = table.take(picks).to_pandas()  # the production path: an Arrow partition turned into a frame
-    day["eventTime"] = pd.Timestamp("2024-08-01", tz="UTC") + pd.to_timedelta(
-        rng.integers(0, 86_400, len(day)), unit="s"
-    )
-    day["userIdentity.arn"] = day["userIdentity.arn"].fillna("?") + "/" + (picks % 2000).astype(str)
-    started = time.perf_counter()
-    out = label_events(day)
-    elapsed = time.perf_counter() - started
-    logging.getLogger(__name__).info("label_events on 1M rows: %.2fs", elapsed)
-    assert len(out) == 1_000_000 and (out["lf_score"] > 0).any()
-    assert elapsed < 20, f"label_events took {elapsed:.1f}s on 1M rows"

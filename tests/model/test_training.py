@@ -141,6 +141,9 @@ def test_choose_best_ranks_first_then_prefers_the_simpler_model_within_noise_of_
     assert best(_candidate(hgb, rmse=3.052), _candidate(ridge, rmse=3.054)) == ridge
     # a clear RMSE gain is kept
     assert best(_candidate(hgb, rmse=2.5), _candidate(ridge, rmse=3.054)) == hgb
+    # at the edge of the 2% tolerance: 1.9% above the lowest is still a tie, 2.1% is not
+    assert best(_candidate(hgb, rmse=3.0), _candidate(ridge, rmse=3.0 * 1.019)) == ridge
+    assert best(_candidate(hgb, rmse=3.0), _candidate(ridge, rmse=3.0 * 1.021)) == hgb
     # ranking comes first: a better average precision or precision@20 wins whatever its RMSE or simplicity
     assert best(_candidate(hgb, ap=0.95, rmse=9.0), _candidate(ridge, rmse=1.0)) == hgb
     assert best(_candidate(hgb, p20=0.55, rmse=9.0), _candidate(ridge, rmse=1.0)) == hgb

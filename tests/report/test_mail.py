@@ -31,9 +31,11 @@ class Inbox:
 
     def __init__(self) -> None:
         self.messages: list[tuple[str, list[str], bytes]] = []
+        self.logins: list[object] = []  # who had logged in when each message came (None: nobody)
 
     async def handle_DATA(self, server, session, envelope):
         self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
+        self.logins.append(session.auth_data if session.authenticated else None)
         return "250 Message accepted for delivery"
 
     def parsed(self, index: int = -1):
@@ -50,15 +52,31 @@ def _authenticate(server, session, envelope, mechanism, auth_data):
     def text(value):
         return value.decode() if isinstance(value, bytes) else value
 
-    return AuthResult(success=(text(auth_data.login), text(auth_data.password)) == ("robot", "p@ss:word"))
+    login = (text(auth_data.login), text(auth_data.password))
+    return AuthResult(success=login == ("robot", "p@ss:word"), auth_data=login[0])
+
+
+def _server(auth_required: bool):
+    inbox = Inbox()
+    controller = Controller(inbox, hostname="127.0.0.1", port=free_port(), authenticator=_authenticate,
+                            auth_require_tls=False, auth_required=auth_required)  # fmt: skip
+    controller.start()
+    return inbox, controller
 
 
 @pytest.fixture
 def smtp_server():
-    inbox = Inbox()
-    controller = Controller(inbox, hostname="127.0.0.1", port=free_port(), authenticator=_authenticate,
-                            auth_require_tls=False)  # fmt: skip
-    controller.start()
+    inbox, controller = _server(auth_required=False)
+    try:
+        yield inbox, SmtpSettings(host="127.0.0.1", port=controller.port, starttls=False, timeout=5)
+    finally:
+        controller.stop()
+
+
+@pytest.fixture
+def smtp_server_with_login():
+    """A server that refuses mail from anyone who has not logged in (as a real relay does)."""
+    inbox, controller = _server(auth_required=True)
     try:
         yield inbox, SmtpSettings(host="127.0.0.1", port=controller.port, starttls=False, timeout=5)
     finally:
@@ -208,14 +226,30 @@ def test_starttls_is_required_unless_disabled(root, smtp_server):
     assert inbox.messages == []
 
 
-def test_login_with_settings_from_uri(root, smtp_server):
-    inbox, smtp = smtp_server
+def test_login_with_settings_from_uri(root, smtp_server_with_login):
+    inbox, smtp = smtp_server_with_login
     settings = smtp_settings_from_uri(
         f"smtp://robot:p%40ss%3Aword@127.0.0.1:{smtp.port}?disable_tls=true&from=bot@example.com"
     )
     result = send_report(load_report(root, DAY), smtp=settings, recipients="secops@example.com")
     assert result.status == "sent" and inbox.messages[0][0] == "bot@example.com"
     assert inbox.messages[0][1] == ["secops@example.com"]
+    assert inbox.logins == ["robot"]  # the message came after a successful login as robot
+
+
+def test_a_wrong_password_is_refused_and_nothing_is_sent(root, smtp_server_with_login):
+    inbox, smtp = smtp_server_with_login
+    settings = smtp_settings_from_uri(f"smtp://robot:wrong@127.0.0.1:{smtp.port}?disable_tls=true")
+    with pytest.raises(ReportSendError):
+        send_report(load_report(root, DAY), smtp=settings, recipients="secops@example.com")
+    assert inbox.messages == []
+
+
+def test_without_credentials_a_server_requiring_login_refuses(root, smtp_server_with_login):
+    inbox, smtp = smtp_server_with_login
+    with pytest.raises(ReportSendError):
+        send_report(load_report(root, DAY), smtp=smtp, recipients="secops@example.com")
+    assert inbox.messages == []
 
 
 def test_no_smtp_writes_a_loadable_eml(root):

@@ -179,7 +179,7 @@ def run_demo(data_root: Path, logs: Path, *, events: int | None = None) -> int:
 
 def _step_summary(dag_id: str, data_root: Path, last: object) -> list[str]:
     """What a step left in the data root, in a few lines."""
-    from trailguard.report.daily import summaries
+    from trailguard.report import summaries
 
     if dag_id == "cloudtrail_ingest":
         return summaries.ingest_lines(data_root) + summaries.quality_lines(data_root)

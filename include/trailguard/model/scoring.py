@@ -47,7 +47,10 @@ from trailguard.model.training import (
     ANOMALY_QUANTILE,
     CHAMPION,
     MODEL_NAMES,
+    ModelLoadError,
     RiskModel,
+    load_registered_model,
+    mlflow_tracking,
     model_input,
     tracking_uri_for,
 )
@@ -245,10 +248,21 @@ def load_champion(use_case: str, tracking_uri: str) -> Champion:
         version = client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException:
         raise NoChampionError(f"no champion model for {name} yet: run `trailguard train` first") from None
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
-    model = mlflow.sklearn.load_model(f"models:/{name}/{version.version}")
+    try:
+        with mlflow_tracking():
+            mlflow.set_tracking_uri(tracking_uri)
+            mlflow.set_registry_uri(tracking_uri)
+            model = load_registered_model(f"models:/{name}/{version.version}")
+    except ModelLoadError as exc:
+        raise IncompatibleChampionError(
+            f"champion {name} v{version.version} cannot be loaded by this TrailGuard ({exc}): "
+            "run `trailguard train` to register a new champion"
+        ) from None
     return Champion(name, str(version.version), model)
+
+
+class IncompatibleChampionError(NoChampionError):
+    """The champion cannot be loaded by this TrailGuard: the message says to run ``trailguard train``."""
 
 
 def score_day(

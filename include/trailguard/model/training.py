@@ -37,8 +37,10 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
@@ -654,6 +656,32 @@ def tracking_uri_for(root: DataPath | str, tracking_uri: str | None = None) -> s
     return f"sqlite:///{folder / 'mlflow.db'}"
 
 
+@contextmanager
+def mlflow_tracking() -> Iterator[None]:
+    """Whatever tracking and registry URI the block sets, MLflow's process-wide ones (and the
+    ``MLFLOW_TRACKING_URI`` variable MLflow exports for subprocesses) are as before when it ends: a
+    library call leaves no state behind for the next call, test or child process."""
+    import mlflow
+    from mlflow.tracking import _tracking_service
+    from mlflow.tracking._model_registry import utils as registry_utils
+
+    saved_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    saved_tracking = _tracking_service.utils._tracking_uri
+    saved_registry = registry_utils._registry_uri
+    try:
+        yield
+    finally:
+        if mlflow.active_run() is not None:
+            mlflow.end_run()
+        _tracking_service.utils._tracking_uri = saved_tracking
+        registry_utils._registry_uri = saved_registry
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def _setup_mlflow(root: DataPath, tracking_uri: str | None, experiment: str) -> tuple[str, str]:
     os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
@@ -701,15 +729,64 @@ def _log_model(model: RiskModel, example: pd.DataFrame, registered_name: str | N
     from mlflow.models import infer_signature
 
     signature = infer_signature(example, model.predict(example))
-    return mlflow.sklearn.log_model(
-        model,
-        name="model",
-        signature=signature,
-        input_example=example,
-        pip_requirements=_pip_requirements(),
-        serialization_format="cloudpickle",
-        registered_model_name=registered_name,
-    )
+    with _pickled_by_value():
+        return mlflow.sklearn.log_model(
+            model,
+            name="model",
+            signature=signature,
+            input_example=example,
+            pip_requirements=_pip_requirements(),
+            serialization_format="cloudpickle",
+            registered_model_name=registered_name,
+        )
+
+
+# Where the classes of models registered before TrailGuard's library was split into wings lived: such a
+# model pickled a reference to them (newer models carry the classes by value and need no alias).
+LEGACY_MODULES = {"trailguard.training": "trailguard.model.training"}
+
+
+class ModelLoadError(RuntimeError):
+    """A registered model that this TrailGuard cannot load (one line: what failed)."""
+
+
+def load_registered_model(uri: str) -> Any:
+    """Load a registered model. One pickled against module paths that no longer exist loads through
+    :data:`LEGACY_MODULES`; one that cannot load at all raises :class:`ModelLoadError`."""
+    import importlib
+
+    import mlflow
+
+    try:
+        return mlflow.sklearn.load_model(uri)
+    except (ModuleNotFoundError, AttributeError) as exc:
+        error: Exception = exc
+        aliases = {old: new for old, new in LEGACY_MODULES.items() if old not in sys.modules}
+        if getattr(exc, "name", None) in aliases:
+            sys.modules.update({old: importlib.import_module(new) for old, new in aliases.items()})
+            try:
+                return mlflow.sklearn.load_model(uri)
+            except Exception as retry:  # reported below, in one line
+                error = retry
+            finally:
+                for old in aliases:
+                    sys.modules.pop(old, None)
+        raise ModelLoadError(f"{error.__class__.__name__}: {error}") from None
+
+
+@contextmanager
+def _pickled_by_value() -> Iterator[None]:
+    """TrailGuard's own classes (RiskModel, Categories) go into the pickle by value, not as a reference to
+    this module's path: a registered model then loads wherever its pip requirements are installed, with or
+    without TrailGuard, and survives TrailGuard's modules being moved or renamed."""
+    import cloudpickle
+
+    module = sys.modules[__name__]
+    cloudpickle.register_pickle_by_value(module)
+    try:
+        yield
+    finally:
+        cloudpickle.unregister_pickle_by_value(module)
 
 
 def _log_charts(y: np.ndarray, pred: np.ndarray, title: str) -> None:
@@ -808,7 +885,7 @@ def train(
     """
     from threadpoolctl import threadpool_limits
 
-    with threadpool_limits(limits=threads, user_api="openmp"):
+    with threadpool_limits(limits=threads, user_api="openmp"), mlflow_tracking():
         return _train(store, until, history_days, tracking_uri, experiment, test_days, min_history_days,
                       max_train_rows, max_test_rows, use_cases, progress)
 
@@ -1045,7 +1122,7 @@ def _register(
     promote, reason = True, "no champion yet"
     if current is not None:
         try:
-            old_model = mlflow.sklearn.load_model(f"models:/{name}@{CHAMPION}")
+            old_model = load_registered_model(f"models:/{name}@{CHAMPION}")
             old_metrics = evaluate(y_test, old_model.predict(X_test), d_test, sample_weight=w_test)
             old_key = _rank_key(old_metrics)
             promote = new_key > old_key
