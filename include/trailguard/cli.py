@@ -108,6 +108,25 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_repair(args: argparse.Namespace, settings: Settings) -> int:
+    from trailguard.ingest.ingestion import repair_day
+    from trailguard.ingest.limits import IngestLimits
+    from trailguard.ingest.sources import open_source
+    from trailguard.store.events import EventStore
+
+    result = repair_day(
+        EventStore(settings.data_path),
+        args.date,
+        source=open_source(args.source) if args.source else None,
+        open_source=open_source,
+        workers=_ingest_workers(args.workers, settings.ingest_workers),
+        limits=IngestLimits.from_settings(settings),
+    )
+    _emit(args, {"day": result.day, "damaged_files": result.damaged_files, "repaired": result.repaired,
+                 "objects": result.objects, "missing": result.missing}, result.lines())
+    return 0 if result.repaired else 1
+
+
 def cmd_demo_data(args: argparse.Namespace, settings: Settings) -> int:
     from trailguard.demo import generator
 
@@ -260,6 +279,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_ingest)
 
     p = sub.add_parser(
+        "repair",
+        help="read a damaged day again from its sources",
+        description="A day whose stored events are damaged (an unreadable parquet file, moved to "
+        "quarantine/store/date=D/) is read again from the sources the manifest recorded; events still stored "
+        "are skipped as duplicates, so only the lost ones come back. Then validate, score and report the day.",
+    )
+    p.add_argument("--date", type=_date, required=True, help="the damaged day (YYYY-MM-DD, UTC)")
+    p.add_argument("--source", default=None, help="read from here instead of the recorded source(s)")
+    p.add_argument("--workers", type=int, default=None, help="processes that fetch and decode (as for ingest)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_repair)
+
+    p = sub.add_parser(
         "demo-data",
         help="write realistic demo CloudTrail logs in the S3 layout",
         description="Write deterministic demo CloudTrail log files exactly as AWS delivers them to S3 "
@@ -379,7 +411,7 @@ def describe_failure(exc: BaseException) -> str:
         return f"MLflow: {text} (check MLFLOW_TRACKING_URI)"
     if isinstance(exc, OSError):
         return f"{exc.strerror or text}{where}" if exc.strerror else f"{kind}: {text}"
-    return text if isinstance(exc, (ValueError, LookupError)) else f"{kind}: {text}"
+    return text if isinstance(exc, (ValueError, LookupError)) or module == "trailguard" else f"{kind}: {text}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -26,6 +26,7 @@ import logging
 import multiprocessing
 import os
 import pickle
+import re
 import shutil
 import signal
 import sys
@@ -509,6 +510,8 @@ def ingest(
     workers: int = 1,
     progress: Callable[[int, int], None] | None = None,
     limits: IngestLimits | None = None,
+    only: Callable[[str], bool] | None = None,
+    reread: bool = False,
 ) -> IngestSummary:
     """Ingest every object the source lists (within ``start``..``end`` by delivery date).
 
@@ -517,7 +520,8 @@ def ingest(
     listing order. Objects are recorded in the manifest every ``batch_records`` records, after their
     events are in, so a crash re-reads at most one batch and the eventID check keeps the store free of
     duplicates. The result is the same with any number of workers. ``progress(objects, records)`` is
-    called as objects are listed and read. ``limits`` bound what one object may hold (memory).
+    called as objects are listed and read. ``limits`` bound what one object may hold (memory); ``only``
+    keeps the keys it accepts and ``reread`` reads them even if the manifest has them (a repair).
     """
     keep_apart(source, store)
     run_id = new_run_id()
@@ -534,7 +538,9 @@ def ingest(
     staging.mkdir(parents=True, exist_ok=True)
     try:
         with store.commit_lock(f"ingest {source.uri} ({run_id})"):
-            listing = _list(source, store, start, end, summary, batch, workers, _chunk_bytes(batch_records), report)
+            store.record_run(run_id, source.uri)
+            listing = _list(source, store, start, end, summary, batch, workers, _chunk_bytes(batch_records), report,
+                            only, reread=reread)
             for result in _stage_in_order(listing, workers, staging, limits):
                 _take_outcomes(result.outcomes, batch, store, run_id, summary)
                 _commit_parts(result.parts, batch, store, run_id, summary, touched)
@@ -595,10 +601,11 @@ def _list(
     report: Callable[[], None],
     only: Callable[[str], bool] | None = None,
     prefix: str | None = None,
+    reread: bool = False,
 ) -> Iterator[list[_Task]]:
     """The objects to read, in chunks of about ``chunk_bytes``; objects to skip go straight to the batch.
     ``only`` keeps the keys of one partition."""
-    seen = store.manifest_index()
+    seen = {} if reread else store.manifest_index()
     chunk: list[_Task] = []
     size = 0
     for obj in source.objects(start, end, prefix=prefix) if prefix else source.objects(start, end):
@@ -870,6 +877,7 @@ def commit(store: EventStore, stage_ids: Iterable[str], *, source: str = "", run
     started = time.perf_counter()
     touched: set[str] = set()
     with store.commit_lock(f"commit {run_id}"):
+        store.record_run(run_id, source)
         keys = KeyIndex()
         for stage_id in stage_ids:
             folder = store.staging_dir(stage_id)
@@ -891,3 +899,77 @@ def commit(store: EventStore, stage_ids: Iterable[str], *, source: str = "", run
     summary.seconds = time.perf_counter() - started
     log.info("commit %s: %s", run_id, "; ".join(summary.lines()[1:]))
     return summary
+
+
+# -- a damaged day read again -------------------------------------------------------------------------------
+_PART_RUN = re.compile(r"^part-(\d{8}T\d{6}-[0-9a-f]{8})-")
+
+
+@dataclass
+class RepairResult:
+    day: str
+    damaged_files: list[str]
+    sources: list[str]
+    objects: int
+    summaries: list[IngestSummary]
+    missing: list[str]
+    repaired: bool
+
+    def lines(self) -> list[str]:
+        out = [f"repair {self.day}: {len(self.damaged_files)} damaged file(s) aside: {', '.join(self.damaged_files) or '-'}",
+               f"  read again {self.objects} object(s) from {', '.join(self.sources) or '-'}"]
+        for summary in self.summaries:
+            out += [f"  {line}" for line in summary.lines()[1:4]]
+        if self.missing:
+            out.append(f"  {len(self.missing)} object(s) are no longer at the source: their events are not restored; "
+                       "the day stays marked damaged")
+        out.append(f"  repaired: now validate, score and report {self.day} again" if self.repaired
+                   else "  NOT repaired")
+        return out
+
+
+def repair_day(
+    store: EventStore,
+    day: date | str,
+    *,
+    source: Source | None = None,
+    open_source: Callable[[str], Source] | None = None,
+    workers: int = 1,
+    limits: IngestLimits | None = None,
+) -> RepairResult:
+    """Read a damaged day's objects again from their sources (those the manifest says the damaged parts'
+    runs read; with no such record, every object delivered the day before, on the day and after it). The
+    eventID index skips what the store still holds, so only the lost events come back. The day is marked
+    whole once every object was read again."""
+    from trailguard.ingest.sources import key_date
+
+    day = date.fromisoformat(str(day)[:10]) if not isinstance(day, date) else day
+    store.partition_files(day, allow_damaged=True)  # finds a truncated file not seen yet
+    damage = store.damaged(day) or {"files": []}
+    files = [f["file"] for f in damage["files"]]
+    runs = {m.group(1) for f in files if (m := _PART_RUN.match(f.rsplit("/", 1)[-1]))}
+    manifest = store.read_manifest().to_pylist()
+    ingested = {e["key"]: e for e in manifest if e["status"] == "ingested"}
+    keys = {e["key"] for e in manifest if e["status"] == "ingested" and e["run_id"] in runs}
+    if not keys:  # no record of the runs (a compacted part, an older store): the objects delivered around the day
+        near = {day.fromordinal(day.toordinal() + d) for d in (-1, 0, 1)}
+        keys = {k for k in ingested if key_date(k) in near or key_date(k) is None}
+    recorded = store.run_sources()
+    uris = sorted({recorded[r] for r in runs if r in recorded} or set(recorded.values()))
+    sources = [source] if source is not None else [open_source(u) for u in uris] if open_source else []
+    if not sources:
+        raise ValueError(f"no recorded source for {day}: pass --source")
+    listed: set[str] = set()
+
+    def wanted(key: str) -> bool:
+        if key in keys:
+            listed.add(key)
+            return True
+        return False
+
+    summaries = [ingest(s, store, workers=workers, limits=limits, only=wanted, reread=True) for s in sources]
+    missing = sorted(keys - listed)
+    repaired = not missing
+    if repaired:
+        store.mark_repaired(day)
+    return RepairResult(day.isoformat(), files, [s.uri for s in sources], len(keys), summaries, missing, repaired)

@@ -34,7 +34,7 @@ import pandas as pd
 
 from trailguard.store.events import day_text as _day_text
 from trailguard.store.events import write_bytes_atomic
-from trailguard.store.fs import DataPath, as_path, parquet_schema, read_parquet, visible_files
+from trailguard.store.fs import DataPath, as_path, is_remote, parquet_schema, read_parquet, visible_files
 
 log = logging.getLogger(__name__)
 
@@ -553,6 +553,7 @@ def build_report(
     if top_k < 1:
         raise ValueError(f"top_k must be at least 1, got {top_k}")
     scores = read_scores(data_root, day_text)
+    _check_scores_fresh(data_root, day_text)
     unscored = int(scores["risk_score"].isna().sum())
     if unscored:
         log.warning("%s: %d events have no risk score; they are counted but not ranked", day_text, unscored)
@@ -680,6 +681,27 @@ def _summary_lines(report: Report) -> list[str]:
         f"Models: {models}",
         *(f"STORE: {clean_text(line, 1000)}" for line in s.get("store_notices", [])),
     ]
+
+
+class StaleScoresError(RuntimeError):
+    """The day's events changed after it was scored: a report would show old scores as current."""
+
+
+def _check_scores_fresh(data_root: DataPath, day: str) -> None:
+    """Refuse scores older than the day's events (and a damaged day: its error names the file)."""
+    from trailguard.store.events import EventStore
+
+    events = EventStore(data_root).partition_files(day)
+    scores = visible_files(scores_dir(data_root, day))
+    if not events or not scores or is_remote(data_root):
+        return
+    newest_event = max(p.stat().st_mtime for p in events)
+    oldest_score = min(p.stat().st_mtime for p in scores)
+    if newest_event > oldest_score:
+        raise StaleScoresError(
+            f"{day}: the scores are older than the day's events (events written after the last scoring): "
+            f"run `trailguard score --date {day}` first"
+        )
 
 
 def _store_notice(report: Report) -> Notice | None:

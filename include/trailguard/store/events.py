@@ -319,32 +319,90 @@ class EventStore:
                 found.append(match.group(1))
         return sorted(found)
 
-    def partition_files(self, day: date | str) -> list[DataPath]:
-        return _part_files(self.partition_dir(day))
+    def partition_files(self, day: date | str, *, allow_damaged: bool = False) -> list[DataPath]:
+        """A day's part files. A local file that is not a whole parquet file (its end is not the footer's
+        magic, as after a truncation) is moved aside to ``quarantine/store/`` and the day marked damaged;
+        a damaged day raises :class:`DamagedPartitionError` (naming the file and what to do) unless
+        ``allow_damaged`` (ingestion goes on with the other files, and the repair reads the day again)."""
+        files = _part_files(self.partition_dir(day))
+        if not fs.is_remote(self.root):
+            whole = [f for f in files if _looks_whole(f)]
+            for broken in set(files) - set(whole):
+                self.contain(day, broken, "not a whole parquet file (no footer at its end: truncated?)")
+            files = whole
+        if not allow_damaged:
+            damage = self.damaged(day)
+            if damage is not None:
+                raise DamagedPartitionError(day_text(day), damage)
+        return files
+
+    # -- damage: unreadable parts moved aside, the day marked until it is repaired ----------------------
+    def damage_dir(self, day: date | str) -> DataPath:
+        return self.quarantine_dir / "store" / f"date={day_text(day)}"
+
+    def contain(self, day: date | str, path: DataPath, reason: str) -> DataPath:
+        """Move an unreadable part file aside and mark its day damaged (``damaged.json`` lists the files)."""
+        folder = self.damage_dir(day)
+        target = folder / path.name
+        fs.move(path, target)
+        marker = folder / "damaged.json"
+        record = json.loads(marker.read_text()) if marker.exists() else {"day": day_text(day), "files": []}
+        record["files"].append({"file": f"events/date={day_text(day)}/{path.name}", "moved_to": str(target),
+                                "reason": reason, "at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+        write_bytes_atomic(json.dumps(record, indent=2).encode(), marker)
+        self._indexes.pop(day_text(day), None)
+        log.error("%s", DamagedPartitionError(day_text(day), record))
+        return target
+
+    def damaged(self, day: date | str) -> dict | None:
+        """The day's damage record (files moved aside, why), or None when the day is whole."""
+        marker = self.damage_dir(day) / "damaged.json"
+        return json.loads(marker.read_text()) if marker.exists() else None
+
+    def mark_repaired(self, day: date | str) -> None:
+        """Keep the damage record as history (``repaired-<time>.json``); the day reads as whole again."""
+        marker = self.damage_dir(day) / "damaged.json"
+        if marker.exists():
+            stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+            fs.move(marker, marker.with_name(f"repaired-{stamp}.json"))
 
     def count_rows(self, day: date | str) -> int:
         """A day's event count from the parquet footers, without reading any column."""
         return sum(parquet_file(f).metadata.num_rows for f in self.partition_files(day))
 
-    def read_partition(self, day: date | str, columns: Iterable[str] | None = None) -> pa.Table:
+    def read_partition(
+        self, day: date | str, columns: Iterable[str] | None = None, *, allow_damaged: bool = False
+    ) -> pa.Table:
         """One day's events as an Arrow table (empty, with the schema, when the day has none)."""
-        files = self.partition_files(day)
+        files = self.partition_files(day, allow_damaged=allow_damaged)
         cols = list(columns) if columns is not None else None
         if not files:
             schema = EVENT_SCHEMA if cols is None else pa.schema([EVENT_SCHEMA.field(c) for c in cols])
             return schema.empty_table()
-        tables = [read_parquet(f, columns=cols, schema=EVENT_SCHEMA) for f in files]
+        tables = []
+        for path in files:
+            try:
+                tables.append(read_parquet(path, columns=cols, schema=EVENT_SCHEMA))
+            except (pa.ArrowInvalid, OSError) as exc:  # a damage the footer check cannot see
+                self.contain(day, path, f"unreadable: {str(exc).splitlines()[0][:300]}")
+                if not allow_damaged:
+                    raise DamagedPartitionError(day_text(day), self.damaged(day) or {}) from exc
+        if not tables:
+            schema = EVENT_SCHEMA if cols is None else pa.schema([EVENT_SCHEMA.field(c) for c in cols])
+            return schema.empty_table()
         return pa.concat_tables(tables)
 
-    def partition_ids(self, day: date | str) -> pa.Array:
+    def partition_ids(self, day: date | str, *, allow_damaged: bool = False) -> pa.Array:
         """The eventIDs stored for a day, as they are on disk."""
-        return self.read_partition(day, columns=["eventID"]).column("eventID").combine_chunks()
+        table = self.read_partition(day, columns=["eventID"], allow_damaged=allow_damaged)
+        return table.column("eventID").combine_chunks()
 
     def _day_index(self, day: str) -> KeyIndex:
         """The day's dedupe index: built from the partition on first use, then kept up to date."""
         index = self._indexes.get(day)
         if index is None:
-            index = self._indexes[day] = KeyIndex(id_keys(self.partition_ids(day).drop_null()))
+            ids = self.partition_ids(day, allow_damaged=True)  # a damaged file aside, the rest still dedupes
+            index = self._indexes[day] = KeyIndex(id_keys(ids.drop_null()))
         self._indexes.move_to_end(day)
         return index
 
@@ -534,6 +592,21 @@ class EventStore:
             index[key] = (size, etag, status)
         return index
 
+    def record_run(self, run_id: str, source: str) -> None:
+        """Note which source a run read (``manifest/runs/``): a repair reads a damaged day from there again."""
+        if source:
+            doc = {"run_id": run_id, "source": source, "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            write_bytes_atomic(json.dumps(doc).encode(), self.root / "manifest" / "runs" / f"{safe_name(run_id)}.json")
+
+    def run_sources(self) -> dict[str, str]:
+        """The source each recorded run read, by run id."""
+        folder = self.root / "manifest" / "runs"
+        found = {}
+        for path in visible_files(folder, "*.json"):
+            doc = json.loads(path.read_text())
+            found[doc["run_id"]] = doc["source"]
+        return found
+
     def write_manifest(self, entries: list[dict], run_id: str) -> None:
         if not entries:
             return
@@ -561,7 +634,7 @@ class EventStore:
     def find_events(self, day: str, event_ids: Iterable[str], columns: list[str]) -> Iterator[tuple[DataPath, pa.Table]]:
         """The stored rows of a day with these eventIDs, file by file (read in batches: memory follows a batch)."""
         wanted = pa.array(sorted(set(event_ids)), pa.string())
-        for path in self.partition_files(day):
+        for path in self.partition_files(day, allow_damaged=True):
             found = []
             for batch in parquet_file(path).iter_batches(batch_size=65_536, columns=["eventID", *columns]):
                 hits = batch.filter(pc.is_in(batch.column(0), value_set=wanted))
@@ -613,6 +686,36 @@ def _lock_owner(handle: object) -> str:
         return "nobody"
     return (f"pid {owner.get('pid')} on {owner.get('host')} ({owner.get('purpose')}, since "
             f"{owner.get('started')})")
+
+
+class DamagedPartitionError(RuntimeError):
+    """A day whose stored events are not all readable: which file, why, and what to do."""
+
+    def __init__(self, day: str, damage: dict) -> None:
+        self.day, self.damage = day, damage
+        files = damage.get("files") or [{}]
+        last = files[-1]
+        more = f" (and {len(files) - 1} more)" if len(files) > 1 else ""
+        super().__init__(
+            f"{day}: the stored events are damaged: {last.get('file', '?')}{more} is {last.get('reason', 'unreadable')}; "
+            f"it is kept in quarantine/store/date={day}/. Run `trailguard repair --date {day}` to read the day "
+            "again from its sources, then validate, score and report it again"
+        )
+
+
+def _looks_whole(path: Path) -> bool:
+    """Whether a local file ends as a parquet file does (a footer length, then ``PAR1``)."""
+    try:
+        with open(path, "rb") as handle:
+            size = handle.seek(0, 2)
+            if size < 12:
+                return False
+            handle.seek(size - 4)
+            return handle.read(4) == b"PAR1"
+    except FileNotFoundError:
+        return True  # gone since it was listed (a rewrite): not damage
+    except OSError:
+        return False
 
 
 def _part_files(folder: DataPath) -> list[DataPath]:
