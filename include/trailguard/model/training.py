@@ -72,6 +72,7 @@ from trailguard.model.features import (
     load_rule_events,
 )
 from trailguard.model.labels import DEFAULT_TARGET, mark_training, read_labels, targets_and_sources
+from trailguard.model.mlflow_store import relocate_local_store
 from trailguard.store.events import EventStore
 from trailguard.store.fs import DataPath, is_remote
 
@@ -653,6 +654,7 @@ def tracking_uri_for(root: DataPath | str, tracking_uri: str | None = None) -> s
         )
     folder = Path(root).resolve() / "mlflow"
     folder.mkdir(parents=True, exist_ok=True)
+    relocate_local_store(folder)  # a copied root keeps its artifacts to itself
     return f"sqlite:///{folder / 'mlflow.db'}"
 
 
