@@ -495,7 +495,11 @@ def training_data(
         if progress:
             progress(day)
         del events, lf, frame
-    return {uc: pd.concat(p, ignore_index=True) if p else pd.DataFrame() for uc, p in parts.items()}
+    frames = {uc: pd.concat(p, ignore_index=True) if p else pd.DataFrame() for uc, p in parts.items()}
+    # rows in an order of the events themselves (eventIDs are unique), not of part files or worker timing:
+    # the seeded sampling and splitting then pick the same events from any store holding them
+    return {uc: f.sort_values(["day", "eventID"], kind="stable", ignore_index=True) if len(f) else f
+            for uc, f in frames.items()}
 
 
 def stratified_sample(
