@@ -409,9 +409,11 @@ def describe_failure(exc: BaseException) -> str:
         return f"mail server: {text}"
     if module == "mlflow":
         return f"MLflow: {text} (check MLFLOW_TRACKING_URI)"
+    if module == "trailguard" or isinstance(exc, (ValueError, LookupError)):  # our own errors say it all
+        return text
     if isinstance(exc, OSError):
         return f"{exc.strerror or text}{where}" if exc.strerror else f"{kind}: {text}"
-    return text if isinstance(exc, (ValueError, LookupError)) or module == "trailguard" else f"{kind}: {text}"
+    return f"{kind}: {text}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

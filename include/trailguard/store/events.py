@@ -351,7 +351,7 @@ class EventStore:
                                 "reason": reason, "at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
         write_bytes_atomic(json.dumps(record, indent=2).encode(), marker)
         self._indexes.pop(day_text(day), None)
-        log.error("%s", DamagedPartitionError(day_text(day), record))
+        log.warning("moved %s aside to %s: %s (the day is marked damaged)", path, target, reason)
         return target
 
     def damaged(self, day: date | str) -> dict | None:
