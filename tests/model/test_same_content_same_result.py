@@ -32,13 +32,6 @@ def metrics(result) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="not done: model/features.py breaks ties between events of the same "
-    "second by the order rows are read (causal counts such as log_prior_events, last_hour_events "
-    "and the rarities), so those features differ between two stores holding the same events; "
-    "ordering ties by eventID there (it is not among HISTORY_COLUMNS) is the remaining fix",
-)
 def test_same_events_written_differently_train_and_score_the_same(tmp_path):
     logs = tmp_path / "logs"
     generator.generate(logs, days=10, events=9000, end=END, bad_files=False)
