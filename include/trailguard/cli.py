@@ -12,7 +12,7 @@ from datetime import date
 from pathlib import Path
 
 from trailguard.store.settings import ConfigError, Settings, load_settings
-from trailguard.store.text import printable
+from trailguard.store.text import sanitise
 
 log = logging.getLogger("trailguard")
 
@@ -30,6 +30,12 @@ Typical first run:
   trailguard demo                       # generate demo CloudTrail logs and run the whole pipeline
   trailguard ingest --source ./logs     # then point it at your own logs (folder, s3://, cloudwatch://)
 """
+
+
+def printable(value: object) -> str:
+    """Text for the terminal: file names and field values come from the input (an escape sequence would
+    clear the screen or retitle it): anything not printable is shown as an escape."""
+    return sanitise(str(value), unsafe="escape")
 
 
 FIRST_YEAR, LAST_YEAR = 1970, 2100  # the event times the store keeps (ingest.normalise)
@@ -236,6 +242,22 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     return run_demo(settings.data_path, Path(args.logs), events=args.events)
 
 
+def cmd_rules(args: argparse.Namespace, settings: Settings) -> int:
+    from trailguard.detect.catalogue import render_markdown, render_text
+
+    text = render_markdown() if args.format == "markdown" else render_text()
+    if args.out is None:
+        sys.stdout.write(text)
+        return 0
+    try:
+        args.out.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        print(f"cannot write {args.out}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.out}")
+    return 0
+
+
 def _emit(args: argparse.Namespace, payload: dict, lines: Sequence[str]) -> None:
     if getattr(args, "json", False):
         print(json.dumps(payload, default=str, indent=2))
@@ -381,6 +403,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--logs", default="demo/logs", help="where the demo logs go (default demo/logs)")
     p.add_argument("--events", type=int, default=None, help="total demo events (default about 45,000)")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "rules",
+        help="list the detection catalogue",
+        description="List every detection: id, ATT&CK tactic and technique, score, test cases (firing+near "
+        "misses) and title. --format markdown gives docs/detections.md (regenerate it after changing a rule: "
+        "trailguard rules --format markdown --out docs/detections.md).",
+    )
+    p.add_argument("--format", choices=["text", "markdown"], default="text", help="text table (default) or markdown")
+    p.add_argument("--out", type=Path, default=None, help="write to this file instead of standard output")
+    p.set_defaults(func=cmd_rules)
     return parser
 
 

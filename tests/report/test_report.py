@@ -297,6 +297,15 @@ def test_html_escapes_every_attacker_value(built):
     assert "record_analyst_label/trigger" in text and "200 AccessDenied calls in 10 minutes" in shown
 
 
+def test_page_has_a_strict_csp_and_the_mail_part_none(built):
+    _, report = built
+    csp = "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; style-src 'unsafe-inline'\">"
+    assert csp in report.html_path.read_text(encoding="utf-8")
+    mail = report.render_html(image_src="cid:chart@localhost", for_email=True)
+    assert "Content-Security-Policy" not in mail and 'src="cid:chart@localhost"' in mail
+    assert "page attached" in mail and "quality page</a>" not in mail
+
+
 def test_text_and_lines_are_clean_and_bounded(built):
     _, report = built
     text = report.text()

@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 
 import trailguard.detect.rules  # noqa: F401  (registers every rule)
-from trailguard.detect.event import UNIQUE_FIELDS, Detection, Event, short
-from trailguard.detect.registry import REGISTERED, Rule
+from trailguard.detect.event import UNIQUE_FIELDS, Event, short
+from trailguard.detect.registry import REGISTERED, Detection, Rule
 from trailguard.detect.window import WINDOW_RULES, column_of, isin, window_hits
 from trailguard.store.schema import EVENT_COLUMNS
 

@@ -1,4 +1,4 @@
-"""The Event wrapper: one normalised CloudTrail row read defensively, and the Detection metadata a rule carries.
+"""The Event wrapper: one normalised CloudTrail row read defensively, and the small value helpers rules share.
 
 Every field is attacker-controlled: any may be missing, of the wrong type or huge. Rules read events only
 through :class:`Event`, which never raises on content.
@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import orjson
 import pandas as pd
+
+from trailguard.store.text import sanitise
 
 log = logging.getLogger(__name__)
 
@@ -24,23 +24,13 @@ WALK_DEPTH = 24  # JSON nesting followed when searching request parameters
 WALK_NODES = 20_000  # JSON nodes visited at most per search: a 1 MB list must not stall a run
 
 
-@dataclass(frozen=True)
-class Detection:
-    """Metadata of one rule: what the label means and what an analyst should do about it."""
-
-    rule_id: str
-    technique: str
-    score: int
-    title: str
-    runbook: str
-
-
 _MISSING: Any = object()
 # fields different in every event: a check that reads them may answer differently for events otherwise alike
 UNIQUE_FIELDS = frozenset({"eventID", "raw"})
 
 
 def is_missing(value: Any) -> bool:
+    """None, pandas' NA / NaT or a float NaN: what a missing column value looks like in a frame."""
     return (
         value is None or value is pd.NA or value is pd.NaT or (isinstance(value, float) and math.isnan(value))
     )
@@ -72,27 +62,29 @@ def _dig(value: Any, parts: Iterable[str]) -> Any:
     return value
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
-
-
 def short(value: Any, limit: int = REASON_VALUE_CHARS) -> str:
-    """An event value fit for a one-line reason: text, no control characters, at most `limit` chars."""
+    """An event value fit for a one-line reason: text, no control characters, at most `limit` chars
+    ("?" when missing). Rules interpolate only values passed through this (or :meth:`Event.actor`)."""
     if is_missing(value) or value == "":
         return "?"
     text = value if isinstance(value, str) else str(value)
-    text = _CONTROL.sub(" ", text[: limit + 1]).strip()
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return sanitise(
+        text, limit, unsafe="remove_controls", marker="…", marker_within_limit=True, scan=limit + 1
+    )
 
 
 def is_true(value: Any) -> bool:
+    """A JSON true or the text "true" (any case): CloudTrail writes some flags as strings."""
     return value is True or (isinstance(value, str) and value.strip().lower() == "true")
 
 
 def is_false(value: Any) -> bool:
+    """A JSON false or the text "false": only an explicit false, never a missing value."""
     return value is False or (isinstance(value, str) and value.strip().lower() == "false")
 
 
 def as_list(value: Any) -> list[Any]:
+    """A list as it is, one value as a one-item list, missing as []: CloudTrail writes lists of one as the item."""
     if is_missing(value):
         return []
     return value if isinstance(value, list) else [value]
@@ -117,6 +109,7 @@ class Event:
         self.identity_type = self.text("userIdentity.type")
 
     def get(self, key: str, default: Any = None) -> Any:
+        """A field by dotted name ("requestParameters.bucketName"), or ``default`` when it is missing or unreadable."""
         if not isinstance(key, str):
             return default
         if key in UNIQUE_FIELDS:
@@ -180,9 +173,11 @@ class Event:
 
     @property
     def account(self) -> str:
+        """The caller's account id (else the account the event was recorded in)."""
         return self.text("userIdentity.accountId") or self.text("recipientAccountId")
 
     def actor(self) -> str:
+        """The caller for a reason: ARN, else user name, else principal id, cut to a reason's length."""
         return short(
             self.text("userIdentity.arn")
             or self.text("userIdentity.userName")
@@ -191,6 +186,7 @@ class Event:
         )
 
     def ip(self) -> str:
+        """The source IP address (or AWS service name) for a reason."""
         return short(self.text("sourceIPAddress"), 40)
 
     def caller_name(self) -> str:
@@ -203,6 +199,5 @@ class Event:
         return self.text("userIdentity.arn").rpartition("/")[2]
 
     def params(self, key: str) -> Any:
+        """A request parameter by dotted name, decoded (dict, list or scalar), None when missing."""
         return self.get(f"requestParameters.{key}")
-
-

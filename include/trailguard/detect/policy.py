@@ -1,5 +1,4 @@
-"""Helpers over event content that several rules share: IAM policy documents, network ingress, sharing, root calls.
-"""
+"""Helpers over event content that several rules share: IAM policy documents, network ingress, sharing, root calls."""
 
 from __future__ import annotations
 
@@ -39,6 +38,7 @@ def _policy(value: Any) -> Any:
 
 
 def statements(document: Any) -> list[dict[str, Any]]:
+    """The statements of a policy document (dict, JSON or URL-encoded JSON); [] when it is not one."""
     doc = _policy(document)
     if not isinstance(doc, dict):
         return []
@@ -110,10 +110,12 @@ def trust_exposure(document: Any, own_account: str) -> list[str]:
 
 
 def as_strings(value: Any) -> list[str]:
+    """The text values of a value or list (policy Action / Resource lists mix types in hostile input)."""
     return [v for v in as_list(value) if isinstance(v, str)]
 
 
 def is_admin_statement(statement: dict[str, Any]) -> bool:
+    """An Allow of every action (``*``, ``*:*``, ``iam:*`` or a NotAction) on every resource."""
     if not _allows(statement):
         return False
     resources = as_strings(statement.get("Resource"))
@@ -148,6 +150,7 @@ def _lower_keys(node: dict[str, Any]) -> dict[str, Any]:
 
 
 def port_number(value: Any) -> int | None:
+    """A port (or count) given as a number, digits or ``{"value": n}``; None when it is none of these."""
     if isinstance(value, dict):
         value = value.get("value")
     if isinstance(value, bool):
@@ -196,6 +199,7 @@ _ADMIN_PORTS = (22, 3389)
 
 
 def exposes_admin_port(rule: tuple[str, int | None, int | None, str]) -> bool:
+    """Whether an open ingress rule reaches SSH or RDP (all protocols and missing ports count as yes)."""
     _, low, high, protocol = rule
     if protocol.lower() in ("-1", "all") or (low is None and high is None):
         return True
@@ -207,6 +211,7 @@ def exposes_admin_port(rule: tuple[str, int | None, int | None, str]) -> bool:
 
 
 def describe_port(rule: tuple[str, int | None, int | None, str]) -> str:
+    """An ingress rule for a reason: "port 22 from 0.0.0.0/0", "all ports from ::/0"."""
     cidr, low, high, protocol = rule
     if protocol.lower() in ("-1", "all") or (low is None and high is None):
         return f"all ports from {cidr}"
@@ -247,6 +252,7 @@ def share_targets(event: Event) -> tuple[bool, list[str], str]:
 
 
 def accounts_text(accounts: list[str]) -> str:
+    """Account ids for a reason: the first three, then "and N more"."""
     shown = ", ".join(accounts[:3])
     return shown + (f" and {len(accounts) - 3} more" if len(accounts) > 3 else "")
 
@@ -261,7 +267,12 @@ def human_session(event: Event) -> bool:
 
 # --- identity and sign-in -------------------------------------------------------------------------
 
-READ_ONLY_PREFIXES = ("Get", "List", "Describe", "Head", "Lookup", "Search", "Check", "View")
+# eventName prefixes of calls that only read: the one list (the rules' root read/change split and the
+# model's "read" category both use it; model/enrich.py imports it from here)
+READ_ONLY_PREFIXES = (
+    "Get", "List", "Describe", "Head", "Lookup", "Search", "Check", "View", "Scan", "Query",
+    "BatchGet", "Select", "Test", "Validate", "Estimate", "Preview", "Filter", "Retrieve",
+)  # fmt: skip
 ROOT_HYGIENE = frozenset({"EnableMFADevice", "CreateVirtualMFADevice", "ResyncMFADevice", "CheckMfa"})
 
 
@@ -276,6 +287,7 @@ def is_root_call(event: Event) -> bool:
 
 
 def is_read_only(event: Event) -> bool:
+    """The readOnly flag when CloudTrail gives one, else the eventName starts with a READ_ONLY_PREFIXES prefix."""
     flag = event.get("readOnly")
     if isinstance(flag, (bool, np.bool_)):
         return bool(flag)
@@ -283,7 +295,6 @@ def is_read_only(event: Event) -> bool:
 
 
 def failure_note(event: Event) -> str:
+    """The errorCode as " (failed: ...)" for a reason, or "" when the call succeeded."""
     code = event.text("errorCode")
     return f" (failed: {short(code, 40)})" if code else ""
-
-

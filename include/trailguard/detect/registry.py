@@ -1,4 +1,16 @@
-"""The rule registry: the ``@rule`` decorator every per-event detection is declared with, and the list it fills.
+"""The detection catalogue's records: the ``@rule`` decorator every per-event detection is declared with.
+
+A detection keeps everything about it next to its code, as in panther-analysis: its id, title, ATT&CK
+technique, score, reason template, triage line and its named test cases (records it must fire on, near
+misses it must not). ``tests/detect/test_catalogue.py`` runs every rule's cases; ``trailguard rules``
+lists the catalogue and writes ``docs/detections.md``.
+
+Reason templates are the reason text a rule produces, with a ``{placeholder}`` for each part taken from
+the event: ``{actor}`` is the caller (ARN, else user name or principal id, else "unknown principal"),
+``{ip}`` the source IP address, ``{count}`` a number the rule counted, ``{failure}`` " (failed: <errorCode>)"
+or nothing, ``{a|b}`` one of the wordings shown; any other placeholder is the event value it names (a
+bucket, a trail, a role...). Interpolated values are cut to 64 characters and lose control characters; a
+missing value shows as "?". The catalogue test checks every firing case's reason against the template.
 
 Rule modules (``detect/rules/<tactic>.py``) import this; the engine imports the rule modules, so the
 registry itself imports no rule.
@@ -6,12 +18,51 @@ registry itself imports no rule.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
-from trailguard.detect.event import Detection, Event
+from trailguard.detect.event import Event
 
 RuleCheck = Callable[[Event], "str | None"]
+
+
+@dataclass(frozen=True)
+class Case:
+    """A named test of a detection: raw CloudTrail records (one for a per-event rule, a burst for a window
+    rule) and whether the detection must fire on them."""
+
+    name: str
+    records: tuple[Mapping[str, Any], ...]
+    fires: bool
+
+
+def fires(name: str, *records: Mapping[str, Any]) -> Case:
+    """A case the detection must fire on."""
+    return Case(name, records, True)
+
+
+def near_miss(name: str, *records: Mapping[str, Any]) -> Case:
+    """A case close to firing that the detection must stay silent on."""
+    return Case(name, records, False)
+
+
+@dataclass(frozen=True)
+class Detection:
+    """Metadata of one detection: what the label means and what an analyst should do about it.
+
+    ``tactic`` is the ATT&CK tactic the rule is filed under (its module for a per-event rule); ``reason``
+    the template of its one-line reason; ``cases`` its named test cases (not part of equality).
+    """
+
+    rule_id: str
+    technique: str
+    score: int
+    title: str
+    runbook: str
+    reason: str = ""
+    tactic: str = ""
+    cases: tuple[Case, ...] = field(default=(), compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -44,15 +95,30 @@ def rule(
     title: str,
     runbook: str,
     *,
+    reason: str = "",
     events: Iterable[str] = (),
     identity_types: Iterable[str] = (),
     sources: Iterable[str] = (),
+    tests: Iterable[Case] = (),
 ) -> Callable[[RuleCheck], RuleCheck]:
-    """Register a check as a rule. A rule must name its eventNames or identity types: no rule sees every row."""
+    """Register a check as a rule, filed under the ATT&CK tactic its module is named after.
+
+    A rule must name its eventNames or identity types: no rule sees every row. ``sources`` are service
+    names (``"s3"``) or full eventSources.
+    """
 
     def register(check: RuleCheck) -> RuleCheck:
         rule = Rule(
-            Detection(rule_id, technique, score, title, runbook),
+            Detection(
+                rule_id,
+                technique,
+                score,
+                title,
+                runbook,
+                reason=reason,
+                tactic=check.__module__.rpartition(".")[2],
+                cases=tuple(tests),
+            ),
             check,
             frozenset(events),
             frozenset(identity_types),
@@ -66,5 +132,3 @@ def rule(
         return check
 
     return register
-
-

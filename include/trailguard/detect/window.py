@@ -1,4 +1,7 @@
 """Window rules: detections over the whole frame (bursts of one key's events within 10 minutes).
+
+Each detection keeps its catalogue record next to the rule, as the per-event rules do: reason template,
+triage line, tactic and named cases (bursts it must fire on, near misses it must not).
 """
 
 from __future__ import annotations
@@ -6,11 +9,14 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from trailguard.detect.event import Detection, short
+from trailguard.detect.event import short
+from trailguard.detect.registry import Detection, fires, near_miss
+from trailguard.detect.samples import ALICE, ROLE, burst, call, login
 
 # --- window rules ---------------------------------------------------------------------------------
 
@@ -18,6 +24,7 @@ WINDOW = pd.Timedelta(minutes=10)
 
 
 def column_of(df: pd.DataFrame, name: str) -> pd.Series:
+    """A column of the frame, or an all-null one when the frame lacks it (optional columns are tolerated)."""
     if name in df.columns:
         return df[name]
     return pd.Series(None, index=df.index, dtype=object)
@@ -126,13 +133,82 @@ def _select_object_deletions(df: pd.DataFrame) -> np.ndarray:
 _BURST_RUNBOOK = (
     "Find what the principal was looking for; a compromised key enumerating permissions shows this pattern."
 )
+_BURST_REASON = "{count} access-denied calls in 10 minutes by {principal}"
+
+
+def _denied(name: str, source: str, params: Any = None, **fields: Any) -> dict[str, Any]:
+    return call(name, source, params, **{"errorCode": "AccessDenied", **fields})
+
 
 WINDOW_RULES: tuple[WindowRule, ...] = (
     WindowRule(
         detections=(
-            Detection("access_denied_burst", "T1580", 70, "Burst of access-denied calls (infrastructure discovery)", _BURST_RUNBOOK),
-            Detection("access_denied_burst_identity", "T1087.004", 70, "Burst of access-denied calls (account discovery)", _BURST_RUNBOOK),
-            Detection("access_denied_burst_credentials", "T1552", 70, "Burst of access-denied credential reads", _BURST_RUNBOOK),
+            Detection(
+                "access_denied_burst",
+                "T1580",
+                70,
+                "Burst of access-denied calls (infrastructure discovery)",
+                _BURST_RUNBOOK,
+                reason=_BURST_REASON,
+                tactic="discovery",
+                cases=(
+                    fires(
+                        "10 denied DescribeInstances in 5 minutes",
+                        *burst(
+                            10,
+                            30,
+                            _denied("DescribeInstances", "ec2", errorCode="Client.UnauthorizedOperation"),
+                        ),
+                    ),
+                    near_miss("9 denied calls", *burst(9, 10, _denied("DescribeInstances", "ec2"))),
+                    near_miss(
+                        "10 denied calls over 18 minutes",
+                        *burst(10, 120, _denied("DescribeInstances", "ec2")),
+                    ),
+                    near_miss(
+                        "10 throttled calls",
+                        *burst(10, 10, call("DescribeInstances", "ec2", errorCode="ThrottlingException")),
+                    ),
+                ),
+            ),
+            Detection(
+                "access_denied_burst_identity",
+                "T1087.004",
+                70,
+                "Burst of access-denied calls (account discovery)",
+                _BURST_RUNBOOK,
+                reason=_BURST_REASON,
+                tactic="discovery",
+                cases=(
+                    fires("10 denied IAM GetRole in a minute", *burst(10, 5, _denied("GetRole", "iam"))),
+                    near_miss("the same burst on EC2", *burst(10, 5, _denied("DescribeInstances", "ec2"))),
+                ),
+            ),
+            Detection(
+                "access_denied_burst_credentials",
+                "T1552",
+                70,
+                "Burst of access-denied credential reads",
+                _BURST_RUNBOOK,
+                reason=_BURST_REASON,
+                tactic="credential_access",
+                cases=(
+                    fires(
+                        "10 denied GetPasswordData in a minute",
+                        *burst(10, 5, _denied("GetPasswordData", "ec2", {"instanceId": "i-1"})),
+                    ),
+                    near_miss(
+                        "10 denied reads shared by two principals",
+                        *burst(
+                            10,
+                            5,
+                            lambda i: _denied(
+                                "GetPasswordData", "ec2", userIdentity=ROLE if i % 2 else ALICE
+                            ),
+                        ),
+                    ),
+                ),
+            ),
         ),
         select=_select_denied,
         key="userIdentity.arn",
@@ -143,10 +219,27 @@ WINDOW_RULES: tuple[WindowRule, ...] = (
     WindowRule(
         detections=(
             Detection(
-                "secrets_harvest", "T1555.006", 75, "Many distinct secrets read in a short time",
+                "secrets_harvest",
+                "T1555.006",
+                75,
+                "Many distinct secrets read in a short time",
                 "Confirm the caller (deploy job, rotation) and rotate every secret it read if not explained.",
+                reason="{count} distinct secret reads in 10 minutes by {principal}",
+                tactic="credential_access",
+                cases=(
+                    fires(
+                        "5 secrets read in 4 minutes",
+                        *burst(
+                            5, 60, lambda i: call("GetSecretValue", "secretsmanager", {"secretId": f"s{i}"})
+                        ),
+                    ),
+                    near_miss(
+                        "one secret read 5 times (an application)",
+                        *burst(5, 60, call("GetSecretValue", "secretsmanager", {"secretId": "s0"})),
+                    ),
+                ),
             ),
-        ),  # fmt: skip
+        ),
         select=_select_secret_reads,
         key="userIdentity.arn",
         threshold=5,
@@ -155,10 +248,24 @@ WINDOW_RULES: tuple[WindowRule, ...] = (
     WindowRule(
         detections=(
             Detection(
-                "console_login_brute_force", "T1110", 70, "Many failed console logins from one IP",
+                "console_login_brute_force",
+                "T1110",
+                70,
+                "Many failed console logins from one IP",
                 "Block the IP if possible; check whether any login from it succeeded afterwards.",
+                reason="{count} failed console logins in 10 minutes from {ip}",
+                tactic="credential_access",
+                cases=(
+                    fires("5 failed logins in 5 seconds", *burst(5, 1, login(ALICE, "Failure"))),
+                    near_miss(
+                        "5 failed logins from 5 addresses",
+                        *burst(
+                            5, 1, lambda i: {**login(ALICE, "Failure"), "sourceIPAddress": f"198.51.100.{i}"}
+                        ),
+                    ),
+                ),
             ),
-        ),  # fmt: skip
+        ),
         select=_select_failed_logins,
         key="sourceIPAddress",
         threshold=5,
@@ -168,16 +275,25 @@ WINDOW_RULES: tuple[WindowRule, ...] = (
     WindowRule(
         detections=(
             Detection(
-                "s3_mass_deletion", "T1485", 60, "Mass deletion of S3 objects",
+                "s3_mass_deletion",
+                "T1485",
+                60,
+                "Mass deletion of S3 objects",
                 "Check the deleter is a lifecycle or cleanup job; restore from versions or backups otherwise.",
+                reason="{count} S3 object deletions in 10 minutes by {principal}",
+                tactic="impact",
+                cases=(
+                    fires("100 objects deleted in 100 seconds", *burst(100, 1, call("DeleteObject", "s3"))),
+                    near_miss("99 objects deleted", *burst(99, 1, call("DeleteObject", "s3"))),
+                ),
             ),
-        ),  # fmt: skip
+        ),
         select=_select_object_deletions,
         key="userIdentity.arn",
         threshold=100,
         noun="S3 object deletions",
     ),
-)  # fmt: skip
+)
 
 
 def _bursts(times: np.ndarray, keys: pd.Series, threshold: int, window: int) -> tuple[np.ndarray, np.ndarray]:
@@ -229,6 +345,7 @@ def _event_times(times: pd.Series) -> tuple[np.ndarray, np.ndarray, int]:
 
 
 def window_hits(df: pd.DataFrame, rule: WindowRule) -> Iterator[tuple[int, Detection, str]]:
+    """(row position, detection, reason) for every event inside a burst the rule finds in the frame."""
     if rule.key not in df.columns or "eventTime" not in df.columns:
         return
     selected = np.flatnonzero(rule.select(df))
@@ -246,5 +363,3 @@ def window_hits(df: pd.DataFrame, rule: WindowRule) -> Iterator[tuple[int, Detec
     for i, peak, which in zip(idx, peaks, variant, strict=True):
         reason = f"{peak} {rule.noun} in 10 minutes {rule.key_label} {short(key_values[i])}"
         yield int(selected[i]), rule.detections[int(which)], reason
-
-

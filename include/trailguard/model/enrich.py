@@ -28,6 +28,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from trailguard.detect.policy import READ_ONLY_PREFIXES
+
 log = logging.getLogger(__name__)
 
 PRIVATE = "private"
@@ -362,8 +364,6 @@ CATEGORIES = (
     "change",
     "read",
 )
-_READ_PREFIXES = ("Get", "List", "Describe", "Head", "Lookup", "Search", "Check", "View", "Scan", "Query",
-                  "BatchGet", "Select", "Test", "Validate", "Estimate", "Preview", "Filter", "Retrieve")
 _AUTH_NAMES = frozenset({
     "ConsoleLogin", "CheckMfa", "SwitchRole", "ExitRole", "RenewRole", "GetSigninToken", "AssumeRole",
     "AssumeRoleWithSAML", "AssumeRoleWithWebIdentity", "GetSessionToken", "GetFederationToken",
@@ -387,7 +387,7 @@ _DELETE_PREFIXES = ("Delete", "Remove", "Terminate", "Detach", "Disassociate", "
 
 
 def _read_name(name: str) -> bool:
-    return name.startswith(_READ_PREFIXES)
+    return name.startswith(READ_ONLY_PREFIXES)
 
 
 def _name_category(source: str | None, name: str | None) -> str:

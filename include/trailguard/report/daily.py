@@ -7,9 +7,11 @@ data-quality status and a chart, and writes ``reports/D/`` atomically: ``report.
 report for the mail task) and ``chart.png``.
 
 Every CloudTrail field is attacker-controlled, and the reasons interpolate them. So: the HTML is rendered
-by Jinja2 with autoescaping and links are built only from validated patterns; CSV text cells that a
-spreadsheet would read as a formula get a leading ``'``; long values are cut with a visible marker; the
-plain text loses control and bidi characters. Nothing from the data reaches the chart.
+from ``templates/daily_report.html`` (the mail's part from ``templates/email.html``) through the one
+autoescaping Jinja2 environment (:mod:`trailguard.store.render`) and links are built only from validated
+patterns; CSV text cells that a spreadsheet would read as a formula get a leading ``'``; long values are
+cut with a visible marker; the plain text loses control and bidi characters. Nothing from the data
+reaches the chart.
 """
 
 from __future__ import annotations
@@ -35,11 +37,12 @@ import pandas as pd
 from trailguard.store.events import day_text as _day_text
 from trailguard.store.events import write_bytes_atomic
 from trailguard.store.fs import DataPath, as_path, is_remote, parquet_schema, read_parquet, visible_files
+from trailguard.store.text import TRUNCATED as TRUNCATED  # re-exported: the report's marker
+from trailguard.store.text import sanitise
 
 log = logging.getLogger(__name__)
 
 HIGH_RISK = 70.0
-TRUNCATED = "…[truncated]"
 DEFAULT_LIMIT = 300  # characters of one displayed value
 FIELD_LIMITS = {"reasons": 2000, "userAgent": 240, "eventID": 128}
 MAX_REASONS = 12  # reasons listed per event; the rest are counted
@@ -60,7 +63,6 @@ CSV_COLUMNS = (
 )  # fmt: skip
 TOP_COLUMNS = (*CSV_COLUMNS, "asn", "group_id")
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069\ufeff]+")
 _TECHNIQUE = re.compile(r"T(\d{4})(?:\.(\d{3}))?")
 _URL = re.compile(r"https?://[A-Za-z0-9._~:/?#\[\]@!$&'()*+,;=%-]+")
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n")
@@ -83,18 +85,12 @@ def is_missing(value: Any) -> bool:
 
 def clip(text: str, limit: int) -> str:
     """Cut ``text`` to ``limit`` characters with a visible marker, so a 5 MB userAgent stays readable."""
-    return text if len(text) <= limit else text[:limit] + TRUNCATED
+    return sanitise(text, limit, unsafe="keep")
 
 
 def clean_text(value: Any, limit: int | None = None) -> str:
     """A value for plain text, HTML or a mail header: no control or bidi characters, bounded length."""
-    if is_missing(value):
-        return ""
-    text = str(value)
-    if limit is not None and len(text) > limit * 4:
-        text = text[: limit * 4]  # never run the regex over megabytes
-    text = _CONTROL.sub(" ", text).strip()
-    return clip(text, limit) if limit is not None else text
+    return "" if is_missing(value) else sanitise(str(value), limit)
 
 
 def csv_cell(value: Any) -> Any:
@@ -482,48 +478,24 @@ class Report:
         self, *, image_src: str | None = None, for_email: bool = False, notice: Notice | None = None,
         new_groups: Iterable[str] = (),
     ) -> str:  # fmt: skip
-        """The report page; ``image_src`` is the chart's ``cid:`` in a mail, a data: URI in the file."""
+        """The report page (``templates/daily_report.html``), or with ``for_email`` the mail's HTML part
+        (``templates/email.html``); ``image_src`` is the chart's ``cid:`` in a mail, a data: URI in the file."""
         if image_src is None:
             image_src = "data:image/png;base64," + base64.b64encode(self.chart_png).decode("ascii")
         if not (image_src.startswith("cid:") or image_src.startswith("data:image/png;base64,")):
             raise ValueError("image_src must be a cid: or a data:image/png URI")
+        from trailguard.store.render import render
+
         context = _html_context(self, image_src, for_email, notice or _store_notice(self), frozenset(new_groups))
-        return _template().render(**context)
+        return render("trailguard.report", "email.html" if for_email else "daily_report.html", **context)
 
     def text(self, *, notice: Notice | None = None, new_groups: Iterable[str] = ()) -> str:
-        """The plain-text report (the mail's text part): every value stripped of control characters."""
-        new = frozenset(new_groups)
+        """The plain-text report (the mail's text part, ``templates/email.txt``): every value stripped of
+        control characters."""
+        from trailguard.store.render import render
+
         notice = notice or _store_notice(self)
-        out = [f"TrailGuard daily risk report for {self.day} (UTC)", f"generated {self.generated_at}", ""]
-        if notice is not None:
-            out += [
-                f"*** {clean_text(notice.title, 500)} ***",
-                *(f"  {clean_text(x, 1000)}" for x in notice.lines),
-                "",
-            ]
-        out += _summary_lines(self)
-        out += ["", f"Top {len(self.top_events)} events (repeats grouped; highest risk first):", ""]
-        if self.top_events.empty:
-            out.append("  no events at or above the minimum score")
-        for row in self.top_events.to_dict("records"):
-            marker = "  [NEW]" if row.get("group_id") in new else ""
-            out.append(f"#{row['rank']}  risk {row['risk_score']:.1f}  {_title(row)}{marker}")
-            out.append(f"    when:      {_when(row)}")
-            out.append(f"    principal: {clean_text(row.get('principal'), DEFAULT_LIMIT) or '-'}")
-            out.append(f"    where:     {_where(row)}")
-            if not is_missing(row.get("userAgent")):
-                out.append(f"    userAgent: {clean_text(row.get('userAgent'), FIELD_LIMITS['userAgent'])}")
-            technique = clean_text(row.get("attack_technique"), 40)
-            if technique:
-                url = technique_url(technique)
-                out.append(f"    ATT&CK:    {technique}" + (f"  {url}" if url else ""))
-            out.append(f"    eventID:   {clean_text(row.get('eventID'), FIELD_LIMITS['eventID'])}")
-            out.append("    reasons:")
-            out += [f"      - {reason}" for reason in _reasons(row.get("reasons"))]
-            out.append("")
-        out += ["How to give feedback:", *(f"  {line}" for line in _feedback_lines(self)), ""]
-        out.append(f"Files: {self.folder}")
-        return "\n".join(out) + "\n"
+        return render("trailguard.report", "email.txt", **_text_context(self, notice, frozenset(new_groups)))
 
     def lines(self) -> list[str]:
         """A terminal summary: the figures, then each top event with its reasons on one line."""
@@ -738,6 +710,38 @@ def _feedback_lines(report: Report) -> list[str]:
     return lines
 
 
+def _text_context(report: Report, notice: Notice | None, new: frozenset[str]) -> dict[str, Any]:
+    rows = []
+    for row in report.top_events.to_dict("records"):
+        technique = clean_text(row.get("attack_technique"), 40)
+        rows.append({
+            "rank": row["rank"],
+            "risk": f"{row['risk_score']:.1f}",
+            "title": _title(row),
+            "new": row.get("group_id") in new,
+            "when": _when(row),
+            "principal": clean_text(row.get("principal"), DEFAULT_LIMIT) or "-",
+            "where": _where(row),
+            "user_agent": None if is_missing(row.get("userAgent"))
+            else clean_text(row.get("userAgent"), FIELD_LIMITS["userAgent"]),
+            "technique": technique,
+            "technique_url": technique_url(technique) if technique else None,
+            "event_id": clean_text(row.get("eventID"), FIELD_LIMITS["eventID"]),
+            "reasons": _reasons(row.get("reasons")),
+        })  # fmt: skip
+    return {
+        "day": report.day,
+        "generated_at": report.generated_at,
+        "notice": None if notice is None else {
+            "title": clean_text(notice.title, 500), "lines": [clean_text(x, 1000) for x in notice.lines]
+        },
+        "summary": _summary_lines(report),
+        "rows": rows,
+        "feedback": _feedback_lines(report),
+        "folder": str(report.folder),
+    }  # fmt: skip
+
+
 # -- HTML -------------------------------------------------------------------------------------------------
 def _badge(score: float) -> tuple[str, str]:
     """Background and text colour of a score badge."""
@@ -816,7 +820,6 @@ def _html_context(
     return {
         "day": report.day,
         "generated_at": report.generated_at,
-        "for_email": for_email,
         "image_src": image_src,
         "notice": None if notice is None else {
             "title": clean_text(notice.title, 500), "lines": [clean_text(x, 1000) for x in notice.lines]
@@ -858,118 +861,3 @@ def _html_context(
         "feedback": feedback,
         "folder": str(report.folder),
     }  # fmt: skip
-
-
-_TEMPLATE = """\
-<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-{% if not for_email %}<meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; style-src 'unsafe-inline'">{% endif %}
-<title>TrailGuard daily risk report {{ day }}</title></head>
-<body style="margin:0;padding:0;background:#f3f4f6;">
-<table role="presentation" width="100%" cellpadding="0" cellspacing="0" border="0" style="background:#f3f4f6;"><tr><td align="center" style="padding:16px 8px;">
-<table role="presentation" width="100%" cellpadding="0" cellspacing="0" border="0" style="max-width:1040px;background:#ffffff;border:1px solid #e5e7eb;font-family:-apple-system,'Segoe UI',Roboto,Helvetica,Arial,sans-serif;font-size:14px;line-height:1.45;color:#1f2937;">
-<tr><td style="background:#111827;padding:18px 24px;">
-  <div style="font-size:11px;letter-spacing:.08em;text-transform:uppercase;color:#9ca3af;">TrailGuard &middot; AWS CloudTrail risk</div>
-  <div style="font-size:22px;font-weight:600;color:#ffffff;">Daily risk report {{ day }} <span style="font-weight:400;color:#9ca3af;">(UTC)</span></div>
-  <div style="font-size:12px;color:#9ca3af;">generated {{ generated_at }}</div>
-</td></tr>
-{% if notice %}<tr><td style="padding:14px 24px;background:#fff7ed;border-bottom:1px solid #fed7aa;">
-  <div style="font-weight:600;color:#9a3412;">{{ notice.title }}</div>
-  {% if notice.lines %}<ul style="margin:6px 0 0 18px;padding:0;color:#7c2d12;">{% for line in notice.lines %}<li>{{ line }}</li>{% endfor %}</ul>{% endif %}
-</td></tr>{% endif %}
-<tr><td style="padding:18px 24px 4px 24px;">
-  <table role="presentation" width="100%" cellpadding="0" cellspacing="0" border="0"><tr>
-  {% for label, value, colour in cards %}<td width="20%" valign="top" style="padding:0 8px 8px 0;">
-    <div style="border:1px solid #e5e7eb;padding:10px 12px;"><div style="font-size:11px;color:#6b7280;text-transform:uppercase;letter-spacing:.05em;">{{ label }}</div>
-    <div style="font-size:22px;font-weight:600;color:{{ colour }};">{{ value }}</div></div></td>{% endfor %}
-  <td width="20%" valign="top" style="padding:0 0 8px 0;">
-    <div style="border:1px solid #e5e7eb;padding:10px 12px;"><div style="font-size:11px;color:#6b7280;text-transform:uppercase;letter-spacing:.05em;">Data quality</div>
-    <div style="font-size:18px;font-weight:600;color:{{ quality.colour }};">{{ quality.status }}</div>
-    <div style="font-size:11px;color:#6b7280;">{% for label, value in quality.rows %}{{ label }} {{ value }}{% if not loop.last %} &middot; {% endif %}{% endfor %}</div>
-    {% if quality.error %}<div style="font-size:11px;color:#b91c1c;">{{ quality.error }}</div>{% endif %}
-    {% if quality.link %}<div style="font-size:11px;"><a href="{{ quality.link }}" style="color:#1d4ed8;">quality page</a></div>{% elif quality.attached %}<div style="font-size:11px;color:#6b7280;">page attached</div>{% endif %}
-    </div></td>
-  </tr></table>
-</td></tr>
-<tr><td style="padding:4px 24px 8px 24px;"><img src="{{ image_src }}" alt="Risk score of the day's events by hour; high-risk events in red" width="900" style="display:block;width:100%;max-width:900px;height:auto;border:0;"></td></tr>
-<tr><td style="padding:8px 24px;">
-  <div style="font-size:17px;font-weight:600;margin:0 0 4px 0;">Top {{ rows|length }} events</div>
-  <div style="font-size:12px;color:#6b7280;margin:0 0 8px 0;">Highest risk first; repeats of the same call by the same principal from the same address are grouped (count). Top {{ top_k }}, minimum score {{ min_score }}.</div>
-  {% if rows %}<table width="100%" cellpadding="0" cellspacing="0" border="0" style="border-collapse:collapse;font-size:13px;">
-  <tr style="background:#f9fafb;">
-    <th align="left" style="padding:6px;border-bottom:2px solid #e5e7eb;">#</th>
-    <th align="left" style="padding:6px;border-bottom:2px solid #e5e7eb;">Risk</th>
-    <th align="left" style="padding:6px;border-bottom:2px solid #e5e7eb;">Event</th>
-    <th align="left" style="padding:6px;border-bottom:2px solid #e5e7eb;">Who and where</th>
-    <th align="left" style="padding:6px;border-bottom:2px solid #e5e7eb;">ATT&amp;CK</th>
-    <th align="left" style="padding:6px;border-bottom:2px solid #e5e7eb;">Why</th>
-  </tr>
-  {% for r in rows %}<tr{% if r.new %} style="background:#fff7ed;"{% endif %}>
-    <td valign="top" style="padding:8px 6px;border-bottom:1px solid #e5e7eb;color:#6b7280;">{{ r.rank }}</td>
-    <td valign="top" style="padding:8px 6px;border-bottom:1px solid #e5e7eb;white-space:nowrap;">
-      <span style="display:inline-block;min-width:38px;text-align:center;padding:2px 6px;border-radius:10px;font-weight:700;background:{{ r.badge_bg }};color:{{ r.badge_fg }};">{{ r.score }}</span>
-      {% if r.count > 1 %}<div style="font-size:11px;color:#6b7280;margin-top:3px;">&times;{{ r.count }}</div>{% endif %}
-      {% if r.new %}<div style="font-size:10px;font-weight:700;color:#c2410c;margin-top:3px;">NEW</div>{% endif %}
-    </td>
-    <td valign="top" style="padding:8px 6px;border-bottom:1px solid #e5e7eb;word-break:break-all;">
-      <div style="font-weight:600;">{{ r.event_name }}</div>
-      <div style="font-size:12px;color:#4b5563;">{{ r.service }}{% if r.use_case %} &middot; {{ r.use_case }}{% endif %}</div>
-      {% if r.error %}<div style="font-size:12px;color:#b91c1c;">{{ r.error }}</div>{% endif %}
-      <div style="font-size:11px;color:#6b7280;">{{ r.when }}</div>
-      <div style="font-size:11px;color:#9ca3af;font-family:Menlo,Consolas,monospace;">{{ r.event_id }}</div>
-    </td>
-    <td valign="top" style="padding:8px 6px;border-bottom:1px solid #e5e7eb;word-break:break-all;">
-      <div style="font-family:Menlo,Consolas,monospace;font-size:12px;">{{ r.principal }}</div>
-      <div style="font-size:12px;color:#4b5563;">account {{ r.account }} &middot; {{ r.region }}</div>
-      <div style="font-size:12px;color:#4b5563;">from {{ r.ip }}{% if r.geo %} ({{ r.geo }}){% endif %}</div>
-      {% if r.user_agent %}<div style="font-size:11px;color:#9ca3af;">{{ r.user_agent }}</div>{% endif %}
-    </td>
-    <td valign="top" style="padding:8px 6px;border-bottom:1px solid #e5e7eb;white-space:nowrap;">{% if r.technique_url %}<a href="{{ r.technique_url }}" style="color:#1d4ed8;">{{ r.technique }}</a>{% elif r.technique %}{{ r.technique }}{% else %}<span style="color:#9ca3af;">-</span>{% endif %}</td>
-    <td valign="top" style="padding:8px 6px;border-bottom:1px solid #e5e7eb;word-break:break-word;">
-      {% if r.reasons %}<ul style="margin:0;padding:0 0 0 16px;">{% for reason in r.reasons %}<li>{{ reason }}</li>{% endfor %}</ul>{% else %}<span style="color:#9ca3af;">-</span>{% endif %}
-    </td>
-  </tr>{% endfor %}
-  </table>{% else %}<p style="color:#6b7280;">No events at or above the minimum score.</p>{% endif %}
-</td></tr>
-<tr><td style="padding:12px 24px;">
-  <div style="font-size:17px;font-weight:600;margin:0 0 8px 0;">The day in figures</div>
-  <table role="presentation" width="100%" cellpadding="0" cellspacing="0" border="0"><tr>
-  {% for title, items in breakdowns %}<td width="25%" valign="top" style="padding:0 10px 10px 0;">
-    <div style="font-weight:600;font-size:13px;margin-bottom:4px;">{{ title }}</div>
-    <table width="100%" cellpadding="0" cellspacing="0" border="0" style="font-size:12px;border-collapse:collapse;">
-    {% for name, count in items %}<tr><td style="padding:2px 4px 2px 0;border-bottom:1px solid #f3f4f6;word-break:break-all;">{{ name }}</td><td align="right" style="padding:2px 0;border-bottom:1px solid #f3f4f6;">{{ count }}</td></tr>{% else %}<tr><td style="color:#9ca3af;">-</td></tr>{% endfor %}
-    </table></td>{% endfor %}
-  </tr></table>
-  <div style="font-weight:600;font-size:13px;margin:8px 0 4px 0;">Score distribution</div>
-  <table width="100%" cellpadding="0" cellspacing="0" border="0" style="font-size:12px;max-width:520px;">
-  {% for label, count, width, colour in distribution %}<tr><td width="60" style="padding:1px 6px 1px 0;color:#4b5563;">{{ label }}</td>
-    <td style="padding:1px 0;"><div style="background:{{ colour }};height:10px;width:{{ width }}%;"></div></td>
-    <td width="70" align="right" style="padding:1px 0 1px 6px;">{{ count }}</td></tr>{% endfor %}
-  </table>
-  <div style="font-weight:600;font-size:13px;margin:12px 0 4px 0;">Models</div>
-  <table cellpadding="0" cellspacing="0" border="0" style="font-size:12px;border-collapse:collapse;">
-  <tr><th align="left" style="padding:2px 12px 2px 0;">use case</th><th align="left" style="padding:2px 12px 2px 0;">model</th><th align="left" style="padding:2px 12px 2px 0;">version</th><th align="right" style="padding:2px 0;">events</th></tr>
-  {% for use_case, name, version, events in models %}<tr><td style="padding:2px 12px 2px 0;">{{ use_case }}</td><td style="padding:2px 12px 2px 0;">{{ name }}</td><td style="padding:2px 12px 2px 0;">{{ version }}</td><td align="right">{{ events }}</td></tr>{% endfor %}
-  </table>
-</td></tr>
-<tr><td style="padding:12px 24px 18px 24px;background:#f9fafb;border-top:1px solid #e5e7eb;">
-  <div style="font-weight:600;margin-bottom:4px;">Was a score wrong? Tell TrailGuard</div>
-  {% for pieces in feedback %}<div style="font-size:13px;color:#374151;margin-bottom:4px;">{% for text, url in pieces %}{% if url %}<a href="{{ url }}" style="color:#1d4ed8;">{{ text }}</a>{% else %}{{ text }}{% endif %}{% endfor %}</div>{% endfor %}
-  <div style="font-size:11px;color:#9ca3af;margin-top:8px;">Every value above comes from CloudTrail records and is shown as text; long values end in &ldquo;&hellip;[truncated]&rdquo;. Report files: {{ folder }}</div>
-</td></tr>
-</table></td></tr></table>
-</body></html>
-"""
-
-
-def _template() -> Any:
-    from jinja2 import Environment, StrictUndefined
-
-    global _COMPILED
-    if _COMPILED is None:
-        _COMPILED = Environment(autoescape=True, undefined=StrictUndefined).from_string(_TEMPLATE)
-    return _COMPILED
-
-
-_COMPILED: Any = None

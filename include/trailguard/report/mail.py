@@ -1,7 +1,8 @@
 """Mailing the daily report: once, never lost, and never silently changed.
 
 :func:`build_message` makes a multipart mail (text and HTML with the chart inline by ``cid:``, the CSV and
-the data-quality page attached). :func:`send_report` sends it over SMTP and records ``sent.json`` beside
+the data-quality page attached); its two bodies are the templates ``report/templates/email.txt`` and
+``email.html`` (the report page without the page's CSP). :func:`send_report` sends it over SMTP and records ``sent.json`` beside
 the report (message id, recipients, time, a hash of ``top_events.csv``): a rerun with the same content
 sends nothing, a changed report (late events rescored) sends an *update* that lists what is new, and
 ``force=True`` sends anyway. Without SMTP settings the mail is only written as ``report.eml``; it is

@@ -1,28 +1,53 @@
-"""Text from the input, made safe to print to a terminal or a log line.
+"""Attacker-controlled text made safe to show: the one sanitiser behind every output.
 
-File names and field values are attacker-controlled: an ANSI escape sequence in a file name would clear
-the screen or set the terminal's title, a newline would forge a log line, a bidirectional override would
-make a name read backwards. :func:`printable` writes such characters out as visible escapes.
+Every CloudTrail field is attacker-controlled: a value may hold control characters (a forged log line, a
+terminal escape), invisible or bidi characters (text that displays as something else) or megabytes. The
+detection reasons, the report, the mail and the quality page all pass such values through
+:func:`sanitise`; they differ only in what they do about it, and each difference is a named parameter.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Literal
 
-# C0 controls but tab, DEL and C1 controls, the invisible bidirectional formatting characters, and lone
-# surrogates (a file name that is not UTF-8, as the OS hands it over: printing one would raise)
-_UNPRINTABLE = re.compile(
-    "[\x00-\x08\x0a-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
-)
+TRUNCATED = "…[truncated]"  # the default marker of a value cut to its limit
+
+CONTROLS = "\x00-\x1f\x7f"  # C0 control characters and DEL: line breaks, escapes
+INVISIBLE = "\x80-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069\ufeff"  # C1, separators, bidi, BOM
+
+Unsafe = Literal["remove", "remove_controls", "escape", "keep"]
+_REMOVED: dict[str, re.Pattern[str]] = {
+    "remove": re.compile(f"[{CONTROLS}{INVISIBLE}]+"),
+    "remove_controls": re.compile(f"[{CONTROLS}]+"),
+}
 
 
-def _escape(match: re.Match[str]) -> str:
-    code = ord(match.group())
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+def sanitise(
+    text: str,
+    limit: int | None = None,
+    *,
+    unsafe: Unsafe = "remove",
+    marker: str = TRUNCATED,
+    marker_within_limit: bool = False,
+    scan: int | None = None,
+) -> str:
+    """``text`` fit to show: unsafe characters dealt with, at most ``limit`` characters plus a visible marker.
 
-
-def printable(value: Any) -> str:
-    """``value`` as text with control and direction-changing characters shown as ``\\xNN`` / ``\\uNNNN``."""
-    text = value if isinstance(value, str) else str(value)
-    return text if text.isprintable() else _UNPRINTABLE.sub(_escape, text)
+    ``unsafe``: ``"remove"`` turns each run of control, invisible and bidi characters into one space and
+    strips the ends (HTML, mail, plain text); ``"remove_controls"`` does so for control characters only
+    (detection reasons); ``"escape"`` shows the whole text as Python escapes when anything in it is not
+    printable (log lines, where what is there matters); ``"keep"`` leaves the characters to a later
+    escaping step (values the quality page HTML-escapes). A text longer than ``limit`` is cut and gets
+    ``marker``, counted within the limit when ``marker_within_limit``. Only the first ``scan`` characters
+    (default ``4 * limit``) are looked at: a megabyte value costs no more than a short one.
+    """
+    if limit is not None:
+        text = text[: 4 * limit if scan is None else scan]
+    if unsafe == "escape":
+        text = text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+    elif unsafe != "keep":
+        text = _REMOVED[unsafe].sub(" ", text).strip()
+    if limit is None or len(text) <= limit:
+        return text
+    return text[: limit - len(marker) if marker_within_limit else limit] + marker

@@ -1,32 +1,167 @@
-"""Credential access (TA0006): secrets, parameters, instance passwords and user data read.
-"""
+"""Credential access (TA0006): secrets and parameters read, password guessing, leaked keys, traffic mirrored."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from trailguard.detect.event import Event, as_list, is_true, short
-from trailguard.detect.registry import rule
-
-# --- credential access ----------------------------------------------------------------------------
+from trailguard.detect.registry import fires, near_miss, rule
+from trailguard.detect.samples import ALICE, DENIED, ROOT, call, login
 
 
 @rule(
-    "secret_value_read", "T1555.006", 35, "Secrets Manager secret read",
-    "Normal for applications; check when the reader is a person or the secret is not the reader's own.",
-    events=["GetSecretValue"], sources=["secretsmanager"],
-)  # fmt: skip
+    "console_login_failure",
+    title="Failed console login",
+    technique="T1110.001",
+    score=40,
+    reason="Failed console login for {user} from {ip}",
+    runbook="Check for repeated failures for this user or from this IP; lock or reset the account if guessing continues.",
+    events=["ConsoleLogin"],
+    sources=["signin"],
+    tests=[
+        fires("IAM user's password rejected", login(ALICE, "Failure")),
+        near_miss("IAM user signs in", login(ALICE, "Success", "Yes")),
+    ],
+)
+def console_login_failure(event: Event) -> str | None:
+    if event.identity_type == "Root" or not event.failed:
+        return None
+    return f"Failed console login for {short(event.text('userIdentity.userName') or event.actor())} from {event.ip()}"
+
+
+@rule(
+    "root_console_login_failure",
+    title="Failed root console login",
+    technique="T1110.001",
+    score=60,
+    reason="Failed root console login from {ip}",
+    runbook="Someone knows the root e-mail address: confirm root MFA is on and watch for further attempts from this IP.",
+    events=["ConsoleLogin"],
+    identity_types=["Root"],
+    sources=["signin"],
+    tests=[
+        fires("root password rejected", login(ROOT, "Failure")),
+        near_miss("an IAM user's password rejected", login(ALICE, "Failure")),
+    ],
+)
+def root_console_login_failure(event: Event) -> str | None:
+    return f"Failed root console login from {event.ip()}" if event.failed else None
+
+
+@rule(
+    "iam_compromised_key_quarantine",
+    title="AWS quarantined a leaked access key",
+    technique="T1552.001",
+    score=80,
+    reason="Leaked-key quarantine policy attached to user {user}",
+    runbook="AWS found the user's key exposed in public (e.g. a code repository): rotate the key, review its recent use.",
+    events=["AttachUserPolicy"],
+    sources=["iam"],
+    tests=[
+        fires(
+            "AWS attaches the quarantine policy",
+            call(
+                "AttachUserPolicy",
+                "iam",
+                {"userName": "bob", "policyArn": "arn:aws:iam::aws:policy/AWSCompromisedKeyQuarantineV2"},
+            ),
+        ),
+        near_miss(
+            "ReadOnlyAccess attached",
+            call(
+                "AttachUserPolicy",
+                "iam",
+                {"userName": "bob", "policyArn": "arn:aws:iam::aws:policy/ReadOnlyAccess"},
+            ),
+        ),
+    ],
+)
+def iam_compromised_key_quarantine(event: Event) -> str | None:
+    arn = event.text("requestParameters.policyArn")
+    if event.failed or not arn.rpartition("/")[2].startswith("AWSCompromisedKeyQuarantine"):
+        return None
+    return f"Leaked-key quarantine policy attached to user {short(event.text('requestParameters.userName'))}"
+
+
+@rule(
+    "traffic_mirroring",
+    title="VPC traffic mirroring set up",
+    technique="T1040",
+    score=60,
+    reason="Traffic mirroring {eventName} by {actor}",
+    runbook="Mirroring copies packets out of instances: confirm the target belongs to a sanctioned monitoring tool.",
+    events=[
+        "CreateTrafficMirrorSession",
+        "CreateTrafficMirrorTarget",
+        "CreateTrafficMirrorFilter",
+        "CreateTrafficMirrorFilterRule",
+        "ModifyTrafficMirrorSession",
+    ],
+    sources=["ec2"],
+    tests=[
+        fires(
+            "mirror session created",
+            call(
+                "CreateTrafficMirrorSession",
+                "ec2",
+                {"CreateTrafficMirrorSessionRequest": {"NetworkInterfaceId": "eni-1"}},
+            ),
+        ),
+        near_miss(
+            "the call failed",
+            call("CreateTrafficMirrorSession", "ec2", {}, errorCode="Client.NetworkInterfaceNotSupported"),
+        ),
+    ],
+)
+def traffic_mirroring(event: Event) -> str | None:
+    return None if event.failed else f"Traffic mirroring {short(event.name)} by {event.actor()}"
+
+
+@rule(
+    "secret_value_read",
+    title="Secrets Manager secret read",
+    technique="T1555.006",
+    score=35,
+    reason="Secret {secret} read by {actor}",
+    runbook="Normal for applications; check when the reader is a person or the secret is not the reader's own.",
+    events=["GetSecretValue"],
+    sources=["secretsmanager"],
+    tests=[
+        fires("secret read", call("GetSecretValue", "secretsmanager", {"secretId": "db-password"})),
+        near_miss(
+            "the read was denied",
+            call("GetSecretValue", "secretsmanager", {"secretId": "db-password"}, **DENIED),
+        ),
+    ],
+)
 def secret_value_read(event: Event) -> str | None:
     if event.failed:
         return None
-    return f"Secret {short(event.text('requestParameters.secretId').rpartition(':')[2])} read by {event.actor()}"
+    return (
+        f"Secret {short(event.text('requestParameters.secretId').rpartition(':')[2])} read by {event.actor()}"
+    )
 
 
 @rule(
-    "secrets_batch_read", "T1555.006", 70, "Secrets read in bulk (BatchGetSecretValue)",
-    "Bulk reads are rare in applications: confirm the caller, rotate the secrets if not explained.",
-    events=["BatchGetSecretValue"], sources=["secretsmanager"],
-)  # fmt: skip
+    "secrets_batch_read",
+    title="Secrets read in bulk (BatchGetSecretValue)",
+    technique="T1555.006",
+    score=70,
+    reason="BatchGetSecretValue read {N secrets|secrets matching a filter} by {actor}",
+    runbook="Bulk reads are rare in applications: confirm the caller, rotate the secrets if not explained.",
+    events=["BatchGetSecretValue"],
+    sources=["secretsmanager"],
+    tests=[
+        fires(
+            "two secrets read in one call",
+            call("BatchGetSecretValue", "secretsmanager", {"secretIdList": ["a", "b"]}),
+        ),
+        near_miss(
+            "the read was denied",
+            call("BatchGetSecretValue", "secretsmanager", {"secretIdList": ["a", "b"]}, **DENIED),
+        ),
+    ],
+)
 def secrets_batch_read(event: Event) -> str | None:
     if event.failed:
         return None
@@ -44,10 +179,25 @@ def _decrypted_parameter_names(event: Event) -> list[Any] | None:
 
 
 @rule(
-    "ssm_parameter_decrypted", "T1555.006", 35, "SSM SecureString parameter decrypted",
-    "Normal for applications; check when the reader is a person or reads parameters of other services.",
-    events=["GetParameter", "GetParameters"], sources=["ssm"],
-)  # fmt: skip
+    "ssm_parameter_decrypted",
+    title="SSM SecureString parameter decrypted",
+    technique="T1555.006",
+    score=35,
+    reason="SSM parameter {name} decrypted by {actor}",
+    runbook="Normal for applications; check when the reader is a person or reads parameters of other services.",
+    events=["GetParameter", "GetParameters"],
+    sources=["ssm"],
+    tests=[
+        fires(
+            "SecureString read with decryption",
+            call("GetParameter", "ssm", {"name": "/app/db", "withDecryption": True}),
+        ),
+        near_miss(
+            "read without decryption",
+            call("GetParameter", "ssm", {"name": "/app/db", "withDecryption": False}),
+        ),
+    ],
+)
 def ssm_parameter_decrypted(event: Event) -> str | None:
     names = _decrypted_parameter_names(event)
     if names is None or len(names) >= 5:
@@ -56,15 +206,36 @@ def ssm_parameter_decrypted(event: Event) -> str | None:
 
 
 @rule(
-    "ssm_parameters_bulk_decrypted", "T1555.006", 70, "Many SSM SecureString parameters decrypted at once",
-    "Harvesting parameters is a credential-access step: confirm the caller and rotate what it read.",
-    events=["GetParameters", "GetParametersByPath"], sources=["ssm"],
-)  # fmt: skip
+    "ssm_parameters_bulk_decrypted",
+    title="Many SSM SecureString parameters decrypted at once",
+    technique="T1555.006",
+    score=70,
+    reason="{SSM parameters under PATH|N SSM SecureString parameters} decrypted {in one call }by {actor}",
+    runbook="Harvesting parameters is a credential-access step: confirm the caller and rotate what it read.",
+    events=["GetParameters", "GetParametersByPath"],
+    sources=["ssm"],
+    tests=[
+        fires(
+            "six parameters decrypted at once",
+            call("GetParameters", "ssm", {"names": [f"/app/{i}" for i in range(6)], "withDecryption": True}),
+        ),
+        near_miss(
+            "two parameters decrypted",
+            call("GetParameters", "ssm", {"names": ["/app/a", "/app/b"], "withDecryption": True}),
+        ),
+        fires(
+            "a whole path decrypted",
+            call("GetParametersByPath", "ssm", {"path": "/app", "withDecryption": True}),
+        ),
+    ],
+)
 def ssm_parameters_bulk_decrypted(event: Event) -> str | None:
     if event.name == "GetParametersByPath":
         if event.failed or not is_true(event.params("withDecryption")):
             return None
-        return f"SSM parameters under {short(event.text('requestParameters.path'))} decrypted by {event.actor()}"
+        return (
+            f"SSM parameters under {short(event.text('requestParameters.path'))} decrypted by {event.actor()}"
+        )
     names = _decrypted_parameter_names(event)
     if names is None or len(names) < 5:
         return None
@@ -72,24 +243,23 @@ def ssm_parameters_bulk_decrypted(event: Event) -> str | None:
 
 
 @rule(
-    "ec2_password_data_read", "T1552", 70, "EC2 Windows password data retrieved",
-    "Confirm an administrator needed the instance's password; rotate the local Administrator password if not.",
-    events=["GetPasswordData"], sources=["ec2"],
-)  # fmt: skip
+    "ec2_password_data_read",
+    title="EC2 Windows password data retrieved",
+    technique="T1552",
+    score=70,
+    reason="Windows password data of {instance} read by {actor}",
+    runbook="Confirm an administrator needed the instance's password; rotate the local Administrator password if not.",
+    events=["GetPasswordData"],
+    sources=["ec2"],
+    tests=[
+        fires("password data read", call("GetPasswordData", "ec2", {"instanceId": "i-1"})),
+        near_miss(
+            "the call was denied",
+            call("GetPasswordData", "ec2", {"instanceId": "i-1"}, errorCode="Client.UnauthorizedOperation"),
+        ),
+    ],
+)
 def ec2_password_data_read(event: Event) -> str | None:
     if event.failed:
         return None
     return f"Windows password data of {short(event.text('requestParameters.instanceId'))} read by {event.actor()}"
-
-
-@rule(
-    "ec2_user_data_read", "T1580", 45, "EC2 instance user data downloaded",
-    "User data often carries bootstrap secrets: check the caller is a scanner or the instance's owner.",
-    events=["DescribeInstanceAttribute"], sources=["ec2"],
-)  # fmt: skip
-def ec2_user_data_read(event: Event) -> str | None:
-    if event.failed or event.text("requestParameters.attribute") != "userData":
-        return None
-    return f"User data of {short(event.text('requestParameters.instanceId'))} downloaded by {event.actor()}"
-
-

@@ -1,25 +1,27 @@
-"""Initial access and credential use (TA0001): root and console sign-ins, sign-in tokens, STS tokens.
-"""
+"""Initial access (TA0001): root and IAM-user console sign-ins, root credentials in use."""
 
 from __future__ import annotations
 
 from trailguard.detect.event import Event, short
-from trailguard.detect.policy import (
-    ROOT_HYGIENE,
-    failure_note,
-    is_admin_statement,
-    is_read_only,
-    is_root_call,
-    statements,
-)
-from trailguard.detect.registry import rule
+from trailguard.detect.policy import ROOT_HYGIENE, failure_note, is_read_only, is_root_call
+from trailguard.detect.registry import fires, near_miss, rule
+from trailguard.detect.samples import ACCOUNT, ALICE, DENIED, ROOT, call, login
 
 
 @rule(
-    "root_console_login", "T1078.004", 85, "Root user console login",
-    "Confirm with the account owner; if unexpected reset the root password, check root MFA and review the session.",
-    events=["ConsoleLogin"], identity_types=["Root"],
-)  # fmt: skip
+    "root_console_login",
+    title="Root user console login",
+    technique="T1078.004",
+    score=85,
+    reason="Root console login from {ip} (MFA: {mfa used})",
+    runbook="Confirm with the account owner; if unexpected reset the root password, check root MFA and review the session.",
+    events=["ConsoleLogin"],
+    identity_types=["Root"],
+    tests=[
+        fires("root signs in to the console", login(ROOT, "Success")),
+        near_miss("root sign-in fails", login(ROOT, "Failure")),
+    ],
+)
 def root_console_login(event: Event) -> str | None:
     if event.failed:
         return None
@@ -28,10 +30,25 @@ def root_console_login(event: Event) -> str | None:
 
 
 @rule(
-    "root_activity", "T1078.004", 75, "Root credentials used for a change",
-    "Root should never be used day to day: confirm with the owner, review the change, rotate root credentials.",
+    "root_activity",
+    title="Root credentials used for a change",
+    technique="T1078.004",
+    score=75,
+    reason="Root user called {eventName} from {ip}{failure}",
+    runbook="Root should never be used day to day: confirm with the owner, review the change, rotate root credentials.",
     identity_types=["Root"],
-)  # fmt: skip
+    tests=[
+        fires(
+            "root changes bucket versioning",
+            call("PutBucketVersioning", "s3", {"bucketName": "b"}, userIdentity=ROOT, readOnly=False),
+        ),
+        near_miss("root lists buckets (a read)", call("ListBuckets", "s3", userIdentity=ROOT, readOnly=True)),
+        fires(
+            "root change without a readOnly flag, denied",
+            call("PutBucketPolicy", "s3", userIdentity=ROOT, **DENIED),
+        ),
+    ],
+)
 def root_activity(event: Event) -> str | None:
     if not is_root_call(event) or is_read_only(event) or event.name in ROOT_HYGIENE:
         return None
@@ -39,10 +56,26 @@ def root_activity(event: Event) -> str | None:
 
 
 @rule(
-    "root_read_activity", "T1078.004", 55, "Root credentials used to read or set up MFA",
-    "Confirm who holds the root credentials and why they were used; reads often precede a change.",
+    "root_read_activity",
+    title="Root credentials used to read or set up MFA",
+    technique="T1078.004",
+    score=55,
+    reason="Root user called {eventName} from {ip}{failure}",
+    runbook="Confirm who holds the root credentials and why they were used; reads often precede a change.",
     identity_types=["Root"],
-)  # fmt: skip
+    tests=[
+        fires("root lists its access keys", call("ListAccessKeys", "iam", userIdentity=ROOT, readOnly=True)),
+        near_miss(
+            "an AWS service reads on root's behalf",
+            call(
+                "GetAccountSummary",
+                "iam",
+                userIdentity={**ROOT, "invokedBy": "config.amazonaws.com"},
+                readOnly=True,
+            ),
+        ),
+    ],
+)
 def root_read_activity(event: Event) -> str | None:
     if not is_root_call(event) or not (is_read_only(event) or event.name in ROOT_HYGIENE):
         return None
@@ -50,81 +83,27 @@ def root_read_activity(event: Event) -> str | None:
 
 
 @rule(
-    "root_access_key_created", "T1098.001", 90, "Access key created for the root user",
-    "Delete the root access key now unless a documented break-glass procedure created it; rotate root password.",
-    events=["CreateAccessKey"], identity_types=["Root"], sources=["iam"],
-)  # fmt: skip
-def root_access_key_created(event: Event) -> str | None:
-    if event.failed or event.text("requestParameters.userName"):
-        return None
-    return f"Access key created for the root user from {event.ip()}"
-
-
-@rule(
-    "console_login_without_mfa", "T1078.004", 70, "IAM user console login without MFA",
-    "Ask the user whether they signed in; enforce MFA on the user; if unknown, reset the password and keys.",
-    events=["ConsoleLogin"], identity_types=["IAMUser"], sources=["signin"],
-)  # fmt: skip
+    "console_login_without_mfa",
+    title="IAM user console login without MFA",
+    technique="T1078.004",
+    score=70,
+    reason="IAM user {user} signed in to the console without MFA from {ip}",
+    runbook="Ask the user whether they signed in; enforce MFA on the user; if unknown, reset the password and keys.",
+    events=["ConsoleLogin"],
+    identity_types=["IAMUser"],
+    sources=["signin"],
+    tests=[
+        fires("IAM user signs in without MFA", login(ALICE, "Success", "No")),
+        near_miss("IAM user signs in with MFA", login(ALICE, "Success", "Yes")),
+        near_miss(
+            "SAML sign-in (the IdP did the MFA)",
+            login(ALICE, "Success", "No", SamlProviderArn=f"arn:aws:iam::{ACCOUNT}:saml-provider/Okta"),
+        ),
+    ],
+)
 def console_login_without_mfa(event: Event) -> str | None:
     if event.failed or event.text("additionalEventData.MFAUsed").strip().lower() != "no":
         return None
     if event.get("additionalEventData.SamlProviderArn") is not None:
         return None  # the identity provider did the authentication
     return f"IAM user {short(event.caller_name())} signed in to the console without MFA from {event.ip()}"
-
-
-@rule(
-    "console_login_failure", "T1110.001", 40, "Failed console login",
-    "Check for repeated failures for this user or from this IP; lock or reset the account if guessing continues.",
-    events=["ConsoleLogin"], sources=["signin"],
-)  # fmt: skip
-def console_login_failure(event: Event) -> str | None:
-    if event.identity_type == "Root" or not event.failed:
-        return None
-    return f"Failed console login for {short(event.text('userIdentity.userName') or event.actor())} from {event.ip()}"
-
-
-@rule(
-    "root_console_login_failure", "T1110.001", 60, "Failed root console login",
-    "Someone knows the root e-mail address: confirm root MFA is on and watch for further attempts from this IP.",
-    events=["ConsoleLogin"], identity_types=["Root"], sources=["signin"],
-)  # fmt: skip
-def root_console_login_failure(event: Event) -> str | None:
-    return f"Failed root console login from {event.ip()}" if event.failed else None
-
-
-@rule(
-    "signin_token_from_api_credentials", "T1550.001", 45, "Console sign-in token minted from API credentials",
-    "Check whether the role's owner turns CLI credentials into console sessions; stolen keys are often used so.",
-    events=["GetSigninToken"], sources=["signin"],
-)  # fmt: skip
-def signin_token_from_api_credentials(event: Event) -> str | None:
-    if event.failed or "AWSReservedSSO" in event.text("userIdentity.arn")[:400]:
-        return None  # the SSO portal mints these for every console session
-    return f"Console sign-in token minted for {event.actor()} from {event.ip()}"
-
-
-@rule(
-    "sts_federation_token", "T1098.001", 70, "Federation token minted",
-    "Federation tokens outlive the deletion of the key that minted them: confirm the use, else revoke sessions.",
-    events=["GetFederationToken"], sources=["sts"],
-)  # fmt: skip
-def sts_federation_token(event: Event) -> str | None:
-    if event.failed:
-        return None
-    broad = any(is_admin_statement(s) for s in statements(event.params("policy")))
-    name = short(event.text("requestParameters.name"), 40)
-    return f"Federation token '{name}' minted by {event.actor()}" + (
-        " with a policy allowing every action" if broad else ""
-    )
-
-
-@rule(
-    "sts_session_token_iam_user", "T1550.001", 25, "Session token minted by an IAM user",
-    "Usually MFA for the CLI; unexpected when the user never uses MFA or the IP is new.",
-    events=["GetSessionToken"], identity_types=["IAMUser"], sources=["sts"],
-)  # fmt: skip
-def sts_session_token_iam_user(event: Event) -> str | None:
-    return None if event.failed else f"Session token minted by IAM user {short(event.caller_name())}"
-
-
