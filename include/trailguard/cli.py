@@ -446,7 +446,7 @@ def describe_failure(exc: BaseException) -> str:
         return text
     if isinstance(exc, OSError):
         return f"{exc.strerror or text}{where}" if exc.strerror else f"{kind}: {text}"
-    return f"{kind}: {text}"
+    return f"{kind}: {text} (unexpected: `trailguard --debug ...` shows where)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
