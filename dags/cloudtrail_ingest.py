@@ -17,6 +17,10 @@ validates every day it touched with the data-quality suite.
   grouped by size), so a Celery or Kubernetes executor spreads the reading over its workers; each writes
   staged parquet parts under the shared data root. `commit_events` then moves them into the store in one
   place, dropping eventIDs already stored, and records the manifest.
+* **Evidence integrity**: `verify_integrity` validates the window's CloudTrail digest files (RSA signatures,
+  the chain, each listed log file's SHA-256 against what ingestion read) and records delivery gaps in
+  `integrity/date=D/` for each delivery day; keys from `TRAILGUARD_INTEGRITY_KEYS` (a folder) or
+  `cloudtrail:ListPublicKeys`. Tampered evidence is a finding in the report, not a failed task.
 * Emits the `trailguard_events` Asset with the touched dates, and `trailguard_validated_events` for each
   day that passed validation (which triggers `daily_risk_report`).
 """
@@ -102,6 +106,30 @@ def cloudtrail_ingest():
         return summary.as_dict()
 
     @task
+    def verify_integrity(summary: dict, params: dict, dag_run=None) -> dict:
+        """Validate each delivery day's digest files and delivery gaps; returns the status per day."""
+        from trailguard.integrity.day import verify_with_settings
+        from trailguard.store.settings import load_settings
+
+        source, _, start, end = _open(params, dag_run)
+        if source.uri.startswith("cloudwatch://"):
+            print("CloudWatch Logs has no digest files: nothing to verify")
+            return {}
+        settings, statuses, day = load_settings(), {}, start
+        aws = None if settings.integrity_keys else aws_client_factory()  # ListPublicKeys through aws_default
+
+        def cloudtrail(region: str):
+            return aws("cloudtrail", region)
+
+        while day <= end:
+            result = verify_with_settings(settings, source, day, client_for=None if aws is None else cloudtrail)
+            for line in result.lines()[:20]:
+                print(line)
+            statuses[day.isoformat()] = result.status
+            day += timedelta(days=1)
+        return statuses
+
+    @task(trigger_rule="all_done")
     def touched_dates(summary: dict) -> list[str]:
         return summary["dates"]
 
@@ -128,7 +156,10 @@ def cloudtrail_ingest():
                 "rows_quarantined": result.rows_quarantined}
 
     staged = stage_partitions.expand(partitions=plan_partitions())
-    validate_events.expand(day=touched_dates(commit_events(staged)))
+    summary = commit_events(staged)
+    dates = touched_dates(summary)
+    verify_integrity(summary) >> dates  # the quality pages show the integrity found (a failure still validates)
+    validate_events.expand(day=dates)
 
 
 def _source_uri(params: dict) -> str:

@@ -14,9 +14,12 @@ LIBRARY = PROJECT / "include" / "trailguard"
 LAYERS = {
     "store": 0,
     "ingest": 1,
+    "intel": 1,  # where an address is, threat lists: beside ingest, below detect
+    "integrity": 1.5,  # digest validation: reads store and ingest; quality and report show its results
     "quality": 2,
     "detect": 2,
     "model": 3,
+    "findings": 3.5,  # correlation of scored events, between the model and the report
     "report": 4,
     "demo": 5,
     "cli": 6,

@@ -216,9 +216,26 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_label(args: argparse.Namespace, settings: Settings) -> int:
+    from trailguard.findings.suppress import is_finding_id, label_finding
     from trailguard.model.labels import find_event, record_label
     from trailguard.store.events import EventStore
 
+    if is_finding_id(args.event_id):
+        try:
+            done = label_finding(settings.data_path, args.event_id, args.score, verdict=args.verdict,
+                                 analyst=args.analyst, note=args.note, suppress_days=args.suppress_days)
+        except LookupError as exc:
+            print(str(exc).strip("'\""), file=sys.stderr)
+            return 1
+        except ValueError as exc:
+            print(str(exc), file=sys.stderr)
+            return 2
+        line = (f"recorded finding {args.event_id}: {done['events']} events at risk {args.score} ({args.verdict}) "
+                f"by {args.analyst}")
+        if done["suppression"]:
+            line += f"; the same principal, calls and network are suppressed until {done['until']}"
+        print(line + "; the next `trailguard train` uses it")
+        return 0
     if find_event(EventStore(settings.data_path), args.event_id) is None and not args.force:
         print(f"no event with eventID {args.event_id!r} in {settings.data_path}: check the ID "
               "(top_events.csv of the report has it), or pass --force to label it anyway", file=sys.stderr)
@@ -234,6 +251,52 @@ def cmd_label(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_ip_ranges(args: argparse.Namespace, settings: Settings) -> int:
+    from trailguard.intel.networks import aws_ranges, refresh_aws_ranges
+
+    if args.source:
+        try:
+            ranges = refresh_aws_ranges(args.source, settings.data_path)
+        except (OSError, ValueError) as exc:
+            print(f"{args.source}: {exc}", file=sys.stderr)
+            return 1
+    else:
+        ranges = aws_ranges(settings.data_root)
+    print(f"{ranges.label}: {ranges.count:,} ranges")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
+    from trailguard.ingest.sources import open_source
+    from trailguard.integrity.day import verify_with_settings
+    from trailguard.integrity.keys import KeyFileError
+
+    uri = args.source or settings.source
+    if not uri:
+        print("no source to verify: give --source (the trail's bucket or a copy of it) or set TRAILGUARD_SOURCE",
+              file=sys.stderr)
+        return 2
+    if uri.startswith("cloudwatch://"):
+        print(f"{uri}: CloudWatch Logs has no digest files; verify the trail's S3 bucket instead", file=sys.stderr)
+        return 2
+    try:
+        source = open_source(uri)
+        result = verify_with_settings(settings, source, args.date, keys=args.keys)
+    except (ValueError, FileNotFoundError, KeyFileError) as exc:
+        print(f"cannot verify: {exc}", file=sys.stderr)
+        return 2
+    _emit(args, result.as_dict(), result.lines())
+    if result.status == "tampered":
+        print(f"{result.date}: CloudTrail evidence was removed or changed "
+              f"(details: integrity/date={result.date}/result.json)", file=sys.stderr)
+        return 1
+    if result.status == "unverified":
+        print(f"{result.date}: nothing could be verified (no digest files, or no public key for them)",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from trailguard.demo.runner import run_demo
 
@@ -245,7 +308,12 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_rules(args: argparse.Namespace, settings: Settings) -> int:
     from trailguard.detect.catalogue import render_markdown, render_text
 
-    text = render_markdown() if args.format == "markdown" else render_text()
+    if args.guardduty:
+        from trailguard.detect import guardduty
+
+        text = guardduty.markdown() if args.format == "markdown" else "\n".join(guardduty.text_lines()) + "\n"
+    else:
+        text = render_markdown() if args.format == "markdown" else render_text()
     if args.out is None:
         sys.stdout.write(text)
         return 0
@@ -386,13 +454,47 @@ def build_parser() -> argparse.ArgumentParser:
         description="Append an analyst's decision to the label store (labels/). Analysts' scores win over "
         "the automatic labelling rules at the next training.",
     )
-    p.add_argument("event_id", metavar="EVENT_ID", help="the CloudTrail eventID (see top_events.csv)")
+    p.add_argument("event_id", metavar="EVENT_ID",
+                   help="the CloudTrail eventID, or a finding id F-... (every event of the finding; see top_events.csv)")
     p.add_argument("score", metavar="SCORE", type=int, help="risk score 0 (harmless) .. 100 (an attack)")
     p.add_argument("--verdict", default="needs-review", choices=["malicious", "benign", "needs-review"])
     p.add_argument("--note", default="", help="why: what you checked, the ticket...")
     p.add_argument("--analyst", default=os.environ.get("USER", "analyst"), help="who decided (default $USER)")
     p.add_argument("--force", action="store_true", help="record it even if the event is not in the store")
+    p.add_argument("--suppress-days", type=int, default=None, metavar="DAYS",
+                   help="a finding marked benign with a note suppresses its pattern (principal, calls, network) "
+                   "this many days (default 30; 0: do not suppress)")
     p.set_defaults(func=cmd_label)
+
+    p = sub.add_parser(
+        "ip-ranges",
+        help="refresh AWS's IP ranges from a downloaded ip-ranges.json",
+        description="TrailGuard ships a dated snapshot of AWS's published IP ranges (used to flag EC2 instance "
+        "credentials used outside AWS) and works offline. Download https://ip-ranges.amazonaws.com/ip-ranges.json "
+        "yourself and give it here: it is checked and kept as intel/aws-ip-ranges.json in the data root, "
+        "and wins over the shipped snapshot from then on.",
+    )
+    p.add_argument("--from", dest="source", default=None, metavar="FILE",
+                   help="an AWS ip-ranges.json (a file or s3://...); without it, show which ranges are in use")
+    p.set_defaults(func=cmd_ip_ranges)
+
+    p = sub.add_parser(
+        "verify",
+        help="CloudTrail log-file integrity: check a day's digest files, log file hashes and delivery gaps",
+        description="Validate a day's CloudTrail digest files as AWS describes it: each digest's RSA signature "
+        "(SHA256withRSA, the signature from the object's metadata, or for a folder its "
+        "<digest>.metadata.json sidecar), the chain to the previous digest, and the SHA-256 of every log "
+        "file it lists against what ingestion read. Also lists delivery gaps (not proof of tampering). "
+        "Writes integrity/date=D/result.json. Exits 1 when evidence was removed or changed, or when "
+        "nothing could be verified.",
+    )
+    p.add_argument("--date", type=_date, required=True, help="the delivery day (YYYY-MM-DD, UTC)")
+    p.add_argument("--source", default=None, help="folder or s3://bucket/prefix (default TRAILGUARD_SOURCE)")
+    p.add_argument("--keys", default=None,
+                   help="folder of CloudTrail public keys (default TRAILGUARD_INTEGRITY_KEYS; "
+                        "without one: cloudtrail:ListPublicKeys)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser(
         "demo",
@@ -413,6 +515,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--format", choices=["text", "markdown"], default="text", help="text table (default) or markdown")
     p.add_argument("--out", type=Path, default=None, help="write to this file instead of standard output")
+    p.add_argument("--guardduty", action="store_true",
+                   help="the GuardDuty parity table instead: each CloudTrail-based GuardDuty finding type, what covers "
+                   "it here (covered / partial / not coverable) and why")  # fmt: skip
     p.set_defaults(func=cmd_rules)
     return parser
 

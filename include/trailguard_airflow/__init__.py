@@ -61,9 +61,11 @@ def aws_client_factory(conn_id: str = "aws_default"):
         log.info("no Airflow connection %r: using the standard AWS credential chain", conn_id)
         hook_conn_id = None
 
-    def make(service: str):
+    def make(service: str, region_name: str | None = None):
         try:
-            return AwsBaseHook(aws_conn_id=hook_conn_id, client_type=service).get_client_type()
+            return AwsBaseHook(
+                aws_conn_id=hook_conn_id, client_type=service, region_name=region_name
+            ).get_client_type()
         except Exception as exc:  # a configured connection that cannot produce a client
             where = f"Airflow connection {conn_id!r}" if hook_conn_id else "the standard AWS credential chain"
             raise AwsConnectionError(

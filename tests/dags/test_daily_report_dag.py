@@ -1,6 +1,6 @@
 """The daily report and the feedback loop through the real DAGs (`dag.test()`), a real MLflow store and a
 real SMTP server on 127.0.0.1: on demo data nobody labelled (a cold start on the labelling functions),
-the injected attacks of the last day are in the emailed top 20, and an analyst's label given through the
+each injected attack of the last day is one finding of the emailed top 20, and an analyst's label given through the
 feedback DAG changes that event's training target."""
 
 from __future__ import annotations
@@ -84,9 +84,18 @@ def test_daily_report_emails_the_injected_attacks(trained, smtp_server, monkeypa
     assert len(parts) == len(day_partitions(store, last)) > 1, parts  # one scores file per account x region
 
     with (store.root / "reports" / last.isoformat() / "top_events.csv").open() as handle:
-        top = [row["eventID"].lstrip("'") for row in csv.DictReader(handle)]
+        rows = list(csv.DictReader(handle))
+    top = [row["eventID"].lstrip("'") for row in rows]
     reported = set(attacks.loc[attacks["eventID"].isin(top), "scenario"])
     assert reported == set(attacks["scenario"]), f"missing from the top 20: {set(attacks['scenario']) - reported}"
+    # each scenario is one finding: all its events in one reported finding's event_ids, none in another
+    finding_of = {event: row["finding_id"] for row in rows for event in row["event_ids"].split()}
+    for scenario, events in attacks.groupby("scenario")["eventID"]:
+        findings = {finding_of.get(e) for e in events}
+        assert len(findings) == 1 and None not in findings, (scenario, findings)
+    document = json.loads((store.root / "reports" / last.isoformat() / "findings.json").read_text())
+    assert [f["finding_id"] for f in document["findings"][:20]] == [row["finding_id"] for row in rows]
+    assert all(f["usual"]["dimensions"] for f in document["findings"][:20])  # the usual-vs-now panels
 
     assert len(smtp_server) == 1
     message = email.message_from_bytes(smtp_server[0], policy=email.policy.default)

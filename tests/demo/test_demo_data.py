@@ -10,7 +10,7 @@ import json
 import re
 import zlib
 from collections import Counter
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
@@ -84,12 +84,16 @@ def test_layout_and_file_names_are_exactly_as_aws_delivers_them(demo) -> None:
     summary, _ = demo
     files = _relative_files(summary.out_dir)
     logs_ = [f for f in files if "/CloudTrail/" in f]
-    digests = [f for f in files if "/CloudTrail-Digest/" in f]
-    assert set(files) - set(logs_) - set(digests) == {"ground_truth.csv", "demo_summary.json"}
+    digests = [f for f in files if "/CloudTrail-Digest/" in f and f.endswith(".json.gz")]
+    sidecars = [f for f in files if "/CloudTrail-Digest/" in f and f.endswith(".json.gz.metadata.json")]
+    keys = [f for f in files if f.startswith("cloudtrail-public-keys/")]
+    assert set(files) - set(logs_) - set(digests) - set(sidecars) - set(keys) == {"ground_truth.csv", "demo_summary.json"}
     assert len(logs_) == summary.files
     for name in logs_:
         assert LOG_NAME.fullmatch(name), name
     assert digests and all(DIGEST_NAME.fullmatch(name) for name in digests)
+    assert sorted(sidecars) == sorted(d + ".metadata.json" for d in digests)
+    assert len(keys) == 1 and re.fullmatch(r"cloudtrail-public-keys/[0-9a-f]{32}\.pem", keys[0])
     accounts = {LOG_NAME.fullmatch(n)["acct"] for n in logs_}
     regions = {LOG_NAME.fullmatch(n)["region"] for n in logs_}
     assert accounts == set(organisation.ACCOUNT[e].id for e in ("prod", "dev", "security"))
@@ -267,8 +271,9 @@ def test_progress_reports_the_running_total(demo) -> None:
 
 
 def test_digests_chain_and_hash_the_log_files(demo) -> None:
-    summary, _ = demo
+    summary, extra = demo
     digests = sorted((summary.out_dir / "AWSLogs").glob("*/CloudTrail-Digest/us-east-1/*/*/*/*.json.gz"))
+    tampered = {t["key"]: t["kind"] for t in extra["meta"]["tampered_files"]}
     previous = None
     listed = 0
     for path in digests:
@@ -281,11 +286,36 @@ def test_digests_chain_and_hash_the_log_files(demo) -> None:
                 == hashlib.sha256(gzip.decompress(previous.read_bytes())).hexdigest()
             )
         for log in body["logFiles"]:
+            if tampered.get(log["s3Object"]) == "deleted":
+                assert not (summary.out_dir / log["s3Object"]).exists()
+                continue
             content = gzip.decompress((summary.out_dir / log["s3Object"]).read_bytes())
-            assert hashlib.sha256(content).hexdigest() == log["hashValue"]
+            matches = hashlib.sha256(content).hexdigest() == log["hashValue"]
+            assert matches != (tampered.get(log["s3Object"]) == "edited")
             listed += 1
         previous = path
-    assert len(digests) == 24 and listed > 0
+    assert len(digests) == 24 * generator.DIGEST_DAYS and listed > 0
+
+
+def test_the_last_day_is_tampered_and_verification_says_where(demo, tmp_path: Path) -> None:
+    """The day before the last verifies; on the last, one deleted and one edited log file of the digest
+    account, normal files (the ground truth stays whole), each found by verification."""
+    from trailguard.ingest.sources import LocalFolderSource
+    from trailguard.integrity.day import key_provider, verify_day
+
+    summary, extra = demo
+    tampered = extra["meta"]["tampered_files"]
+    assert sorted(t["kind"] for t in tampered) == ["deleted", "edited"]
+    assert all(f"/{organisation.ACCOUNT['prod'].id}/" in t["key"] and f"/{END:%Y/%m/%d}/" in t["key"] for t in tampered)
+    keys = key_provider(summary.out_dir / extra["meta"]["public_keys"])
+    source = LocalFolderSource(summary.out_dir / "AWSLogs")  # the demo DAG's source: keys start at the account
+    before = verify_day(tmp_path, source, END - timedelta(days=1), keys)
+    assert before.status == "valid" and before.summary["log_files_valid"] > 0
+    last = verify_day(tmp_path, source, END, keys)
+    assert last.status == "tampered"
+    found = {f"AWSLogs/{f}" if not f.startswith("AWSLogs/") else f: r.status for r in last.rows
+             for f in r.missing_files + r.modified_files}
+    assert found == {t["key"]: {"deleted": "log_file_missing", "edited": "log_file_modified"}[t["kind"]] for t in tampered}
 
 
 def test_same_arguments_give_identical_bytes(tmp_path: Path) -> None:

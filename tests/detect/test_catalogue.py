@@ -13,12 +13,13 @@ from trailguard.detect.catalogue import (
     TACTICS,
     TECHNIQUE_TACTICS,
     catalogue,
+    frame_rule_ids,
     reason_pattern,
     render_markdown,
     render_text,
     window_rule_ids,
 )
-from trailguard.detect.engine import evaluate_event
+from trailguard.detect.engine import FRAME_RULES, evaluate_event, frame_hits
 from trailguard.detect.registry import Case, Detection
 from trailguard.detect.window import WINDOW_RULES, window_hits
 from trailguard.ingest import normalise
@@ -26,6 +27,23 @@ from trailguard.ingest import normalise
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs" / "detections.md"
 WINDOWS = window_rule_ids()
+FRAMES = frame_rule_ids()
+
+
+@pytest.fixture(autouse=True)
+def sample_threat_list(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
+    """ip_on_threat_list's cases need a list: one naming the documentation address its firing case uses."""
+    from trailguard.detect.rules.initial_access import LISTED_SAMPLE_IP
+    from trailguard.intel import reputation
+
+    path = tmp_path_factory.mktemp("intel") / "catalogue-sample.txt"
+    path.write_text(f"{LISTED_SAMPLE_IP}\n")
+    monkeypatch.setenv("TRAILGUARD_THREAT_LISTS", f"catalogue-sample={path}")
+    reputation.load_lists.cache_clear()
+    yield
+    reputation.load_lists.cache_clear()
+
+
 CASES = [(d, case) for d in catalogue() for case in d.cases]
 
 
@@ -41,6 +59,9 @@ def reasons_of(detection: Detection, case: Case) -> list[str]:
     if detection.rule_id in WINDOWS:
         (rule,) = [w for w in WINDOW_RULES if detection in w.detections]
         return [reason for _, d, reason in window_hits(_frame(case), rule) if d.rule_id == detection.rule_id]
+    if detection.rule_id in FRAMES:
+        (frame_rule,) = [r for r in FRAME_RULES if r.detection.rule_id == detection.rule_id]
+        return [reason for _, _, reason in frame_hits(_frame(case), (frame_rule,))]
     assert len(case.records) == 1, "a per-event rule's case is one record"
     row = normalise.normalise(dict(case.records[0]), "catalogue")
     return [reason for d, reason in evaluate_event(row) if d.rule_id == detection.rule_id]
@@ -80,7 +101,9 @@ def test_detection_record_is_complete(detection: Detection) -> None:
 
 def test_catalogue_ids_are_unique() -> None:
     ids = [d.rule_id for d in catalogue()]
-    assert len(ids) == len(set(ids)) and len(ids) == 74 + 6
+    assert (
+        len(ids) == len(set(ids)) and len(ids) == 74 + 6 + 8 + 8
+    )  # + issue 16: 8 per-event and 8 frame rules
 
 
 def test_docs_detections_md_is_current() -> None:

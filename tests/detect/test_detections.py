@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from trailguard.detect import engine, samples
-from trailguard.detect.catalogue import catalogue, window_rule_ids
+from trailguard.detect.catalogue import catalogue, frame_rule_ids, window_rule_ids
 from trailguard.detect.engine import RULES, evaluate_event, label_events
 from trailguard.detect.event import Event
 from trailguard.detect.samples import ACCOUNT, ALICE, DENIED, ROOT, sg_ingress
@@ -41,7 +41,7 @@ def fired(event_row: dict[str, Any]) -> dict[str, str]:
 
 def case_rows() -> list[dict[str, Any]]:
     """Every per-event rule's own cases (firing and near misses), normalised: the catalogue's events."""
-    windows = window_rule_ids()
+    windows = window_rule_ids() | frame_rule_ids()
     return [
         normalise.normalise(dict(record), "test")
         for detection in catalogue()
@@ -600,7 +600,7 @@ def test_panther_samples(record_property: Any) -> None:
 def test_label_events_prefilter_loses_nothing_on_real_records() -> None:
     events, _ = load_fixture("panther_rule_tests.ndjson")
     out = label_events(events)
-    window_ids = {d.rule_id for w in WINDOW_RULES for d in w.detections}
+    window_ids = {d.rule_id for w in WINDOW_RULES for d in w.detections} | {r.detection.rule_id for r in engine.FRAME_RULES}
     for i, event_row in enumerate(events.to_dict("records")):
         expected = [d.rule_id for d, _ in evaluate_event(event_row)]
         got = [r for r in out["lf_rules"].iloc[i].split(",") if r and r not in window_ids]

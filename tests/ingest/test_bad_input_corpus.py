@@ -12,11 +12,12 @@ import json
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from tests.ingest.test_ingest import KEY_DIR, record
 from trailguard.ingest.ingestion import ingest
 from trailguard.ingest.sources import LocalFolderSource
 from trailguard.quality.gate import validate_partition
 from trailguard.store.events import EventStore, quarantine_name
+
+from tests.ingest.test_ingest import KEY_DIR, record
 
 DAY = "2024-07-30"
 GOOD = [record("good-1"), record("good-2")]

@@ -10,11 +10,12 @@ from datetime import date
 
 import pyarrow.compute as pc
 import pytest
-from tests.ingest.test_ingest import record, write_log
 from trailguard.demo import generator
 from trailguard.ingest.ingestion import commit, ingest, partition_label, plan_partitions, stage
 from trailguard.ingest.sources import LocalFolderSource, S3Source, partition_of
 from trailguard.store.events import EventStore
+
+from tests.ingest.test_ingest import record, write_log
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,11 @@ import json
 import uuid
 from datetime import date, datetime, timedelta, timezone
 
-from tests.ingest.test_ingest import assert_counts_add_up, record, stored_ids
 from trailguard.ingest.ingestion import ingest
 from trailguard.ingest.sources import CloudWatchLogsSource, S3Source, open_source
 from trailguard.store.events import EventStore
+
+from tests.ingest.test_ingest import assert_counts_add_up, record, stored_ids
 
 
 def _key(account: str, region: str, day: str, n: int) -> str:

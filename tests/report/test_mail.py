@@ -130,7 +130,7 @@ def test_report_mail_received_with_everything(root, smtp_server):
     message = inbox.parsed()
     subject = message["Subject"]
     assert subject.startswith(
-        "TrailGuard daily risk report 2026-11-20: 12 events >= 70 (top: CloudTrail DeleteTrail"
+        "TrailGuard daily risk report 2026-11-20: 12 findings >= 70 (top: CloudTrail DeleteTrail"
     )
     assert "\r" not in subject and "\n" not in subject
     assert message["Bcc"] is None and message["X-Evil"] is None and message["X-Injected"] is None

@@ -140,6 +140,7 @@ def day_rows() -> list[dict]:
             79.0,
             userAgent=HUGE_AGENT,
             eventName="PutBucketPolicy",
+            sourceIPAddress="198.51.100.8",  # another source than crlf-1 ten minutes later: its own finding
             reasons="bucket made public; agent " + HUGE_AGENT[:20000],
         )
     )
@@ -211,7 +212,10 @@ def test_burst_is_one_row_with_count_and_top_k_in_rank_order(built):
     root, report = built
     top = report.top_events
     assert list(top["rank"]) == list(range(1, 13))
-    assert list(top["risk_score"]) == sorted(top["risk_score"], reverse=True)
+    assert list(top["finding_score"]) == sorted(top["finding_score"], reverse=True)
+    assert (top["finding_score"] >= top["risk_score"]).all() and top["finding_id"].str.fullmatch(
+        r"F-[0-9a-f]{16}"
+    ).all()
     assert top["eventID"].tolist()[:3] == ["crlf-1", "stop-1", "login-1"]
     burst = top[top["eventName"] == "ListSecrets"]
     assert len(burst) == 1
@@ -238,15 +242,29 @@ def test_min_score_filters_groups(tmp_path):
 def test_files_written_and_csv_neutralised(built):
     root, report = built
     folder = root / "reports" / DAY
-    assert {p.name for p in folder.iterdir()} == {"report.html", "top_events.csv", "report.json", "chart.png"}
+    assert {p.name for p in folder.iterdir()} == {
+        "report.html",
+        "top_events.csv",
+        "report.json",
+        "chart.png",
+        "findings.json",
+    }
     with (folder / "top_events.csv").open(newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     assert tuple(rows[0].keys()) == CSV_COLUMNS
     assert [r["eventID"] for r in rows] == report.top_events["eventID"].tolist()
     assert [int(r["rank"]) for r in rows] == list(range(1, 13))
-    assert float(rows[0]["risk_score"]) == 99.0 and int(rows[3]["count"]) == 1
+    assert (
+        float(rows[0]["risk_score"]) == 99.0
+        and next(r for r in rows if r["eventID"] == "login-1")["count"] == "1"
+    )
     burst = next(r for r in rows if r["eventName"] == "ListSecrets")
-    assert burst["count"] == "200"
+    assert (
+        burst["count"] == "200" and len(burst["event_ids"].split()) == 200 and burst["tactics"] == "discovery"
+    )
+    assert {r["finding_id"] for r in rows} == {
+        f["finding_id"] for f in json.loads((folder / "findings.json").read_text())["findings"][:12]
+    }
     for i, text in enumerate(FORMULAS):
         row = next(r for r in rows if r["eventID"] == f"formula-{i}")
         for column in ("principal", "eventName", "reasons"):
@@ -311,7 +329,7 @@ def test_text_and_lines_are_clean_and_bounded(built):
     text = report.text()
     assert all(ch == "\n" or ch >= " " for ch in text)
     assert "DeleteTrail Bcc: victim@example.com X-Evil: 1" in text
-    assert "CloudTrail logging stopped" in text and "x200" in text and TRUNCATED in text
+    assert "CloudTrail logging stopped" in text and "(+199 more)" in text and TRUNCATED in text
     assert "trailguard label crlf-1 SCORE" in text and "record_analyst_label" in text
     assert len(text) < 60_000
     lines = report.lines()

@@ -104,10 +104,11 @@ def test_an_s3_root_needs_an_mlflow_tracking_uri(s3, capsys, monkeypatch):
 
 
 def test_validation_moves_rows_and_rewrites_the_partition_on_s3(s3):
-    from tests.quality.test_quality import DAY, NOW, clean_records, record, rows_of
     from trailguard.ingest import normalise
     from trailguard.quality.gate import QUARANTINE_SCHEMA, validate_partition
     from trailguard.store.events import EventStore
+
+    from tests.quality.test_quality import DAY, NOW, clean_records, record, rows_of
 
     store = EventStore(as_path(f"s3://{BUCKET}/quality"))
     new, duplicates = store.append_events(normalise.rows_to_table(rows_of(clean_records())), run_id="first")
@@ -136,11 +137,12 @@ def test_staged_ingestion_on_s3_equals_a_local_ingest(s3, tmp_path):
     """The DAG's split with an S3 root: stage tasks (any worker) leave their parts under staging/ in the
     bucket, stage.json last; the commit copies them into the partitions within S3. A one-process ingest
     with two worker processes stages in a local folder and uploads. Both store what a local ingest does."""
-    from tests.ingest.test_ingest_partitions import manifest_counts, store_rows
     from trailguard.demo import generator
     from trailguard.ingest.ingestion import commit, ingest, plan_partitions, stage
     from trailguard.ingest.sources import LocalFolderSource
     from trailguard.store.events import EventStore
+
+    from tests.ingest.test_ingest_partitions import manifest_counts, store_rows
 
     generator.generate(tmp_path / "logs", days=1, events=300, bad_files=True)
     source = LocalFolderSource(tmp_path / "logs")

@@ -10,8 +10,15 @@ Layout (what ``trailguard ingest --source <out>`` reads)::
 
     <out>/AWSLogs/<account>/CloudTrail/<region>/YYYY/MM/DD/<account>_CloudTrail_<region>_<YYYYMMDDTHHMMZ>_<id16>.json.gz
     <out>/AWSLogs/<account>/CloudTrail-Digest/<region>/YYYY/MM/DD/<account>_CloudTrail-Digest_<region>_<trail>_<home>_<YYYYMMDDTHHMMSSZ>.json.gz
+    <out>/AWSLogs/.../CloudTrail-Digest/.../<digest>.json.gz.metadata.json   the digest's S3 metadata (signature)
+    <out>/cloudtrail-public-keys/<fingerprint>.pem   the public key the digests are signed with
     <out>/ground_truth.csv      eventID, date, scenario, attack_technique, risk_score (attack events only)
-    <out>/demo_summary.json     counts, scenarios with their days, the deliberately bad files
+    <out>/demo_summary.json     counts, scenarios with their days, the deliberately bad files, the tampered files
+
+Digests (the prod account, the last two days) are signed as CloudTrail signs them, with an RSA key derived
+from the seed (:func:`trailguard.integrity.signing.seeded_rsa_key`; its public key is written beside the
+logs for offline verification). On the last day an attacker covers their tracks: one log file of the prod
+account is deleted and another loses its last record after delivery, so its hash no longer matches.
 
 As in S3, the date folders and the file-name time are the *delivery* time: a file holding 23:58 events
 is delivered just after midnight, in the next day's folder. Everything comes from ``random.Random``
@@ -54,7 +61,17 @@ from trailguard.demo.organisation import (
     WEEKEND_VOLUME,
     WINDOW_MINUTES,
 )
-from trailguard.demo.traffic import ALNUM, DayTraffic, normal_traffic, stable_hex
+from trailguard.demo.traffic import ALNUM, DayTraffic, normal_traffic
+from trailguard.integrity.keys import fingerprint_of
+from trailguard.integrity.signing import (
+    Link,
+    ListedLogFile,
+    digest_document,
+    public_pem,
+    seeded_rsa_key,
+    signed,
+    write_metadata_sidecar,
+)
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +127,7 @@ def generate(
     targets = _daily_targets(dates, total)
     occurrences = _scenario_days(dates)
     bad_plan = _bad_file_days(dates) if bad_files else {}
-    writer = _Writer(staging, seed, progress, digest_day=end)
+    writer = _Writer(staging, seed, progress, digest_days=dates[-DIGEST_DAYS:])
     truth: list[tuple[str, str, str, str, int]] = []
     templates: dict[tuple, tuple] = {}  # shared by all days: a principal's calls look the same every day
     for day, target in zip(dates, targets, strict=True):
@@ -182,6 +199,12 @@ BAD_FILES = (  # kind, days before the last day, the problem as the summary stat
 )
 # fmt: on
 _BAD_PROBLEMS = {kind: problem for kind, _, problem in BAD_FILES}
+DIGEST_DAYS = 2  # the digest account's last days get signed digests; the last is the tampered one
+PUBLIC_KEYS = "cloudtrail-public-keys"  # beside AWSLogs/: the demo's public key, named by its fingerprint
+TAMPERING = (
+    ("deleted", "deleted after delivery (ATT&CK T1070): its digest still lists it"),
+    ("edited", "its last record cut out after delivery (ATT&CK T1565.001): the hash its digest states no longer matches"),
+)
 
 
 def _bad_file_days(dates: list[date]) -> dict[date, list[str]]:
@@ -204,12 +227,13 @@ class _Writer:
     """Cuts each day's buckets into delivery windows and writes them as AWS names them."""
 
     def __init__(
-        self, root: Path, seed: int, progress: Callable[[int], None] | None, digest_day: date
+        self, root: Path, seed: int, progress: Callable[[int], None] | None, digest_days: list[date]
     ) -> None:
         self.root = root
         self.seed = seed
         self.progress = progress
-        self.digest_day = digest_day
+        self.digest_days = digest_days
+        self.tampered: list[dict[str, str]] = []
         self.files = 0
         self.records = 0
         self.bad_records = 0
@@ -243,8 +267,9 @@ class _Writer:
                     files.append((account, region, delivered, [r for _, r in items[lo:hi]]))
                 edge = nxt
         bad = self._pick_bad(files, attack_ids, list(bad_kinds), rng)
+        tamper = self._pick_tampered(day, files, attack_ids, bad) if day == self.digest_days[-1] else {}
         for i, (account, region, delivered, records) in enumerate(files):
-            self._write_log(account, region, delivered, records, rng, bad.get(i))
+            self._write_log(account, region, delivered, records, rng, bad.get(i), tamper.get(i))
 
     @staticmethod
     def _pick_bad(files: list, attack_ids: set[str], kinds: list[str], rng: random.Random) -> dict[int, str]:
@@ -256,6 +281,21 @@ class _Writer:
         ]
         chosen = rng.sample(candidates, min(len(kinds), len(candidates)))
         return dict(zip(chosen, kinds[: len(chosen)], strict=True))
+
+    def _pick_tampered(self, day: date, files: list, attack_ids: set[str], bad: dict[int, str]) -> dict[int, str]:
+        """The digest account's files the attacker deletes and edits: normal ones (the ground truth stays
+        whole), well inside the day's digests. Its own random stream: the other files stay byte-identical."""
+        rng = random.Random(f"trailguard-demo:{self.seed}:{day.isoformat()}:tamper")
+        midnight = datetime.combine(day, time(), timezone.utc)
+        candidates = [
+            i
+            for i, (account, _, delivered, records) in enumerate(files)
+            if account == ACCOUNT[DIGEST_ACCOUNT].id and i not in bad and len(records) >= 3
+            and midnight + timedelta(hours=2) <= delivered <= midnight + timedelta(hours=22)
+            and not any(r["eventID"] in attack_ids for r in records)
+        ]
+        chosen = rng.sample(candidates, min(len(TAMPERING), len(candidates)))
+        return {i: kind for i, (kind, _) in zip(chosen, TAMPERING, strict=False)}
 
     def _path(self, account: str, kind: str, region: str, delivered: datetime, name: str) -> Path:
         folder = self.root / "AWSLogs" / account / kind / region / f"{delivered:%Y/%m/%d}"
@@ -272,6 +312,7 @@ class _Writer:
         records: list[dict],
         rng: random.Random,
         bad: str | None,
+        tamper: str | None = None,
     ) -> None:
         file_id = "".join(rng.choices(ALNUM, k=16))
         path = self._path(
@@ -284,8 +325,11 @@ class _Writer:
         good = len(records)
         if bad is None:
             payload = orjson.dumps({"Records": records})
-            path.write_bytes(_gzip(payload))
-            if account == ACCOUNT[DIGEST_ACCOUNT].id and delivered.date() >= self.digest_day:
+            if tamper is None:
+                path.write_bytes(_gzip(payload))
+            else:
+                good = self._tamper(path, tamper, records)
+            if account == ACCOUNT[DIGEST_ACCOUNT].id and delivered.date() >= self.digest_days[0]:
                 self._digest_log[region].append(
                     _FileInfo(
                         str(path.relative_to(self.root)),
@@ -303,58 +347,57 @@ class _Writer:
             self.bad.append(
                 {"key": str(path.relative_to(self.root)), "kind": bad, "problem": _BAD_PROBLEMS[bad]}
             )
+        if tamper == "deleted":
+            return  # never delivered as far as a reader can tell: not counted, no progress
         self.files += 1
         self.records += good
         if self.progress:
             self.progress(self.records)
 
+    def _tamper(self, path: Path, kind: str, records: list[dict]) -> int:
+        """Delete or edit a delivered file as an attacker would; how many records a reader still gets."""
+        problem = dict(TAMPERING)[kind]
+        entry = {"key": str(path.relative_to(self.root)), "kind": kind, "problem": problem}
+        if kind == "deleted":
+            self.tampered.append({**entry, "events_lost": str(len(records))})
+            return 0
+        path.write_bytes(_gzip(orjson.dumps({"Records": records[:-1]})))
+        self.tampered.append({**entry, "removed_event": records[-1]["eventID"]})
+        return len(records) - 1
+
     def write_digests(self) -> None:
-        """Hourly digest files for the last day of the digest account, chained like AWS's."""
+        """Hourly digest files of the digest account for the digest days, chained and signed like AWS's
+        (the signature in a ``.metadata.json`` sidecar, as S3 keeps it in the object's metadata)."""
+        key = seeded_rsa_key(f"demo:{self.seed}")
+        keys = self.root / PUBLIC_KEYS
+        keys.mkdir(parents=True, exist_ok=True)
+        (keys / f"{fingerprint_of(key.public_key())}.pem").write_bytes(public_pem(key.public_key()))
         account = ACCOUNT[DIGEST_ACCOUNT].id
-        midnight = datetime.combine(self.digest_day, time(), timezone.utc)
         for ri, region in enumerate(REGIONS):
-            previous: tuple[str, str] | None = None  # key, sha256 of the previous digest
+            previous: Link | None = None
             offset = timedelta(minutes=7 + 13 * ri, seconds=31)
-            for hour in range(24):
-                start, end = (
-                    midnight + offset + timedelta(hours=hour),
-                    midnight + offset + timedelta(hours=hour + 1),
-                )
-                logs = [f for f in self._digest_log[region] if start <= f.delivered < end]
-                name = f"{account}_CloudTrail-Digest_{region}_{TRAIL_NAME}_{HOME_REGION}_{end:%Y%m%dT%H%M%SZ}.json.gz"
-                path = self._path(account, "CloudTrail-Digest", region, end, name)
-                key = str(path.relative_to(self.root))
-                digest = {
-                    "awsAccountId": account,
-                    "digestStartTime": f"{start:%Y-%m-%dT%H:%M:%SZ}",
-                    "digestEndTime": f"{end:%Y-%m-%dT%H:%M:%SZ}",
-                    "digestS3Bucket": LOG_BUCKET,
-                    "digestS3Object": key,
-                    "digestPublicKeyFingerprint": stable_hex(account, region, "fingerprint", length=32),
-                    "digestSignatureAlgorithm": "SHA256withRSA",
-                    "newestEventTime": max((f.newest for f in logs), default=None),
-                    "oldestEventTime": min((f.oldest for f in logs), default=None),
-                    "previousDigestS3Bucket": LOG_BUCKET if previous else None,
-                    "previousDigestS3Object": previous[0] if previous else None,
-                    "previousDigestHashValue": previous[1] if previous else None,
-                    "previousDigestHashAlgorithm": "SHA-256" if previous else None,
-                    "previousDigestSignature": stable_hex(previous[0], length=64) * 8 if previous else None,
-                    "logFiles": [
-                        {
-                            "s3Bucket": LOG_BUCKET,
-                            "s3Object": f.key,
-                            "hashValue": f.sha256,
-                            "hashAlgorithm": "SHA-256",
-                            "newestEventTime": f.newest,
-                            "oldestEventTime": f.oldest,
-                        }
-                        for f in logs
-                    ],
-                }
-                payload = orjson.dumps(digest)
-                path.write_bytes(_gzip(payload))
-                previous = (key, hashlib.sha256(payload).hexdigest())
-                self.digest_files += 1
+            for day in self.digest_days:
+                midnight = datetime.combine(day, time(), timezone.utc)
+                for hour in range(24):
+                    start = midnight + offset + timedelta(hours=hour)
+                    end = start + timedelta(hours=1)
+                    logs = [f for f in self._digest_log[region] if start <= f.delivered < end]
+                    name = f"{account}_CloudTrail-Digest_{region}_{TRAIL_NAME}_{HOME_REGION}_{end:%Y%m%dT%H%M%SZ}.json.gz"
+                    path = self._path(account, "CloudTrail-Digest", region, end, name)
+                    document = digest_document(
+                        account=account,
+                        bucket=LOG_BUCKET,
+                        key=str(path.relative_to(self.root)),
+                        start=start,
+                        end=end,
+                        public_key=key.public_key(),
+                        log_files=[ListedLogFile(LOG_BUCKET, f.key, f.sha256, f.oldest, f.newest) for f in logs],
+                        previous=previous,
+                    )
+                    content, metadata, previous = signed(document, key)
+                    path.write_bytes(_gzip(content))
+                    write_metadata_sidecar(path, metadata)
+                    self.digest_files += 1
 
 
 def _window_seconds(secs_by_bucket: dict[Any, list[int]]) -> int:
@@ -452,6 +495,8 @@ def _summary_json(
         "log_bucket": LOG_BUCKET,
         "scenarios": scenarios,
         "bad_file_keys": writer.bad,
+        "tampered_files": writer.tampered,
+        "public_keys": PUBLIC_KEYS,
     }
 
 
@@ -463,12 +508,12 @@ def _check_target(out: Path) -> None:
 
 def _publish(staging: Path, out: Path) -> None:
     """Replace the previous demo with the staged one (the summary goes last: its presence marks a whole demo)."""
-    for name in ("demo_summary.json", "ground_truth.csv", "AWSLogs"):
+    for name in ("demo_summary.json", "ground_truth.csv", "AWSLogs", PUBLIC_KEYS):
         target = out / name
         if target.is_dir():
             shutil.rmtree(target)
         elif target.exists():
             target.unlink()
-    for name in ("AWSLogs", "ground_truth.csv", "demo_summary.json"):
+    for name in ("AWSLogs", PUBLIC_KEYS, "ground_truth.csv", "demo_summary.json"):
         (staging / name).rename(out / name)
     staging.rmdir()

@@ -148,6 +148,7 @@ def run_demo(data_root: Path, logs: Path, *, events: int | None = None) -> int:
     first, last = date.fromisoformat(info["start"]), date.fromisoformat(info["end"])
 
     env = airflow_env(data_root)
+    env["TRAILGUARD_INTEGRITY_KEYS"] = str(logs / info.get("public_keys", "cloudtrail-public-keys"))
     ensure_airflow_db(env)
     log_dir = data_root.parent / "airflow-logs" if data_root.name == "data" else data_root / "airflow-logs"
     mail_dir = data_root.parent / "mail" if data_root.name == "data" else data_root / "mail"
@@ -182,7 +183,7 @@ def _step_summary(dag_id: str, data_root: Path, last: object) -> list[str]:
     from trailguard.report import summaries
 
     if dag_id == "cloudtrail_ingest":
-        return summaries.ingest_lines(data_root) + summaries.quality_lines(data_root)
+        return summaries.ingest_lines(data_root) + summaries.quality_lines(data_root) + summaries.integrity_lines(data_root)
     if dag_id == "risk_model_training":
         return summaries.training_lines(data_root)
     if dag_id == "daily_risk_report":

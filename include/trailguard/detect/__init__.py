@@ -4,5 +4,6 @@ Owns the :class:`~trailguard.detect.event.Event` wrapper, policy helpers, the pe
 ATT&CK tactic (``rules/<tactic>.py``, each declared with ``registry.rule`` together with its test cases,
 built with ``samples``), the window rules, the engine that labels a day and the catalogue that lists them
 (``catalogue``: ``trailguard rules``, ``docs/detections.md``).
-May import: ``trailguard.store`` (the stored event's columns) and ``trailguard.ingest``. Nothing above.
+May import: ``trailguard.store`` (the stored event's columns), ``trailguard.ingest`` and ``trailguard.intel``
+(where an address is, threat lists). Nothing above.
 """

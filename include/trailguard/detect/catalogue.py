@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from trailguard.detect.engine import all_detections
+from trailguard.detect.engine import FRAME_RULES, all_detections
 from trailguard.detect.registry import Detection
 from trailguard.detect.window import WINDOW_RULES
 
@@ -57,6 +57,7 @@ TECHNIQUE_TACTICS: dict[str, frozenset[str]] = {
         "T1648": "execution",
         "T1651": "execution",
         "T1666": "defense_evasion",
+        "T1578": "defense_evasion",
     }.items()
 }
 REGENERATE = "trailguard rules --format markdown --out docs/detections.md"
@@ -74,6 +75,11 @@ def catalogue() -> tuple[Detection, ...]:
 def window_rule_ids() -> frozenset[str]:
     """The ids of the detections computed over a whole frame (their cases are bursts)."""
     return frozenset(d.rule_id for w in WINDOW_RULES for d in w.detections)
+
+
+def frame_rule_ids() -> frozenset[str]:
+    """The ids of the vectorised frame rules (their cases are records, checked over the case's frame)."""
+    return frozenset(r.detection.rule_id for r in FRAME_RULES)
 
 
 def reason_pattern(template: str) -> re.Pattern[str]:

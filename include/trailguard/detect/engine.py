@@ -20,7 +20,7 @@ import pandas as pd
 
 import trailguard.detect.rules  # noqa: F401  (registers every rule)
 from trailguard.detect.event import UNIQUE_FIELDS, Event, short
-from trailguard.detect.registry import REGISTERED, Detection, Rule
+from trailguard.detect.registry import FRAME_REGISTERED, REGISTERED, Detection, FrameRule, Rule
 from trailguard.detect.window import WINDOW_RULES, column_of, isin, window_hits
 from trailguard.store.schema import EVENT_COLUMNS
 
@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 OUTPUT_COLUMNS: tuple[str, ...] = ("lf_score", "lf_reasons", "attack_technique", "lf_rules")
 
 RULES: tuple[Rule, ...] = tuple(REGISTERED)
+FRAME_RULES: tuple[FrameRule, ...] = tuple(FRAME_REGISTERED)
 if len({r.detection.rule_id for r in RULES}) != len(RULES):
     raise RuntimeError("duplicate rule ids in trailguard.detections")
 
@@ -174,6 +175,7 @@ def label_events(df: pd.DataFrame, rows: np.ndarray | None = None) -> pd.DataFra
     per_event = len(hits)
     for rule in WINDOW_RULES:
         hits.extend(hit for hit in window_hits(df, rule) if wanted[hit[0]])
+    hits.extend(hit for hit in frame_hits(df) if wanted[hit[0]])
 
     scores = np.zeros(n, dtype=np.int64)
     reasons = np.full(n, "", dtype=object)
@@ -207,6 +209,23 @@ def label_events(df: pd.DataFrame, rows: np.ndarray | None = None) -> pd.DataFra
     return out
 
 
+def frame_hits(df: pd.DataFrame, rules: tuple[FrameRule, ...] | None = None) -> list[tuple[int, Detection, str]]:
+    """The frame rules' hits; a rule that raises is logged and skipped, as a per-event rule is."""
+    hits: list[tuple[int, Detection, str]] = []
+    if not len(df):
+        return hits
+    for rule in FRAME_RULES if rules is None else rules:
+        try:
+            hits.extend((int(position), rule.detection, reason) for position, reason in rule.check(df))
+        except Exception:
+            log.exception("frame rule %s raised; it is skipped for this frame", rule.detection.rule_id)
+    return hits
+
+
 def all_detections() -> tuple[Detection, ...]:
-    """Every Detection a label can carry (per-event and window rules), e.g. to document the label set."""
-    return (*(r.detection for r in RULES), *(d for w in WINDOW_RULES for d in w.detections))
+    """Every Detection a label can carry (per-event, window and frame rules), e.g. to document the label set."""
+    return (
+        *(r.detection for r in RULES),
+        *(d for w in WINDOW_RULES for d in w.detections),
+        *(r.detection for r in FRAME_RULES),
+    )

@@ -20,11 +20,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trailguard.detect.event import Event
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 RuleCheck = Callable[[Event], "str | None"]
+FrameCheck = Callable[["pd.DataFrame"], "Iterable[tuple[int, str]]"]
 
 
 @dataclass(frozen=True)
@@ -129,6 +133,44 @@ def rule(
         if not 0 <= score <= 100:
             raise ValueError(f"rule {rule_id} has score {score} outside 0-100")
         REGISTERED.append(rule)
+        return check
+
+    return register
+
+
+@dataclass(frozen=True)
+class FrameRule:
+    """A rule over the whole frame, vectorised: for checks any event could need (where its address is,
+    which threat list it is on) that would cost a Python call per event as a per-event rule. The check
+    returns (row position, reason) pairs and reads each distinct value once, not each row. Its cases are
+    records like a window rule's."""
+
+    detection: Detection
+    check: FrameCheck
+
+
+FRAME_REGISTERED: list[FrameRule] = []
+
+
+def frame_rule(
+    rule_id: str,
+    *,
+    title: str,
+    technique: str,
+    score: int,
+    reason: str,
+    runbook: str,
+    tests: Iterable[Case] = (),
+) -> Callable[[FrameCheck], FrameCheck]:
+    """Register a vectorised check over a day's frame as a rule (see :class:`FrameRule`), filed under the
+    tactic its module is named after."""
+
+    def register(check: FrameCheck) -> FrameCheck:
+        if not 0 <= score <= 100:
+            raise ValueError(f"rule {rule_id} has score {score} outside 0-100")
+        detection = Detection(rule_id, technique, score, title, runbook, reason=reason,
+                              tactic=check.__module__.rpartition(".")[2], cases=tuple(tests))  # fmt: skip
+        FRAME_REGISTERED.append(FrameRule(detection, check))
         return check
 
     return register

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import hashlib
 import heapq
 import json
 import logging
@@ -148,6 +149,10 @@ def decode_object(key: str, data: bytes, limits: IngestLimits | None = None) -> 
     return decode_object_document(key, document, note, limits)
 
 
+_BOM = b"\xef\xbb\xbf"
+_BOM_NOTE = "UTF-8 byte order mark removed"
+
+
 def _unpack(data: bytes, limits: IngestLimits) -> tuple[bytes, str | None]:
     """The JSON document inside an object's bytes (gunzipped, byte order mark removed), with a note of
     any repair. Never holds more than ``limits.max_file_bytes`` of document."""
@@ -164,8 +169,8 @@ def _unpack(data: bytes, limits: IngestLimits) -> tuple[bytes, str | None]:
             raise ObjectError("empty file after gunzip")
     elif len(data) > limits.max_file_bytes:
         raise ObjectError(_too_large(len(data), limits))
-    if data.startswith(b"\xef\xbb\xbf"):
-        return data[3:], "UTF-8 byte order mark removed"
+    if data.startswith(_BOM):
+        return data[3:], _BOM_NOTE
     return data, None
 
 
@@ -331,6 +336,7 @@ class _ObjectOutcome:
     rejected: list[dict[str, Any]] = field(default_factory=list)
     note: str | None = None
     data: bytes | None = None
+    sha256: str | None = None  # of the uncompressed content, for files (not CloudWatch hours)
 
 
 @dataclass
@@ -372,6 +378,8 @@ def decode_chunk(tasks: list[_Task], limits: IngestLimits | None = None) -> tupl
         except ObjectError as exc:
             outcome.status, outcome.note, outcome.data = "quarantined", str(exc), data
             continue
+        if not task.key.startswith("cloudwatch://"):  # a file as delivered, which a digest may list
+            outcome.sha256 = _content_sha256(document, note)
         if len(document) <= min(SCAN_ABOVE_BYTES, limits.max_record_bytes):
             unpacked.append((outcome, data, document, note))
             continue
@@ -402,6 +410,15 @@ def decode_chunk(tasks: list[_Task], limits: IngestLimits | None = None) -> tupl
             outcome.data = data
         tables[place[id(outcome)]] = table
     return outcomes, (pa.concat_tables([tables[i] for i in sorted(tables)]) if tables else None)
+
+
+def _content_sha256(document: bytes, note: str | None) -> str:
+    """SHA-256 of the uncompressed file as delivered (a removed byte order mark counted back in): what
+    CloudTrail's digest states for it, checked later by :mod:`trailguard.integrity`."""
+    digest = hashlib.sha256(_BOM if note == _BOM_NOTE else b"")
+    digest.update(document)
+    return digest.hexdigest()
+
 
 
 def _decode_large(outcome: _ObjectOutcome, document: bytes, note: str | None, limits: IngestLimits) -> pa.Table:
@@ -763,6 +780,7 @@ def _entry(obj: SourceObject | _ObjectOutcome, status: str, *, error: str | None
         "error": error,
         "run_id": None,
         "seen_at": datetime.now(timezone.utc),
+        "sha256": getattr(obj, "sha256", None),
     }
 
 

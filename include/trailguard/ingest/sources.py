@@ -126,11 +126,49 @@ class LocalFolderSource:
         for key, path, skip in sorted(found, key=lambda item: item[0].split("/")):
             if not in_range(key, start, end) or (prefix and not key.startswith(prefix)):
                 continue
-            if skip is not None:
-                yield SourceObject(key=key, size=0, etag="", fetch=_refuse(skip), skip=skip)
+            yield _local_object(key, path, skip)
+
+    def objects_with_digests(self, start: date, end: date) -> Iterator[SourceObject]:
+        """The log files and the digest files delivered from ``start`` to ``end`` (for integrity checks):
+        only the day folders of the AWS layout are listed; a folder without that layout is read whole."""
+        roots = sorted(_trail_roots(self.folder))
+        if not roots:
+            yield from self.objects(start, end)
+            return
+        for root in roots:
+            for region in sorted(p for p in root.iterdir() if p.is_dir()):
+                day = start
+                while day <= end:
+                    folder = region / f"{day:%Y/%m/%d}"
+                    if folder.is_dir():
+                        below = folder.relative_to(self.folder).as_posix() + "/"
+                        found = _files_below(folder, below, self._real, self.follow_links, self._excluded, set())
+                        for key, path, skip in sorted(found):
+                            yield _local_object(key, path, skip)
+                    day += timedelta(days=1)
+
+
+def _local_object(key: str, path: str, skip: str | None = None) -> SourceObject:
+    """A listed file as a source object; one the source will not read (a link...) carries the reason."""
+    if skip is not None:
+        return SourceObject(key=key, size=0, etag="", fetch=_refuse(skip), skip=skip)
+    stat = os.stat(path)
+    return SourceObject(key=key, size=stat.st_size, etag=f"mtime:{stat.st_mtime_ns}", fetch=Path(path).read_bytes)
+
+
+def _trail_roots(folder: Path, depth: int = 4) -> Iterator[Path]:
+    """``CloudTrail`` and ``CloudTrail-Digest`` folders at most ``depth`` levels below ``folder``
+    (``AWSLogs/[o-id/]<account>/CloudTrail``), without walking into them or into day folders."""
+    if depth < 0:
+        return
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if not entry.is_dir():
                 continue
-            stat = os.stat(path)
-            yield SourceObject(key=key, size=stat.st_size, etag=f"mtime:{stat.st_mtime_ns}", fetch=Path(path).read_bytes)
+            if entry.name in ("CloudTrail", "CloudTrail-Digest"):
+                yield Path(entry.path)
+            elif not entry.name.isdigit() or len(entry.name) == 12:  # an account id, not a YYYY/MM/DD folder
+                yield from _trail_roots(Path(entry.path), depth - 1)
 
 
 def _refuse(reason: str) -> Callable[[], bytes]:
@@ -230,8 +268,9 @@ class S3Source:
     def _subfolders(self, prefix: str) -> list[str]:
         return [cp["Prefix"] for page in self._list(prefix, "/") for cp in page.get("CommonPrefixes", [])]
 
-    def _day_prefixes(self, start: date, end: date) -> Iterator[str]:
-        """``.../AWSLogs/<acct>/CloudTrail/<region>/YYYY/MM/DD/`` for each day, found by listing folders."""
+    def _day_prefixes(self, start: date, end: date, kind: str = "CloudTrail/") -> Iterator[str]:
+        """``.../AWSLogs/<acct>/<kind>/<region>/YYYY/MM/DD/`` for each day, found by listing folders (``kind``
+        ``CloudTrail/`` for log files, ``CloudTrail-Digest/`` for digest files)."""
         base = self.prefix
         roots = [base + "AWSLogs/"] if self._subfolders(base + "AWSLogs/") else []
         if not roots:  # an organisation trail: AWSLogs/<org-id>/<account>/...
@@ -239,16 +278,39 @@ class S3Source:
         accounts = self._subfolders(roots[0])
         for account in accounts:
             children = self._subfolders(account)
-            if any(c.endswith("/CloudTrail/") for c in children):
-                trail_roots = [account + "CloudTrail/"]
+            if any(c.endswith(("/CloudTrail/", "/CloudTrail-Digest/")) for c in children):
+                trail_roots = [account + kind]
             else:  # organisation trail: one more level of account ids
-                trail_roots = [c + "CloudTrail/" for c in children]
+                trail_roots = [c + kind for c in children]
             for trail_root in trail_roots:
                 for region in self._subfolders(trail_root):
                     day = start
                     while day <= end:
                         yield f"{region}{day:%Y/%m/%d}/"
                         day += timedelta(days=1)
+
+    def objects_with_digests(self, start: date, end: date) -> Iterator[SourceObject]:
+        """The log files and the digest files delivered from ``start`` to ``end`` (for integrity checks)."""
+        yield from self.objects(start, end)
+        for listed in self._day_prefixes(start, end, "CloudTrail-Digest/"):
+            for page in self._list(listed):
+                for item in page.get("Contents", []):
+                    yield self._object(item)
+
+    def object_metadata(self, key: str) -> dict[str, str]:
+        """An object's user metadata (a digest's ``signature`` and ``signature-algorithm``)."""
+        own = f"s3://{self.bucket}/"
+        answer = self.client.head_object(Bucket=self.bucket, Key=key[len(own) :] if key.startswith(own) else key)
+        return dict(answer.get("Metadata") or {})
+
+    def _object(self, item: dict) -> SourceObject:
+        key = item["Key"]
+        return SourceObject(
+            key=f"s3://{self.bucket}/{key}",
+            size=int(item.get("Size", 0)),
+            etag=str(item.get("ETag", "")).strip('"'),
+            fetch=_s3_fetch(self.client, self.bucket, key),
+        )
 
     def objects(
         self, start: date | None = None, end: date | None = None, prefix: str | None = None
@@ -268,12 +330,7 @@ class S3Source:
                     key = item["Key"]
                     if key.endswith("/") or not in_range(key, start, end) or (prefix and not f"{own}{key}".startswith(prefix)):
                         continue
-                    yield SourceObject(
-                        key=f"s3://{self.bucket}/{key}",
-                        size=int(item.get("Size", 0)),
-                        etag=str(item.get("ETag", "")).strip('"'),
-                        fetch=_s3_fetch(self.client, self.bucket, key),
-                    )
+                    yield self._object(item)
 
 
 def _s3_fetch(client: Any, bucket: str, key: str) -> Callable[[], bytes]:

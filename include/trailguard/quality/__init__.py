@@ -6,5 +6,6 @@ through a Checkpoint; ``checks`` prepares what each suite is run on and reads it
 moves bad rows out of the partition; ``results`` holds the verdicts; ``gate`` runs a day
 (``validate_partition``, ``is_scorable``); ``page`` renders ``templates/quality.html``.
 
-May import: ``trailguard.store`` and ``trailguard.ingest``.
+May import: ``trailguard.store``, ``trailguard.ingest`` and ``trailguard.integrity`` (the quality page shows the
+day's evidence integrity).
 """

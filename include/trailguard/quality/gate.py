@@ -201,7 +201,17 @@ def _result_document(
         "engine": f"great_expectations {gx.__version__}",
         "outcomes": [asdict(o) for o in result.outcomes],
         "summary": result.summary_lines(),
+        "integrity": _integrity(store, result.date),
     }
+
+
+def _integrity(store: EventStore, day_text: str) -> dict[str, Any]:
+    """The day's CloudTrail evidence integrity (digest validation of that day's deliveries) for the page."""
+    from trailguard.integrity.findings import integrity_section, text_lines
+
+    section = integrity_section(store.root, day_text)
+    lines = text_lines(section, day_text)
+    return {"status": section["status"] if section else "not checked", "header": lines[0], "lines": lines[1:]}
 
 
 def _save(store: EventStore, result: QualityResult, document: dict[str, Any]) -> None:

@@ -48,6 +48,13 @@ def render_html(document: dict[str, Any]) -> str:
             }
         )
     figures = [(label, _text(document.get(key))) for label, key in FIGURES]
+    integrity = document.get("integrity") or None
+    if integrity:  # the day's CloudTrail evidence integrity (digest validation), when it was checked
+        integrity = {
+            "css": {"valid": "passed", "tampered": "failed"}.get(integrity.get("status"), "warning"),
+            "header": integrity.get("header"),
+            "lines": [str(line).strip() for line in integrity.get("lines", [])],
+        }
     return render(
         "trailguard.quality",
         "quality.html",
@@ -55,6 +62,7 @@ def render_html(document: dict[str, Any]) -> str:
         status=document["status"],
         figures=figures,
         outcomes=rows,
+        integrity=integrity,
     )
 
 

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import base64
 import csv
-import functools
-import hashlib
 import io
 import json
 import logging
@@ -27,15 +25,27 @@ import re
 import shlex
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from numbers import Number
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from trailguard.findings.baseline import (
+    NOVEL_SENSITIVE,
+    behaviour_findings,
+    load_day_history,
+    panel_lines,
+    panels_for,
+)
+from trailguard.findings.correlate import DayFindings, correlate, read_identities
+from trailguard.findings.files import findings_document, write_findings
+from trailguard.findings.suppress import Suppression, active_suppressions, suppressed_events
+from trailguard.integrity.findings import integrity_section
+from trailguard.integrity.findings import text_lines as integrity_text_lines
+from trailguard.store.events import EventStore, write_bytes_atomic
 from trailguard.store.events import day_text as _day_text
-from trailguard.store.events import write_bytes_atomic
 from trailguard.store.fs import DataPath, as_path, is_remote, parquet_schema, read_parquet, visible_files
 from trailguard.store.text import TRUNCATED as TRUNCATED  # re-exported: the report's marker
 from trailguard.store.text import sanitise
@@ -44,7 +54,7 @@ log = logging.getLogger(__name__)
 
 HIGH_RISK = 70.0
 DEFAULT_LIMIT = 300  # characters of one displayed value
-FIELD_LIMITS = {"reasons": 2000, "userAgent": 240, "eventID": 128}
+FIELD_LIMITS = {"reasons": 2000, "userAgent": 240, "eventID": 128, "event_ids": 10_000 * 130}
 MAX_REASONS = 12  # reasons listed per event; the rest are counted
 BREAKDOWN_LIMIT = 10  # values listed per summary breakdown; the rest are summed as "other"
 CHART_POINTS = 2000  # high-risk events drawn at most (the highest)
@@ -54,19 +64,21 @@ TEXT_COLUMNS = (
     "principal", "eventName", "eventSource", "awsRegion", "account", "sourceIPAddress", "country", "asn",
     "userAgent", "errorCode", "category", "reasons", "attack_technique", "model_name", "model_version",
 )  # fmt: skip
-GROUP_KEYS = ("principal", "eventName", "errorCode", "sourceIPAddress", "use_case")
 CSV_COLUMNS = (
     "rank", "eventID", "risk_score", "count", "eventTime", "principal", "eventName", "eventSource",
     "sourceIPAddress", "country", "account", "awsRegion", "attack_technique", "reasons",
     # extensions after the contract's columns
     "use_case", "errorCode", "first_seen", "last_seen", "userAgent", "category", "model_name", "model_version",
+    # findings (one row per finding; eventID is its lead event)
+    "finding_id", "finding_score", "tactics", "event_ids",
 )  # fmt: skip
 TOP_COLUMNS = (*CSV_COLUMNS, "asn", "group_id")
 
 _TECHNIQUE = re.compile(r"T(\d{4})(?:\.(\d{3}))?")
 _URL = re.compile(r"https?://[A-Za-z0-9._~:/?#\[\]@!$&'()*+,;=%-]+")
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n")
-_REPORT_FILES = {"html": "report.html", "csv": "top_events.csv", "json": "report.json", "chart": "chart.png"}
+_REPORT_FILES = {"html": "report.html", "csv": "top_events.csv", "json": "report.json", "chart": "chart.png",
+                 "findings": "findings.json"}  # fmt: skip
 
 
 class ScoresNotFoundError(FileNotFoundError):
@@ -152,7 +164,8 @@ def read_scores(data_root: DataPath | str, day: date | str) -> pd.DataFrame:
         )
     import pyarrow as pa
 
-    wanted = (*REQUIRED_COLUMNS, *TEXT_COLUMNS, "lf_rules")  # lf_rules groups bursts; scores are not reported
+    # lf_rules: the findings' tactics; anomaly_score: their tie-break
+    wanted = (*REQUIRED_COLUMNS, *TEXT_COLUMNS, "lf_rules", "anomaly_score", "ua_family", "principal_short")
     tables = [read_parquet(path, columns=[c for c in parquet_schema(path).names if c in wanted]) for path in files]
     # one conversion to pandas for all the day's parts (one per account x region)
     scores = pa.concat_tables(tables, promote_options="default").to_pandas()
@@ -171,91 +184,67 @@ def read_scores(data_root: DataPath | str, day: date | str) -> pd.DataFrame:
 
 @dataclass(frozen=True)
 class Findings:
-    """The day's events grouped into findings: the top ones in full, the others only counted."""
+    """The day's events correlated into findings: the top ones in full, the others only counted."""
 
-    top: pd.DataFrame  # the highest-scored event of each reported group + count, first_seen, last_seen
+    top: pd.DataFrame  # each reported finding's lead event + count, first/last seen, finding columns
     total: int
     high_risk: int
+    day: DayFindings | None = None
+    suppressed: np.ndarray | None = None  # per finding of ``day.table``
+
+    @property
+    def suppressed_count(self) -> int:
+        return 0 if self.suppressed is None else int(self.suppressed.sum())
 
 
-def rank_findings(scores: pd.DataFrame, *, top_k: int, min_score: float = 0.0) -> Findings:
-    """Group repeats (same principal, call, error, source IP and use case) and keep the top K groups, each as
-    its highest-scored event with the group's ``count``, ``first_seen`` and ``last_seen``.
-
-    Groups are ranked on small per-group figures first; only the rows of the chosen groups are sorted
-    in full, so a day of a million events stays a few seconds.
-    """
-    valid = scores["risk_score"].notna().to_numpy()
-    index = scores.index[valid]
-    group = _group_keys(scores.loc[valid]).groupby(list(GROUP_KEYS), dropna=False, sort=False).ngroup()
-    group = group.to_numpy()
-    per_event = pd.DataFrame({
-        "group": group,
-        "risk": scores["risk_score"][valid].reset_index(drop=True),
-        "time": scores["eventTime"][valid].reset_index(drop=True),
-    })  # fmt: skip
-    stats = per_event.groupby("group").agg(
-        max_risk=("risk", "max"),
-        count=("risk", "size"),
-        first_seen=("time", "min"),
-        last_seen=("time", "max"),
-    )
-    eligible = stats[stats["max_risk"] >= min_score].sort_values(["max_risk", "count"], ascending=False)
-    if len(eligible) > top_k:  # keep every group tied with the K-th: the event itself breaks the tie
-        last = eligible.iloc[top_k - 1]
-        eligible = eligible[
-            (eligible["max_risk"] > last["max_risk"])
-            | ((eligible["max_risk"] == last["max_risk"]) & (eligible["count"] >= last["count"]))
-        ]
-    member = np.isin(group, eligible.index.to_numpy())
-    candidates = scores.loc[index[member]].assign(_group=group[member])
-    best = candidates.sort_values(
-        ["risk_score", "eventTime", "eventID"], ascending=[False, True, True], kind="stable"
-    ).drop_duplicates("_group")
-    top = best.join(stats[["count", "first_seen", "last_seen"]], on="_group").drop(columns="_group")
-    top = top.sort_values(
-        ["risk_score", "count", "eventTime", "eventID"], ascending=[False, False, True, True], kind="stable"
-    ).head(top_k)
-    return Findings(top=top, total=len(stats), high_risk=int((stats["max_risk"] >= HIGH_RISK).sum()))
-
-
-@functools.cache
-def _burst_rules() -> dict[str, str]:
-    """Each window rule's detection ids -> the rule's first id: one burst, one finding, whatever it called."""
-    from trailguard.detect.window import WINDOW_RULES
-
-    return {d.rule_id: rule.detections[0].rule_id for rule in WINDOW_RULES for d in rule.detections}
-
-
-def _burst_of(rules: Any) -> str | None:
-    if is_missing(rules):
-        return None
-    mapping = _burst_rules()
-    return next((mapping[r] for r in str(rules).split(",") if r in mapping), None)
-
-
-def _group_keys(scores: pd.DataFrame) -> pd.DataFrame:
-    """The grouping columns; events of one burst found by a window rule (access-denied recon, secret
-    harvesting, brute force, mass deletion) group as that burst, not per API call and error code."""
-    keys = scores[list(GROUP_KEYS)].copy()
-    if "lf_rules" in scores:
-        codes, rules = pd.factorize(scores["lf_rules"])  # a day has a few hundred distinct rule lists
-        burst = pd.Series(np.array([_burst_of(r) for r in rules] + [None], dtype=object)[codes], index=scores.index)
-        hit = burst.notna().to_numpy()
-        if hit.any():
-            keys.loc[hit, "eventName"] = "burst:" + burst[hit]
-            keys.loc[hit, "errorCode"] = None
-    return keys
+def rank_findings(
+    scores: pd.DataFrame,
+    *,
+    top_k: int,
+    min_score: float = 0.0,
+    identities: pd.DataFrame | None = None,
+    suppressions: list[Suppression] | None = None,
+    history: Any = None,
+) -> Findings:
+    """Correlate the day's events into findings (:mod:`trailguard.findings.correlate`: one credential's
+    chain from one source, a burst included) and keep the top K by finding score, each as its lead event
+    with the finding's ``count``, ``first_seen``, ``last_seen``, ``finding_id``, ``finding_score``,
+    ``tactics`` and ``event_ids``. Only findings whose lead event scores at least ``min_score`` count;
+    findings an analyst suppressed (every event matches ``suppressions``) are left out and counted."""
+    day = correlate(scores, identities=identities)
+    if history is not None:
+        behaviour = behaviour_findings(day, history.profile, len(history.days))
+        rows = np.array(sorted(behaviour), dtype=np.int64)
+        if len(rows):
+            day.table.loc[rows, "score"] += NOVEL_SENSITIVE
+            day.table["behaviour"] = pd.Series(behaviour, dtype=object).reindex(day.table.index)
+    per_event = suppressed_events(day.events, day.events["credential"], suppressions or [])
+    suppressed = day.suppressed(per_event)
+    ranked = day.ranked(min_score=min_score, suppressed=suppressed)
+    chosen = ranked.head(top_k)
+    events = day.events
+    top = events.iloc[chosen["lead"].to_numpy()].copy()
+    top["count"] = chosen["count"].to_numpy()
+    top["first_seen"] = chosen["first_seen"].to_numpy()
+    top["last_seen"] = chosen["last_seen"].to_numpy()
+    top["principal"] = chosen["credential"].to_numpy()  # a failed sign-in shows the user, not its principalId
+    top["finding_id"] = chosen["finding_id"].to_numpy()
+    top["finding_score"] = chosen["score"].to_numpy()
+    top["tactics"] = [",".join(t) for t in chosen["tactics"]]
+    if "behaviour" in chosen:  # the finding-level detection leads the reasons
+        notes = chosen["behaviour"].to_numpy()
+        top["reasons"] = [r if not isinstance(n, str) else f"{n}; {r}" if isinstance(r, str) and r else n
+                          for n, r in zip(notes, top["reasons"].to_numpy(), strict=True)]  # fmt: skip
+    top["event_ids"] = [" ".join(day.event_ids(row)) for row in chosen.index]
+    high = int(((day.table["lead_risk"] >= HIGH_RISK).to_numpy() & ~suppressed).sum())
+    return Findings(top=top.reset_index(drop=True), total=len(day.table), high_risk=high, day=day,
+                    suppressed=suppressed)  # fmt: skip
 
 
 def group_id(row: Mapping[str, Any]) -> str:
-    """A short stable id of a finding's group, so an update mail can tell new findings from known ones."""
-    values = {k: row.get(k) for k in GROUP_KEYS}
-    burst = _burst_of(row.get("lf_rules"))
-    if burst:
-        values.update(eventName="burst:" + burst, errorCode=None)
-    key = "\x1f".join("\x00" if is_missing(v) else str(v) for v in values.values())
-    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    """The finding's id (an update mail tells new findings from known ones by it)."""
+    value = row.get("finding_id")
+    return "" if is_missing(value) else str(value)
 
 
 def _top_frame(chosen: pd.DataFrame) -> pd.DataFrame:
@@ -266,10 +255,12 @@ def _top_frame(chosen: pd.DataFrame) -> pd.DataFrame:
         record.update(
             rank=rank,
             risk_score=round(float(row["risk_score"]), 1),
+            finding_score=round(float(row["finding_score"]), 2),
             count=int(row["count"]),
             eventTime=_iso(row["eventTime"]),
             first_seen=_iso(row["first_seen"]),
             last_seen=_iso(row["last_seen"]),
+            event_ids=None if is_missing(row.get("event_ids")) else str(row["event_ids"]),
             group_id=group_id(row),
         )
         records.append(record)
@@ -293,6 +284,7 @@ def _summary(
         "events_scored": int(risk.notna().sum()),
         "events_unscored": int(risk.isna().sum()),
         "findings": findings.total,
+        "suppressed": findings.suppressed_count,
         "reported": int(len(top)),
         "top_k": int(top_k),
         "min_score": float(min_score),
@@ -418,6 +410,8 @@ class Report:
     folder: DataPath
     quality_page: DataPath | None = None
     feedback_hint: str | None = None
+    usual: dict[str, Any] = field(default_factory=dict)  # finding id -> its usual-vs-now panel
+    integrity: dict[str, Any] | None = None  # trailguard.integrity.findings.integrity_section: its own section
     _files: dict[str, DataPath] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -470,7 +464,9 @@ class Report:
             "summary": self.summary,
             "models": self.models,
             "quality": self.quality,
+            "integrity": self.integrity,
             "feedback_hint": self.feedback_hint,
+            "usual": self.usual,
             "files": {kind: path.name for kind, path in self._files.items()},
         }
 
@@ -503,9 +499,11 @@ class Report:
                f"{self.summary.get('high_risk_events', 0):,} at or above {HIGH_RISK:g} "
                f"({self.high_risk_findings} distinct), {len(self.top_events)} reported"]  # fmt: skip
         out += [f"  {line}" for line in _summary_lines(self)[1:]]
+        if self.integrity:
+            out += [f"  {line}" for line in integrity_text_lines(self.integrity, self.day)[1:]]
         for row in self.top_events.to_dict("records"):
             reasons = "; ".join(_reasons(row.get("reasons"), limit=3)) or "-"
-            out.append(f"  #{row['rank']:<3} {row['risk_score']:5.1f}  {_title(row)}  "
+            out.append(f"  #{row['rank']:<3} {_finding_score(row):>6}  {_title(row)}  "
                        f"{clean_text(row.get('principal'), 80) or '-'}  | {clean_text(reasons, 200)}")  # fmt: skip
         out.append(f"  written to {self.folder} (report.html, top_events.csv, report.json)")
         return out
@@ -529,8 +527,14 @@ def build_report(
     unscored = int(scores["risk_score"].isna().sum())
     if unscored:
         log.warning("%s: %d events have no risk score; they are counted but not ranked", day_text, unscored)
-    findings = rank_findings(scores, top_k=top_k, min_score=min_score)
+    identities = _identities(data_root, day_text)
+    history = load_day_history(EventStore(data_root), day_text) if identities is not None else None
+    end_of_day = datetime.fromisoformat(day_text).replace(tzinfo=timezone.utc) + timedelta(days=1)
+    suppressions = active_suppressions(data_root, end_of_day)
+    findings = rank_findings(scores, top_k=top_k, min_score=min_score, identities=identities,
+                             suppressions=suppressions, history=history)  # fmt: skip
     top = _top_frame(findings.top)
+    usual = _usual(findings, history)
     quality, quality_page = _quality(data_root, day_text)
     report = Report(
         day=day_text,
@@ -544,6 +548,8 @@ def build_report(
         folder=report_dir(data_root, day_text),
         quality_page=quality_page,
         feedback_hint=feedback_hint,
+        usual=usual,
+        integrity=integrity_section(data_root, day_text),
     )
     write_bytes_atomic(report.chart_png, report.chart_path)
     write_bytes_atomic(report.csv_bytes(), report.csv_path)
@@ -552,8 +558,31 @@ def build_report(
         report.json_path,
     )
     write_bytes_atomic(report.render_html().encode("utf-8"), report.html_path)
-    log.info("%s: report of %d events written to %s", day_text, len(top), report.folder)
+    if findings.day is not None:
+        usual_extra = {key: {"usual": value} for key, value in usual.items()}
+        document = findings_document(
+            day_text, findings.day, min_score=min_score, extra=usual_extra, suppressed=findings.suppressed
+        )
+        write_findings(data_root, document)
+    log.info("%s: report of %d findings written to %s", day_text, len(top), report.folder)
     return report
+
+
+def _identities(data_root: DataPath, day_text: str) -> pd.DataFrame | None:
+    """The identity fields of the day's events, when the data root keeps its events (a failed sign-in
+    names only the principalId and userName: the event store joins it to the user's other events)."""
+    store = EventStore(data_root)
+    if not store.partition_files(day_text):
+        return None
+    return read_identities(store, day_text)
+
+
+def _usual(findings: Findings, history: Any) -> dict[str, Any]:
+    """The usual-vs-now panels of the reported findings, from the stored history (none without events)."""
+    if findings.day is None or history is None or findings.top.empty:
+        return {}
+    rows = findings.day.table.index[findings.day.table["finding_id"].isin(findings.top["finding_id"])]
+    return panels_for(findings.day, rows, history)
 
 
 def load_report(data_root: DataPath | str, day: date | str) -> Report:
@@ -579,6 +608,8 @@ def load_report(data_root: DataPath | str, day: date | str) -> Report:
         folder=folder,
         quality_page=page if document.get("quality") and page.exists() else None,
         feedback_hint=document.get("feedback_hint"),
+        usual=document.get("usual") or {},
+        integrity=document.get("integrity"),
     )
 
 
@@ -595,14 +626,35 @@ def _title(row: Mapping[str, Any]) -> str:
     if error:
         title += f" ({error})"
     if int(row.get("count") or 1) > 1:
-        title += f" x{int(row['count'])}"
+        title += f" (+{int(row['count']) - 1} more)"
     return title
 
 
 def _when(row: Mapping[str, Any]) -> str:
     if int(row.get("count") or 1) > 1 and row.get("first_seen") and row.get("last_seen"):
-        return f"{row['count']} events {row['first_seen']} .. {row['last_seen']} (top-scored at {row.get('eventTime')})"
+        return f"{row['count']} events {row['first_seen']} .. {row['last_seen']} (lead event at {row.get('eventTime')})"
     return str(row.get("eventTime") or "-")
+
+
+def _finding_score(row: Mapping[str, Any]) -> str:
+    """The finding's score (it can pass 100: a chain adds to its lead event's risk)."""
+    value = row.get("finding_score")
+    return f"{float(value if not is_missing(value) else row['risk_score']):.1f}"
+
+
+def tactics_text(value: Any) -> str:
+    """``initial-access > discovery > persistence`` from the stored comma-separated list."""
+    return " > ".join(clean_text(t, 40) for t in clean_text(value, 400).split(",") if t.strip())
+
+
+def _finding_line(row: Mapping[str, Any]) -> str:
+    """``F-... · lead event risk 100.0 · 11 events · initial-access > discovery``."""
+    parts = [clean_text(row.get("finding_id"), 40) or "-", f"lead event risk {float(row['risk_score']):.1f}",
+             f"{int(row.get('count') or 1)} event{'s' if int(row.get('count') or 1) != 1 else ''}"]  # fmt: skip
+    tactics = tactics_text(row.get("tactics"))
+    if tactics:
+        parts.append(tactics)
+    return " · ".join(parts)
 
 
 def _where(row: Mapping[str, Any]) -> str:
@@ -650,6 +702,7 @@ def _summary_lines(report: Report) -> list[str]:
         f"At or above {HIGH_RISK:g}: {s['high_risk_events']:,} events, {s['high_risk_findings']:,} distinct findings; "
         f"highest {s['max_score'] if s['max_score'] is not None else '-'}",
         _quality_line(report),
+        integrity_text_lines(report.integrity, report.day)[0],
         f"Models: {models}",
         *(f"STORE: {clean_text(line, 1000)}" for line in s.get("store_notices", [])),
     ]
@@ -707,6 +760,12 @@ def _feedback_lines(report: Report) -> list[str]:
         f"From a shell: trailguard label {shlex.quote(clean_text(example, FIELD_LIMITS['eventID']))} SCORE "
         "--verdict benign --note 'why'"
     )
+    finding = report.top_events["finding_id"].iloc[0] if len(report.top_events) else None
+    if isinstance(finding, str) and finding:
+        lines.append(
+            f"A whole finding: trailguard label {shlex.quote(clean_text(finding, 40))} SCORE --verdict benign "
+            "--note 'why' (benign with a note also hides the same pattern for 30 days)"
+        )
     return lines
 
 
@@ -716,7 +775,9 @@ def _text_context(report: Report, notice: Notice | None, new: frozenset[str]) ->
         technique = clean_text(row.get("attack_technique"), 40)
         rows.append({
             "rank": row["rank"],
-            "risk": f"{row['risk_score']:.1f}",
+            "risk": _finding_score(row),
+            "finding": _finding_line(row),
+            "usual": [clean_text(line, 600) for line in panel_lines(report.usual.get(str(row.get("finding_id")), {}))],
             "title": _title(row),
             "new": row.get("group_id") in new,
             "when": _when(row),
@@ -736,8 +797,11 @@ def _text_context(report: Report, notice: Notice | None, new: frozenset[str]) ->
             "title": clean_text(notice.title, 500), "lines": [clean_text(x, 1000) for x in notice.lines]
         },
         "summary": _summary_lines(report),
+        "integrity": integrity_text_lines(report.integrity, report.day)[1:]
+        if report.integrity and (report.integrity["findings"] or report.integrity["gaps"]) else [],
         "rows": rows,
         "feedback": _feedback_lines(report),
+        "suppressed": int(report.summary.get("suppressed", 0)),
         "folder": str(report.folder),
     }  # fmt: skip
 
@@ -777,7 +841,11 @@ def _html_rows(report: Report, new: frozenset[str]) -> list[dict[str, Any]]:
         technique = clean_text(row.get("attack_technique"), 40)
         rows.append({
             "rank": int(row["rank"]),
-            "score": f"{score:.1f}",
+            "score": _finding_score(row),
+            "lead_risk": f"{score:.1f}",
+            "finding_id": clean_text(row.get("finding_id"), 40),
+            "tactics": tactics_text(row.get("tactics")),
+            "usual": [clean_text(line, 600) for line in panel_lines(report.usual.get(str(row.get("finding_id")), {}))],
             "badge_bg": background,
             "badge_fg": colour,
             "new": row.get("group_id") in new,
@@ -839,6 +907,7 @@ def _html_context(
             "link": None if for_email or not q.get("page") else f"../../quality/date={report.day}/index.html",
             "attached": for_email and report.quality_page is not None,
         },
+        "integrity": _integrity_context(report),
         "rows": _html_rows(report, new),
         "top_k": s.get("top_k"),
         "min_score": s.get("min_score"),
@@ -859,5 +928,33 @@ def _html_context(
             for m in report.models
         ],
         "feedback": feedback,
+        "suppressed": int(s.get("suppressed", 0)),
         "folder": str(report.folder),
     }  # fmt: skip
+
+
+def _integrity_context(report: Report) -> dict[str, Any]:
+    """The evidence-integrity section: its header, colour, findings and gaps (every value as text)."""
+    section = report.integrity
+    header = integrity_text_lines(section, report.day)[0]
+    status = section["status"] if section else "not checked"
+    return {
+        "header": clean_text(header, DEFAULT_LIMIT),
+        "colour": {"valid": "#15803d", "tampered": "#b91c1c"}.get(status, "#6b7280"),
+        "tampered": status == "tampered",
+        "findings": [
+            {
+                "title": clean_text(f["title"], 200),
+                "risk": f["risk_score"],
+                "technique": clean_text(f["attack_technique"], 40),
+                "technique_url": technique_url(f["attack_technique"]),
+                "where": clean_text(f"account {f['account']} {f['region']} {f['hour']}", 200),
+                "object": clean_text(f["object"], 500),
+                "reason": clean_text(f["reason"], 500),
+            }
+            for f in (section or {}).get("findings", [])
+        ],
+        "gaps": [clean_text(f"{where}: nothing delivered at {', '.join(hours)}", 500)
+                 for where, hours in (section or {}).get("gaps", {}).items()],
+        "gap_note": clean_text((section or {}).get("gap_note"), 300),
+    }

@@ -154,14 +154,16 @@ def read_send_marker(report: Report) -> dict[str, Any] | None:
 
 
 def default_subject(report: Report, *, new_events: int | None = None) -> str:
-    """``TrailGuard daily risk report D: N events >= 70 (top: CloudTrail StopLogging)``; ``update`` for a
-    follow-up. N counts distinct findings (repeats grouped, as in the table)."""
+    """``TrailGuard daily risk report D: N findings >= 70 (top: CloudTrail StopLogging)``; ``update`` for a
+    follow-up. N counts findings whose lead event scores at least 70."""
     head = f"TrailGuard daily risk report {report.day}"
     if new_events is not None:
         head += f" update: {new_events} new event{'s' if new_events != 1 else ''},"
     else:
         head += ":"
-    subject = f"{head} {report.high_risk_findings} events >= {HIGH_RISK:g}"
+    subject = f"{head} {report.high_risk_findings} findings >= {HIGH_RISK:g}"
+    if report.integrity and report.integrity.get("status") == "tampered":
+        subject += ", CloudTrail evidence TAMPERED"
     if len(report.top_events):
         top = report.top_events.iloc[0]
         service = clean_text(top.get("eventSource"), 80).removesuffix(".amazonaws.com")

@@ -84,3 +84,21 @@ def report_lines(data_root: DataPath, day: date | str) -> list[str]:
     if eml.exists():
         lines.append(f"email copy: {eml}")
     return lines
+
+
+def integrity_lines(data_root: DataPath) -> list[str]:
+    """The CloudTrail evidence verdict of each verified delivery day, with its findings."""
+    from trailguard.integrity.findings import integrity_section, text_lines
+
+    folder = as_path(data_root) / "integrity"
+    days = sorted(p.name.removeprefix("date=") for p in folder.glob("date=*")) if folder.is_dir() else []
+    sections = {day: integrity_section(data_root, day) for day in days}
+    checked = {day: s for day, s in sections.items() if s and s["status"] != "unverified"}
+    if not checked:
+        return ["evidence integrity: no day with digest files verified"]
+    status = Counter(s["status"] for s in checked.values())
+    lines = ["evidence integrity: " + ", ".join(f"{n} days {s}" for s, n in sorted(status.items()))]
+    for day, section in checked.items():
+        if section["status"] == "tampered":
+            lines += [f"  {day} {line.strip()}" for line in text_lines(section, day)[:12]]
+    return lines

@@ -52,6 +52,9 @@ MANIFEST_SCHEMA = pa.schema(
         ("error", pa.string()),
         ("run_id", pa.string()),
         ("seen_at", pa.timestamp("us", tz="UTC")),
+        # hex SHA-256 of the uncompressed content as read (what a CloudTrail digest's hashValue states);
+        # null for objects not read, CloudWatch hours, and manifests written before it existed
+        ("sha256", pa.string()),
     ]
 )
 
@@ -606,6 +609,17 @@ class EventStore:
             doc = json.loads(path.read_text())
             found[doc["run_id"]] = doc["source"]
         return found
+
+    def manifest_hashes(self) -> dict[str, tuple[int, str, str]]:
+        """Latest (size, etag, sha256) per object read and hashed, for checking it against its digest."""
+        table = self.read_manifest().select(["key", "size", "etag", "status", "sha256"])
+        hashes: dict[str, tuple[int, str, str]] = {}
+        for key, size, etag, status, sha256 in zip(*(c.to_pylist() for c in table.columns), strict=True):
+            if sha256 and status in ("ingested", "quarantined"):
+                hashes[key] = (size, etag, sha256)
+            else:
+                hashes.pop(key, None)
+        return hashes
 
     def write_manifest(self, entries: list[dict], run_id: str) -> None:
         if not entries:

@@ -27,6 +27,9 @@ class Settings:
     ingest_max_tasks: int
     score_max_tasks: int
     smtp_url: str | None
+    source: str | None = None  # the CloudTrail source the DAGs and `trailguard verify` read by default
+    integrity_keys: str | None = None  # folder of CloudTrail public keys; empty: cloudtrail:ListPublicKeys
+    threat_lists: tuple[str, ...] = ()
     ingest_max_file_bytes: int = 256 * 1024 * 1024
     ingest_max_records_per_file: int = 200_000
     ingest_max_record_bytes: int = 8 * 1024 * 1024
@@ -69,6 +72,11 @@ def load_settings(**overrides: object) -> Settings:
         "ingest_max_tasks": max(1, _int("TRAILGUARD_INGEST_MAX_TASKS", 32)),
         "score_max_tasks": max(1, _int("TRAILGUARD_SCORE_MAX_TASKS", 4)),
         "smtp_url": env.get("TRAILGUARD_SMTP_URL", "").strip() or None,
+        "source": env.get("TRAILGUARD_SOURCE", "").strip() or None,
+        "integrity_keys": env.get("TRAILGUARD_INTEGRITY_KEYS", "").strip() or None,
+        "threat_lists": tuple(
+            s.strip() for s in env.get("TRAILGUARD_THREAT_LISTS", "").split(",") if s.strip()
+        ),
         "ingest_max_file_bytes": max(1, _int("TRAILGUARD_INGEST_MAX_FILE_BYTES", 256 * 1024 * 1024)),
         "ingest_max_records_per_file": max(1, _int("TRAILGUARD_INGEST_MAX_RECORDS_PER_FILE", 200_000)),
         "ingest_max_record_bytes": max(1, _int("TRAILGUARD_INGEST_MAX_RECORD_BYTES", 8 * 1024 * 1024)),

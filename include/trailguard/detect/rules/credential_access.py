@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
+import numpy as np
+import pandas as pd
+
 from trailguard.detect.event import Event, as_list, is_true, short
-from trailguard.detect.registry import fires, near_miss, rule
-from trailguard.detect.samples import ALICE, DENIED, ROOT, call, login
+from trailguard.detect.registry import fires, frame_rule, near_miss, rule
+from trailguard.detect.samples import ACCOUNT, ALICE, DENIED, ROOT, call, login
+from trailguard.intel.networks import aws_ranges, parse_ip
 
 
 @rule(
@@ -263,3 +268,88 @@ def ec2_password_data_read(event: Event) -> str | None:
     if event.failed:
         return None
     return f"Windows password data of {short(event.text('requestParameters.instanceId'))} read by {event.actor()}"
+
+
+# --- EC2 instance credentials (frame rules: one look-up per distinct session and address) -----------------
+
+_INSTANCE_SESSION = re.compile(r":assumed-role/[^/]{1,128}/i-[0-9a-f]{8,17}$")
+_INSTANCE = {"type": "AssumedRole", "arn": f"arn:aws:sts::{ACCOUNT}:assumed-role/web/i-0382ede3231f87fc1",
+             "accountId": ACCOUNT, "principalId": "AROAEXAMPLE:i-0382ede3231f87fc1"}  # fmt: skip
+
+
+def _instance_rows(df: pd.DataFrame) -> np.ndarray:
+    """Rows made with an EC2 instance profile's credentials: a role session named after the instance."""
+    if "userIdentity.arn" not in df:
+        return np.zeros(len(df), dtype=bool)
+    codes, arns = pd.factorize(df["userIdentity.arn"])  # a day has far fewer sessions than events
+    session = np.array(
+        [*(isinstance(a, str) and _INSTANCE_SESSION.search(a) is not None for a in arns), False]
+    )
+    found = session[codes]
+    if "userIdentity.type" in df:
+        found &= (df["userIdentity.type"] == "AssumedRole").to_numpy(dtype=bool)
+    return found
+
+
+@frame_rule(
+    "instance_credentials_outside_aws",
+    title="EC2 instance credentials used outside AWS",
+    technique="T1552.005",
+    score=85,
+    reason="EC2 instance credentials of role {role} (instance {instance}) used from {ip}, outside AWS "
+    "(AWS IP ranges of {date} ({source}))",
+    runbook="An instance profile's keys were taken from the instance (metadata service, SSRF, a backup) and used "
+    "from elsewhere: revoke the role's sessions (a deny on aws:TokenIssueTime), find how they left the instance.",
+    tests=[
+        fires("an instance session from a foreign cloud", call("ListBuckets", "s3", userIdentity=_INSTANCE, sourceIPAddress="8.210.12.33")),
+        near_miss("an instance session from an AWS address", call("ListBuckets", "s3", userIdentity=_INSTANCE, sourceIPAddress="3.218.180.10")),
+        near_miss("an instance session from its VPC", call("ListBuckets", "s3", userIdentity=_INSTANCE, sourceIPAddress="10.20.3.41")),
+    ],
+)  # fmt: skip
+def instance_credentials_outside_aws(df: pd.DataFrame) -> list[tuple[int, str]]:
+    rows = np.flatnonzero(_instance_rows(df))
+    if not len(rows) or "sourceIPAddress" not in df:
+        return []
+    ranges = aws_ranges()
+    outside: dict[str, bool] = {}
+    hits = []
+    ips, arns = df["sourceIPAddress"].iloc[rows].tolist(), df["userIdentity.arn"].iloc[rows].tolist()
+    for position, ip, arn in zip(rows, ips, arns, strict=True):
+        if not isinstance(ip, str):
+            continue
+        if ip not in outside:
+            address = parse_ip(ip)
+            outside[ip] = address is not None and address.is_global and ip not in ranges
+        if outside[ip]:
+            role, _, session = str(arn).rpartition(":assumed-role/")[2].rpartition("/")
+            hits.append((int(position), f"EC2 instance credentials of role {short(role)} (instance {short(session)}) "
+                         f"used from {short(ip)}, outside AWS ({ranges.label})"))  # fmt: skip
+    return hits
+
+
+@frame_rule(
+    "instance_credentials_other_account",
+    title="EC2 instance credentials used from another AWS account",
+    technique="T1552.005",
+    score=80,
+    reason="EC2 instance credentials of {actor} used through VPC endpoint {vpcEndpointId} of account "
+    "{vpcEndpointAccountId}, not the role's account {account}",
+    runbook="The call came through a VPC endpoint of another account: the instance's keys are used from an account "
+    "that is not the role's. Revoke the role's sessions and find how the keys left the instance.",
+    tests=[
+        fires("through another account's endpoint", call("ListBuckets", "s3", userIdentity=_INSTANCE, sourceIPAddress="10.1.2.3",
+              vpcEndpointId="vpce-1", vpcEndpointAccountId="999988887777")),
+        near_miss("through the role's own endpoint", call("ListBuckets", "s3", userIdentity=_INSTANCE, sourceIPAddress="10.1.2.3",
+                  vpcEndpointId="vpce-1", vpcEndpointAccountId=ACCOUNT)),
+    ],
+)  # fmt: skip
+def instance_credentials_other_account(df: pd.DataFrame) -> list[tuple[int, str]]:
+    hits = []
+    for position in np.flatnonzero(_instance_rows(df)):
+        event = Event(df.iloc[int(position)].to_dict())
+        endpoint_account = event.text("vpcEndpointAccountId")
+        if endpoint_account and endpoint_account != event.account and event.text("vpcEndpointId"):
+            hits.append((int(position), f"EC2 instance credentials of {event.actor()} used through VPC endpoint "
+                         f"{short(event.text('vpcEndpointId'))} of account {short(endpoint_account)}, "
+                         f"not the role's account {short(event.account)}"))  # fmt: skip
+    return hits

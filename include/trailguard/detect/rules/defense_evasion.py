@@ -836,3 +836,46 @@ def region_enabled(event: Event) -> str | None:
         return None
     region = event.text("requestParameters.RegionName") or event.text("requestParameters.regionName")
     return f"Region {short(region, 32)} enabled by {event.actor()}"
+
+
+# --- added for GuardDuty parity (issue 16) -----------------------------------------------------------------
+
+
+@rule(
+    "ebs_snapshot_created",
+    title="EBS snapshot created by a person",
+    technique="T1578.001",
+    score=25,
+    reason="Snapshot of {volume} created by {actor}",
+    runbook="Backups are made by AWS Backup or automation; a person snapshotting a disk may be about to copy or "
+    "share it: check what the volume holds and what happens to the snapshot next.",
+    events=["CreateSnapshot", "CreateSnapshots"],
+    identity_types=["IAMUser", "Root", "AssumedRole"],
+    sources=["ec2"],
+    tests=[
+        fires("a user snapshots a volume", call("CreateSnapshot", "ec2", {"volumeId": "vol-0abc"})),
+        near_miss(
+            "AWS Backup snapshots a volume",
+            call(
+                "CreateSnapshot",
+                "ec2",
+                {"volumeId": "vol-0abc"},
+                userIdentity={
+                    **ROLE,
+                    "arn": f"arn:aws:sts::{ACCOUNT}:assumed-role/AWSBackupDefaultServiceRole/AWSBackup-1",
+                },
+            ),
+        ),  # fmt: skip
+    ],
+)
+def ebs_snapshot_created(event: Event) -> str | None:
+    if (
+        event.failed
+        or event.text("userIdentity.invokedBy")
+        or "AWSBackup" in event.text("userIdentity.arn")[:300]
+    ):
+        return None
+    volume = event.text("requestParameters.volumeId") or event.text(
+        "requestParameters.instanceSpecification.instanceId"
+    )
+    return f"Snapshot of {short(volume or '?')} created by {event.actor()}"

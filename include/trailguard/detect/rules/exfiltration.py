@@ -188,3 +188,75 @@ def resource_policy_public(event: Event) -> str | None:
         "?",
     )
     return f"{short(event.name)} on {short(target)} allows anyone; by {event.actor()}"
+
+
+# --- added for GuardDuty parity (issue 16): replication and snapshot copies -----------------------------------
+
+
+def _replication_destinations(event: Event) -> list[tuple[str, str]]:
+    """(bucket ARN, account) of every rule's destination in a PutBucketReplication request."""
+    config = event.params("ReplicationConfiguration") or {}
+    rules = config.get("Rule") if isinstance(config, dict) else None
+    out = []
+    for item in rules if isinstance(rules, list) else [rules]:
+        destination = item.get("Destination") if isinstance(item, dict) else None
+        if isinstance(destination, dict):
+            out.append((str(destination.get("Bucket") or ""), str(destination.get("Account") or "")))
+    return out
+
+
+def _replication(account: str) -> dict:
+    return {"bucketName": "acme-data", "ReplicationConfiguration": {"Role": f"arn:aws:iam::{ACCOUNT}:role/repl", "Rule": [
+        {"Status": "Enabled", "Destination": {"Bucket": "arn:aws:s3:::copy-bucket", "Account": account}}]}}  # fmt: skip
+
+
+@rule(
+    "s3_bucket_replication_set",
+    title="S3 bucket replication configured",
+    technique="T1537",
+    score=55,
+    reason="Bucket {bucketName} now replicates {to another account: }{destination}; set by {actor}",
+    runbook="Replication copies every new object to the destination: confirm the destination bucket is yours; "
+    "to another account it is a quiet exfiltration channel.",
+    events=["PutBucketReplication"],
+    sources=["s3"],
+    tests=[
+        fires("replication to another account", call("PutBucketReplication", "s3", _replication(FOREIGN))),
+        fires("replication within the account", call("PutBucketReplication", "s3", _replication(ACCOUNT))),
+        near_miss("replication read", call("GetBucketReplication", "s3", {"bucketName": "acme-data"})),
+    ],
+)
+def s3_bucket_replication_set(event: Event) -> str | None:
+    if event.failed:
+        return None
+    targets = _replication_destinations(event)
+    foreign = [(b, a) for b, a in targets if a and a != event.account]
+    where = ", ".join(short(b) + (f" (account {short(a)})" if a else "") for b, a in (foreign or targets))
+    prefix = "to another account: " if foreign else ""
+    bucket = short(event.text("requestParameters.bucketName"))
+    return f"Bucket {bucket} now replicates {prefix}{where or 'to an unnamed destination'}; set by {event.actor()}"
+
+
+@rule(
+    "ebs_snapshot_copied",
+    title="EBS or RDS snapshot copied",
+    technique="T1537",
+    score=45,
+    reason="Snapshot {source} copied{ from region} into {awsRegion} by {actor}",
+    runbook="A copy can move a disk to another region or be shared on from there: confirm the copy belongs to a "
+    "backup plan; otherwise delete it and check who else can read it.",
+    events=["CopySnapshot", "CopyDBSnapshot", "CopyDBClusterSnapshot"],
+    sources=["ec2", "rds"],
+    tests=[
+        fires("a snapshot copied from another region", call("CopySnapshot", "ec2", {"sourceSnapshotId": "snap-0abc", "sourceRegion": "us-east-1"})),
+        near_miss("the copy was denied", call("CopySnapshot", "ec2", {"sourceSnapshotId": "snap-0abc"}, errorCode="AccessDenied")),
+    ],
+)  # fmt: skip
+def ebs_snapshot_copied(event: Event) -> str | None:
+    if event.failed:
+        return None
+    source = (event.text("requestParameters.sourceSnapshotId") or event.text("requestParameters.sourceDBSnapshotIdentifier")
+              or event.text("requestParameters.sourceDBClusterSnapshotIdentifier"))  # fmt: skip
+    region = event.text("requestParameters.sourceRegion")
+    where = short(event.text("awsRegion")) or "this region"
+    return f"Snapshot {short(source or '?')} copied{' from ' + short(region) if region else ''} into {where} by {event.actor()}"

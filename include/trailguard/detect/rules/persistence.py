@@ -4,9 +4,12 @@ backdoors. The account-manipulation rules (T1098) are privilege escalation (TA00
 
 from __future__ import annotations
 
+import numpy as np
+import pandas as pd
+
 from trailguard.detect.event import Event, is_true, short
 from trailguard.detect.policy import accounts_text, as_strings, is_admin_statement, statements, trust_exposure
-from trailguard.detect.registry import fires, near_miss, rule
+from trailguard.detect.registry import fires, frame_rule, near_miss, rule
 from trailguard.detect.samples import (
     ACCOUNT,
     ADMIN_STATEMENT,
@@ -484,3 +487,247 @@ def lambda_layer_added(event: Event) -> str | None:
     function = short(event.text("requestParameters.functionName").rpartition(":")[2])
     layer = short(layers[0].split(":layer:")[-1], 48)
     return f"Layer {layer} attached to Lambda function {function} by {event.actor()}"
+
+
+# --- added for GuardDuty parity (issue 16) -----------------------------------------------------------------
+
+_PASS_ROLE_DENIED = {
+    "errorCode": "AccessDenied",
+    "errorMessage": f"User: arn:aws:iam::{ACCOUNT}:user/alice is not authorized to perform: iam:PassRole on "
+    f"resource: arn:aws:iam::{ACCOUNT}:role/admin-role",
+}
+
+
+@rule(
+    "iam_access_key_created_for_self",
+    title="Access key created by a user for themselves",
+    technique="T1098.001",
+    score=30,
+    reason="Access key created by {user} for themselves from {ip}",
+    runbook="Routine rotation from the user's usual network; a key made from a new network or client is how a "
+    "stolen session keeps access after the password changes (the finding's usual-vs-now panel shows which).",
+    events=["CreateAccessKey"],
+    identity_types=["IAMUser"],
+    sources=["iam"],
+    tests=[
+        fires("a user creates their own key", call("CreateAccessKey", "iam", {"userName": "alice"})),
+        fires("no userName: the caller's own key", call("CreateAccessKey", "iam")),
+        near_miss("a key for somebody else", call("CreateAccessKey", "iam", {"userName": "bob"})),
+        near_miss("the call was denied", call("CreateAccessKey", "iam", {"userName": "alice"}, **DENIED)),
+    ],
+)
+def iam_access_key_created_for_self(event: Event) -> str | None:
+    target = event.text("requestParameters.userName")
+    if event.failed or (target and target != event.caller_name()):
+        return None
+    return f"Access key created by {short(event.caller_name())} for themselves from {event.ip()}"
+
+
+@rule(
+    "ec2_key_pair_created",
+    title="EC2 key pair created or imported",
+    technique="T1098.004",
+    score=45,
+    reason="EC2 key pair {keyName} {imported|created} by {actor}",
+    runbook="An SSH key pair opens every instance launched with it: confirm the owner, delete unknown key pairs "
+    "and check the instances using them.",
+    events=["CreateKeyPair", "ImportKeyPair"],
+    sources=["ec2"],
+    tests=[
+        fires(
+            "a key pair imported",
+            call("ImportKeyPair", "ec2", {"keyName": "backdoor", "publicKeyMaterial": "c3No"}),
+        ),
+        fires("a key pair created", call("CreateKeyPair", "ec2", {"keyName": "ops"})),
+        near_miss("key pairs listed", call("DescribeKeyPairs", "ec2", {"keyName": "backdoor"})),
+        near_miss("the import was denied", call("ImportKeyPair", "ec2", {"keyName": "backdoor"}, **DENIED)),
+    ],
+)
+def ec2_key_pair_created(event: Event) -> str | None:
+    if event.failed:
+        return None
+    verb = "imported" if event.name == "ImportKeyPair" else "created"
+    return f"EC2 key pair {short(event.text('requestParameters.keyName'))} {verb} by {event.actor()}"
+
+
+@rule(
+    "ec2_instance_profile_attached",
+    title="Instance profile attached to a running instance",
+    technique="T1098.003",
+    score=50,
+    reason="Instance profile {profile} attached to instance {instance} by {actor}",
+    runbook="Attaching a role to an instance passes the role (iam:PassRole) to whoever controls the instance: "
+    "confirm the change; an attacker attaches a powerful role to an instance they can reach.",
+    events=["AssociateIamInstanceProfile", "ReplaceIamInstanceProfileAssociation"],
+    sources=["ec2"],
+    tests=[
+        fires(
+            "an admin profile attached",
+            call(
+                "AssociateIamInstanceProfile",
+                "ec2",
+                {
+                    "AssociateIamInstanceProfileRequest": {
+                        "InstanceId": "i-0abc",
+                        "IamInstanceProfile": {"Arn": f"arn:aws:iam::{ACCOUNT}:instance-profile/admin"},
+                    }
+                },
+            ),
+        ),  # fmt: skip
+        near_miss(
+            "the call was denied",
+            call(
+                "AssociateIamInstanceProfile",
+                "ec2",
+                {"AssociateIamInstanceProfileRequest": {"InstanceId": "i-0abc"}},
+                **DENIED,
+            ),
+        ),  # fmt: skip
+    ],
+)
+def ec2_instance_profile_attached(event: Event) -> str | None:
+    if event.failed:
+        return None
+    request = "AssociateIamInstanceProfileRequest" if event.name.startswith("Associate") else (
+        "ReplaceIamInstanceProfileAssociationRequest")  # fmt: skip
+    profile = event.text(f"requestParameters.{request}.IamInstanceProfile.Arn") or event.text(
+        f"requestParameters.{request}.IamInstanceProfile.Name"
+    )
+    instance = event.text(f"requestParameters.{request}.InstanceId") or event.text(
+        f"requestParameters.{request}.AssociationId"
+    )
+    return f"Instance profile {short(profile or '?')} attached to instance {short(instance or '?')} by {event.actor()}"
+
+
+_PASS_ROLE_EVENTS = (
+    "RunInstances", "AssociateIamInstanceProfile", "ReplaceIamInstanceProfileAssociation", "CreateFunction20150331",
+    "UpdateFunctionConfiguration20150331v2", "CreateStack", "UpdateStack", "CreateDevEndpoint", "CreateJob",
+    "CreateNotebookInstance", "CreateTrainingJob", "CreateCluster", "RegisterTaskDefinition", "CreateLaunchTemplate",
+    "CreateLaunchTemplateVersion", "CreatePipeline", "CreateStateMachine", "CreateProject", "StartBuild",
+)  # fmt: skip
+
+
+@rule(
+    "iam_pass_role_denied",
+    title="Denied attempt to pass a role (iam:PassRole)",
+    technique="T1098.003",
+    score=55,
+    reason="{eventName} by {actor} refused iam:PassRole on {role}",
+    runbook="Someone tried to hand a role to a service they control and was refused: a classic privilege "
+    "escalation probe. Ask what they meant to do; repeated attempts with different roles are hostile.",
+    events=_PASS_ROLE_EVENTS,
+    tests=[
+        fires(
+            "RunInstances refused the role",
+            call("RunInstances", "ec2", {"instanceType": "t3.micro"}, **_PASS_ROLE_DENIED),
+        ),
+        near_miss(
+            "denied for another permission",
+            call("RunInstances", "ec2", {"instanceType": "t3.micro"}, **DENIED),
+        ),
+    ],
+)
+def iam_pass_role_denied(event: Event) -> str | None:
+    message = event.text("errorMessage")[:2000]
+    if "iam:PassRole" not in message:
+        return None
+    role = next((w for w in message.split() if ":role/" in w), "a role")
+    return f"{short(event.name)} by {event.actor()} refused iam:PassRole on {short(role.strip('.,'))}"
+
+
+def _weak_password_policy(event: Event) -> list[str]:
+    weak = []
+    length = event.params("minimumPasswordLength")
+    if isinstance(length, (int, float)) and not isinstance(length, bool) and length < 14:
+        weak.append(f"minimum length {int(length)}")
+    weak += [f"{key} off" for key in ("requireSymbols", "requireNumbers", "requireUppercaseCharacters",
+                                      "requireLowercaseCharacters") if event.params(key) is False]  # fmt: skip
+    return weak
+
+
+@rule(
+    "iam_password_policy_changed",
+    title="Account password policy changed or deleted",
+    technique="T1556",
+    score=45,
+    reason="Account password policy {changed|deleted} by {actor}{ (weakened settings)}",
+    runbook="Confirm the change with the account's owners; a weaker or deleted policy makes password guessing "
+    "easier (GuardDuty: Stealth:IAMUser/PasswordPolicyChange).",
+    events=["UpdateAccountPasswordPolicy", "DeleteAccountPasswordPolicy"],
+    sources=["iam"],
+    tests=[
+        fires(
+            "the policy weakened",
+            call("UpdateAccountPasswordPolicy", "iam", {"minimumPasswordLength": 6, "requireSymbols": False}),
+        ),
+        fires("the policy deleted", call("DeleteAccountPasswordPolicy", "iam")),
+        near_miss("the policy read", call("GetAccountPasswordPolicy", "iam")),
+        near_miss(
+            "the deletion failed", call("DeleteAccountPasswordPolicy", "iam", errorCode="NoSuchEntity")
+        ),
+    ],
+)
+def iam_password_policy_changed(event: Event) -> str | None:
+    if event.failed:
+        return None
+    if event.name == "DeleteAccountPasswordPolicy":
+        return f"Account password policy deleted by {event.actor()}"
+    weak = _weak_password_policy(event)
+    return f"Account password policy changed by {event.actor()}" + (f" ({', '.join(weak)})" if weak else "")
+
+
+def _rows_named(df: pd.DataFrame, names: tuple[str, ...]) -> np.ndarray:
+    if "eventName" not in df:
+        return np.zeros(0, dtype=np.int64)
+    return np.flatnonzero(df["eventName"].isin(names).to_numpy(dtype=bool))
+
+
+_ADMIN_GRANT = call("AttachGroupPolicy", "iam", {"groupName": "platform",
+                    "policyArn": "arn:aws:iam::aws:policy/AdministratorAccess"}, eventID="grant")  # fmt: skip
+
+
+@frame_rule(
+    "iam_user_added_to_privileged_group",
+    title="User added to a group that grants admin rights",
+    technique="T1098.003",
+    score=80,
+    reason="User {userName} added to group {groupName}, which was given {policy} the same day; by {actor}",
+    runbook="The group's name does not say admin but a policy attached the same day grants every action: "
+    "confirm the membership and the grant; remove both if nobody asked for them.",
+    tests=[
+        fires("added to a group made admin the same day",
+              _ADMIN_GRANT, call("AddUserToGroup", "iam", {"groupName": "platform", "userName": "mallory"}, eventID="add")),
+        near_miss("added to another group",
+                  _ADMIN_GRANT, call("AddUserToGroup", "iam", {"groupName": "readers", "userName": "bob"}, eventID="add")),
+        near_miss("the group got read-only rights",
+                  call("AttachGroupPolicy", "iam", {"groupName": "platform", "policyArn": "arn:aws:iam::aws:policy/ReadOnlyAccess"}),
+                  call("AddUserToGroup", "iam", {"groupName": "platform", "userName": "mallory"}, eventID="add")),
+    ],
+)  # fmt: skip
+def iam_user_added_to_privileged_group(df: pd.DataFrame) -> list[tuple[int, str]]:
+    grants = _rows_named(df, ("AttachGroupPolicy", "PutGroupPolicy"))
+    adds = _rows_named(df, ("AddUserToGroup",))
+    if not len(grants) or not len(adds):
+        return []
+    admin_groups: dict[tuple[str, str], str] = {}
+    for position in grants:
+        event = Event(df.iloc[int(position)].to_dict())
+        arn = event.text("requestParameters.policyArn")
+        if not event.failed and (
+            _admin_policy_arn(arn)
+            or any(is_admin_statement(s) for s in statements(event.params("policyDocument")))
+        ):
+            grant = arn.rpartition("/")[2] or "an inline policy granting every action"
+            admin_groups[(event.account, event.text("requestParameters.groupName"))] = short(grant)
+    hits = []
+    for position in adds:
+        event = Event(df.iloc[int(position)].to_dict())
+        group = event.text("requestParameters.groupName")
+        grant = admin_groups.get((event.account, group))
+        if (
+            event.failed or grant is None or "admin" in group.lower()
+        ):  # named admin: iam_admin_group_membership
+            continue
+        hits.append((int(position), f"User {short(event.text('requestParameters.userName'))} added to group "
+                     f"{short(group)}, which was given {grant} the same day; by {event.actor()}"))  # fmt: skip
+    return hits
