@@ -15,7 +15,7 @@ export GX_ANALYTICS_ENABLED := false
 export MLFLOW_ENABLE_TELEMETRY := false
 export DO_NOT_TRACK := true
 
-.PHONY: help install install-test airflow-db demo test test-fast lint fmt lock bench clean
+.PHONY: help install install-test chromium airflow-db demo test test-fast lint fmt lock bench clean
 .DEFAULT_GOAL := help
 
 help: ## show the targets
@@ -31,7 +31,18 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 
 $(VENV)/.installed-test: $(VENV)/.installed requirements-test.lock
 	$(UV) pip install --python $(BIN)/python --compile-bytecode --quiet -r requirements-test.lock
+	@$(MAKE) --no-print-directory chromium
 	@touch $@
+
+# The browser tests drive the Debian chromium package through Playwright (no browser download); without
+# root and apt-get they skip, saying so.
+chromium:
+	@command -v chromium >/dev/null && exit 0; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing chromium (apt) for the browser tests"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+			|| echo "chromium could not be installed: the browser tests will skip"; \
+	else echo "no chromium (install it as root: apt-get install chromium): the browser tests will skip"; fi
 
 install: $(VENV)/.installed ## create .venv from the lock (uv, compiled bytecode)
 

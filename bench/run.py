@@ -39,7 +39,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -48,9 +48,9 @@ import psutil
 PROJECT = Path(__file__).resolve().parents[1]
 NOT_AVAILABLE = "not available yet"
 STAGES = ("ingest", "rerun", "naive", "integrity", "dags", "label", "validate", "features", "train", "score",
-          "score_partitions", "report", "demo")
+          "score_partitions", "report", "explore", "demo", "flows")
 FIXTURES = PROJECT.parent / "shared" / "fixtures" / "cloudtrail"
-ORG_STAGES = ("features", "train", "score", "score_partitions", "report")
+ORG_STAGES = ("features", "train", "score", "score_partitions", "report", "explore")
 
 
 # -- measuring a child process --------------------------------------------------------------------------
@@ -230,6 +230,76 @@ def naive_stage(files: list[str], out: str, limit: int) -> dict[str, Any]:
             "import_seconds": round(imported - started, 2)}
 
 
+def flow_logs(work: Path, records: int, per_file: int = 100_000) -> Path:
+    """``records`` VPC flow records (default v2 format) in gzipped files of ``per_file`` in AWS's layout,
+    generated once with numpy and pyarrow's CSV writer and cached."""
+    folder = work / f"flows-{records}"
+    if (folder / "ready").exists():
+        return folder
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    from trailguard.flows.logs import DEFAULT_FORMAT, flow_log_key
+
+    shutil.rmtree(folder, ignore_errors=True)
+    rng = np.random.default_rng(7)
+    fields = DEFAULT_FORMAT.split()
+    day = date(2026, 1, 31)
+    base = 1769817600  # 2026-01-31T00:00:00Z
+    for index, start in enumerate(range(0, records, per_file)):
+        n = min(per_file, records - start)
+
+        def ip(prefix: str, n: int = n) -> Any:
+            return pa.array([f"{prefix}{a}.{b}" for a, b in rng.integers(1, 255, (n, 2))])
+
+        t = base + np.sort(rng.integers(0, 86_000, n))
+        columns = [
+            pa.array(np.full(n, 2)), pa.array(np.full(n, "418272790141")),
+            pa.array([f"eni-0{x:016x}" for x in rng.integers(0, 400, n)]), ip("10.20."), ip("52.94."),
+            pa.array(rng.integers(1024, 65535, n)), pa.array(rng.choice([443, 80, 53, 22, 5432], n)),
+            pa.array(rng.choice([6, 17], n)), pa.array(rng.integers(1, 500, n)), pa.array(rng.integers(40, 2_000_000, n)),
+            pa.array(t), pa.array(t + 60), pa.array(rng.choice(["ACCEPT", "REJECT"], n, p=[0.9, 0.1])),
+            pa.array(np.full(n, "OK")),
+        ]  # fmt: skip
+        table = pa.Table.from_arrays(columns, names=fields)
+        sink = pa.BufferOutputStream()
+        sink.write((DEFAULT_FORMAT + "\n").encode())  # the writer quotes header names: AWS does not
+        pacsv.write_csv(table, sink, pacsv.WriteOptions(delimiter=" ", quoting_style="none", include_header=False))
+        key = flow_log_key("418272790141", "us-east-1", day, "fl-0bench", datetime(2026, 1, 31, index % 24, 5), f"{index:08x}")
+        path = folder / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(gzip.compress(sink.getvalue().to_pybytes(), compresslevel=6))
+    (folder / "ready").write_text("")
+    return folder
+
+
+def flows_floor_stage(logs: str) -> dict[str, Any]:
+    """The floor: pyarrow's CSV reader on the same files (gunzip and parse, typed by inference), nothing else."""
+    started = time.perf_counter()
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    imported = time.perf_counter()
+    records = 0
+    for path in sorted(Path(logs).rglob("*.log.gz")):
+        with pa.input_stream(str(path), compression="gzip") as stream:
+            records += pacsv.read_csv(stream, parse_options=pacsv.ParseOptions(delimiter=" ")).num_rows
+    return {"records": records, "seconds": round(time.perf_counter() - imported, 2),
+            "import_seconds": round(imported - started, 2)}
+
+
+def flows_ingest_stage(logs: str, data: str, workers: int) -> dict[str, Any]:
+    """Flow ingestion end to end: list, gunzip, parse and check, partitions, manifest (imports timed apart)."""
+    started = time.perf_counter()
+    from trailguard.flows.ingestion import ingest_flows
+    from trailguard.ingest.sources import LocalFolderSource
+
+    imported = time.perf_counter()
+    summary = ingest_flows(LocalFolderSource(logs), data, workers=workers)
+    figures = {"seconds": round(time.perf_counter() - imported, 2), "import_seconds": round(imported - started, 2)}
+    return figures | {key: getattr(summary, key) for key in ("objects", "objects_ingested", "records", "stored", "quarantined")}
+
+
 def dag_parse_stage() -> dict[str, Any]:
     """Each DAG file run in a fresh interpreter with Airflow and its providers' Asset handlers already
     loaded, as the DAG processor has them."""
@@ -344,6 +414,44 @@ def report_stage(data: str, day: str) -> dict[str, Any]:
     return {"date": day, "events": len(report.top_events)}
 
 
+def activity_stage(data: str, day: str) -> dict[str, Any]:
+    """The activity table of every ordinary day (what each day's validation writes), slowest day given."""
+    from trailguard.explore.activity import write_day_activity
+    from trailguard.store.events import EventStore
+
+    store = EventStore(Path(data))
+    seconds = []
+    for each in [d for d in store.dates() if d < day]:
+        started = time.perf_counter()
+        write_day_activity(store, each)
+        seconds.append(round(time.perf_counter() - started, 2))
+    return {"days": len(seconds), "slowest_day_seconds": max(seconds, default=0.0),
+            "rows": sum(store.count_rows(d) for d in store.dates() if d < day)}
+
+
+def explore_stage(data: str, day: str) -> dict[str, Any]:
+    """What opening the 30-day pages costs: the activity dashboards and the PCA map of the ordinary days,
+    rendered, from their activity tables only (as the Airflow plugin serves them; its process has its
+    libraries imported already, so imports are not timed). Wall and CPU seconds per page: on a shared
+    machine the CPU seconds are what the page costs."""
+    import sklearn.decomposition  # noqa: F401
+    from trailguard.explore import render, views
+
+    end = date.fromisoformat(day) - timedelta(days=1)
+    period = views.resolve_period(Path(data), end - timedelta(days=29), end)
+    timings: dict[str, float] = {}
+    started, cpu = time.perf_counter(), time.process_time()
+    activity = views.activity_view(Path(data), period)
+    html = render.render("activity", activity, render.Links())
+    timings["activity_page"], timings["activity_page_cpu"] = time.perf_counter() - started, time.process_time() - cpu
+    started, cpu = time.perf_counter(), time.process_time()
+    pca = views.pca_view(Path(data), period)
+    html += render.render("pca", pca, render.Links())
+    timings["pca_page"], timings["pca_page_cpu"] = time.perf_counter() - started, time.process_time() - cpu
+    return {"rows": activity["totals"]["events"], "principals": pca["principals"], "html_kb": len(html) // 1024,
+            "days": len(period.days), "timings": {k: round(v, 2) for k, v in timings.items()}}
+
+
 def demo_stage(work: str) -> dict[str, Any]:
     """What `make demo` runs (`trailguard demo`), with its data and logs under bench/work/demo."""
     import trailguard.demo  # noqa: F401  (not available yet: nothing to time)
@@ -439,8 +547,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                ("score_partitions", score_partitions_stage), ("report", report_stage)):
             if name in stages:
                 step(f"{name}_last_day" if name not in ("train", "score_partitions") else name, stage_fn, str(data), day)
+        if "explore" in stages:
+            step("activity_tables", activity_stage, str(data), day)
+            step("explore_30_days", explore_stage, str(data), day)
     if "demo" in stages:
         step("demo", demo_stage, str(work))
+    if "flows" in stages:
+        flows = flow_logs(work, args.flow_records)
+        flow_bytes = sum(p.stat().st_size for p in flows.rglob("*.log.gz"))
+        results["flows_input"] = {"folder": str(flows), "records": args.flow_records,
+                                  "compressed_mb": round(flow_bytes / 2**20, 1)}
+        floor = step("flows_pyarrow_csv_floor", flows_floor_stage, str(flows))
+        _rates(floor, flow_bytes)
+        for workers in args.workers:
+            target = work / f"flows-store-{workers}"
+            shutil.rmtree(target, ignore_errors=True)
+            figures = step(f"flows_ingest_{workers}_workers", flows_ingest_stage, str(flows), str(target), workers)
+            _rates(figures, flow_bytes)
+            if floor.get("records_per_s") and figures.get("records_per_s"):
+                results.setdefault("speedup", {})[f"flows_{workers}_workers_vs_floor"] = round(
+                    figures["records_per_s"] / floor["records_per_s"], 2)
+            shutil.rmtree(target, ignore_errors=True)
     return results
 
 
@@ -514,6 +641,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--org-events-per-day", type=int, default=100_000,
                         help="the organisation's ordinary day for features/train/score/report (default 100,000)")
     parser.add_argument("--org-days", type=int, default=30, help="its ordinary days before the scored day (default 30)")
+    parser.add_argument("--flow-records", type=int, default=2_000_000,
+                        help="VPC flow records for the flows stages (default 2,000,000)")
     parser.add_argument("--work", default=str(PROJECT / "bench" / "work"), help="cached logs and stores (default bench/work)")
     parser.add_argument("--results", default=str(PROJECT / "bench" / "results.json"), help="where the figures go")
     args = parser.parse_args(argv)

@@ -135,25 +135,27 @@ def cloudtrail_ingest():
 
     @task(outlets=[VALIDATED_EVENTS], map_index_template="{{ day }}")
     def validate_events(day: str, outlet_events=None) -> dict:
-        """Validate one day's partition; fails (and emits nothing) on a critical failure."""
+        """Validate one day's partition; fails (and emits nothing) on a critical failure. A validated day
+        gets its activity table (activity/date=D/), which the TrailGuard pages read instead of events."""
+        from trailguard.explore.activity import write_day_activity
         from trailguard.quality.gate import validate_partition
         from trailguard.store.events import EventStore
         from trailguard.store.settings import load_settings
 
         get_current_context()["day"] = day
         settings = load_settings()
-        result = validate_partition(
-            EventStore(settings.data_path), day, allowed_lateness_hours=settings.allowed_lateness_hours
-        )
+        store = EventStore(settings.data_path)
+        result = validate_partition(store, day, allowed_lateness_hours=settings.allowed_lateness_hours)
         if result.critical_failed:  # bad data does not get better by retrying: fail now, visibly
             from airflow.sdk.exceptions import AirflowFailException
 
             raise AirflowFailException(
                 f"{day}: critical data-quality failure, scoring stops for this day; see {result.html_path}"
             )
+        activity = write_day_activity(store, day)
         outlet_events[VALIDATED_EVENTS].extra = {"date": day, "status": result.status}
         return {"date": day, "status": result.status, "rows_passed": result.rows_passed,
-                "rows_quarantined": result.rows_quarantined}
+                "rows_quarantined": result.rows_quarantined, "activity": str(activity)}
 
     staged = stage_partitions.expand(partitions=plan_partitions())
     summary = commit_events(staged)

@@ -208,6 +208,7 @@ def airflow_environment(cfg: Config) -> dict[str, str]:
         }
     )
     env.pop("MLFLOW_TRACKING_URI", None)
+    env["TRAILGUARD_MLFLOW_UI_URL"] = cfg.mlflow_url  # the TrailGuard pages link to the runs there
     if cfg.source:
         env["TRAILGUARD_SOURCE"] = cfg.source
     return env

@@ -52,3 +52,20 @@ def test_bench_scoring_stages_on_a_small_organisation(tmp_path):
     assert set(stages["train"]["use_cases"]) == {"console_login", "api_call"}
     assert figures["org"]["scored_day_events"] == 5000
     assert "train api_call:" in out.stdout and "score_last_day:" in out.stdout
+
+
+@pytest.mark.slow
+def test_bench_explore_stage_on_a_small_organisation(tmp_path):
+    """The activity tables of the ordinary days, then the 30-day activity and PCA pages from them alone."""
+    results = tmp_path / "results.json"
+    command = [sys.executable, str(PROJECT / "bench" / "run.py"), "--events", "2000", "--org-events-per-day", "800",
+               "--org-days", "5", "--work", str(tmp_path / "work"), "--results", str(results), "--only", "explore"]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    stages = json.loads(results.read_text())["stages"]
+    for name in ("activity_tables", "explore_30_days"):
+        assert not stages[name].get("skipped"), (name, stages[name].get("trace", stages[name]))
+    assert stages["activity_tables"]["days"] == 5
+    explore = stages["explore_30_days"]
+    assert explore["rows"] == stages["activity_tables"]["rows"] > 3000  # every ordinary day's events, no more
+    assert explore["principals"] > 10 and {"activity_page_cpu", "pca_page_cpu"} <= set(explore["timings"])

@@ -20,7 +20,9 @@ LAYERS = {
     "detect": 2,
     "model": 3,
     "findings": 3.5,  # correlation of scored events, between the model and the report
+    "flows": 3,
     "report": 4,
+    "explore": 5,
     "demo": 5,
     "cli": 6,
 }

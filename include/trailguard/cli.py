@@ -86,6 +86,8 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     if args.start and args.end and args.start > args.end:
         print(f"--start {args.start} is after --end {args.end}", file=sys.stderr)
         return 2
+    if getattr(args, "kind", "cloudtrail") == "flows":
+        return _ingest_flows(args, settings)
     try:
         source = open_source(args.source, follow_links=args.follow_links)
         keep_apart(source, EventStore(settings.data_path))
@@ -133,6 +135,59 @@ def cmd_repair(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if result.repaired else 1
 
 
+def _ingest_flows(args: argparse.Namespace, settings: Settings) -> int:
+    """``ingest --kind flows``: VPC Flow Log files into ``flows/date=D/``."""
+    from trailguard.flows.ingestion import ingest_flows
+    from trailguard.ingest.sources import open_source
+
+    if args.source.startswith("cloudwatch://"):
+        print("--kind flows reads a folder or s3://bucket/prefix; CloudWatch Logs delivery is not supported yet", file=sys.stderr)
+        return 2
+    try:
+        source = open_source(args.source, service="vpcflowlogs")
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"cannot read the source: {exc}", file=sys.stderr)
+        return 2
+    update, close = _progress_bar("ingest flows", "objects")
+    try:
+        summary = ingest_flows(
+            source,
+            settings.data_path,
+            start=args.start,
+            end=args.end,
+            batch_records=max(settings.ingest_batch_records, 1),
+            workers=_ingest_workers(args.workers, settings.ingest_workers),
+            progress=update,
+        )
+    finally:
+        close()
+    _emit(args, summary.as_dict(), summary.lines())
+    if summary.objects_ingested + summary.objects_quarantined == 0 and summary.objects_already_ingested == 0:
+        print("no flow log files found: check --source (keys .../vpcflowlogs/...log.gz)", file=sys.stderr)
+    elif summary.objects_quarantined or summary.quarantined:
+        print(f"rejected files and lines are kept with their reasons under {settings.data_path / 'quarantine' / 'flows'}", file=sys.stderr)
+    return 0
+
+
+def cmd_flows(args: argparse.Namespace, settings: Settings) -> int:
+    """Validate a day of flows and run the network detections on it."""
+    from trailguard.flows.detect import score_flows
+    from trailguard.flows.quality import validate_flows
+
+    document = validate_flows(settings.data_path, args.date)
+    if document["critical_failed"]:
+        print(f"flows {args.date}: data quality failed ({document['rows_in']} records); nothing scored", file=sys.stderr)
+        return 1
+    findings, path = score_flows(settings.data_path, args.date)
+    lines = [f"flows {args.date}: quality {document['status']}, {document['rows_passed']} records, "
+             f"{len(findings)} findings -> {path}"]
+    lines += [f"{row.risk_score:5.0f}  {row.attack_technique:<10} {row.detection:<34} {row.reasons}"
+              for row in findings.head(args.top_k).itertuples()]
+    _emit(args, {"date": str(args.date), "quality": document["status"], "findings": len(findings),
+                 "path": str(path)}, lines)
+    return 0
+
+
 def cmd_demo_data(args: argparse.Namespace, settings: Settings) -> int:
     from trailguard.demo import generator
 
@@ -153,6 +208,12 @@ def cmd_demo_data(args: argparse.Namespace, settings: Settings) -> int:
         f"wrote {summary.files} files, {summary.records} records ({summary.start} .. {summary.end}) to {summary.out_dir}",
         f"{summary.attacks} attack events (ground truth: {summary.ground_truth}), {summary.bad_files} bad files on purpose",
     ]
+    if getattr(args, "flows", False):
+        from trailguard.demo.flows import demo_dates, write_flow_logs
+
+        truth = write_flow_logs(args.out, demo_dates(summary.end, args.days), seed=args.seed)
+        lines.append(f"VPC Flow Logs for the same days, {len(truth)} network attacks (ground truth: "
+                     f"{Path(args.out) / 'flows_ground_truth.csv'})")
     _emit(args, {k: str(v) for k, v in vars(summary).items()}, lines)
     return 0
 
@@ -161,9 +222,8 @@ def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
     from trailguard.quality.gate import validate_partition
     from trailguard.store.events import EventStore
 
-    result = validate_partition(
-        EventStore(settings.data_path), args.date, allowed_lateness_hours=settings.allowed_lateness_hours
-    )
+    store = EventStore(settings.data_path)
+    result = validate_partition(store, args.date, allowed_lateness_hours=settings.allowed_lateness_hours)
     _emit(args, {"date": result.date, "status": result.status, "rows_in": result.rows_in,
                  "rows_passed": result.rows_passed, "rows_quarantined": result.rows_quarantined,
                  "result": str(result.result_path), "html": str(result.html_path)}, result.summary_lines())
@@ -172,6 +232,9 @@ def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
     if result.critical_failed:
         print(f"{result.date}: critical data-quality failure: this day will not be scored", file=sys.stderr)
         return 1
+    from trailguard.explore.activity import write_day_activity
+
+    write_day_activity(store, args.date)  # what `trailguard explore` and the Airflow pages read
     return 0
 
 
@@ -305,6 +368,40 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     return run_demo(settings.data_path, Path(args.logs), events=args.events)
 
 
+def cmd_explore(args: argparse.Namespace, settings: Settings) -> int:
+    from trailguard.explore.activity import ensure_activity
+    from trailguard.explore.render import write_static
+    from trailguard.explore.views import ViewError, resolve_period
+    from trailguard.model.training import tracking_uri_for
+    from trailguard.store.events import EventStore
+
+    store = EventStore(settings.data_path)
+    if not store.dates():
+        print(f"no events in {settings.data_root}: run `trailguard ingest` or `trailguard demo` first", file=sys.stderr)
+        return 1
+    try:
+        period = resolve_period(store.root, args.start, args.end)
+    except ViewError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    # days ingested before activity tables existed get theirs now (the pipeline writes them at validation)
+    backfilled = ensure_activity(store, period.days)
+    tracking = None
+    try:
+        tracking = tracking_uri_for(store.root, settings.mlflow_tracking_uri)
+    except ConfigError as exc:
+        log.warning("models page left empty: %s", exc)
+    out = Path(args.out)
+    result = write_static(store.root, out, period, tracking_uri=tracking, mlflow_ui=settings.mlflow_ui_url)
+    lines = [f"explore {period.start} .. {period.end}: {len(result['pages'])} pages, open {out / 'index.html'}"]
+    if backfilled:
+        lines.append(f"  activity tables written for {len(backfilled)} day(s) that had none")
+    if result["missing_days"]:
+        lines.append(f"  no events for {len(result['missing_days'])} day(s) of the period")
+    _emit(args, {**result, "backfilled": backfilled}, lines)
+    return 0
+
+
 def cmd_rules(args: argparse.Namespace, settings: Settings) -> int:
     from trailguard.detect.catalogue import render_markdown, render_text
 
@@ -365,6 +462,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "per CPU; 0 also means one per CPU)")
     p.add_argument("--follow-links", action="store_true",
                    help="read symbolic links that stay inside the source folder (default: links are skipped)")
+
+
+    p.add_argument("--kind", choices=("cloudtrail", "flows"), default="cloudtrail",
+                   help="what the source holds: CloudTrail logs (default) or VPC Flow Logs (.../vpcflowlogs/...log.gz)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_ingest)
 
@@ -382,6 +483,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_repair)
 
     p = sub.add_parser(
+        "flows",
+        help="validate a day of VPC flow records and run the network detections",
+        description="Run the flows data-quality suite on flows/date=D/ and the network detections (SSH/RDP "
+        "from the internet, scans, rejected bursts, mining pools, exfiltration, beaconing); findings are "
+        "written to flows_scores/date=D/scores.parquet.",
+    )
+    p.add_argument("--date", required=True, type=_date, help="the day (YYYY-MM-DD, UTC)")
+    p.add_argument("--top-k", type=int, default=20, help="findings to print (default 20)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_flows)
+
+    p = sub.add_parser(
         "demo-data",
         help="write realistic demo CloudTrail logs in the S3 layout",
         description="Write deterministic demo CloudTrail log files exactly as AWS delivers them to S3 "
@@ -394,6 +507,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--events", type=int, default=None, help="total events (default about 1,500 a day)")
     p.add_argument("--seed", type=int, default=7, help="random seed (same seed, same files)")
     p.add_argument("--no-bad-files", action="store_true", help="leave out the deliberately broken files")
+    p.add_argument("--flows", action="store_true",
+                   help="also write VPC Flow Logs for the demo's instances, with network attacks and their ground truth")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_demo_data)
 
@@ -505,6 +620,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--logs", default="demo/logs", help="where the demo logs go (default demo/logs)")
     p.add_argument("--events", type=int, default=None, help="total demo events (default about 45,000)")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "explore",
+        help="the exploration dashboards (reports, activity, PCA, quality, models) as static offline HTML",
+        description="Write the TrailGuard pages of the Airflow plugin as a static folder that works offline "
+        "(no CDN, no script): reports, activity per category and principal, the PCA behaviour map, data "
+        "quality and models. Reads the per-day activity tables (written at validation; computed here for "
+        "days that have none).",
+    )
+    p.add_argument("--from", dest="start", type=_date, default=None,
+                   help="first day (default: 6 days before --to, within the store)")
+    p.add_argument("--to", dest="end", type=_date, default=None, help="last day (default: the store's last day)")
+    p.add_argument("--out", default="explore", help="the folder to write (default ./explore)")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    p.set_defaults(func=cmd_explore)
 
     p = sub.add_parser(
         "rules",

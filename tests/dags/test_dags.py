@@ -126,6 +126,10 @@ def test_ingest_dag_runs_on_logs(dagbag, tmp_path, monkeypatch):
     assert store.dates() == ["2024-07-30"]
     assert store.read_partition("2024-07-30").num_rows == 18
     assert (tmp_path / "data" / "quality" / "date=2024-07-30" / "result.json").exists()
+    from trailguard.explore.activity import read_activity
+
+    activity = read_activity(tmp_path / "data", ["2024-07-30"])  # written by validate_events
+    assert int(activity.loc[activity["dim"] == "category", "events"].sum()) == 18
     stages = [ti for ti in run.get_task_instances() if ti.task_id == "stage_partitions"]
     assert sorted(ti.map_index for ti in stages) == [0, 1], "one mapped stage task per account x region x day"
     assert all(ti.state == "success" for ti in stages)

@@ -60,4 +60,5 @@ def test_suites_are_built_once_from_the_definitions_with_parameters() -> None:
     names = [e.name for suite in SUITES.values() for e in suite]
     assert len(names) == len(set(names)) == len(BY_NAME)
     assert set(TABLE_LEVEL) == {"events_present", "rows_remaining", "errorCode_share", "row_count_vs_history",
-                                "freshness"}  # fmt: skip
+                                "freshness", "flows_present", "flow_rows_remaining", "flow_nodata_share",
+                                "flow_row_count_vs_history"}  # fmt: skip

@@ -243,10 +243,13 @@ class S3Source:
     """Objects under ``s3://bucket/prefix``, listed with pagination.
 
     With a date range, only the ``YYYY/MM/DD/`` day prefixes of each account and region are listed, so an
-    hourly run reads a few listings, not the whole bucket.
+    hourly run reads a few listings, not the whole bucket. ``service`` is the folder AWS delivers into after
+    the account: ``CloudTrail``, or ``vpcflowlogs`` for VPC Flow Logs.
     """
 
-    def __init__(self, uri: str, client: Any | None = None, page_size: int = 1000) -> None:
+    def __init__(
+        self, uri: str, client: Any | None = None, page_size: int = 1000, service: str = "CloudTrail"
+    ) -> None:
         if not uri.startswith("s3://"):
             raise ValueError(f"not an S3 URI: {uri!r}")
         bucket, _, prefix = uri[len("s3://") :].partition("/")
@@ -257,6 +260,7 @@ class S3Source:
             self.prefix = prefix + "/"
         self.client = client if client is not None else _boto3_client("s3")
         self.page_size = page_size
+        self.service = service
 
     def _list(self, prefix: str, delimiter: str | None = None) -> Iterator[dict]:
         paginator = self.client.get_paginator("list_objects_v2")
@@ -278,7 +282,7 @@ class S3Source:
         accounts = self._subfolders(roots[0])
         for account in accounts:
             children = self._subfolders(account)
-            if any(c.endswith(("/CloudTrail/", "/CloudTrail-Digest/")) for c in children):
+            if any(c.endswith(("/CloudTrail/", "/CloudTrail-Digest/", "/" + kind)) for c in children):
                 trail_roots = [account + kind]
             else:  # organisation trail: one more level of account ids
                 trail_roots = [c + kind for c in children]
@@ -319,7 +323,7 @@ class S3Source:
         if prefix and prefix.startswith(own + self.prefix):
             prefixes = [prefix[len(own) :]]
         elif start is not None and end is not None:
-            prefixes = list(self._day_prefixes(start, end))
+            prefixes = list(self._day_prefixes(start, end, f"{self.service}/"))
             if not prefixes:  # not the AWS layout: list everything and filter by key
                 prefixes = [self.prefix]
         else:
@@ -414,11 +418,13 @@ def _boto3_client(service: str) -> Any:
     return boto3.client(service)
 
 
-def open_source(uri: str, client: Any | None = None, *, follow_links: bool = False) -> Source:
+def open_source(
+    uri: str, client: Any | None = None, service: str = "CloudTrail", *, follow_links: bool = False
+) -> Source:
     """The source for a ``--source`` value: a folder, ``s3://bucket/prefix`` or ``cloudwatch://group``
     (``follow_links``: a folder's symbolic links that stay inside it are read)."""
     if uri.startswith("s3://"):
-        return S3Source(uri, client)
+        return S3Source(uri, client, service=service)
     if uri.startswith("cloudwatch://"):
         return CloudWatchLogsSource(uri, client)
     if "://" in uri:

@@ -117,6 +117,9 @@ class Expectation:
                 above = pc.greater_equal if args.get("strict_max") else pc.greater
                 outside |= _np(above(values, pa.scalar(high, values.type)))
             return outside
+        if self.gx_type == "ExpectColumnValuesToBeInSet":  # null passes, as in GX
+            allowed = pa.array(list(args["value_set"]), values.type)
+            return ~_np(pc.is_in(values, value_set=allowed)) & _np(pc.is_valid(values))
         raise ValueError(f"{self.name}: rows breaking a {self.gx_type} cannot be picked out for quarantine")
 
 
@@ -202,9 +205,51 @@ PARTITION = (
                 arguments={"min_value": parameter("oldest_allowed")}),
 )  # fmt: skip
 
-SUITES: dict[str, tuple[Expectation, ...]] = {"schema": SCHEMA, "incoming": INCOMING, "partition": PARTITION}
+# VPC Flow Logs (trailguard.flows.quality builds their frames): the same severities and quarantine.
+FLOW_LOG_STATUSES = ("OK", "NODATA", "SKIPDATA")
+FLOW_ACTIONS = ("ACCEPT", "REJECT")
+FLOWS_INCOMING = (
+    Expectation("flows_present", "ExpectTableRowCountToBeBetween", CRITICAL, None, arguments={"min_value": 1}),
+    Expectation("flow_start_not_null", "ExpectColumnValuesToNotBeNull", CRITICAL, "start",
+                "start present", quarantine=True),
+    Expectation("flow_start_in_day", "ExpectColumnValuesToBeBetween", CRITICAL, "start", "start within {day} UTC",
+                arguments={"min_value": parameter("day_start"), "max_value": parameter("day_end"),
+                           "strict_max": True}, quarantine=True),
+    Expectation("flow_start_not_future", "ExpectColumnValuesToBeBetween", CRITICAL, "start",
+                "start not after now + {tolerance_minutes} min ({latest_allowed})",
+                arguments={"max_value": parameter("latest_allowed")}, quarantine=True),
+    Expectation("flow_log_status_known", "ExpectColumnValuesToBeInSet", CRITICAL, "log_status",
+                "log-status OK, NODATA or SKIPDATA", arguments={"value_set": list(FLOW_LOG_STATUSES)},
+                quarantine=True),
+)  # fmt: skip
+FLOWS_PARTITION = (
+    Expectation("flow_rows_remaining", "ExpectTableRowCountToBeBetween", CRITICAL, None, arguments={"min_value": 1}),
+    Expectation("flow_action_known", "ExpectColumnValuesToBeInSet", WARNING, "action",
+                "ACCEPT or REJECT on traffic records", arguments={"value_set": list(FLOW_ACTIONS)}),
+    Expectation("flow_srcaddr_ip", "ExpectColumnValuesToBeInSet", WARNING, "srcaddr",
+                "an IPv4 or IPv6 address on traffic records", arguments={"value_set": ["ipv4", "ipv6"]},
+                frame_column="srcaddr.kind"),
+    Expectation("flow_dstaddr_ip", "ExpectColumnValuesToBeInSet", WARNING, "dstaddr",
+                "an IPv4 or IPv6 address on traffic records", arguments={"value_set": ["ipv4", "ipv6"]},
+                frame_column="dstaddr.kind"),
+    Expectation("flow_end_after_start", "ExpectColumnValuesToBeBetween", WARNING, "end", "end at or after start",
+                arguments={"min_value": 0}, frame_column="duration"),
+    Expectation("flow_nodata_share", "ExpectColumnMeanToBeBetween", WARNING, "log_status",
+                "{share} of records are NODATA/SKIPDATA; allowed up to {max_share}",
+                arguments={"max_value": parameter("max_nodata_share")}, frame_column="nodata"),
+    Expectation("flow_row_count_vs_history", "ExpectTableRowCountToBeBetween", WARNING, None,
+                "{rows} records; median of {history_days} earlier days {median}, allowed {min_rows}..{max_rows}",
+                arguments={"min_value": parameter("min_rows"), "max_value": parameter("max_rows")}),
+)  # fmt: skip
+
+SUITES: dict[str, tuple[Expectation, ...]] = {
+    "schema": SCHEMA, "incoming": INCOMING, "partition": PARTITION,
+    "flows_incoming": FLOWS_INCOMING, "flows_partition": FLOWS_PARTITION,
+}  # fmt: skip
 BY_NAME: dict[str, Expectation] = {e.name: e for suite in SUITES.values() for e in suite}
 ROW_LEVEL = tuple(e.name for e in INCOMING if e.quarantine)  # the order of names in quarantine_reason
+FLOWS_ROW_LEVEL = tuple(e.name for e in FLOWS_INCOMING if e.quarantine)
+QUARANTINING = ROW_LEVEL + FLOWS_ROW_LEVEL  # a failure of these is repaired by the quarantine
 TABLE_LEVEL = tuple(e.name for suite in SUITES.values() for e in suite if e.table_level)
 VALUE_CHECKS = tuple(e for e in PARTITION if e.severity == WARNING and not e.table_level)
 

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
-from trailguard.quality.expectations import CRITICAL, MISSING, ROW_LEVEL, TABLE_LEVEL
+from trailguard.quality.expectations import CRITICAL, MISSING, QUARANTINING, TABLE_LEVEL
 from trailguard.store.fs import DataPath
 from trailguard.store.text import sanitise
 
@@ -78,7 +78,7 @@ class QualityResult:
 
 def status_of(outcomes: list[ExpectationOutcome], rows_quarantined: int) -> str:
     """Failed when a critical expectation fails that quarantine cannot repair; row-level ones are repaired."""
-    if any(o.severity == CRITICAL and not o.success and o.name not in ROW_LEVEL for o in outcomes):
+    if any(o.severity == CRITICAL and not o.success and o.name not in QUARANTINING for o in outcomes):
         return FAILED
     if rows_quarantined or any(not o.success for o in outcomes):
         return WARNED
@@ -90,7 +90,7 @@ def verdict_of(name: str, success: bool, severity: str) -> str:
     if success:
         return "ok"
     if severity == CRITICAL:
-        return "quarantined" if name in ROW_LEVEL else "failed"
+        return "quarantined" if name in QUARANTINING else "failed"
     return "warning"
 
 

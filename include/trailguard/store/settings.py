@@ -30,6 +30,7 @@ class Settings:
     source: str | None = None  # the CloudTrail source the DAGs and `trailguard verify` read by default
     integrity_keys: str | None = None  # folder of CloudTrail public keys; empty: cloudtrail:ListPublicKeys
     threat_lists: tuple[str, ...] = ()
+    mlflow_ui_url: str | None = None
     ingest_max_file_bytes: int = 256 * 1024 * 1024
     ingest_max_records_per_file: int = 200_000
     ingest_max_record_bytes: int = 8 * 1024 * 1024
@@ -55,6 +56,12 @@ def _int(name: str, default: int) -> int:
         raise ValueError(f"{name}={raw!r} is not a whole number") from exc
 
 
+def _served(uri: str) -> str | None:
+    """An MLflow tracking URI that is also where people open its UI (an http(s) server), else None."""
+    uri = uri.strip()
+    return uri if uri.startswith(("http://", "https://")) else None
+
+
 def load_settings(**overrides: object) -> Settings:
     """Build the settings from the environment; keyword overrides win (used by the CLI and tests)."""
     env = os.environ
@@ -77,6 +84,7 @@ def load_settings(**overrides: object) -> Settings:
         "threat_lists": tuple(
             s.strip() for s in env.get("TRAILGUARD_THREAT_LISTS", "").split(",") if s.strip()
         ),
+        "mlflow_ui_url": env.get("TRAILGUARD_MLFLOW_UI_URL", "").strip() or _served(env.get("MLFLOW_TRACKING_URI", "")),
         "ingest_max_file_bytes": max(1, _int("TRAILGUARD_INGEST_MAX_FILE_BYTES", 256 * 1024 * 1024)),
         "ingest_max_records_per_file": max(1, _int("TRAILGUARD_INGEST_MAX_RECORDS_PER_FILE", 200_000)),
         "ingest_max_record_bytes": max(1, _int("TRAILGUARD_INGEST_MAX_RECORD_BYTES", 8 * 1024 * 1024)),
