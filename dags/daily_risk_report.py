@@ -2,7 +2,8 @@
 ### Daily risk report
 
 Every morning: scores the previous day's validated CloudTrail events with the `champion` models from
-MLflow, builds the report of the riskiest events with the reasons they scored high, and emails it to the
+MLflow (a use case without one yet, and events that are neither sign-ins nor API calls, with the cold-start
+scorer: rules plus an anomaly detector on organisation-wide rarity; the email says which ran and why), builds the report of the riskiest events with the reasons they scored high, and emails it to the
 security team.
 
 * **When**: daily at 06:00 UTC (the day before, once CloudTrail's late deliveries are in), and whenever a
@@ -95,10 +96,11 @@ def daily_risk_report():
         get_current_context()["partitions_label"] = labels[0] if len(labels) == 1 else f"{len(labels)} partitions: {labels[0]} .."
         store = EventStore(load_settings().data_path)
         champions = load_champions(store)
+        cold_starts: dict = {}  # cold-start scorers fitted for the day, shared by the group's partitions
         total = {"day": partitions[0]["day"], "events": 0, "high_risk": 0, "partitions": len(partitions)}
         for partition in partitions:
             result = score_day(store, partition["day"], account=partition["account"], region=partition["region"],
-                               champions=champions)
+                               champions=champions, cold_starts=cold_starts)
             for line in result.lines():
                 print(line)
             total["events"] += result.events

@@ -368,6 +368,31 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     return run_demo(settings.data_path, Path(args.logs), events=args.events)
 
 
+def cmd_investigate(args: argparse.Namespace, settings: Settings) -> int:
+    from trailguard.report.investigation import InvestigationError, investigate
+
+    if args.start and args.end and args.start > args.end:
+        print(f"--from {args.start} is after --to {args.end}", file=sys.stderr)
+        return 2
+    if not args.verbose:  # the report has the quality summary: the terminal shows progress, not every warning
+        for name in ("trailguard.quality", "great_expectations", "mlflow"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+    data = Path(args.data) if args.data else None
+    if args.data and "://" in args.data:
+        print("investigate works on a local scratch data root: give --data a folder", file=sys.stderr)
+        return 2
+    try:
+        result = investigate(args.source, settings, out=args.out, data_root=data, start=args.start, end=args.end,
+                             top_k=args.top_k, fit_models=args.train,
+                             progress=lambda line: print(line, file=sys.stderr, flush=True))
+    except InvestigationError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    _emit(args, {"html": str(result.html_path), "json": str(result.json_path), "events": result.events,
+                 "scored": result.scored, "days": result.days, "top": result.top[:10]}, result.lines())
+    return 0
+
+
 def cmd_explore(args: argparse.Namespace, settings: Settings) -> int:
     from trailguard.explore.activity import ensure_activity
     from trailguard.explore.render import write_static
@@ -454,7 +479,8 @@ def build_parser() -> argparse.ArgumentParser:
         "  cloudwatch://log-group   a log group CloudTrail delivers to",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--source", required=True, help="folder, s3://bucket/prefix or cloudwatch://log-group")
+    p.add_argument("--source", required=True,
+                   help="folder (or one file), s3://bucket/prefix or cloudwatch://log-group")
     p.add_argument("--start", type=_date, help="first delivery date to read (YYYY-MM-DD, UTC)")
     p.add_argument("--end", type=_date, help="last delivery date to read (YYYY-MM-DD, UTC)")
     p.add_argument("--workers", type=int, default=None,
@@ -620,6 +646,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--logs", default="demo/logs", help="where the demo logs go (default demo/logs)")
     p.add_argument("--events", type=int, default=None, help="total demo events (default about 45,000)")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "investigate",
+        help="one-shot investigation of a folder, file or s3:// prefix of CloudTrail evidence",
+        description="Ingest the evidence (CloudTrail files, NDJSON/JSONL exports, JSON arrays, lookup-events output) "
+        "into a scratch data root, validate it, fit what the data allows (the cold-start scorer when there is too "
+        "little for a model), score every day and write one report over the period: investigation.html (+ JSON). "
+        "No Airflow, no MLflow server, no network for a local folder.",
+    )
+    p.add_argument("source", metavar="SOURCE", help="folder, file, s3://bucket/prefix or cloudwatch://log-group")
+    p.add_argument("--from", dest="start", type=_date, default=None, help="first event day to investigate (YYYY-MM-DD)")
+    p.add_argument("--to", dest="end", type=_date, default=None, help="last event day to investigate (YYYY-MM-DD)")
+    p.add_argument("--out", type=Path, default=None, help="where the report goes (default: a new scratch folder)")
+    p.add_argument("--top-k", type=int, default=100, help="how many findings to list (default 100)")
+    p.add_argument("--train", action="store_true",
+                   help="also train models for the use cases with enough events and days (a local MLflow store in "
+                   "the data root; slower). Default: the cold-start scorer fitted on the evidence")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    p.set_defaults(func=cmd_investigate)
 
     p = sub.add_parser(
         "explore",

@@ -43,7 +43,8 @@ CASES = {
     "utf8_bom": (b"\xef\xbb\xbf" + doc(GOOD), "ingested", "byte order mark", {"good-1", "good-2"}, 0),
     "invalid_utf8": (doc([*GOOD, record("u-1", userAgent="X")]).replace(b'"X"', b'"\xff\xfe"'), "ingested",
                      "invalid UTF-8", {"good-1", "good-2", "u-1"}, 0),
-    "json_array_not_object": (json.dumps(GOOD).encode(), "quarantined", "is a list", set(), 0),
+    "json_array_of_records": (json.dumps(GOOD).encode(), "ingested", None, {"good-1", "good-2"}, 0),  # an export shape
+    "json_array_of_numbers": (b"[1, 2]", "quarantined", "is a list", set(), 0),
     "records_not_a_list": (json.dumps({"Records": {"0": GOOD[0]}}).encode(), "quarantined", "Records is a object", set(), 0),
     "record_not_an_object": (doc([*GOOD, "just text", 42]), "ingested", None, {"good-1", "good-2"}, 2),
     "missing_eventID": (doc([*GOOD, {k: v for k, v in record("x").items() if k != "eventID"}]), "ingested", None,

@@ -155,6 +155,15 @@ def test_choose_best_ranks_first_then_prefers_the_simpler_model_within_noise_of_
     assert best(_candidate(hgb, rmse=float("nan")), _candidate(ridge, rmse=float("nan"))) == ridge
 
 
+@pytest.fixture(autouse=True)
+def _mlflow_scope():
+    """The tests below point MLflow at their store; that is undone after each (no URI left behind)."""
+    from trailguard.model.training import mlflow_tracking
+
+    with mlflow_tracking():
+        yield
+
+
 # -- slow: the whole loop on demo data ---------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
@@ -284,12 +293,19 @@ def test_the_champion_scores_new_rows_as_in_training(demo, first):
 
 
 @pytest.mark.slow
-def test_no_champion_is_a_clear_error(tmp_path, demo):
-    from trailguard.model.scoring import NoChampionError, score_day
+def test_no_champion_scores_cold_start_and_says_so(tmp_path, demo):
+    from trailguard.model.scoring import NoChampionError, load_champion, read_scores, score_day
 
     store, _, _ = demo
+    empty = f"sqlite:///{tmp_path / 'empty.db'}"
     with pytest.raises(NoChampionError, match=r"no champion model for trailguard-.* yet: run `trailguard train` first"):
-        score_day(store, store.dates()[-1], tracking_uri=f"sqlite:///{tmp_path / 'empty.db'}")
+        load_champion("api_call", empty)
+    day = store.dates()[-1]
+    result = score_day(store, day, tracking_uri=empty)
+    scores = read_scores(store.root, day)
+    assert len(scores) == result.events == sum(result.scored.values())  # every event, whatever its type
+    assert set(scores["model_name"]) == {"cold-start"} and (scores["model_version"].fillna("") == "").all()
+    assert all("no model" in s["note"] and "history" in s["note"] for s in result.scorers.values())
 
 
 @pytest.mark.slow

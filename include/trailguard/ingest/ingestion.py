@@ -47,6 +47,7 @@ import pyarrow.parquet as pq
 
 from trailguard.ingest.limits import (
     INFLATE_ERRORS,
+    RECORDS_START,
     SCAN_ABOVE_BYTES,
     IngestLimits,
     LimitError,
@@ -188,8 +189,8 @@ def _check_count(records: int, limits: IngestLimits) -> None:
 def _spans(document: bytes, limits: IngestLimits) -> list[tuple[int, int]] | None:
     """The records' boundaries of a document large enough to matter (None for the ordinary small file):
     found before anything is decoded, so that an over-full file is refused at no cost in memory."""
-    if len(document) <= min(SCAN_ABOVE_BYTES, limits.max_record_bytes):
-        return None
+    if len(document) <= min(SCAN_ABOVE_BYTES, limits.max_record_bytes) or not RECORDS_START.match(document):
+        return None  # small, or another shape (NDJSON, an array...): read whole, its records then counted
     try:
         return record_spans(document, limits)
     except LimitError as exc:
@@ -209,19 +210,13 @@ def _decode_records(
     (``spans`` found) is parsed one record at a time, so memory follows the largest record, not the file."""
     if spans is not None:
         return _decode_spans(key, document, spans, note, limits)
-    document, parse_note = _parse_json(document)
-    note = "; ".join(n for n in (note, parse_note) if n) or None
-    if not isinstance(document, dict):
-        raise ObjectError(f"top-level JSON is a {_kind(document)}, expected an object with a Records list")
-    records = document.get("Records")
-    if records is None:
-        raise ObjectError("JSON object has no Records key: not a CloudTrail log file")
-    if not isinstance(records, list):
-        raise ObjectError(f"Records is a {_kind(records)}, expected a list")
+    records, rejected, shape_note = records_of(key, document)
+    note = "; ".join(n for n in (note, shape_note) if n) or None
     _check_count(len(records), limits)
     rows: list[dict[str, Any]] = []
-    rejected: list[dict[str, Any]] = []
     for index, record in enumerate(records):
+        if record is _REJECTED:
+            continue
         try:
             rows.append(normalise(record, key))
         except RecordError as exc:
@@ -260,6 +255,89 @@ def _decode_spans(
             rejected.append(_rejection(key, index, str(exc), record))
     return DecodedObject(table=rows_to_table(rows), rejected=rejected, records_read=len(spans),
                          note="; ".join(sorted(notes)) or None)
+_REJECTED = object()  # a place in ``records`` whose record was rejected while its shape was read
+_RECORD_KEYS = ("eventID", "eventTime", "eventName", "eventSource")
+
+
+def records_of(key: str, document: bytes) -> tuple[list[Any], list[dict[str, Any]], str | None]:
+    """The records of a document in any shape CloudTrail evidence comes in, told from the content:
+    CloudTrail's ``{"Records": [...]}``, a JSON array of records, ``aws cloudtrail lookup-events`` output
+    (``{"Events": [{"CloudTrailEvent": "<JSON>"}, ...]}``), NDJSON (one record per line: SIEM, Athena and
+    CloudTrail Lake exports), or one bare record. Returns the records (index = record index), rejections
+    of records that could not be read as JSON (same rules and fields as any other rejection), and a note of
+    any repair (the shape itself is no repair: the manifest keeps no copy for it). Raises ObjectError for
+    none of these."""
+    try:
+        parsed, note = _parse_json(document)
+    except ObjectError as not_json:
+        lines = _ndjson_records(key, document)
+        if lines is None:
+            raise not_json from None
+        return lines
+    if isinstance(parsed, dict) and "Records" in parsed:
+        records = parsed["Records"]
+        if not isinstance(records, list):
+            raise ObjectError(f"Records is a {_kind(records)}, expected a list")
+        return records, [], note
+    if isinstance(parsed, dict) and isinstance(parsed.get("Events"), list):
+        return _lookup_events(key, parsed["Events"], note)
+    if isinstance(parsed, list) and any(isinstance(r, dict) for r in parsed):
+        return parsed, [], note
+    if isinstance(parsed, dict) and any(k in parsed for k in _RECORD_KEYS):
+        return [parsed], [], note
+    if isinstance(parsed, dict):
+        raise ObjectError("JSON object has no Records key: not a CloudTrail log file")
+    raise ObjectError(f"top-level JSON is a {_kind(parsed)}, expected an object with a Records list, a list of "
+                      "records, lookup-events output or NDJSON")  # fmt: skip
+
+
+def _lookup_events(key: str, events: list[Any], note: str | None) -> tuple[list[Any], list[dict[str, Any]], str | None]:
+    """``aws cloudtrail lookup-events`` output: each event's ``CloudTrailEvent`` is the record as a JSON string."""
+    records: list[Any] = []
+    rejected: list[dict[str, Any]] = []
+    for index, event in enumerate(events):
+        text = event.get("CloudTrailEvent") if isinstance(event, dict) else None
+        try:
+            record = orjson.loads(text) if isinstance(text, str) else None
+        except orjson.JSONDecodeError as exc:
+            records.append(_REJECTED)
+            rejected.append(_rejection(key, index, f"CloudTrailEvent is not valid JSON: {exc}", event))
+            continue
+        if not isinstance(record, dict):
+            records.append(_REJECTED)
+            rejected.append(_rejection(key, index, "lookup-events entry without a CloudTrailEvent JSON object", event))
+            continue
+        records.append(record)
+    return records, rejected, note
+
+
+def _ndjson_records(key: str, document: bytes) -> tuple[list[Any], list[dict[str, Any]], str | None] | None:
+    """One JSON record per line; None unless the first non-blank line is a JSON object (so plain text and
+    broken JSON stay "not valid JSON"). A line that is not JSON is rejected as a record, with its number."""
+    lines = document.split(b"\n")
+    first = next((line for line in lines if line.strip()), b"")
+    try:
+        if not isinstance(orjson.loads(first), dict):
+            return None
+    except orjson.JSONDecodeError:
+        return None
+    records: list[Any] = []
+    rejected: list[dict[str, Any]] = []
+    note = None
+    index = 0
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record, line_note = _parse_json(line)
+            note = note or line_note
+        except ObjectError as exc:
+            records.append(_REJECTED)
+            rejected.append(_rejection(key, index, f"line {number}: {exc}", line.decode("utf-8", errors="replace")))
+        else:
+            records.append(record)
+        index += 1
+    return records, rejected, note
 
 
 def _parse_json(data: bytes) -> tuple[Any, str | None]:

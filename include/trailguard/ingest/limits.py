@@ -88,7 +88,7 @@ def gunzip(data: bytes, limit: int) -> bytes:
     return out[0] if len(out) == 1 else b"".join(out)
 
 
-_RECORDS_START = re.compile(rb'\A\s*\{\s*"Records"\s*:\s*\[')
+RECORDS_START = re.compile(rb'\A\s*\{\s*"Records"\s*:\s*\[')
 _TAIL = re.compile(rb"\s*\}\s*\Z")  # matched at the closing bracket (match anchors there)
 _BLOCK = 1024 * 1024
 _LOOKUP = np.zeros(256, dtype=bool)
@@ -106,7 +106,7 @@ def record_spans(document: bytes, limits: IngestLimits) -> list[tuple[int, int]]
     Raises LimitError when the file holds more than ``limits.max_records`` records (stopping there), and
     ValueError when the document is not one Records list in an object.
     """
-    start = _RECORDS_START.match(document)
+    start = RECORDS_START.match(document)
     if start is None:
         raise ValueError('a file this large must be {"Records": [...]}')
     separators = [start.end() - 1]

@@ -21,7 +21,8 @@ log = logging.getLogger(__name__)
 # .../CloudTrail/<region>/YYYY/MM/DD/... as AWS writes it
 _KEY_DATE = re.compile(r"/(\d{4})/(\d{2})/(\d{2})/")
 SKIP_MARKERS = ("CloudTrail-Digest/", "CloudTrail-Insight/", "CloudTrail-Insights/")
-LOG_SUFFIXES = (".json", ".json.gz")
+# CloudTrail's own files, and evidence as others export it (NDJSON from SIEMs, Athena, CloudTrail Lake)
+LOG_SUFFIXES = (".json", ".json.gz", ".ndjson", ".ndjson.gz", ".jsonl", ".jsonl.gz")
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ def skip_reason(key: str) -> str | None:
         kind = "digest" if "Digest" in normalised else "insight"
         return f"CloudTrail {kind} file, not event records"
     if not normalised.lower().endswith(LOG_SUFFIXES):
-        return "not a .json or .json.gz log file"
+        return "not a .json, .ndjson or .jsonl log file (gzipped or not)"
     return None
 
 
@@ -418,6 +419,26 @@ def _boto3_client(service: str) -> Any:
     return boto3.client(service)
 
 
+class LocalFileSource:
+    """One local file as a source: evidence often comes as a single export (NDJSON, lookup-events output).
+    Its key is the file name; like any object it is read once (same name, size and mtime)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.uri = str(self.path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"source file {self.path} does not exist or is not a file")
+
+    def objects(
+        self, start: date | None = None, end: date | None = None, prefix: str | None = None
+    ) -> Iterator[SourceObject]:
+        key = self.path.name
+        if prefix and not key.startswith(prefix):
+            return
+        stat = self.path.stat()
+        yield SourceObject(key=key, size=stat.st_size, etag=f"mtime:{stat.st_mtime_ns}", fetch=self.path.read_bytes)
+
+
 def open_source(
     uri: str, client: Any | None = None, service: str = "CloudTrail", *, follow_links: bool = False
 ) -> Source:
@@ -429,4 +450,6 @@ def open_source(
         return CloudWatchLogsSource(uri, client)
     if "://" in uri:
         raise ValueError(f"unknown source {uri!r}: use a folder, s3://bucket/prefix or cloudwatch://log-group")
+    if Path(uri).is_file():
+        return LocalFileSource(uri)
     return LocalFolderSource(uri, follow_links=follow_links)

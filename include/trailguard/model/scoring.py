@@ -8,7 +8,12 @@ Scores are written per partition of the day, account x region: ``scores/date=YYY
 <region>.parquet``, each atomically. :func:`day_partitions` lists a day's partitions, so that an Airflow
 task can be mapped over them; ``score_day(store, day, account=..., region=...)`` scores one; ``score_day``
 without them scores the whole day and writes the same files. A rescore replaces its files, never adds
-to them. Events of other types (AwsServiceEvent, Insight...) are not scored but counted.
+to them.
+
+No day fails for want of a model: a use case without a champion, and every event that is neither a
+console sign-in nor an API call (AwsServiceEvent, AwsVpceEvent, Insight...), is scored by the cold-start
+scorer (:mod:`trailguard.model.coldstart`: the rules plus an anomaly detector on organisation-wide rarity);
+its rows say ``model_name`` ``cold-start``, an empty ``model_version`` and, in ``scorer_note``, why.
 
 Why partitions score exactly as the whole day: the labelling functions' window rules and the
 organisation-wide features count the whole day's events (read without their large columns), and the
@@ -87,6 +92,7 @@ SCORE_COLUMNS: tuple[str, ...] = (
     "lf_rules",
     "anomaly_score",
     "supervised_score",
+    "scorer_note",
 )
 _SCORE_TYPES = {
     "eventTime": pa.timestamp("us", tz="UTC"),
@@ -117,8 +123,9 @@ class ScoreResult:
     files: list[DataPath] = field(default_factory=list)  # the part files written
     events: int = 0
     scored: dict[str, int] = field(default_factory=dict)  # per use case
-    skipped: dict[str, int] = field(default_factory=dict)  # per eventType not scored
+    skipped: dict[str, int] = field(default_factory=dict)  # per eventType not scored (none since cold start)
     model_versions: dict[str, str] = field(default_factory=dict)  # model name -> version
+    scorers: dict[str, dict[str, str]] = field(default_factory=dict)  # use case -> model_name, version, note
     high_risk: int = 0  # scored events with risk_score >= 70
     seconds: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
@@ -133,12 +140,15 @@ class ScoreResult:
     def lines(self) -> list[str]:
         scored = ", ".join(f"{uc} {n}" for uc, n in self.scored.items()) or "none"
         skipped = ", ".join(f"{t or 'no eventType'} {n}" for t, n in self.skipped.items()) or "none"
-        models = ", ".join(f"{m} v{v}" for m, v in self.model_versions.items()) or "-"
+        models = "; ".join(
+            f"{uc}: {s['model_name']}" + (f" v{s['model_version']}" if s["model_version"] else f" ({s['note']})")
+            for uc, s in self.scorers.items()
+        ) or "-"
         part = f" account {self.partition['account']} region {self.partition['region']}" if self.partition else ""
         return [
             f"day          {self.day}{part}: {self.events} events",
             f"scored       {scored} ({self.high_risk} with risk >= 70)",
-            f"not scored   {skipped}",
+            *([f"not scored   {skipped}"] if self.skipped else []),
             f"models       {models}",
             f"written      {len(self.files)} part file(s) in {self.path}",
             f"seconds      {self.seconds:.1f} ("
@@ -275,18 +285,24 @@ def score_day(
     history_days: int = DEFAULT_HISTORY_DAYS,
     champions: dict[str, Champion] | None = None,
     threads: int = 1,
+    cold_starts: dict[tuple[str, str], Any] | None = None,
+    registry: bool = True,
 ) -> ScoreResult:
-    """Score the console sign-ins and API calls of ``day`` with the champion of their use case and write
-    one scores file per partition (account x region), replacing earlier ones.
+    """Score every event of ``day`` - console sign-ins and API calls with the champion of their use case,
+    the rest and use cases without a champion with the cold-start scorer - and write one scores file per
+    partition (account x region), replacing earlier ones.
 
     ``account`` and ``region`` (as :func:`day_partitions` gives them) narrow the work to one partition
     (or one account, or one region): its events get the same scores as in a whole-day run. A whole-day
     run also removes the day's files of partitions that no longer exist. ``champions`` overrides the
-    registry (tests, backfills); ``threads`` caps OpenMP as in training."""
+    registry (tests, backfills); ``threads`` caps OpenMP as in training. ``cold_starts``: a dict that keeps
+    the cold-start scorers fitted for (day, use case), for several partitions of a day to share.
+    ``registry`` False: no model registry is asked (only ``champions``; cold start for the rest)."""
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=threads, user_api="openmp"):
-        return _score_day(store, day, tracking_uri, history_days, champions, account, region)
+        return _score_day(store, day, tracking_uri, history_days, champions, account, region,
+                          {} if cold_starts is None else cold_starts, registry)
 
 
 def _score_day(
@@ -297,12 +313,14 @@ def _score_day(
     champions: dict[str, Champion] | None,
     account: str | None,
     region: str | None,
+    cold_starts: dict[tuple[str, str], Any],
+    registry: bool = True,
 ) -> ScoreResult:
     from trailguard.detect.engine import label_events
 
     started = time.perf_counter()
     key = _day(day)
-    uri = tracking_uri_for(store.root, tracking_uri)
+    uri = tracking_uri_for(store.root, tracking_uri) if registry else ""
     account = partition_key(account, account=True) if account is not None else None
     region = partition_key(region) if region is not None else None
     whole_day = account is None and region is None
@@ -327,13 +345,17 @@ def _score_day(
         return result
 
     use_case = use_case_of(events["eventType"]).to_numpy(dtype=object)
-    present = [uc for uc in USE_CASES if (rows & (use_case == uc)).any()]
+    present = [uc for uc in (*USE_CASES, OTHER) if (rows & (use_case == uc)).any()]
     champions = dict(champions or {})
+    unloadable: dict[str, str] = {}  # use case -> why its champion could not be loaded
     for uc in present:
-        if uc not in champions:
-            champions[uc] = load_champion(uc, uri)
-    other = events["eventType"].to_numpy(dtype=object)[rows & (use_case == OTHER)]
-    result.skipped = {str(k): int(v) for k, v in pd.Series(other, dtype=object).fillna("").value_counts().items()}
+        if registry and uc in USE_CASES and uc not in champions:
+            try:
+                champions[uc] = load_champion(uc, uri)
+            except NoChampionError as exc:
+                log.info("%s: %s; the cold-start scorer scores %s", key, exc, uc)
+                if isinstance(exc, IncompatibleChampionError):
+                    unloadable[uc] = str(exc)
     clock("models")
 
     add_rule_details(store, key, events, None if whole_day else rows)
@@ -345,6 +367,7 @@ def _score_day(
     add_rule_score(features, lf)
     event_ids = events["eventID"][rows]
     part_codes, parts = _pair_codes(accounts[rows], regions[rows])
+    day_features = features if whole_day else None
     del events
     clock("features")
 
@@ -353,11 +376,22 @@ def _score_day(
     risk, anomaly, supervised = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
     model_name = np.full(n, None, dtype=object)
     model_version = np.full(n, None, dtype=object)
+    scorer_note = np.full(n, None, dtype=object)
     reasons = pa.nulls(n, pa.large_string())
     lf_reasons = lf["lf_reasons"].to_numpy(dtype=object)
     for uc in present:
         mask = use_case == uc
-        champ = champions[uc]
+        champ = champions.get(uc)
+        if champ is None:
+            if (key, uc) not in cold_starts:
+                if day_features is None:  # the cold-start reference is the whole day, as in a whole-day run
+                    day_features = load_day_features(store, key, history_days)
+                cold_starts[(key, uc)] = _fit_cold_start(store, key, uc, day_features, history_days, cold_starts)
+            why = _score_cold_start(cold_starts[(key, uc)], uc, mask, features, lf_reasons, result,
+                                    (risk, anomaly, supervised, model_name, model_version, scorer_note),
+                                    unloadable.get(uc))
+            reasons = pc.replace_with_mask(reasons, pa.array(mask), why)
+            continue
         fs = FEATURE_SETS[uc]
         # a use case holding nearly every row is scored on the whole frame and its few other rows dropped
         # after: cheaper than copying 70 columns of a million rows; every score and reason is row by row
@@ -374,6 +408,8 @@ def _score_day(
         reasons = pc.replace_with_mask(reasons, pa.array(mask), why)
         result.scored[uc] = int(mask.sum())
         result.model_versions[champ.model_name] = champ.version
+        scorer_note[mask] = f"champion {champ.model_name} v{champ.version}"
+        result.scorers[uc] = {"model_name": champ.model_name, "model_version": champ.version, "note": scorer_note[mask][0]}
     clock("predict")
 
     table = pa.Table.from_pandas(features[[c for c in SCORE_COLUMNS if c in features.columns]], preserve_index=False)
@@ -387,17 +423,60 @@ def _score_day(
         "lf_rules": pa.array(lf["lf_rules"].to_numpy(dtype=object), type=pa.string()),
         "anomaly_score": pa.array(anomaly),
         "supervised_score": pa.array(supervised),
+        "scorer_note": pa.array(scorer_note, type=pa.string()),
     }
     for name, values in extra.items():
         table = table.append_column(name, values)
-    scored = use_case != OTHER
-    table = (table.filter(pa.array(scored)) if not scored.all() else table).select(list(SCORE_COLUMNS)).cast(SCORE_SCHEMA)
-    _write_parts(result, store.root, key, (table, part_codes[scored], parts), whole_day, account, region, event_ids)
+    table = table.select(list(SCORE_COLUMNS)).cast(SCORE_SCHEMA)
+    _write_parts(result, store.root, key, (table, part_codes, parts), whole_day, account, region, event_ids)
     result.high_risk = int(np.sum(table.column("risk_score").to_numpy() >= 70))
     clock("write")
     result.seconds = time.perf_counter() - started
     log.info("scored %s: %s", key, "; ".join(result.lines()[:3]))
     return result
+
+
+def _fit_cold_start(
+    store: EventStore, key: str, uc: str, day_features: pd.DataFrame, history_days: int, cache: dict
+) -> Any:
+    """The cold-start scorer of a use case for the day, as the settings size it."""
+    from trailguard.model.coldstart import build_cold_start
+    from trailguard.store.settings import load_settings
+
+    settings = load_settings()
+    return build_cold_start(store, key, uc, day_features, history_days=history_days,
+                            fit_days=settings.coldstart_fit_days, min_events=settings.coldstart_min_events,
+                            cache=cache)
+
+
+def _score_cold_start(
+    scorer: Any,
+    uc: str,
+    mask: np.ndarray,
+    features: pd.DataFrame,
+    lf_reasons: np.ndarray,
+    result: ScoreResult,
+    out: tuple[np.ndarray, ...],
+    unloadable: str | None = None,
+) -> pa.Array:
+    """Score the rows of ``mask`` (one use case without a champion) with its cold-start scorer; fill
+    ``out`` (risk, anomaly, supervised, model name, version, note) and return the reasons. ``unloadable``:
+    why the champion could not be loaded, said in the note instead of "no model yet"."""
+    from trailguard.model.coldstart import COLD_START, ORG_RARITY_COLUMNS, feature_set_of
+
+    fs = feature_set_of(uc)
+    uc_rows = _subset(features, mask, dict.fromkeys((*fs.columns, *REASON_COLUMNS, *ORG_RARITY_COLUMNS)))
+    comps = scorer.predict_components(uc_rows)
+    why = explain(uc_rows, lf_reasons[mask], comps, scorer, console=uc == CONSOLE_LOGIN)  # type: ignore[arg-type]
+    risk, anomaly, supervised, model_name, model_version, scorer_note = out
+    risk[mask] = comps["risk_score"].to_numpy()
+    anomaly[mask] = comps["anomaly_score"].to_numpy()
+    supervised[mask] = comps["supervised_score"].to_numpy()
+    note = scorer.note if unloadable is None else f"{unloadable}; meanwhile {scorer.note.partition(': ')[2]}"
+    model_name[mask], model_version[mask], scorer_note[mask] = COLD_START, "", note
+    result.scored[uc] = int(mask.sum())
+    result.scorers[uc] = {"model_name": COLD_START, "model_version": "", "note": note}
+    return why
 
 
 def _pair_codes(accounts: np.ndarray, regions: np.ndarray) -> tuple[np.ndarray, list[tuple[str, str]]]:
@@ -586,7 +665,8 @@ def explain(
     if unusual.any():
         tenths = np.floor(np.minimum(anomaly[unusual], 0.999) * 1000).astype(np.int64)
         codes, uniq = pd.factorize(tenths)
-        labels = [f"unusual behaviour (more anomalous than {u / 10:.1f}% of training events)" for u in uniq]
+        of = "this organisation's events" if getattr(model, "model_name", None) == "cold-start" else "training events"
+        labels = [f"unusual behaviour (more anomalous than {u / 10:.1f}% of {of})" for u in uniq]
         pieces.append((np.flatnonzero(unusual), 4, pa.array(labels, _TEXT).take(pa.array(codes))))
     if model is not None:
         top = _linear_contributions(model, rows, comps)

@@ -877,6 +877,8 @@ def train(
     use_cases: tuple[str, ...] = USE_CASES,
     threads: int = 1,
     progress: Callable[[str], None] | None = None,
+    min_events: int | None = None,
+    min_days: int | None = None,
 ) -> TrainResult:
     """Train, compare and register the risk models of each use case on the ``history_days`` days up to
     ``until`` (default: the newest day in the store).
@@ -886,14 +888,23 @@ def train(
     (default: a fifth, at least one) are the time split's test set. Training rows are a stratified
     sample of at most ``max_train_rows`` (:func:`stratified_sample`), the test set's one of at most
     ``max_test_rows`` (its metrics weighted to stand for every test event); both are logged as params.
+    A use case with fewer than ``min_events`` events or on fewer than ``min_days`` days (default: the
+    settings TRAILGUARD_TRAIN_MIN_EVENTS / _MIN_DAYS) is not fitted: its result says what it lacks and that
+    the cold-start scorer scores it meanwhile; the other use cases are trained all the same.
     ``threads`` caps OpenMP (gradient boosting): on a small box shared with Airflow, OpenMP threads waiting for a busy core cost far more
     than they save.
     """
     from threadpoolctl import threadpool_limits
 
+    from trailguard.store.settings import load_settings
+
+    if min_events is None or min_days is None:
+        settings = load_settings()
+        min_events = settings.train_min_events if min_events is None else min_events
+        min_days = settings.train_min_days if min_days is None else min_days
     with threadpool_limits(limits=threads, user_api="openmp"), mlflow_tracking():
         return _train(store, until, history_days, tracking_uri, experiment, test_days, min_history_days,
-                      max_train_rows, max_test_rows, use_cases, progress)
+                      max_train_rows, max_test_rows, use_cases, progress, max(1, min_events), max(2, min_days))
 
 
 def _train(
@@ -908,6 +919,8 @@ def _train(
     max_test_rows: int,
     use_cases: tuple[str, ...],
     progress: Callable[[str], None] | None,
+    min_events: int = 30,
+    min_days: int = 2,
 ) -> TrainResult:
     started = time.perf_counter()
     root = store.root
@@ -918,6 +931,7 @@ def _train(
     if last is None:
         for uc in use_cases:
             result.use_cases[uc] = UseCaseResult(uc, skipped="the event store is empty: ingest logs first")
+        result.seconds = time.perf_counter() - started
         return result
     first = (date.fromisoformat(last) - timedelta(days=history_days - 1)).isoformat()
     window = [d for d in available if first <= d <= last]
@@ -937,8 +951,8 @@ def _train(
         res = UseCaseResult(uc, rows=len(frame))
         result.use_cases[uc] = res
         days = sorted(frame["day"].unique()) if len(frame) else []
-        if len(frame) < 30 or len(days) < 2:
-            res.skipped = f"too little data: {len(frame)} events on {len(days)} day(s) (need 30 events on 2 days)"
+        if len(frame) < min_events or len(days) < min_days:
+            res.skipped = skip_reason(len(frame), len(days), min_events, min_days)
             continue
         k = test_days or max(1, round(len(days) * 0.2))
         k = min(k, len(days) - 1)
@@ -950,6 +964,20 @@ def _train(
     for line in result.lines():
         log.info("%s", line)
     return result
+
+
+def skip_reason(events: int, days: int, min_events: int, min_days: int) -> str:
+    """What a use case lacks for training and what scores it meanwhile."""
+    lacks = []
+    if events < min_events:
+        lacks.append(f"{min_events - events} more event(s)")
+    if days < min_days:
+        lacks.append(f"{min_days - days} more day(s)")
+    return (
+        f"too little data: {events} events on {days} day(s), needs {' and '.join(lacks)} "
+        f"(TRAILGUARD_TRAIN_MIN_EVENTS={min_events}, TRAILGUARD_TRAIN_MIN_DAYS={min_days}); "
+        "its events are scored cold-start meanwhile (rules and organisation-wide rarity)"
+    )
 
 
 def _minus(day: str, days: int) -> str:

@@ -164,8 +164,8 @@ def read_scores(data_root: DataPath | str, day: date | str) -> pd.DataFrame:
         )
     import pyarrow as pa
 
-    # lf_rules: the findings' tactics; anomaly_score: their tie-break
-    wanted = (*REQUIRED_COLUMNS, *TEXT_COLUMNS, "lf_rules", "anomaly_score", "ua_family", "principal_short")
+    # lf_rules: the findings' tactics; anomaly_score: their tie-break; scorer_note: which scorer ran and why
+    wanted = (*REQUIRED_COLUMNS, *TEXT_COLUMNS, "lf_rules", "anomaly_score", "ua_family", "principal_short", "scorer_note")
     tables = [read_parquet(path, columns=[c for c in parquet_schema(path).names if c in wanted]) for path in files]
     # one conversion to pandas for all the day's parts (one per account x region)
     scores = pa.concat_tables(tables, promote_options="default").to_pandas()
@@ -306,13 +306,25 @@ def _summary(
 
 
 def _models(scores: pd.DataFrame) -> list[dict[str, Any]]:
+    """Per use case the scorer that ran (a champion, or the cold-start scorer) and why (``note``)."""
     keys = ["use_case", "model_name", "model_version"]
-    sizes = scores.groupby(keys, dropna=False).size()
+    notes = scores["scorer_note"] if "scorer_note" in scores else pd.Series(None, index=scores.index, dtype=object)
+    grouped = scores.assign(scorer_note=notes).groupby(keys, dropna=False)["scorer_note"]
+    sizes, first_note = grouped.size(), grouped.first()
     return [
         {"use_case": _value(u, "use_case"), "model_name": _value(m, "model_name"),
-         "model_version": _value(v, "model_version"), "events": int(n)}
+         "model_version": _value(v, "model_version"), "events": int(n),
+         "note": _value(first_note.get((u, m, v)), "scorer_note")}
         for (u, m, v), n in sizes.items()
     ]  # fmt: skip
+
+
+def _model_line(m: Mapping[str, Any]) -> str:
+    """``api_call: trailguard-api-call v3`` or ``console_login: cold-start (no model yet: ...)``."""
+    line = f"{clean_text(m['use_case'], 40)}: {clean_text(m['model_name'], 80) or '?'}"
+    if m.get("model_version"):
+        return line + f" v{clean_text(m['model_version'], 40)}"
+    return line + (f" ({clean_text(m.get('note'), 300)})" if m.get("note") else "")
 
 
 def _quality(data_root: DataPath, day_text: str) -> tuple[dict[str, Any] | None, DataPath | None]:
@@ -689,13 +701,7 @@ def _quality_line(report: Report) -> str:
 def _summary_lines(report: Report) -> list[str]:
     s = report.summary
     uses = ", ".join(f"{clean_text(k, 40) or '(none)'} {n:,}" for k, n in s["by_use_case"]["top"]) or "-"
-    models = (
-        "; ".join(
-            f"{clean_text(m['use_case'], 40)}: {clean_text(m['model_name'], 80) or '?'} v{clean_text(m['model_version'], 40) or '?'}"
-            for m in report.models
-        )
-        or "-"
-    )
+    models = "; ".join(_model_line(m) for m in report.models) or "-"
     return [
         f"Events scored: {s['events_scored']:,} ({uses})"
         + (f"; {s['events_unscored']:,} without a score" if s.get("events_unscored") else ""),
@@ -924,7 +930,7 @@ def _html_context(
         ],
         "models": [
             (clean_text(m["use_case"], 40) or "-", clean_text(m["model_name"], 80) or "-",
-             clean_text(m["model_version"], 40) or "-", f"{m['events']:,}")
+             clean_text(m["model_version"], 40) or "-", f"{m['events']:,}", clean_text(m.get("note"), 300))
             for m in report.models
         ],
         "feedback": feedback,

@@ -31,6 +31,13 @@ class Settings:
     integrity_keys: str | None = None  # folder of CloudTrail public keys; empty: cloudtrail:ListPublicKeys
     threat_lists: tuple[str, ...] = ()
     mlflow_ui_url: str | None = None
+    # what training needs before it fits a use case's models (below: that use case is scored cold-start)
+    train_min_events: int = 30
+    train_min_days: int = 2
+    # the cold-start scorer: how many days before the day its detector learns from, and how few events
+    # are too few for a detector at all (rules and rarity only then)
+    coldstart_fit_days: int = 7
+    coldstart_min_events: int = 10
     ingest_max_file_bytes: int = 256 * 1024 * 1024
     ingest_max_records_per_file: int = 200_000
     ingest_max_record_bytes: int = 8 * 1024 * 1024
@@ -85,6 +92,10 @@ def load_settings(**overrides: object) -> Settings:
             s.strip() for s in env.get("TRAILGUARD_THREAT_LISTS", "").split(",") if s.strip()
         ),
         "mlflow_ui_url": env.get("TRAILGUARD_MLFLOW_UI_URL", "").strip() or _served(env.get("MLFLOW_TRACKING_URI", "")),
+        "train_min_events": max(1, _int("TRAILGUARD_TRAIN_MIN_EVENTS", 30)),
+        "train_min_days": max(2, _int("TRAILGUARD_TRAIN_MIN_DAYS", 2)),
+        "coldstart_fit_days": max(0, _int("TRAILGUARD_COLDSTART_FIT_DAYS", 7)),
+        "coldstart_min_events": max(2, _int("TRAILGUARD_COLDSTART_MIN_EVENTS", 10)),
         "ingest_max_file_bytes": max(1, _int("TRAILGUARD_INGEST_MAX_FILE_BYTES", 256 * 1024 * 1024)),
         "ingest_max_records_per_file": max(1, _int("TRAILGUARD_INGEST_MAX_RECORDS_PER_FILE", 200_000)),
         "ingest_max_record_bytes": max(1, _int("TRAILGUARD_INGEST_MAX_RECORD_BYTES", 8 * 1024 * 1024)),
