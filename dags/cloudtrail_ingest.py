@@ -77,15 +77,17 @@ def cloudtrail_ingest():
     def stage_partitions(partitions: list[dict], params: dict, dag_run=None, ti=None) -> list[str]:
         """Read one group of partitions into staging (runs on any worker that shares the data root)."""
         from trailguard.ingest import ingestion
+        from trailguard.ingest.limits import IngestLimits
         from trailguard.store.settings import load_settings
 
         get_current_context()["partitions_label"] = ingestion.group_label(partitions)
         source, store, start, end = _open(params, dag_run)
+        settings = load_settings()
         stage_ids = []
         for i, partition in enumerate(partitions):
             stage_id = f"{dag_run.run_id}-{ti.map_index}-{i}"
             counts = ingestion.stage(source, store, partition, stage_id, start=start, end=end,
-                                  workers=load_settings().ingest_workers)
+                                  workers=settings.ingest_workers, limits=IngestLimits.from_settings(settings))
             print(f"{ingestion.partition_label(partition)}: {counts['records']} records from "
                   f"{counts['objects_ingested']} objects, {counts['quarantined']} records and "
                   f"{counts['objects_quarantined']} objects quarantined")

@@ -12,6 +12,7 @@ from datetime import date
 from pathlib import Path
 
 from trailguard.store.settings import ConfigError, Settings, load_settings
+from trailguard.store.text import sanitise
 
 log = logging.getLogger("trailguard")
 
@@ -31,11 +32,23 @@ Typical first run:
 """
 
 
+def printable(value: object) -> str:
+    """Text for the terminal: file names and field values come from the input (an escape sequence would
+    clear the screen or retitle it): anything not printable is shown as an escape."""
+    return sanitise(str(value), unsafe="escape")
+
+
+FIRST_YEAR, LAST_YEAR = 1970, 2100  # the event times the store keeps (ingest.normalise)
+
+
 def _date(text: str) -> date:
     try:
-        return date.fromisoformat(text)
+        day = date.fromisoformat(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a date: use YYYY-MM-DD (UTC)") from None
+        raise argparse.ArgumentTypeError(f"{printable(repr(text))} is not a date: use YYYY-MM-DD (UTC)") from None
+    if not FIRST_YEAR <= day.year <= LAST_YEAR:
+        raise argparse.ArgumentTypeError(f"{text} is outside {FIRST_YEAR}-{LAST_YEAR}: no CloudTrail event is stored there")
+    return day
 
 
 def _ingest_workers(asked: int | None, configured: int) -> int:
@@ -65,7 +78,8 @@ def _progress_bar(desc: str, unit: str) -> tuple[Callable[..., None], Callable[[
 
 # -- commands -------------------------------------------------------------------------------------------
 def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
-    from trailguard.ingest.ingestion import ingest
+    from trailguard.ingest.ingestion import ingest, keep_apart
+    from trailguard.ingest.limits import IngestLimits
     from trailguard.ingest.sources import open_source
     from trailguard.store.events import EventStore
 
@@ -75,9 +89,10 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     if getattr(args, "kind", "cloudtrail") == "flows":
         return _ingest_flows(args, settings)
     try:
-        source = open_source(args.source)
+        source = open_source(args.source, follow_links=args.follow_links)
+        keep_apart(source, EventStore(settings.data_path))
     except (ValueError, FileNotFoundError) as exc:
-        print(f"cannot read the source: {exc}", file=sys.stderr)
+        print(printable(f"cannot read the source: {exc}"), file=sys.stderr)
         return 2
     update, close = _progress_bar("ingest", "objects")
     try:
@@ -89,6 +104,7 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
             batch_records=settings.ingest_batch_records,
             workers=_ingest_workers(args.workers, settings.ingest_workers),
             progress=update,
+            limits=IngestLimits.from_settings(settings),
         )
     finally:
         close()
@@ -98,6 +114,25 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     elif summary.objects_quarantined or summary.quarantined:
         print(f"rejected files and records are kept with their reasons under {settings.data_path / 'quarantine'}", file=sys.stderr)
     return 0
+
+
+def cmd_repair(args: argparse.Namespace, settings: Settings) -> int:
+    from trailguard.ingest.ingestion import repair_day
+    from trailguard.ingest.limits import IngestLimits
+    from trailguard.ingest.sources import open_source
+    from trailguard.store.events import EventStore
+
+    result = repair_day(
+        EventStore(settings.data_path),
+        args.date,
+        source=open_source(args.source) if args.source else None,
+        open_source=open_source,
+        workers=_ingest_workers(args.workers, settings.ingest_workers),
+        limits=IngestLimits.from_settings(settings),
+    )
+    _emit(args, {"day": result.day, "damaged_files": result.damaged_files, "repaired": result.repaired,
+                 "objects": result.objects, "missing": result.missing}, result.lines())
+    return 0 if result.repaired else 1
 
 
 def _ingest_flows(args: argparse.Namespace, settings: Settings) -> int:
@@ -434,7 +469,7 @@ def _emit(args: argparse.Namespace, payload: dict, lines: Sequence[str]) -> None
     if getattr(args, "json", False):
         print(json.dumps(payload, default=str, indent=2))
     else:
-        print("\n".join(lines))
+        print("\n".join(printable(line) for line in lines))
 
 
 # -- parser ---------------------------------------------------------------------------------------------
@@ -447,6 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--data", help="data root: a folder or s3://bucket/prefix (overrides TRAILGUARD_DATA; default ./data)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more (debug level)")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of a failure (default: one line)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser(
@@ -467,10 +503,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None,
                    help="processes that fetch and decode (default: TRAILGUARD_INGEST_WORKERS if set, else one "
                         "per CPU; 0 also means one per CPU)")
+    p.add_argument("--follow-links", action="store_true",
+                   help="read symbolic links that stay inside the source folder (default: links are skipped)")
+
+
     p.add_argument("--kind", choices=("cloudtrail", "flows"), default="cloudtrail",
                    help="what the source holds: CloudTrail logs (default) or VPC Flow Logs (.../vpcflowlogs/...log.gz)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser(
+        "repair",
+        help="read a damaged day again from its sources",
+        description="A day whose stored events are damaged (an unreadable parquet file, moved to "
+        "quarantine/store/date=D/) is read again from the sources the manifest recorded; events still stored "
+        "are skipped as duplicates, so only the lost ones come back. Then validate, score and report the day.",
+    )
+    p.add_argument("--date", type=_date, required=True, help="the damaged day (YYYY-MM-DD, UTC)")
+    p.add_argument("--source", default=None, help="read from here instead of the recorded source(s)")
+    p.add_argument("--workers", type=int, default=None, help="processes that fetch and decode (as for ingest)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_repair)
 
     p = sub.add_parser(
         "flows",
@@ -673,6 +726,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Printable(logging.Filter):
+    """Log lines carry file names and field values: show control characters as escapes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = printable(record.getMessage()), None
+        return True
+
+
+def describe_failure(exc: BaseException) -> str:
+    """An expected failure as one line: what failed, where, and what to do."""
+    import errno
+
+    where = f": {exc.filename}" if isinstance(exc, OSError) and exc.filename else ""
+    if isinstance(exc, PermissionError):
+        return f"permission denied{where}: TrailGuard must be able to write there (check the owner and mode)"
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return f"disk full{where}: free space on that disk and rerun (what was written before is complete)"
+    kind = type(exc).__name__
+    module = type(exc).__module__.split(".")[0]
+    lines = str(exc).strip().splitlines() or [kind]
+    text = lines[0][:500]
+    if module == "smtplib" or (isinstance(exc, ConnectionError) and "mail" in text.lower()):
+        return f"mail server: {text}"
+    if module == "mlflow":
+        return f"MLflow: {text} (check MLFLOW_TRACKING_URI)"
+    if module == "trailguard" or isinstance(exc, (ValueError, LookupError)):  # our own errors say it all
+        return text
+    if isinstance(exc, OSError):
+        return f"{exc.strerror or text}{where}" if exc.strerror else f"{kind}: {text}"
+    return f"{kind}: {text} (unexpected: `trailguard --debug ...` shows where)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -680,15 +765,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    settings = load_settings(data_root=args.data)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_Printable())
     try:
+        settings = load_settings(data_root=args.data)
         return int(args.func(args, settings) or 0)
     except ConfigError as exc:
-        print(f"configuration: {exc}", file=sys.stderr)
+        print(printable(f"configuration: {exc}"), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: what was written so far is complete and consistent; rerun to continue", file=sys.stderr)
         return 130
+    except Exception as exc:  # an expected failure is one line; --debug shows where it came from
+        if args.debug:
+            raise
+        print(printable(f"trailguard {args.command}: {describe_failure(exc)}"), file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

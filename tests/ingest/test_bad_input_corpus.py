@@ -15,7 +15,7 @@ import pytest
 from trailguard.ingest.ingestion import ingest
 from trailguard.ingest.sources import LocalFolderSource
 from trailguard.quality.gate import validate_partition
-from trailguard.store.events import EventStore
+from trailguard.store.events import EventStore, quarantine_name
 
 from tests.ingest.test_ingest import KEY_DIR, record
 
@@ -78,6 +78,13 @@ CASES = {
     "empty_gzip": (gzip.compress(b""), "quarantined", "empty", set(), 0),
     "plain_text": (b"this is not CloudTrail", "quarantined", "not valid JSON", set(), 0),
     "json_without_Records": (b'{"detail-type": "AWS API Call via CloudTrail"}', "quarantined", "no Records", set(), 0),
+    # issue 15, row 3: ids that differ only in bytes that are not UTF-8 stay two ids (kept escaped)
+    "eventIDs_differ_only_in_invalid_utf8": (
+        doc([*GOOD, record("id-A"), record("id-B")]).replace(b'"id-A"', b'"id-\xff"').replace(b'"id-B"', b'"id-\xfe"'),
+        "ingested", "invalid UTF-8", {"good-1", "good-2", "id-\\xff", "id-\\xfe"}, 0),
+    # lone UTF-16 surrogates as JSON escapes (valid JSON, not storable as UTF-8): kept as escapes
+    "lone_surrogate_escapes": (doc([*GOOD, record("s-1", userAgent="S")]).replace(b'"S"', b'"\\ud800"'), "ingested", None,
+                               {"good-1", "good-2", "s-1"}, 0),
 }
 
 
@@ -103,7 +110,7 @@ def test_case_outcome_and_nothing_valid_lost(name, tmp_path):
     assert stored == expected_ids | {f"n-{name}"}, "a valid record was lost or an invalid one stored"
     assert int(entry["records_quarantined"]) == rejected == store.read_quarantined_records().num_rows
     if status == "quarantined":
-        kept = store.quarantine_dir / "objects" / f"{KEY_DIR}/{name}.json".replace("/", "_")
+        kept = store.quarantine_dir / "objects" / quarantine_name(f"{KEY_DIR}/{name}.json")
         assert kept.read_bytes() == data
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from trailguard.ingest.ingestion import IngestSummary, decode_object, ingest
 from trailguard.ingest.sources import LocalFolderSource, skip_reason
-from trailguard.store.events import EventStore
+from trailguard.store.events import EventStore, quarantine_name
 
 from tests.conftest import fixture_records
 
@@ -148,7 +148,7 @@ def test_bad_files_are_quarantined_and_nothing_else_is_lost(tmp_path):
     for name, (data, reason) in BAD_FILES.items():
         entry = manifest.loc[f"{KEY_DIR}/{name}"]
         assert entry["status"] == "quarantined" and reason in entry["error"], (name, entry["error"])
-        kept = list((store.quarantine_dir / "objects").glob(f"*{name.replace('.', '.')}"))
+        kept = [store.quarantine_dir / "objects" / quarantine_name(f"{KEY_DIR}/{name}")]
         assert kept and kept[0].read_bytes() == data, name
         assert json.loads(Path(str(kept[0]) + ".reason.json").read_text())["reason"] == entry["error"]
     assert "digest" in manifest.loc[digest.relative_to(src).as_posix(), "error"]
@@ -179,7 +179,7 @@ def test_repairs_are_noted_and_original_bytes_kept(tmp_path):
     notes = store.read_manifest().to_pandas().set_index("key")["error"]
     assert "byte order mark" in notes[f"{KEY_DIR}/bom.json"]
     assert "invalid UTF-8" in notes[f"{KEY_DIR}/utf8.json"]
-    assert (store.quarantine_dir / "objects" / (f"{KEY_DIR}/utf8.json".replace("/", "_"))).read_bytes() == bad_utf8
+    assert (store.quarantine_dir / "objects" / quarantine_name(f"{KEY_DIR}/utf8.json")).read_bytes() == bad_utf8
 
 
 def test_date_range_filters_by_delivery_date(tmp_path):

@@ -289,7 +289,7 @@ def _ingest(
     def wanted() -> Iterator[SourceObject]:
         for obj in source.objects(start, end):
             summary.objects += 1
-            if not is_flow_log_key(obj.key):
+            if obj.skip or not is_flow_log_key(obj.key):  # obj.skip: a link the source does not follow
                 summary.objects_skipped += 1  # CloudTrail and anything else in the same bucket: not ours
                 continue
             previous = seen.get(obj.key)

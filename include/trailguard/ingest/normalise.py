@@ -41,6 +41,13 @@ TRUNCATION_MARK = "…[truncated]"
 _FRACTION = re.compile(r"\.(\d+)")
 
 
+# Event times TrailGuard stores: a day outside these years cannot be a partition every stage can handle
+# (date arithmetic past year 9999 overflows) and is no CloudTrail event; such records are quarantined.
+FIRST_YEAR, LAST_YEAR = 1970, 2100
+_EARLIEST = datetime(FIRST_YEAR, 1, 1, tzinfo=timezone.utc)
+_LATEST = datetime(LAST_YEAR + 1, 1, 1, tzinfo=timezone.utc)
+
+
 class RecordError(ValueError):
     """A record that cannot be stored as an event; the message is the reason kept in quarantine."""
 
@@ -61,9 +68,10 @@ def parse_event_time(value: Any) -> datetime:
             raise RecordError(f"eventTime is not a time: {value!r}")
         seconds = value / 1000 if abs(value) > 1e11 else value
         try:
-            return datetime.fromtimestamp(seconds, tz=timezone.utc)
+            moment = datetime.fromtimestamp(seconds, tz=timezone.utc)
         except (OverflowError, OSError, ValueError) as exc:
             raise RecordError(f"eventTime out of range: {value!r}") from exc
+        return _in_range(moment, value)
     if not isinstance(value, str):
         raise RecordError(f"eventTime is not a string: {type(value).__name__}")
     text = value.strip()
@@ -79,7 +87,26 @@ def parse_event_time(value: Any) -> datetime:
         raise RecordError(f"eventTime is not a time: {_preview(value)}") from exc
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=timezone.utc)
-    return parsed.astimezone(timezone.utc)
+    try:
+        return _in_range(parsed.astimezone(timezone.utc), value)
+    except OverflowError as exc:
+        raise RecordError(f"eventTime out of range: {_preview(value)}") from exc
+
+
+def _in_range(moment: datetime, value: Any) -> datetime:
+    if not _EARLIEST <= moment < _LATEST:
+        raise RecordError(f"eventTime {_preview(value)} is outside {FIRST_YEAR}-{LAST_YEAR}")
+    return moment
+
+
+def exact_id(text: str) -> str:
+    """An eventID as valid text that still tells its bytes apart: bytes that are not UTF-8 (read as
+    surrogate escapes) become ``\\xNN``, and a backslash becomes two, so that no two ids meet."""
+    if text.isascii() or not any("\ud800" <= c <= "\udfff" for c in text):
+        return text
+    escaped = text.replace("\\", "\\\\")
+    return "".join(f"\\x{ord(c) - 0xDC00:02x}" if "\udc80" <= c <= "\udcff"
+                   else f"\\u{ord(c):04x}" if "\ud800" <= c <= "\udfff" else c for c in escaped)
 
 
 def _preview(value: Any, limit: int = 80) -> str:
@@ -92,13 +119,22 @@ def _text(value: Any) -> str | None:
     if value is None:
         return None
     if isinstance(value, str):
-        text = value
+        text = value if value.isascii() else _valid_text(value)
     elif isinstance(value, bool):
         text = "true" if value else "false"
     else:
         text = dumps(value)
     if len(text) > MAX_FIELD_CHARS:
         text = text[:MAX_FIELD_CHARS] + TRUNCATION_MARK
+    return text
+
+
+def _valid_text(text: str) -> str:
+    """Text Arrow can store: lone surrogates (a JSON ``\\ud800`` escape) written out as that escape."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode()
     return text
 
 
@@ -119,9 +155,12 @@ def dumps(value: Any) -> str:
         return orjson.dumps(value).decode()
     except (TypeError, orjson.JSONEncodeError):
         try:
-            return json.dumps(value, ensure_ascii=False, default=str, allow_nan=False)
+            text = json.dumps(value, ensure_ascii=False, default=str, allow_nan=False)
         except ValueError:  # NaN beside a huge integer: Python's own JSON dialect keeps both
-            return json.dumps(value, ensure_ascii=False, default=str)
+            text = json.dumps(value, ensure_ascii=False, default=str)
+        if text.isascii() or _valid_text(text) is text:
+            return text
+        return json.dumps(value, default=str)  # lone surrogates: kept as \\u escapes (ASCII JSON)
 
 
 def _dig(record: dict, path: tuple[str, ...]) -> Any:
@@ -143,6 +182,7 @@ def normalise(record: Any, source_key: str) -> dict[str, Any]:
         raise RecordError("eventID is missing")
     if not isinstance(event_id, str):
         raise RecordError(f"eventID is not a string: {_preview(event_id)}")
+    event_id = exact_id(event_id)
     if len(event_id) > 256:
         raise RecordError(f"eventID is longer than 256 characters: {_preview(event_id)}")
     row: dict[str, Any] = {
@@ -178,7 +218,8 @@ _NULL = msgspec.Raw(b"null")
 _MAX_EVENT_ID_CHARS = 256
 _SLICE_RECORDS = 500
 _PLAIN_TIME_CHARS = len("2024-07-30T21:31:21Z")  # eventTime as CloudTrail writes it
-_FIRST_MICROSECOND = -62_135_596_800_000_000  # 0001-01-01: Arrow reads year 0, Python does not
+_EARLIEST_MICROSECOND = 0  # 1970-01-01 (FIRST_YEAR)
+_LATEST_MICROSECOND = int((_LATEST - _EARLIEST).total_seconds()) * 1_000_000  # 2101-01-01, excluded
 
 
 def _record_struct() -> type[msgspec.Struct]:
@@ -425,6 +466,6 @@ def _event_times(text: pa.StringArray, times: Sequence[str]) -> pa.Array:
                 pass
             else:
                 micros = np.frombuffer(parsed.buffers()[1], dtype=np.int64)[parsed.offset : parsed.offset + len(parsed)]
-                if micros.min() >= _FIRST_MICROSECOND:
+                if micros.min() >= _EARLIEST_MICROSECOND and micros.max() < _LATEST_MICROSECOND:
                     return parsed
     return pa.array([parse_event_time(time) for time in times], EVENT_TIME_TYPE)

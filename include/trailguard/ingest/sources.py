@@ -32,6 +32,7 @@ class SourceObject:
     etag: str
     fetch: Callable[[], bytes]
     is_file: bool = True  # False for CloudWatch log events grouped into one document
+    skip: str | None = None  # why the source itself will not read it (a symlink out of the folder...)
 
 
 class Source(Protocol):
@@ -92,13 +93,26 @@ def in_range(key: str, start: date | None, end: date | None) -> bool:
 
 
 class LocalFolderSource:
-    """CloudTrail files below a folder, at any depth."""
+    """CloudTrail files below a folder, at any depth.
 
-    def __init__(self, folder: str | Path) -> None:
+    Read as the user meant: symbolic links are not followed (with ``follow_links``, only those whose
+    target is inside the folder, each folder once, so loops end); a link is listed as skipped with the
+    reason. A name that is not UTF-8 becomes a key with the odd bytes escaped (``\\xNN``). Folders given
+    to :meth:`exclude` (the data root, when it is inside the source) are never listed.
+    """
+
+    def __init__(self, folder: str | Path, *, follow_links: bool = False) -> None:
         self.folder = Path(folder)
         self.uri = str(self.folder)
+        self.follow_links = follow_links
+        self._excluded: set[str] = set()
         if not self.folder.is_dir():
             raise FileNotFoundError(f"source folder {self.folder} does not exist or is not a folder")
+        self._real = os.path.realpath(self.folder)
+
+    def exclude(self, folder: str | Path) -> None:
+        """Never list anything below ``folder`` (e.g. the data root, so a run never reads its own output)."""
+        self._excluded.add(os.path.realpath(folder))
 
     def objects(
         self, start: date | None = None, end: date | None = None, prefix: str | None = None
@@ -109,10 +123,11 @@ class LocalFolderSource:
             folder = self.folder / below
             if ".." in Path(below).parts or not folder.is_dir():
                 return
-        for key, entry in sorted(_files_below(folder, below), key=lambda found: found[0].split("/")):
+        found = _files_below(folder, below, self._real, self.follow_links, self._excluded, set())
+        for key, path, skip in sorted(found, key=lambda item: item[0].split("/")):
             if not in_range(key, start, end) or (prefix and not key.startswith(prefix)):
                 continue
-            yield _local_object(key, entry)
+            yield _local_object(key, path, skip)
 
     def objects_with_digests(self, start: date, end: date) -> Iterator[SourceObject]:
         """The log files and the digest files delivered from ``start`` to ``end`` (for integrity checks):
@@ -128,14 +143,18 @@ class LocalFolderSource:
                     folder = region / f"{day:%Y/%m/%d}"
                     if folder.is_dir():
                         below = folder.relative_to(self.folder).as_posix() + "/"
-                        for key, entry in sorted(_files_below(folder, below)):
-                            yield _local_object(key, entry)
+                        found = _files_below(folder, below, self._real, self.follow_links, self._excluded, set())
+                        for key, path, skip in sorted(found):
+                            yield _local_object(key, path, skip)
                     day += timedelta(days=1)
 
 
-def _local_object(key: str, entry: os.DirEntry[str]) -> SourceObject:
-    stat = entry.stat()
-    return SourceObject(key=key, size=stat.st_size, etag=f"mtime:{stat.st_mtime_ns}", fetch=Path(entry.path).read_bytes)
+def _local_object(key: str, path: str, skip: str | None = None) -> SourceObject:
+    """A listed file as a source object; one the source will not read (a link...) carries the reason."""
+    if skip is not None:
+        return SourceObject(key=key, size=0, etag="", fetch=_refuse(skip), skip=skip)
+    stat = os.stat(path)
+    return SourceObject(key=key, size=stat.st_size, etag=f"mtime:{stat.st_mtime_ns}", fetch=Path(path).read_bytes)
 
 
 def _trail_roots(folder: Path, depth: int = 4) -> Iterator[Path]:
@@ -153,14 +172,72 @@ def _trail_roots(folder: Path, depth: int = 4) -> Iterator[Path]:
                 yield from _trail_roots(Path(entry.path), depth - 1)
 
 
-def _files_below(folder: Path, prefix: str = "") -> Iterator[tuple[str, os.DirEntry[str]]]:
-    """(key, entry) of every file below a folder, at any depth (os.scandir: one system call per folder)."""
-    with os.scandir(folder) as entries:
-        for entry in entries:
-            if entry.is_dir():
-                yield from _files_below(Path(entry.path), f"{prefix}{entry.name}/")
-            elif entry.is_file():
-                yield f"{prefix}{entry.name}", entry
+def _refuse(reason: str) -> Callable[[], bytes]:
+    def fetch() -> bytes:
+        raise OSError(reason)
+
+    return fetch
+
+
+def key_text(name: str) -> str:
+    """A file name as key text: bytes that are not UTF-8 (surrogate escapes from the OS) as ``\\xNN``."""
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        return os.fsencode(name).decode("utf-8", "backslashreplace")
+    return name
+
+
+def inside(path: str, folder: str) -> bool:
+    """Whether a real path is ``folder`` or below it."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _files_below(
+    folder: Path, prefix: str, root: str, follow: bool, excluded: set[str], seen: set[tuple[int, int]]
+) -> Iterator[tuple[str, str, str | None]]:
+    """(key, path, skip reason or None) of every file below a folder, at any depth (os.scandir: one system
+    call per folder). Links are followed only with ``follow`` and only inside ``root``; ``seen`` holds the
+    folders entered (device, inode), so a loop is entered once."""
+    if os.path.realpath(folder) in excluded:
+        return
+    try:
+        info = os.stat(folder)
+    except OSError as exc:
+        yield prefix.rstrip("/") or ".", str(folder), f"folder not readable: {exc.strerror}"
+        return
+    if (info.st_dev, info.st_ino) in seen:
+        return
+    seen.add((info.st_dev, info.st_ino))
+    try:
+        with os.scandir(folder) as listing:
+            entries = list(listing)
+    except OSError as exc:
+        yield prefix.rstrip("/") or ".", str(folder), f"folder not readable: {exc.strerror}"
+        return
+    for entry in entries:
+        key = f"{prefix}{key_text(entry.name)}"
+        try:
+            if entry.is_symlink():
+                target = os.path.realpath(entry.path)
+                if not follow:
+                    yield key, entry.path, "a symbolic link (not followed; follow_links reads links inside the source)"
+                    continue
+                if not inside(target, root):
+                    yield key, entry.path, "a symbolic link to outside the source folder (not followed)"
+                    continue
+                if os.path.isdir(target):
+                    yield from _files_below(Path(entry.path), key + "/", root, follow, excluded, seen)
+                elif os.path.isfile(target):
+                    yield key, entry.path, None
+                else:
+                    yield key, entry.path, "a broken symbolic link, or a loop of them"
+            elif entry.is_dir(follow_symlinks=False):
+                yield from _files_below(Path(entry.path), key + "/", root, follow, excluded, seen)
+            elif entry.is_file(follow_symlinks=False):
+                yield key, entry.path, None
+        except OSError as exc:
+            yield key, entry.path, f"not readable: {exc.strerror or exc}"
 
 
 class S3Source:
@@ -362,9 +439,11 @@ class LocalFileSource:
         yield SourceObject(key=key, size=stat.st_size, etag=f"mtime:{stat.st_mtime_ns}", fetch=self.path.read_bytes)
 
 
-def open_source(uri: str, client: Any | None = None, service: str = "CloudTrail") -> Source:
-    """The source for a ``--source`` value: a folder (or one file), ``s3://bucket/prefix`` or
-    ``cloudwatch://group``."""
+def open_source(
+    uri: str, client: Any | None = None, service: str = "CloudTrail", *, follow_links: bool = False
+) -> Source:
+    """The source for a ``--source`` value: a folder, ``s3://bucket/prefix`` or ``cloudwatch://group``
+    (``follow_links``: a folder's symbolic links that stay inside it are read)."""
     if uri.startswith("s3://"):
         return S3Source(uri, client, service=service)
     if uri.startswith("cloudwatch://"):
@@ -373,4 +452,4 @@ def open_source(uri: str, client: Any | None = None, service: str = "CloudTrail"
         raise ValueError(f"unknown source {uri!r}: use a folder, s3://bucket/prefix or cloudwatch://log-group")
     if Path(uri).is_file():
         return LocalFileSource(uri)
-    return LocalFolderSource(uri)
+    return LocalFolderSource(uri, follow_links=follow_links)

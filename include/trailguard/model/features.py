@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 
 from trailguard.model import enrich
 from trailguard.model.enrich import Enricher
-from trailguard.store.events import EventStore, write_parquet_atomic
+from trailguard.store.events import EventStore, id_keys, write_parquet_atomic
 from trailguard.store.fs import DataPath, parquet_file, parquet_schema, read_parquet
 from trailguard.store.schema import EVENT_SCHEMA
 
@@ -460,6 +460,14 @@ def _pair_keys(principals: object, values: object) -> pa.Array:
     return pc.binary_join_element_wise(text(principals), text(values), pa.scalar("\x1f", pa.large_string()))
 
 
+def _tiebreak(day: pd.DataFrame) -> np.ndarray:
+    """Events of the same microsecond in an order of their own (by eventID), not the order they were read
+    in: the causal counts then follow the events, never how the store happened to be written."""
+    if "eventID" not in day.columns:
+        return np.zeros(len(day), dtype=np.uint64)
+    return id_keys(pa.array(day["eventID"].to_numpy(dtype=object), pa.string(), from_pandas=True))[:, 0]
+
+
 def _causal_cumcount(codes: np.ndarray, order: np.ndarray) -> np.ndarray:
     """For each row, how many rows with the same code come before it in ``order`` (time order)."""
     if len(codes) == 0:
@@ -477,11 +485,12 @@ def _rarity(pair_prior: np.ndarray, total_prior: np.ndarray) -> np.ndarray:
 
 
 def window_stats(
-    principal: np.ndarray, times_us: np.ndarray, names: np.ndarray, failed: np.ndarray, window_us: int
+    principal: np.ndarray, times_us: np.ndarray, names: np.ndarray, failed: np.ndarray, window_us: int,
+    tiebreak: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per event, over the same principal's events in ``(t - window, t]`` (itself included, ties in array
-    order): event count, failures, distinct names. ``principal`` and ``names`` are any hashable codes.
-    Exact and vectorised.
+    """Per event, over the same principal's events in ``(t - window, t]`` (itself included, ties in
+    ``tiebreak`` order, else in array order): event count, failures, distinct names. ``principal`` and
+    ``names`` are any hashable codes. Exact and vectorised.
 
     Rows are sorted by (principal, time); ``L[i]`` is the first row of i's window, non-decreasing in i.
     A row j counts towards the distinct names of i when L[i] <= j <= i and the previous row with j's
@@ -497,7 +506,7 @@ def window_stats(
     t = t - t.min()
     stride = int(t.max()) + 2 * window_us + 1
     key = p_codes * stride + t
-    order = np.argsort(key, kind="stable")
+    order = np.argsort(key, kind="stable") if tiebreak is None else np.lexsort((tiebreak, key))
     k = key[order]
     left = np.searchsorted(k, k - window_us, side="right")
     pos = np.arange(n)
@@ -564,7 +573,8 @@ def _build(
         return _empty_features(), None if rows is not None else _empty_profile()
     times = _event_times(day)
     t_us = _micros(times)
-    order = np.argsort(t_us, kind="stable")
+    tie = _tiebreak(day)
+    order = np.lexsort((tie, t_us))
     day_start = pd.Timestamp(int(t_us.min()), unit="us", tz="UTC").floor("D")
     if not isinstance(history, History):
         history = history_from_events(history, day_start, enricher) if history is not None else History.empty()
@@ -592,8 +602,8 @@ def _build(
         codes = pd.factorize(dims["principal"])[0]
         keep = np.isin(codes, np.unique(codes[np.asarray(rows, dtype=bool)]))
         if not keep.all():
-            day, dims, times, t_us = day[keep], dims[keep], times[keep], t_us[keep]
-            order = np.argsort(t_us, kind="stable")
+            day, dims, times, t_us, tie = day[keep], dims[keep], times[keep], t_us[keep], tie[keep]
+            order = np.lexsort((tie, t_us))
             org_out = {name: values[keep] for name, values in org_out.items()}
         rows = np.asarray(rows, dtype=bool)[keep]
     p_codes, p_text = _value_codes(dims["principal"])
@@ -638,9 +648,12 @@ def _build(
         w_names = pd.factorize(both_names, use_na_sentinel=False)[0]
         w_times = np.concatenate([_micros(_event_times(tail)), t_us])
         w_failed = np.concatenate([enrich.event_failed(tail), failed])
+        w_tie = np.concatenate([np.zeros(k, dtype=np.uint64), tie])  # the tail is all before the day
     else:
         w_principal, w_names, w_times, w_failed = p_codes, pd.factorize(dims["event_name"], use_na_sentinel=False)[0], t_us, failed
-    counts, fails, distinct = window_stats(w_principal, w_times, w_names, w_failed, int(WINDOW / pd.Timedelta(microseconds=1)))
+        w_tie = tie
+    counts, fails, distinct = window_stats(w_principal, w_times, w_names, w_failed, int(WINDOW / pd.Timedelta(microseconds=1)),
+                                           tiebreak=w_tie)
     out["last_hour_events"] = counts[k:].astype(np.float64)
     out["last_hour_failures"] = fails[k:].astype(np.float64)
     out["last_hour_failure_rate"] = fails[k:] / counts[k:]

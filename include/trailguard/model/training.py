@@ -72,6 +72,7 @@ from trailguard.model.features import (
     load_rule_events,
 )
 from trailguard.model.labels import DEFAULT_TARGET, mark_training, read_labels, targets_and_sources
+from trailguard.model.mlflow_store import relocate_local_store
 from trailguard.store.events import EventStore
 from trailguard.store.fs import DataPath, is_remote
 
@@ -494,7 +495,11 @@ def training_data(
         if progress:
             progress(day)
         del events, lf, frame
-    return {uc: pd.concat(p, ignore_index=True) if p else pd.DataFrame() for uc, p in parts.items()}
+    frames = {uc: pd.concat(p, ignore_index=True) if p else pd.DataFrame() for uc, p in parts.items()}
+    # rows in an order of the events themselves (eventIDs are unique), not of part files or worker timing:
+    # the seeded sampling and splitting then pick the same events from any store holding them
+    return {uc: f.sort_values(["day", "eventID"], kind="stable", ignore_index=True) if len(f) else f
+            for uc, f in frames.items()}
 
 
 def stratified_sample(
@@ -653,6 +658,7 @@ def tracking_uri_for(root: DataPath | str, tracking_uri: str | None = None) -> s
         )
     folder = Path(root).resolve() / "mlflow"
     folder.mkdir(parents=True, exist_ok=True)
+    relocate_local_store(folder)  # a copied root keeps its artifacts to itself
     return f"sqlite:///{folder / 'mlflow.db'}"
 
 

@@ -46,7 +46,7 @@ from trailguard.integrity.findings import integrity_section
 from trailguard.integrity.findings import text_lines as integrity_text_lines
 from trailguard.store.events import EventStore, write_bytes_atomic
 from trailguard.store.events import day_text as _day_text
-from trailguard.store.fs import DataPath, as_path, parquet_schema, read_parquet, visible_files
+from trailguard.store.fs import DataPath, as_path, is_remote, parquet_schema, read_parquet, visible_files
 from trailguard.store.text import TRUNCATED as TRUNCATED  # re-exported: the report's marker
 from trailguard.store.text import sanitise
 
@@ -494,7 +494,7 @@ class Report:
             raise ValueError("image_src must be a cid: or a data:image/png URI")
         from trailguard.store.render import render
 
-        context = _html_context(self, image_src, for_email, notice, frozenset(new_groups))
+        context = _html_context(self, image_src, for_email, notice or _store_notice(self), frozenset(new_groups))
         return render("trailguard.report", "email.html" if for_email else "daily_report.html", **context)
 
     def text(self, *, notice: Notice | None = None, new_groups: Iterable[str] = ()) -> str:
@@ -502,6 +502,7 @@ class Report:
         control characters."""
         from trailguard.store.render import render
 
+        notice = notice or _store_notice(self)
         return render("trailguard.report", "email.txt", **_text_context(self, notice, frozenset(new_groups)))
 
     def lines(self) -> list[str]:
@@ -534,6 +535,7 @@ def build_report(
     if top_k < 1:
         raise ValueError(f"top_k must be at least 1, got {top_k}")
     scores = read_scores(data_root, day_text)
+    _check_scores_fresh(data_root, day_text)
     unscored = int(scores["risk_score"].isna().sum())
     if unscored:
         log.warning("%s: %d events have no risk score; they are counted but not ranked", day_text, unscored)
@@ -550,7 +552,8 @@ def build_report(
         day=day_text,
         generated_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         top_events=top,
-        summary=_summary(scores, findings, top, top_k, min_score),
+        summary={**_summary(scores, findings, top, top_k, min_score),
+                 "store_notices": store_notices(data_root, day_text)},
         models=_models(scores),
         quality=quality,
         chart_png=render_chart(scores, top, day_text),
@@ -707,6 +710,52 @@ def _summary_lines(report: Report) -> list[str]:
         _quality_line(report),
         integrity_text_lines(report.integrity, report.day)[0],
         f"Models: {models}",
+        *(f"STORE: {clean_text(line, 1000)}" for line in s.get("store_notices", [])),
+    ]
+
+
+class StaleScoresError(RuntimeError):
+    """The day's events changed after it was scored: a report would show old scores as current."""
+
+
+def _check_scores_fresh(data_root: DataPath, day: str) -> None:
+    """Refuse scores older than the day's events (and a damaged day: its error names the file)."""
+    from trailguard.store.events import EventStore
+
+    events = EventStore(data_root).partition_files(day)
+    scores = visible_files(scores_dir(data_root, day))
+    if not events or not scores or is_remote(data_root):
+        return
+    newest_event = max(p.stat().st_mtime for p in events)
+    oldest_score = min(p.stat().st_mtime for p in scores)
+    if newest_event > oldest_score:
+        raise StaleScoresError(
+            f"{day}: the scores are older than the day's events (events written after the last scoring): "
+            f"run `trailguard score --date {day}` first"
+        )
+
+
+def _store_notice(report: Report) -> Notice | None:
+    """What the store says about the day's evidence (changed records under known eventIDs), as the
+    report's highlighted notice when no other is given."""
+    lines = report.summary.get("store_notices") or []
+    return Notice("Evidence to check before trusting this day", tuple(lines)) if lines else None
+
+
+def store_notices(data_root: DataPath, day: str) -> list[str]:
+    """Lines for the day's report about the evidence itself: records that came again under a known
+    eventID with other content (in CloudTrail, a sign that a log file was altered)."""
+    from trailguard.store.events import EventStore
+
+    conflicts = EventStore(data_root).read_conflicts(day)
+    if not conflicts.num_rows:
+        return []
+    ids = sorted(set(conflicts.column("eventID").to_pylist()))
+    shown = ", ".join(clean_text(i, 80) or "?" for i in ids[:5]) + (" ..." if len(ids) > 5 else "")
+    return [
+        f"{conflicts.num_rows} record(s) under {len(ids)} known eventID(s) came again with different content "
+        f"(possible tampering): {shown}",
+        "both versions are kept: the new ones in quarantine/conflicts/, each with a pointer to the stored one",
     ]
 
 

@@ -18,9 +18,10 @@ import hashlib
 import json
 import logging
 import re
+import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
@@ -64,6 +65,22 @@ REJECTED_RECORD_SCHEMA = pa.schema(
         ("reason", pa.string()),
         ("eventID", pa.string()),
         ("raw", pa.string()),
+        ("run_id", pa.string()),
+    ]
+)
+
+# A record delivered again under a stored eventID with other content (in CloudTrail, a sign of tampering):
+# the new version, and where the stored one is.
+CONFLICT_SCHEMA = pa.schema(
+    [
+        ("eventID", pa.string()),
+        ("eventTime", pa.timestamp("us", tz="UTC")),
+        ("day", pa.string()),
+        ("source_key", pa.string()),
+        ("raw", pa.string()),
+        ("stored_file", pa.string()),  # the stored version: its part file under the data root
+        ("stored_source_key", pa.string()),
+        ("stored_eventTime", pa.timestamp("us", tz="UTC")),
         ("run_id", pa.string()),
     ]
 )
@@ -121,6 +138,13 @@ def safe_name(key: str, limit: int = 180) -> str:
     if len(name) > limit:
         name = name[: limit - 9] + "_" + uuid.uuid5(uuid.NAMESPACE_URL, key).hex[:8]
     return name
+
+
+def quarantine_name(key: str) -> str:
+    """A unique file name for a quarantined object: its key made safe, then a hash of the exact key (keys
+    that read alike once made safe, ``x/bad.json`` and ``x_bad.json``, never share a file)."""
+    digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    return f"{safe_name(key, limit=160)}.{digest}"
 
 
 _UUID = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
@@ -298,32 +322,90 @@ class EventStore:
                 found.append(match.group(1))
         return sorted(found)
 
-    def partition_files(self, day: date | str) -> list[DataPath]:
-        return _part_files(self.partition_dir(day))
+    def partition_files(self, day: date | str, *, allow_damaged: bool = False) -> list[DataPath]:
+        """A day's part files. A local file that is not a whole parquet file (its end is not the footer's
+        magic, as after a truncation) is moved aside to ``quarantine/store/`` and the day marked damaged;
+        a damaged day raises :class:`DamagedPartitionError` (naming the file and what to do) unless
+        ``allow_damaged`` (ingestion goes on with the other files, and the repair reads the day again)."""
+        files = _part_files(self.partition_dir(day))
+        if not fs.is_remote(self.root):
+            whole = [f for f in files if _looks_whole(f)]
+            for broken in set(files) - set(whole):
+                self.contain(day, broken, "not a whole parquet file (no footer at its end: truncated?)")
+            files = whole
+        if not allow_damaged:
+            damage = self.damaged(day)
+            if damage is not None:
+                raise DamagedPartitionError(day_text(day), damage)
+        return files
+
+    # -- damage: unreadable parts moved aside, the day marked until it is repaired ----------------------
+    def damage_dir(self, day: date | str) -> DataPath:
+        return self.quarantine_dir / "store" / f"date={day_text(day)}"
+
+    def contain(self, day: date | str, path: DataPath, reason: str) -> DataPath:
+        """Move an unreadable part file aside and mark its day damaged (``damaged.json`` lists the files)."""
+        folder = self.damage_dir(day)
+        target = folder / path.name
+        fs.move(path, target)
+        marker = folder / "damaged.json"
+        record = json.loads(marker.read_text()) if marker.exists() else {"day": day_text(day), "files": []}
+        record["files"].append({"file": f"events/date={day_text(day)}/{path.name}", "moved_to": str(target),
+                                "reason": reason, "at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+        write_bytes_atomic(json.dumps(record, indent=2).encode(), marker)
+        self._indexes.pop(day_text(day), None)
+        log.warning("moved %s aside to %s: %s (the day is marked damaged)", path, target, reason)
+        return target
+
+    def damaged(self, day: date | str) -> dict | None:
+        """The day's damage record (files moved aside, why), or None when the day is whole."""
+        marker = self.damage_dir(day) / "damaged.json"
+        return json.loads(marker.read_text()) if marker.exists() else None
+
+    def mark_repaired(self, day: date | str) -> None:
+        """Keep the damage record as history (``repaired-<time>.json``); the day reads as whole again."""
+        marker = self.damage_dir(day) / "damaged.json"
+        if marker.exists():
+            stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+            fs.move(marker, marker.with_name(f"repaired-{stamp}.json"))
 
     def count_rows(self, day: date | str) -> int:
         """A day's event count from the parquet footers, without reading any column."""
         return sum(parquet_file(f).metadata.num_rows for f in self.partition_files(day))
 
-    def read_partition(self, day: date | str, columns: Iterable[str] | None = None) -> pa.Table:
+    def read_partition(
+        self, day: date | str, columns: Iterable[str] | None = None, *, allow_damaged: bool = False
+    ) -> pa.Table:
         """One day's events as an Arrow table (empty, with the schema, when the day has none)."""
-        files = self.partition_files(day)
+        files = self.partition_files(day, allow_damaged=allow_damaged)
         cols = list(columns) if columns is not None else None
         if not files:
             schema = EVENT_SCHEMA if cols is None else pa.schema([EVENT_SCHEMA.field(c) for c in cols])
             return schema.empty_table()
-        tables = [read_parquet(f, columns=cols, schema=EVENT_SCHEMA) for f in files]
+        tables = []
+        for path in files:
+            try:
+                tables.append(read_parquet(path, columns=cols, schema=EVENT_SCHEMA))
+            except (pa.ArrowInvalid, OSError) as exc:  # a damage the footer check cannot see
+                self.contain(day, path, f"unreadable: {str(exc).splitlines()[0][:300]}")
+                if not allow_damaged:
+                    raise DamagedPartitionError(day_text(day), self.damaged(day) or {}) from exc
+        if not tables:
+            schema = EVENT_SCHEMA if cols is None else pa.schema([EVENT_SCHEMA.field(c) for c in cols])
+            return schema.empty_table()
         return pa.concat_tables(tables)
 
-    def partition_ids(self, day: date | str) -> pa.Array:
+    def partition_ids(self, day: date | str, *, allow_damaged: bool = False) -> pa.Array:
         """The eventIDs stored for a day, as they are on disk."""
-        return self.read_partition(day, columns=["eventID"]).column("eventID").combine_chunks()
+        table = self.read_partition(day, columns=["eventID"], allow_damaged=allow_damaged)
+        return table.column("eventID").combine_chunks()
 
     def _day_index(self, day: str) -> KeyIndex:
         """The day's dedupe index: built from the partition on first use, then kept up to date."""
         index = self._indexes.get(day)
         if index is None:
-            index = self._indexes[day] = KeyIndex(id_keys(self.partition_ids(day).drop_null()))
+            ids = self.partition_ids(day, allow_damaged=True)  # a damaged file aside, the rest still dedupes
+            index = self._indexes[day] = KeyIndex(id_keys(ids.drop_null()))
         self._indexes.move_to_end(day)
         return index
 
@@ -394,7 +476,8 @@ class EventStore:
         return removed
 
     def add_staged_part(
-        self, staged: DataPath, day: str, run_id: str, batch: KeyIndex | None = None, ids: StagedIds | None = None
+        self, staged: DataPath, day: str, run_id: str, batch: KeyIndex | None = None, ids: StagedIds | None = None,
+        on_dropped: Callable[[pa.Table], None] | None = None,
     ) -> dict[str, int]:
         """Move a staged part (one day's events in EVENT_SCHEMA) into the partition, less the eventIDs the
         store or the part already holds; returns the new events per ``source_key``.
@@ -403,6 +486,8 @@ class EventStore:
         eventTime) is a duplicate too. ``ids`` are the part's keys and sources as its writer computed
         them; without them the two columns are read from the file. A part with nothing to drop (the usual
         case) is renamed into place, not rewritten (on S3: uploaded, or copied within S3, once).
+        ``on_dropped(rows)`` sees the rows dropped as duplicates, once the kept ones are in place (so that a
+        changed record under a known eventID can be kept apart, not lost).
         """
         if ids is None:
             ids = StagedIds.of(read_parquet(staged, columns=["eventID", "source_key"], schema=EVENT_SCHEMA))
@@ -419,31 +504,59 @@ class EventStore:
         if keep.all():
             fs.move(staged, final)
         else:
-            if keep.any():
-                part = read_parquet(staged, schema=EVENT_SCHEMA).filter(pa.array(keep))
-                write_parquet_atomic(part, final)
+            if keep.any() or on_dropped is not None:
+                whole = read_parquet(staged, schema=EVENT_SCHEMA)
+                if keep.any():
+                    write_parquet_atomic(whole.filter(pa.array(keep)), final)
+                if on_dropped is not None:
+                    on_dropped(whole.filter(pa.array(~keep)))
             staged.unlink()
         counts = np.bincount(ids.source_index[keep], minlength=len(ids.sources))
         return {name: int(count) for name, count in zip(ids.sources, counts, strict=True) if count}
 
     @contextmanager
-    def commit_lock(self) -> Iterator[None]:
+    def commit_lock(self, purpose: str = "commit") -> Iterator[None]:
         """Held while parts are committed, so two committers on one machine never race on a day's index.
+
+        A POSIX record lock (``lockf``): the kernel drops it when its process dies, however it dies, and
+        worker processes forked while it is held do not inherit it (an ``flock`` they would: workers left
+        alive by a ``kill -9`` of their parent held it for ever). The lock file records its owner (pid,
+        host, start, purpose): a waiting run says what it waits for, and a run that finds the record of an
+        owner that is gone says it takes over.
 
         (Runs on several machines commit through one Airflow task at a time: the DAG's max_active_runs=1.
         For an S3 root the lock file is local: see :func:`trailguard.fs.lock_file`.)
         """
         import fcntl
+        import os
+        import socket
 
         lock = fs.lock_file(self.root)
         lock.parent.mkdir(parents=True, exist_ok=True)
-        with open(lock, "a+b") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
+        with _THREAD_LOCKS.setdefault(str(lock), threading.Lock()), open(lock, "a+b") as handle:
+            try:
+                fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                log.warning("waiting for the commit lock of %s, held by %s", self.root, _lock_owner(handle))
+                fcntl.lockf(handle, fcntl.LOCK_EX)
+            previous = _lock_owner(handle)
+            if previous != "nobody":
+                log.warning("took over the commit lock of %s from %s (gone without releasing it; what it "
+                            "committed is complete, what it had not is read again)", self.root, previous)
+            owner = {"pid": os.getpid(), "host": socket.gethostname(), "purpose": purpose,
+                     "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            handle.seek(0)
+            handle.truncate()
+            handle.write(json.dumps(owner).encode())
+            handle.flush()
             try:
                 self._indexes.clear()  # another process may have committed since: rebuild from disk
                 yield
             finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+                handle.seek(0)
+                handle.truncate()  # released cleanly: no owner left on record
+                handle.flush()
+                fcntl.lockf(handle, fcntl.LOCK_UN)
 
     def rewrite_partition(self, day: date | str, table: pa.Table) -> None:
         """Replace a day's partition with ``table`` as one file (used by validation's quarantine).
@@ -482,6 +595,21 @@ class EventStore:
             index[key] = (size, etag, status)
         return index
 
+    def record_run(self, run_id: str, source: str) -> None:
+        """Note which source a run read (``manifest/runs/``): a repair reads a damaged day from there again."""
+        if source:
+            doc = {"run_id": run_id, "source": source, "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            write_bytes_atomic(json.dumps(doc).encode(), self.root / "manifest" / "runs" / f"{safe_name(run_id)}.json")
+
+    def run_sources(self) -> dict[str, str]:
+        """The source each recorded run read, by run id."""
+        folder = self.root / "manifest" / "runs"
+        found = {}
+        for path in visible_files(folder, "*.json"):
+            doc = json.loads(path.read_text())
+            found[doc["run_id"]] = doc["source"]
+        return found
+
     def manifest_hashes(self) -> dict[str, tuple[int, str, str]]:
         """Latest (size, etag, sha256) per object read and hashed, for checking it against its digest."""
         table = self.read_manifest().select(["key", "size", "etag", "status", "sha256"])
@@ -503,7 +631,7 @@ class EventStore:
     def quarantine_object(self, key: str, data: bytes, reason: str, run_id: str) -> DataPath:
         """Keep a rejected source object's bytes and the reason beside it."""
         folder = self.quarantine_dir / "objects"
-        target = folder / safe_name(key)
+        target = folder / quarantine_name(key)
         write_bytes_atomic(data, target)
         reason_doc = {"key": key, "reason": reason, "run_id": run_id, "bytes": len(data)}
         write_bytes_atomic(json.dumps(reason_doc, indent=2).encode(), target.with_name(target.name + ".reason.json"))
@@ -517,12 +645,91 @@ class EventStore:
         target = self.quarantine_dir / "records" / f"part-{run_id}-{uuid.uuid4().hex[:8]}.parquet"
         return write_parquet_atomic(table, target)
 
+    def find_events(self, day: str, event_ids: Iterable[str], columns: list[str]) -> Iterator[tuple[DataPath, pa.Table]]:
+        """The stored rows of a day with these eventIDs, file by file (read in batches: memory follows a batch)."""
+        wanted = pa.array(sorted(set(event_ids)), pa.string())
+        for path in self.partition_files(day, allow_damaged=True):
+            found = []
+            for batch in parquet_file(path).iter_batches(batch_size=65_536, columns=["eventID", *columns]):
+                hits = batch.filter(pc.is_in(batch.column(0), value_set=wanted))
+                if hits.num_rows:
+                    found.append(hits)
+            if found:
+                yield path, pa.Table.from_batches(found)
+
+    def quarantine_conflicts(self, rows: list[dict], run_id: str) -> DataPath | None:
+        """Keep records that came again under a stored eventID with other content, beside a pointer to
+        the stored version (``quarantine/conflicts/``)."""
+        if not rows:
+            return None
+        table = pa.Table.from_pylist(rows, schema=CONFLICT_SCHEMA)
+        target = self.quarantine_dir / "conflicts" / f"part-{run_id}-{uuid.uuid4().hex[:8]}.parquet"
+        return write_parquet_atomic(table, target)
+
+    def read_conflicts(self, day: date | str | None = None) -> pa.Table:
+        """Conflicting versions kept so far (of one event day, if given)."""
+        folder = self.quarantine_dir / "conflicts"
+        files = sorted(folder.glob("*.parquet")) if folder.exists() else []
+        if not files:
+            return CONFLICT_SCHEMA.empty_table()
+        table = pa.concat_tables([read_parquet(f, schema=CONFLICT_SCHEMA) for f in files])
+        if day is not None:
+            table = table.filter(pc.equal(table.column("day"), day_text(day)))
+        return table
+
     def read_quarantined_records(self) -> pa.Table:
         folder = self.quarantine_dir / "records"
         files = sorted(folder.glob("*.parquet")) if folder.exists() else []
         if not files:
             return REJECTED_RECORD_SCHEMA.empty_table()
         return pa.concat_tables([read_parquet(f, schema=REJECTED_RECORD_SCHEMA) for f in files])
+
+
+# POSIX record locks keep processes apart, not the threads of one process: those take this lock first
+_THREAD_LOCKS: dict[str, threading.Lock] = {}
+
+
+def _lock_owner(handle: object) -> str:
+    """Who the lock file says holds it, as text ("nobody" when it holds no record)."""
+    handle.seek(0)  # type: ignore[attr-defined]
+    try:
+        owner = json.loads(handle.read() or b"null")  # type: ignore[attr-defined]
+    except ValueError:
+        return "an unknown process"
+    if not isinstance(owner, dict):
+        return "nobody"
+    return (f"pid {owner.get('pid')} on {owner.get('host')} ({owner.get('purpose')}, since "
+            f"{owner.get('started')})")
+
+
+class DamagedPartitionError(RuntimeError):
+    """A day whose stored events are not all readable: which file, why, and what to do."""
+
+    def __init__(self, day: str, damage: dict) -> None:
+        self.day, self.damage = day, damage
+        files = damage.get("files") or [{}]
+        last = files[-1]
+        more = f" (and {len(files) - 1} more)" if len(files) > 1 else ""
+        super().__init__(
+            f"{day}: the stored events are damaged: {last.get('file', '?')}{more} is {last.get('reason', 'unreadable')}; "
+            f"it is kept in quarantine/store/date={day}/. Run `trailguard repair --date {day}` to read the day "
+            "again from its sources, then validate, score and report it again"
+        )
+
+
+def _looks_whole(path: Path) -> bool:
+    """Whether a local file ends as a parquet file does (a footer length, then ``PAR1``)."""
+    try:
+        with open(path, "rb") as handle:
+            size = handle.seek(0, 2)
+            if size < 12:
+                return False
+            handle.seek(size - 4)
+            return handle.read(4) == b"PAR1"
+    except FileNotFoundError:
+        return True  # gone since it was listed (a rewrite): not damage
+    except OSError:
+        return False
 
 
 def _part_files(folder: DataPath) -> list[DataPath]:

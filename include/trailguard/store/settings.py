@@ -46,6 +46,9 @@ class Settings:
     # are too few for a detector at all (rules and rarity only then)
     coldstart_fit_days: int = 7
     coldstart_min_events: int = 10
+    ingest_max_file_bytes: int = 256 * 1024 * 1024
+    ingest_max_records_per_file: int = 200_000
+    ingest_max_record_bytes: int = 8 * 1024 * 1024
 
     @property
     def data_path(self) -> DataPath:
@@ -120,6 +123,9 @@ def load_settings(**overrides: object) -> Settings:
         "train_min_days": max(2, _int("TRAILGUARD_TRAIN_MIN_DAYS", 2)),
         "coldstart_fit_days": max(0, _int("TRAILGUARD_COLDSTART_FIT_DAYS", 7)),
         "coldstart_min_events": max(2, _int("TRAILGUARD_COLDSTART_MIN_EVENTS", 10)),
+        "ingest_max_file_bytes": max(1, _int("TRAILGUARD_INGEST_MAX_FILE_BYTES", 256 * 1024 * 1024)),
+        "ingest_max_records_per_file": max(1, _int("TRAILGUARD_INGEST_MAX_RECORDS_PER_FILE", 200_000)),
+        "ingest_max_record_bytes": max(1, _int("TRAILGUARD_INGEST_MAX_RECORD_BYTES", 8 * 1024 * 1024)),
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
     return Settings(**values)  # type: ignore[arg-type]
