@@ -31,7 +31,9 @@ def top_events(data_root: Path, day: str = DAY) -> list[dict[str, str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("action", choices=("record", "check"))
     parser.add_argument("data_root", type=Path, help="the demo's data root (make demo: demo/data)")
     parser.add_argument("recorded", type=Path, help="the recorded top events (JSON)")
@@ -48,7 +50,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     for old, new in zip(before, now, strict=False):
         if old != new:
-            print(f"rank {old['rank']}: recorded {old['eventID']} {old['risk_score']}, now {new['eventID']} {new['risk_score']}")
+            print(
+                f"rank {old['rank']}: recorded {old['eventID']} {old['risk_score']}, now {new['eventID']} {new['risk_score']}"
+            )
     if len(before) != len(now):
         print(f"recorded {len(before)} rows, now {len(now)}")
     return 1

@@ -47,8 +47,23 @@ import psutil
 
 PROJECT = Path(__file__).resolve().parents[1]
 NOT_AVAILABLE = "not available yet"
-STAGES = ("ingest", "rerun", "naive", "integrity", "dags", "label", "validate", "features", "train", "score",
-          "score_partitions", "report", "explore", "demo", "flows")
+STAGES = (
+    "ingest",
+    "rerun",
+    "naive",
+    "integrity",
+    "dags",
+    "label",
+    "validate",
+    "features",
+    "train",
+    "score",
+    "score_partitions",
+    "report",
+    "explore",
+    "demo",
+    "flows",
+)
 FIXTURES = PROJECT.parent / "shared" / "fixtures" / "cloudtrail"
 ORG_STAGES = ("features", "train", "score", "score_partitions", "report", "explore")
 
@@ -85,10 +100,16 @@ def _child(send: Any, work: Callable[..., dict[str, Any]], args: tuple) -> None:
     except ImportError as exc:
         result = {"skipped": NOT_AVAILABLE, "detail": str(exc)}
     except Exception as exc:  # a stage that fails is reported, the others still run
-        result = {"skipped": "failed", "detail": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()[-2000:]}
+        result = {
+            "skipped": "failed",
+            "detail": f"{type(exc).__name__}: {exc}",
+            "trace": traceback.format_exc()[-2000:],
+        }
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # the largest of its workers
-    result.update(peak_rss_mb=round(own / 1024), peak_rss_worker_mb=round(children / 1024) if children else None)
+    result.update(
+        peak_rss_mb=round(own / 1024), peak_rss_worker_mb=round(children / 1024) if children else None
+    )
     send.send(result)
     send.close()
 
@@ -159,7 +180,9 @@ def org_prepare_stage(folder: str, logs: list[str]) -> dict[str, Any]:
 def log_files(logs: Path) -> list[Path]:
     from trailguard.ingest.sources import skip_reason
 
-    return sorted(p for p in logs.rglob("*") if p.is_file() and skip_reason(p.relative_to(logs).as_posix()) is None)
+    return sorted(
+        p for p in logs.rglob("*") if p.is_file() and skip_reason(p.relative_to(logs).as_posix()) is None
+    )
 
 
 # -- stages: each returns a dict of figures ---------------------------------------------------------------
@@ -172,9 +195,23 @@ def ingest_stage(logs: str, data: str, workers: int) -> dict[str, Any]:
 
     imported = time.perf_counter()
     summary = ingest(LocalFolderSource(logs), EventStore(Path(data)), workers=workers)
-    figures = {"seconds": round(time.perf_counter() - imported, 2), "import_seconds": round(imported - started, 2)}
-    return figures | {key: getattr(summary, key) for key in ("objects", "objects_ingested", "objects_quarantined",
-                                                   "objects_already_ingested", "records", "new", "duplicates", "quarantined")}
+    figures = {
+        "seconds": round(time.perf_counter() - imported, 2),
+        "import_seconds": round(imported - started, 2),
+    }
+    return figures | {
+        key: getattr(summary, key)
+        for key in (
+            "objects",
+            "objects_ingested",
+            "objects_quarantined",
+            "objects_already_ingested",
+            "records",
+            "new",
+            "duplicates",
+            "quarantined",
+        )
+    }
 
 
 def integrity_stage(logs: str, data: str, days: list[str]) -> dict[str, Any]:
@@ -186,7 +223,10 @@ def integrity_stage(logs: str, data: str, days: list[str]) -> dict[str, Any]:
 
     keys = Path(logs) / "cloudtrail-public-keys"
     if not keys.is_dir():
-        return {"skipped": NOT_AVAILABLE, "detail": f"{logs} predates signed digests: delete it to regenerate"}
+        return {
+            "skipped": NOT_AVAILABLE,
+            "detail": f"{logs} predates signed digests: delete it to regenerate",
+        }
     store = EventStore(Path(data))
     ingested = store.manifest_hashes()
     source, ring = LocalFolderSource(logs), key_provider(keys)
@@ -199,9 +239,16 @@ def integrity_stage(logs: str, data: str, days: list[str]) -> dict[str, Any]:
         files += result.summary["log_files_listed"]
         statuses[day] = result.status
     seconds = time.perf_counter() - started
-    return {"seconds": round(seconds, 3), "rows": files, "hours": hours, "log_files": files,
-            "hours_per_s": round(hours / seconds, 1), "log_files_per_s": round(files / seconds, 1),
-            "hashes_from_manifest": len(ingested) > 0, "statuses": statuses}
+    return {
+        "seconds": round(seconds, 3),
+        "rows": files,
+        "hours": hours,
+        "log_files": files,
+        "hours_per_s": round(hours / seconds, 1),
+        "log_files_per_s": round(files / seconds, 1),
+        "hashes_from_manifest": len(ingested) > 0,
+        "statuses": statuses,
+    }
 
 
 def naive_stage(files: list[str], out: str, limit: int) -> dict[str, Any]:
@@ -226,8 +273,11 @@ def naive_stage(files: list[str], out: str, limit: int) -> dict[str, Any]:
     mixed = [c for c in frame.columns if frame[c].dtype == object]
     frame = frame.astype({c: "string" for c in mixed})  # nested lists and dicts as their text
     frame.to_parquet(out)
-    return {"records": records, "seconds": round(time.perf_counter() - imported, 2),
-            "import_seconds": round(imported - started, 2)}
+    return {
+        "records": records,
+        "seconds": round(time.perf_counter() - imported, 2),
+        "import_seconds": round(imported - started, 2),
+    }
 
 
 def flow_logs(work: Path, records: int, per_file: int = 100_000) -> Path:
@@ -264,8 +314,17 @@ def flow_logs(work: Path, records: int, per_file: int = 100_000) -> Path:
         table = pa.Table.from_arrays(columns, names=fields)
         sink = pa.BufferOutputStream()
         sink.write((DEFAULT_FORMAT + "\n").encode())  # the writer quotes header names: AWS does not
-        pacsv.write_csv(table, sink, pacsv.WriteOptions(delimiter=" ", quoting_style="none", include_header=False))
-        key = flow_log_key("418272790141", "us-east-1", day, "fl-0bench", datetime(2026, 1, 31, index % 24, 5), f"{index:08x}")
+        pacsv.write_csv(
+            table, sink, pacsv.WriteOptions(delimiter=" ", quoting_style="none", include_header=False)
+        )
+        key = flow_log_key(
+            "418272790141",
+            "us-east-1",
+            day,
+            "fl-0bench",
+            datetime(2026, 1, 31, index % 24, 5),
+            f"{index:08x}",
+        )
         path = folder / key
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(gzip.compress(sink.getvalue().to_pybytes(), compresslevel=6))
@@ -284,8 +343,11 @@ def flows_floor_stage(logs: str) -> dict[str, Any]:
     for path in sorted(Path(logs).rglob("*.log.gz")):
         with pa.input_stream(str(path), compression="gzip") as stream:
             records += pacsv.read_csv(stream, parse_options=pacsv.ParseOptions(delimiter=" ")).num_rows
-    return {"records": records, "seconds": round(time.perf_counter() - imported, 2),
-            "import_seconds": round(imported - started, 2)}
+    return {
+        "records": records,
+        "seconds": round(time.perf_counter() - imported, 2),
+        "import_seconds": round(imported - started, 2),
+    }
 
 
 def flows_ingest_stage(logs: str, data: str, workers: int) -> dict[str, Any]:
@@ -296,8 +358,14 @@ def flows_ingest_stage(logs: str, data: str, workers: int) -> dict[str, Any]:
 
     imported = time.perf_counter()
     summary = ingest_flows(LocalFolderSource(logs), data, workers=workers)
-    figures = {"seconds": round(time.perf_counter() - imported, 2), "import_seconds": round(imported - started, 2)}
-    return figures | {key: getattr(summary, key) for key in ("objects", "objects_ingested", "records", "stored", "quarantined")}
+    figures = {
+        "seconds": round(time.perf_counter() - imported, 2),
+        "import_seconds": round(imported - started, 2),
+    }
+    return figures | {
+        key: getattr(summary, key)
+        for key in ("objects", "objects_ingested", "records", "stored", "quarantined")
+    }
 
 
 def dag_parse_stage() -> dict[str, Any]:
@@ -312,7 +380,9 @@ def dag_parse_stage() -> dict[str, Any]:
     )
     seconds = {}
     for path in sorted((PROJECT / "dags").glob("*.py")):
-        out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, env=env, timeout=300)
+        out = subprocess.run(
+            [sys.executable, "-c", code, str(path)], capture_output=True, text=True, env=env, timeout=300
+        )
         if out.returncode != 0:
             raise RuntimeError(f"{path.name}: {out.stderr.strip()[-500:]}")
         seconds[path.name] = round(float(out.stdout.strip().splitlines()[-1]), 3)
@@ -343,13 +413,19 @@ def label_stage(rows: int = 1_000_000) -> dict[str, Any]:
     rng = np.random.default_rng(0)
     picks = np.r_[rng.choice(reads, rows - rows // 33), rng.choice(len(records), rows // 33)]
     day = table.take(picks).to_pandas()
-    day["eventTime"] = pd.Timestamp("2024-08-01", tz="UTC") + pd.to_timedelta(rng.integers(0, 86_400, len(day)), unit="s")
+    day["eventTime"] = pd.Timestamp("2024-08-01", tz="UTC") + pd.to_timedelta(
+        rng.integers(0, 86_400, len(day)), unit="s"
+    )
     day["userIdentity.arn"] = day["userIdentity.arn"].fillna("?") + "/" + (picks % 2000).astype(str)
     started = time.perf_counter()
     out = label_events(day)
     seconds = time.perf_counter() - started
-    return {"rows": len(out), "labelled": int((out["lf_score"] > 0).sum()), "stage_seconds": round(seconds, 2),
-            "records_per_s": round(len(out) / seconds)}
+    return {
+        "rows": len(out),
+        "labelled": int((out["lf_score"] > 0).sum()),
+        "stage_seconds": round(seconds, 2),
+        "records_per_s": round(len(out) / seconds),
+    }
 
 
 def validate_stage(data: str, day: str) -> dict[str, Any]:
@@ -375,10 +451,16 @@ def train_stage(data: str, day: str) -> dict[str, Any]:
     shutil.rmtree(Path(data) / "mlflow", ignore_errors=True)
     until = date.fromisoformat(day) - timedelta(days=1)
     result = train(EventStore(Path(data)), until=until)
-    use_cases = {uc: {"seconds": round(r.seconds, 1), "rows": r.rows, "train_rows": r.train_rows, "best": r.best}
-                 for uc, r in result.use_cases.items()}
-    return {"until": until.isoformat(), "use_cases": use_cases, "timings": getattr(result, "timings", {}),
-            "result": "; ".join(result.lines())[:600]}
+    use_cases = {
+        uc: {"seconds": round(r.seconds, 1), "rows": r.rows, "train_rows": r.train_rows, "best": r.best}
+        for uc, r in result.use_cases.items()
+    }
+    return {
+        "until": until.isoformat(),
+        "use_cases": use_cases,
+        "timings": getattr(result, "timings", {}),
+        "result": "; ".join(result.lines())[:600],
+    }
 
 
 def score_stage(data: str, day: str) -> dict[str, Any]:
@@ -386,8 +468,12 @@ def score_stage(data: str, day: str) -> dict[str, Any]:
     from trailguard.store.events import EventStore
 
     result = score_day(EventStore(Path(data)), day)
-    return {"date": day, "rows": result.events, "timings": {k: round(v, 2) for k, v in result.timings.items()},
-            "result": "; ".join(result.lines())[:300]}
+    return {
+        "date": day,
+        "rows": result.events,
+        "timings": {k: round(v, 2) for k, v in result.timings.items()},
+        "result": "; ".join(result.lines())[:300],
+    }
 
 
 def score_partitions_stage(data: str, day: str) -> dict[str, Any]:
@@ -403,8 +489,12 @@ def score_partitions_stage(data: str, day: str) -> dict[str, Any]:
         started = time.perf_counter()
         score_day(store, day, account=part["account"], region=part["region"])
         seconds.append(round(time.perf_counter() - started, 2))
-    return {"date": day, "rows": sum(p["events"] for p in parts), "partitions": len(parts),
-            "slowest_partition_seconds": max(seconds, default=0.0)}
+    return {
+        "date": day,
+        "rows": sum(p["events"] for p in parts),
+        "partitions": len(parts),
+        "slowest_partition_seconds": max(seconds, default=0.0),
+    }
 
 
 def report_stage(data: str, day: str) -> dict[str, Any]:
@@ -425,8 +515,11 @@ def activity_stage(data: str, day: str) -> dict[str, Any]:
         started = time.perf_counter()
         write_day_activity(store, each)
         seconds.append(round(time.perf_counter() - started, 2))
-    return {"days": len(seconds), "slowest_day_seconds": max(seconds, default=0.0),
-            "rows": sum(store.count_rows(d) for d in store.dates() if d < day)}
+    return {
+        "days": len(seconds),
+        "slowest_day_seconds": max(seconds, default=0.0),
+        "rows": sum(store.count_rows(d) for d in store.dates() if d < day),
+    }
 
 
 def explore_stage(data: str, day: str) -> dict[str, Any]:
@@ -443,13 +536,21 @@ def explore_stage(data: str, day: str) -> dict[str, Any]:
     started, cpu = time.perf_counter(), time.process_time()
     activity = views.activity_view(Path(data), period)
     html = render.render("activity", activity, render.Links())
-    timings["activity_page"], timings["activity_page_cpu"] = time.perf_counter() - started, time.process_time() - cpu
+    timings["activity_page"], timings["activity_page_cpu"] = (
+        time.perf_counter() - started,
+        time.process_time() - cpu,
+    )
     started, cpu = time.perf_counter(), time.process_time()
     pca = views.pca_view(Path(data), period)
     html += render.render("pca", pca, render.Links())
     timings["pca_page"], timings["pca_page_cpu"] = time.perf_counter() - started, time.process_time() - cpu
-    return {"rows": activity["totals"]["events"], "principals": pca["principals"], "html_kb": len(html) // 1024,
-            "days": len(period.days), "timings": {k: round(v, 2) for k, v in timings.items()}}
+    return {
+        "rows": activity["totals"]["events"],
+        "principals": pca["principals"],
+        "html_kb": len(html) // 1024,
+        "days": len(period.days),
+        "timings": {k: round(v, 2) for k, v in timings.items()},
+    }
 
 
 def demo_stage(work: str) -> dict[str, Any]:
@@ -458,7 +559,14 @@ def demo_stage(work: str) -> dict[str, Any]:
 
     folder = Path(work) / "demo"
     shutil.rmtree(folder / "data", ignore_errors=True)
-    command = [str(Path(sys.executable).with_name("trailguard")), "--data", str(folder / "data"), "demo", "--logs", str(folder / "logs")]
+    command = [
+        str(Path(sys.executable).with_name("trailguard")),
+        "--data",
+        str(folder / "data"),
+        "demo",
+        "--logs",
+        str(folder / "logs"),
+    ]
     out = subprocess.run(command, capture_output=True, text=True, timeout=3600)
     if out.returncode != 0:
         raise RuntimeError(out.stderr.strip()[-800:] or out.stdout.strip()[-800:])
@@ -474,7 +582,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit(f"unknown stage(s) {', '.join(sorted(unknown))}; choose from {', '.join(STAGES)}")
     results: dict[str, Any] = {
         "events": args.events,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_average_at_start": os.getloadavg()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_average_at_start": os.getloadavg(),
+        },
     }
 
     def step(name: str, work_fn: Callable[..., dict[str, Any]], *work_args: Any) -> dict[str, Any]:
@@ -487,7 +599,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         logs = demo_logs(work, args.events)
         files = log_files(logs)
         input_bytes = sum(f.stat().st_size for f in files)
-        results["input"] = {"folder": str(logs), "files": len(files), "compressed_mb": round(input_bytes / 2**20, 1)}
+        results["input"] = {
+            "folder": str(logs),
+            "files": len(files),
+            "compressed_mb": round(input_bytes / 2**20, 1),
+        }
         stores = work / f"stores-{args.events}"
         shutil.rmtree(stores, ignore_errors=True)
         store = stores / f"workers-{args.workers[0]}"
@@ -496,7 +612,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             runs = []
             for _ in range(args.repeat):  # each run into a fresh store; the median run is the stage's figures
                 shutil.rmtree(stores / f"workers-{workers}", ignore_errors=True)
-                runs.append(step(f"ingest_{workers}_workers", ingest_stage, str(logs), str(stores / f"workers-{workers}"), workers))
+                runs.append(
+                    step(
+                        f"ingest_{workers}_workers",
+                        ingest_stage,
+                        str(logs),
+                        str(stores / f"workers-{workers}"),
+                        workers,
+                    )
+                )
             figures = sorted(runs, key=lambda r: r.get("seconds", float("inf")))[len(runs) // 2]
             if len(runs) > 1:
                 figures["runs_seconds"] = [r.get("seconds") for r in runs]
@@ -504,16 +628,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             _rates(figures, input_bytes)
         runs = [results["stages"][f"ingest_{w}_workers"] for w in args.workers]
         if len(runs) > 1 and all("seconds" in r for r in runs):
-            results["speedup"] = {f"{w}_vs_{args.workers[0]}_workers": round(runs[0]["seconds"] / r["seconds"], 2)
-                                  for w, r in zip(args.workers[1:], runs[1:], strict=True)}
+            results["speedup"] = {
+                f"{w}_vs_{args.workers[0]}_workers": round(runs[0]["seconds"] / r["seconds"], 2)
+                for w, r in zip(args.workers[1:], runs[1:], strict=True)
+            }
     if "rerun" in stages and store.exists():
         step("rerun", ingest_stage, str(logs), str(store), args.workers[-1])
     if "naive" in stages:
-        figures = step("naive", naive_stage, [str(f) for f in files], str(work / "naive.parquet"), args.naive_events)
+        figures = step(
+            "naive", naive_stage, [str(f) for f in files], str(work / "naive.parquet"), args.naive_events
+        )
         _rates(figures, None)
-        best = max((r.get("records_per_s", 0) for n, r in results["stages"].items() if n.startswith("ingest_")), default=0)
+        best = max(
+            (r.get("records_per_s", 0) for n, r in results["stages"].items() if n.startswith("ingest_")),
+            default=0,
+        )
         if best and figures.get("records_per_s"):
-            results["speedup"] = {**results.get("speedup", {}), "vs_naive": round(best / figures["records_per_s"], 1)}
+            results["speedup"] = {
+                **results.get("speedup", {}),
+                "vs_naive": round(best / figures["records_per_s"], 1),
+            }
     if "integrity" in stages:
         logs = demo_logs(work, args.events)
         meta = json.loads((logs / "demo_summary.json").read_text())
@@ -537,16 +671,31 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         folder = work / f"org-{args.org_events_per_day}x{args.org_days}d-then-{args.events}"
         data = folder / "data"
         logs_used, day = org_logs(work, args.events, args.org_events_per_day, args.org_days)
-        results["org"] = {"folder": str(folder), "days": args.org_days, "events_per_day": args.org_events_per_day,
-                          "scored_day": day, "scored_day_events": args.events}
+        results["org"] = {
+            "folder": str(folder),
+            "days": args.org_days,
+            "events_per_day": args.org_events_per_day,
+            "scored_day": day,
+            "scored_day_events": args.events,
+        }
         if not (folder / "ready.json").exists():
             figures = step("org_prepare", org_prepare_stage, str(folder), [str(p) for p in logs_used])
             if figures.get("skipped"):
                 raise SystemExit(f"preparing the organisation's store failed: {figures.get('detail')}")
-        for name, stage_fn in (("features", features_stage), ("train", train_stage), ("score", score_stage),
-                               ("score_partitions", score_partitions_stage), ("report", report_stage)):
+        for name, stage_fn in (
+            ("features", features_stage),
+            ("train", train_stage),
+            ("score", score_stage),
+            ("score_partitions", score_partitions_stage),
+            ("report", report_stage),
+        ):
             if name in stages:
-                step(f"{name}_last_day" if name not in ("train", "score_partitions") else name, stage_fn, str(data), day)
+                step(
+                    f"{name}_last_day" if name not in ("train", "score_partitions") else name,
+                    stage_fn,
+                    str(data),
+                    day,
+                )
         if "explore" in stages:
             step("activity_tables", activity_stage, str(data), day)
             step("explore_30_days", explore_stage, str(data), day)
@@ -555,18 +704,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if "flows" in stages:
         flows = flow_logs(work, args.flow_records)
         flow_bytes = sum(p.stat().st_size for p in flows.rglob("*.log.gz"))
-        results["flows_input"] = {"folder": str(flows), "records": args.flow_records,
-                                  "compressed_mb": round(flow_bytes / 2**20, 1)}
+        results["flows_input"] = {
+            "folder": str(flows),
+            "records": args.flow_records,
+            "compressed_mb": round(flow_bytes / 2**20, 1),
+        }
         floor = step("flows_pyarrow_csv_floor", flows_floor_stage, str(flows))
         _rates(floor, flow_bytes)
         for workers in args.workers:
             target = work / f"flows-store-{workers}"
             shutil.rmtree(target, ignore_errors=True)
-            figures = step(f"flows_ingest_{workers}_workers", flows_ingest_stage, str(flows), str(target), workers)
+            figures = step(
+                f"flows_ingest_{workers}_workers", flows_ingest_stage, str(flows), str(target), workers
+            )
             _rates(figures, flow_bytes)
             if floor.get("records_per_s") and figures.get("records_per_s"):
                 results.setdefault("speedup", {})[f"flows_{workers}_workers_vs_floor"] = round(
-                    figures["records_per_s"] / floor["records_per_s"], 2)
+                    figures["records_per_s"] / floor["records_per_s"], 2
+                )
             shutil.rmtree(target, ignore_errors=True)
     return results
 
@@ -589,62 +744,122 @@ def table(results: dict[str, Any]) -> str:
     rows = [("stage", "seconds", "cpu s", "records", "records/s", "MB/s", "peak RSS MB (largest / tree)")]
     for name, r in results.get("stages", {}).items():
         if r.get("skipped"):
-            rows.append((name, r["skipped"], "", "", "", "", r.get("detail", "").strip().splitlines()[-1][:80]))
+            rows.append(
+                (name, r["skipped"], "", "", "", "", r.get("detail", "").strip().splitlines()[-1][:80])
+            )
             continue
-        peak = f"{r.get('peak_rss_mb')}" + (f" (children {r['peak_rss_worker_mb']})" if r.get("peak_rss_worker_mb") else "")
+        peak = f"{r.get('peak_rss_mb')}" + (
+            f" (children {r['peak_rss_worker_mb']})" if r.get("peak_rss_worker_mb") else ""
+        )
         count = r.get("records") or r.get("rows")
-        rows.append((name, f"{r['seconds']:.2f}", f"{r['cpu_seconds']:.1f}", f"{count:,}" if count else "",
-                     f"{r['records_per_s']:,}" if r.get("records_per_s") else "", str(r.get("mb_per_s", "")),
-                     f"{peak} / {r['peak_rss_tree_mb']}"))
+        rows.append(
+            (
+                name,
+                f"{r['seconds']:.2f}",
+                f"{r['cpu_seconds']:.1f}",
+                f"{count:,}" if count else "",
+                f"{r['records_per_s']:,}" if r.get("records_per_s") else "",
+                str(r.get("mb_per_s", "")),
+                f"{peak} / {r['peak_rss_tree_mb']}",
+            )
+        )
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    lines = [
+        "  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    ]
     parse = results.get("stages", {}).get("dag_parse", {}).get("files", {})
     lines += [f"DAG parse {name}: {seconds:.3f} s" for name, seconds in parse.items()]
-    lines += [f"{name}: {r['hours']} account/region/hours and {r['log_files']} log files in {r['seconds']:.2f} s: "
-              f"{r['hours_per_s']} hours/s, {r['log_files_per_s']} log files/s "
-              f"({'hashes from the manifest' if r['hashes_from_manifest'] else 'every log file read and hashed'}); "
-              f"{r['statuses']}"
-              for name, r in results.get("stages", {}).items() if name.startswith("integrity") and "hours" in r]
-    lines += [f"speed-up {name.replace('_', ' ')}: {value}x" for name, value in results.get("speedup", {}).items()]
+    lines += [
+        f"{name}: {r['hours']} account/region/hours and {r['log_files']} log files in {r['seconds']:.2f} s: "
+        f"{r['hours_per_s']} hours/s, {r['log_files_per_s']} log files/s "
+        f"({'hashes from the manifest' if r['hashes_from_manifest'] else 'every log file read and hashed'}); "
+        f"{r['statuses']}"
+        for name, r in results.get("stages", {}).items()
+        if name.startswith("integrity") and "hours" in r
+    ]
+    lines += [
+        f"speed-up {name.replace('_', ' ')}: {value}x" for name, value in results.get("speedup", {}).items()
+    ]
     machine = results["machine"]
     line = f"{machine['cpus']} CPUs, load average at start {', '.join(f'{x:.1f}' for x in machine['load_average_at_start'])}"
     if "input" in results:
-        line += f"; input {results['input']['files']} files, {results['input']['compressed_mb']} MB compressed"
+        line += (
+            f"; input {results['input']['files']} files, {results['input']['compressed_mb']} MB compressed"
+        )
     lines.append(line)
     if "org" in results:
         org = results["org"]
-        lines.append(f"organisation: {org['days']} days of {org['events_per_day']:,} events, then {org['scored_day']} "
-                     f"with {org['scored_day_events']:,} events (scored and reported; training until the day before)")
-    lines += [f"{name}: {len(r['runs_seconds'])} runs, " + ", ".join(f"{x:.2f}" for x in r["runs_seconds"])
-              + " s (the median run above)" for name, r in results.get("stages", {}).items() if r.get("runs_seconds")]
-    imports = [f"{name} {r['import_seconds']:.2f}s" for name, r in results.get("stages", {}).items() if "import_seconds" in r]
+        lines.append(
+            f"organisation: {org['days']} days of {org['events_per_day']:,} events, then {org['scored_day']} "
+            f"with {org['scored_day_events']:,} events (scored and reported; training until the day before)"
+        )
+    lines += [
+        f"{name}: {len(r['runs_seconds'])} runs, "
+        + ", ".join(f"{x:.2f}" for x in r["runs_seconds"])
+        + " s (the median run above)"
+        for name, r in results.get("stages", {}).items()
+        if r.get("runs_seconds")
+    ]
+    imports = [
+        f"{name} {r['import_seconds']:.2f}s"
+        for name, r in results.get("stages", {}).items()
+        if "import_seconds" in r
+    ]
     if imports:
         lines.append("imports, not in the seconds above: " + ", ".join(imports))
     for name, r in results.get("stages", {}).items():
         if r.get("timings"):
             lines.append(f"{name}: " + ", ".join(f"{k} {v:.1f}s" for k, v in r["timings"].items()))
         for uc, figures in (r.get("use_cases") or {}).items():
-            lines.append(f"train {uc}: {figures['seconds']:.1f}s, {figures['rows']:,} events, "
-                         f"{figures['train_rows']:,} training rows, best {figures['best']}")
+            lines.append(
+                f"train {uc}: {figures['seconds']:.1f}s, {figures['rows']:,} events, "
+                f"{figures['train_rows']:,} training rows, best {figures['best']}"
+            )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--events", type=int, default=1_000_000, help="events to generate and ingest (default 1,000,000)")
-    parser.add_argument("--naive-events", type=int, default=100_000, help="records for the naive baseline (default 100,000)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--events", type=int, default=1_000_000, help="events to generate and ingest (default 1,000,000)"
+    )
+    parser.add_argument(
+        "--naive-events", type=int, default=100_000, help="records for the naive baseline (default 100,000)"
+    )
     parser.add_argument("--workers", default="1,2", help="worker counts to compare (default 1,2)")
-    parser.add_argument("--repeat", type=int, default=1,
-                        help="ingest runs per worker count, the median one reported (default 1; a shared machine's "
-                             "speed varies from minute to minute)")
-    parser.add_argument("--only", default=None, help=f"comma-separated stages (default all: {','.join(STAGES)})")
-    parser.add_argument("--org-events-per-day", type=int, default=100_000,
-                        help="the organisation's ordinary day for features/train/score/report (default 100,000)")
-    parser.add_argument("--org-days", type=int, default=30, help="its ordinary days before the scored day (default 30)")
-    parser.add_argument("--flow-records", type=int, default=2_000_000,
-                        help="VPC flow records for the flows stages (default 2,000,000)")
-    parser.add_argument("--work", default=str(PROJECT / "bench" / "work"), help="cached logs and stores (default bench/work)")
-    parser.add_argument("--results", default=str(PROJECT / "bench" / "results.json"), help="where the figures go")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="ingest runs per worker count, the median one reported (default 1; a shared machine's "
+        "speed varies from minute to minute)",
+    )
+    parser.add_argument(
+        "--only", default=None, help=f"comma-separated stages (default all: {','.join(STAGES)})"
+    )
+    parser.add_argument(
+        "--org-events-per-day",
+        type=int,
+        default=100_000,
+        help="the organisation's ordinary day for features/train/score/report (default 100,000)",
+    )
+    parser.add_argument(
+        "--org-days", type=int, default=30, help="its ordinary days before the scored day (default 30)"
+    )
+    parser.add_argument(
+        "--flow-records",
+        type=int,
+        default=2_000_000,
+        help="VPC flow records for the flows stages (default 2,000,000)",
+    )
+    parser.add_argument(
+        "--work", default=str(PROJECT / "bench" / "work"), help="cached logs and stores (default bench/work)"
+    )
+    parser.add_argument(
+        "--results", default=str(PROJECT / "bench" / "results.json"), help="where the figures go"
+    )
     args = parser.parse_args(argv)
     args.workers = [int(w) for w in args.workers.split(",")]
     os.environ.setdefault("AIRFLOW_HOME", str(Path(args.work).resolve() / "airflow"))

@@ -50,10 +50,20 @@ from trailguard_airflow import DEFAULT_ARGS, EVENTS, VALIDATED_EVENTS, aws_clien
             description="Folder, s3://bucket/prefix or cloudwatch://log-group. Empty: the Variable "
             "trailguard_source or the TRAILGUARD_SOURCE environment variable.",
         ),
-        "start": Param(None, type=["null", "string"], format="date", title="First delivery date",
-                       description="YYYY-MM-DD (UTC). Empty: yesterday."),
-        "end": Param(None, type=["null", "string"], format="date", title="Last delivery date",
-                     description="YYYY-MM-DD (UTC). Empty: the run's day."),
+        "start": Param(
+            None,
+            type=["null", "string"],
+            format="date",
+            title="First delivery date",
+            description="YYYY-MM-DD (UTC). Empty: yesterday.",
+        ),
+        "end": Param(
+            None,
+            type=["null", "string"],
+            format="date",
+            title="Last delivery date",
+            description="YYYY-MM-DD (UTC). Empty: the run's day.",
+        ),
     },
 )
 def cloudtrail_ingest():
@@ -70,7 +80,9 @@ def cloudtrail_ingest():
         groups = ingestion.group_partitions(partitions, max_groups=load_settings().ingest_max_tasks)
         print(f"{len(partitions)} partitions with new objects, in {len(groups)} stage tasks")
         for partition in partitions:
-            print(f"  {ingestion.partition_label(partition)}: {partition['objects']} objects, {partition['bytes']:,} bytes")
+            print(
+                f"  {ingestion.partition_label(partition)}: {partition['objects']} objects, {partition['bytes']:,} bytes"
+            )
         return groups
 
     @task(map_index_template="{{ partitions_label }}")
@@ -86,11 +98,21 @@ def cloudtrail_ingest():
         stage_ids = []
         for i, partition in enumerate(partitions):
             stage_id = f"{dag_run.run_id}-{ti.map_index}-{i}"
-            counts = ingestion.stage(source, store, partition, stage_id, start=start, end=end,
-                                  workers=settings.ingest_workers, limits=IngestLimits.from_settings(settings))
-            print(f"{ingestion.partition_label(partition)}: {counts['records']} records from "
-                  f"{counts['objects_ingested']} objects, {counts['quarantined']} records and "
-                  f"{counts['objects_quarantined']} objects quarantined")
+            counts = ingestion.stage(
+                source,
+                store,
+                partition,
+                stage_id,
+                start=start,
+                end=end,
+                workers=settings.ingest_workers,
+                limits=IngestLimits.from_settings(settings),
+            )
+            print(
+                f"{ingestion.partition_label(partition)}: {counts['records']} records from "
+                f"{counts['objects_ingested']} objects, {counts['quarantined']} records and "
+                f"{counts['objects_quarantined']} objects quarantined"
+            )
             stage_ids.append(stage_id)
         return stage_ids
 
@@ -122,7 +144,9 @@ def cloudtrail_ingest():
             return aws("cloudtrail", region)
 
         while day <= end:
-            result = verify_with_settings(settings, source, day, client_for=None if aws is None else cloudtrail)
+            result = verify_with_settings(
+                settings, source, day, client_for=None if aws is None else cloudtrail
+            )
             for line in result.lines()[:20]:
                 print(line)
             statuses[day.isoformat()] = result.status
@@ -160,13 +184,20 @@ def cloudtrail_ingest():
             )
         activity = write_day_activity(store, day)
         outlet_events[VALIDATED_EVENTS].extra = {"date": day, "status": result.status}
-        return {"date": day, "status": result.status, "rows_passed": result.rows_passed,
-                "rows_quarantined": result.rows_quarantined, "activity": str(activity)}
+        return {
+            "date": day,
+            "status": result.status,
+            "rows_passed": result.rows_passed,
+            "rows_quarantined": result.rows_quarantined,
+            "activity": str(activity),
+        }
 
     staged = stage_partitions.expand(partitions=plan_partitions())
     summary = commit_events(staged)
     dates = touched_dates(summary)
-    verify_integrity(summary) >> dates  # the quality pages show the integrity found (a failure still validates)
+    (
+        verify_integrity(summary) >> dates
+    )  # the quality pages show the integrity found (a failure still validates)
     validate_events.expand(day=dates)
 
 
@@ -176,10 +207,16 @@ def _source_uri(params: dict, dag_run=None) -> str:
     from airflow.sdk import Variable
     from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-    uri = params.get("source") or Variable.get("trailguard_source", default=None) or os.environ.get("TRAILGUARD_SOURCE")
+    uri = (
+        params.get("source")
+        or Variable.get("trailguard_source", default=None)
+        or os.environ.get("TRAILGUARD_SOURCE")
+    )
     if not uri:
-        message = ("no CloudTrail source: set the run's 'source' Param, the Variable trailguard_source "
-                   "or TRAILGUARD_SOURCE (a folder, s3://bucket/prefix or cloudwatch://log-group)")
+        message = (
+            "no CloudTrail source: set the run's 'source' Param, the Variable trailguard_source "
+            "or TRAILGUARD_SOURCE (a folder, s3://bucket/prefix or cloudwatch://log-group)"
+        )
         if dag_run is not None and str(getattr(dag_run, "run_type", "")).endswith("scheduled"):
             raise AirflowSkipException(message)
         raise AirflowFailException(message)

@@ -33,7 +33,9 @@ from trailguard_airflow import DEFAULT_ARGS, VALIDATED_EVENTS, run_day, smtp_set
 
 
 @dag(
-    schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable("0 6 * * *", timezone="UTC"), assets=VALIDATED_EVENTS),
+    schedule=AssetOrTimeSchedule(
+        timetable=CronTriggerTimetable("0 6 * * *", timezone="UTC"), assets=VALIDATED_EVENTS
+    ),
     start_date=datetime(2024, 1, 1),
     catchup=False,
     max_active_runs=1,
@@ -41,19 +43,42 @@ from trailguard_airflow import DEFAULT_ARGS, VALIDATED_EVENTS, run_day, smtp_set
     doc_md=__doc__,
     tags=["trailguard", "report"],
     params={
-        "date": Param(None, type=["null", "string"], format="date", title="Day to report",
-                      description="YYYY-MM-DD (UTC). Empty: the day before the run."),
-        "top_k": Param(20, type="integer", minimum=1, maximum=500, title="Top events",
-                       description="How many of the riskiest events the report lists."),
+        "date": Param(
+            None,
+            type=["null", "string"],
+            format="date",
+            title="Day to report",
+            description="YYYY-MM-DD (UTC). Empty: the day before the run.",
+        ),
+        "top_k": Param(
+            20,
+            type="integer",
+            minimum=1,
+            maximum=500,
+            title="Top events",
+            description="How many of the riskiest events the report lists.",
+        ),
         "min_score": Param(0, type="number", minimum=0, maximum=100, title="Minimum risk score"),
-        "recipients": Param(None, type=["null", "string"], title="Recipients",
-                            description="Comma-separated addresses. Empty: the Variable "
-                            "trailguard_report_recipients or TRAILGUARD_REPORT_RECIPIENTS."),
-        "send_email": Param(True, type="boolean", title="Send the email",
-                            description="Off: build the report (and its .eml) without sending."),
-        "notify": Param(True, type="boolean", title="Notify automation destinations",
-                        description="Send the day's findings to the destinations in the Variable "
-                        "trailguard_notify_destinations (SNS, EventBridge, Lambda, Slack, webhook), each once."),
+        "recipients": Param(
+            None,
+            type=["null", "string"],
+            title="Recipients",
+            description="Comma-separated addresses. Empty: the Variable "
+            "trailguard_report_recipients or TRAILGUARD_REPORT_RECIPIENTS.",
+        ),
+        "send_email": Param(
+            True,
+            type="boolean",
+            title="Send the email",
+            description="Off: build the report (and its .eml) without sending.",
+        ),
+        "notify": Param(
+            True,
+            type="boolean",
+            title="Notify automation destinations",
+            description="Send the day's findings to the destinations in the Variable "
+            "trailguard_notify_destinations (SNS, EventBridge, Lambda, Slack, webhook), each once.",
+        ),
     },
 )
 def daily_risk_report():
@@ -94,7 +119,9 @@ def daily_risk_report():
             partition["day"] = day
         groups = group_partitions(partitions, max_groups=settings.score_max_tasks, weight="events")
         print(f"{day}: {len(partitions)} partitions in {len(groups)} scoring tasks")
-        return groups or [[{"day": day, "account": None, "region": None, "events": 0}]]  # an empty day: one run
+        return groups or [
+            [{"day": day, "account": None, "region": None, "events": 0}]
+        ]  # an empty day: one run
 
     @task(map_index_template="{{ partitions_label }}")
     def score_partitions(partitions: list[dict]) -> dict:
@@ -104,14 +131,22 @@ def daily_risk_report():
         from trailguard.store.settings import load_settings
 
         labels = [f"{p['account']}/{p['region']}" for p in partitions]
-        get_current_context()["partitions_label"] = labels[0] if len(labels) == 1 else f"{len(labels)} partitions: {labels[0]} .."
+        get_current_context()["partitions_label"] = (
+            labels[0] if len(labels) == 1 else f"{len(labels)} partitions: {labels[0]} .."
+        )
         store = EventStore(load_settings().data_path)
         champions = load_champions(store)
         cold_starts: dict = {}  # cold-start scorers fitted for the day, shared by the group's partitions
         total = {"day": partitions[0]["day"], "events": 0, "high_risk": 0, "partitions": len(partitions)}
         for partition in partitions:
-            result = score_day(store, partition["day"], account=partition["account"], region=partition["region"],
-                               champions=champions, cold_starts=cold_starts)
+            result = score_day(
+                store,
+                partition["day"],
+                account=partition["account"],
+                region=partition["region"],
+                champions=champions,
+                cold_starts=cold_starts,
+            )
             for line in result.lines():
                 print(line)
             total["events"] += result.events
@@ -124,8 +159,13 @@ def daily_risk_report():
         from trailguard.store.settings import load_settings
 
         print(f"{day}: {sum(s['events'] for s in scored)} events scored in {len(scored)} tasks")
-        report = build(load_settings().data_path, day, top_k=params["top_k"],
-                       min_score=params["min_score"], feedback_hint=feedback_hint())
+        report = build(
+            load_settings().data_path,
+            day,
+            top_k=params["top_k"],
+            min_score=params["min_score"],
+            feedback_hint=feedback_hint(),
+        )
         for line in report.lines():
             print(line)
         return {"date": day, "html": str(report.html_path), "events": len(report.top_events)}
@@ -138,16 +178,21 @@ def daily_risk_report():
         from trailguard.store.settings import load_settings
 
         settings = load_settings()
-        recipients = (params.get("recipients") or Variable.get("trailguard_report_recipients", default=None)
-                      or ",".join(settings.report_recipients))
+        recipients = (
+            params.get("recipients")
+            or Variable.get("trailguard_report_recipients", default=None)
+            or ",".join(settings.report_recipients)
+        )
         recipients = [r.strip() for r in recipients.split(",") if r.strip()]
         report = load_report(settings.data_path, built["date"])
         smtp = smtp_settings() if params["send_email"] else None
         if not recipients:  # a configuration error: retrying cannot help
             from airflow.sdk.exceptions import AirflowFailException
 
-            raise AirflowFailException("no recipients: set the run's 'recipients' Param, the Variable "
-                                       "trailguard_report_recipients or TRAILGUARD_REPORT_RECIPIENTS")
+            raise AirflowFailException(
+                "no recipients: set the run's 'recipients' Param, the Variable "
+                "trailguard_report_recipients or TRAILGUARD_REPORT_RECIPIENTS"
+            )
         result = send(report, smtp=smtp, recipients=recipients, sender=smtp.sender if smtp else None)
         print(result.message)
         return result.as_dict()
@@ -168,12 +213,19 @@ def daily_risk_report():
         with fail_fast_on_config_errors():
             targets = destinations()
             if not targets:
-                raise AirflowSkipException("no automation destinations: set the Variable "
-                                           "trailguard_notify_destinations or TRAILGUARD_NOTIFY_DESTINATIONS "
-                                           "(README: Automation and alerts)")
-            result = notify_day(settings.data_path, built["date"], targets, max_per_run=settings.notify_max_per_run,
-                                delivery=Delivery(client_factory=client_factory()),
-                                report_base_url=settings.report_base_url)
+                raise AirflowSkipException(
+                    "no automation destinations: set the Variable "
+                    "trailguard_notify_destinations or TRAILGUARD_NOTIFY_DESTINATIONS "
+                    "(README: Automation and alerts)"
+                )
+            result = notify_day(
+                settings.data_path,
+                built["date"],
+                targets,
+                max_per_run=settings.notify_max_per_run,
+                delivery=Delivery(client_factory=client_factory()),
+                report_base_url=settings.report_base_url,
+            )
         for line in result.lines():
             print(line)
         if any(not f.transient for f in result.failed):
@@ -185,9 +237,11 @@ def daily_risk_report():
     def feedback_hint() -> str:
         from trailguard_airflow import trigger_url
 
-        return (f"Tell TrailGuard where it was wrong: trigger {trigger_url('record_analyst_label')} "
-                "with the event's ID and your risk score, or run "
-                "`trailguard label EVENT_ID SCORE --verdict benign --note \"why\"`.")
+        return (
+            f"Tell TrailGuard where it was wrong: trigger {trigger_url('record_analyst_label')} "
+            "with the event's ID and your risk score, or run "
+            '`trailguard label EVENT_ID SCORE --verdict benign --note "why"`.'
+        )
 
     day = check_partition()
     scored = score_partitions.expand(partitions=plan_scoring(day))

@@ -30,12 +30,22 @@ from trailguard_airflow import DEFAULT_ARGS, LABELS, MODELS, run_day
     doc_md=__doc__,
     tags=["trailguard", "ml"],
     params={
-        "until": Param(None, type=["null", "string"], format="date", title="Train on data until",
-                       description="Last day of training data, YYYY-MM-DD (UTC). Empty: yesterday."),
+        "until": Param(
+            None,
+            type=["null", "string"],
+            format="date",
+            title="Train on data until",
+            description="Last day of training data, YYYY-MM-DD (UTC). Empty: yesterday.",
+        ),
         "history_days": Param(30, type="integer", minimum=1, maximum=365, title="Days of history"),
-        "min_new_labels": Param(1, type="integer", minimum=0, title="New labels needed",
-                                description="Label-triggered runs train only when at least this many "
-                                "analyst decisions arrived since the last training."),
+        "min_new_labels": Param(
+            1,
+            type="integer",
+            minimum=0,
+            title="New labels needed",
+            description="Label-triggered runs train only when at least this many "
+            "analyst decisions arrived since the last training.",
+        ),
     },
 )
 def risk_model_training():

@@ -41,8 +41,7 @@ class SaveToFolder:
         name = f"{stamp}-{uuid.uuid4().hex[:8]}.eml"
         # The envelope says who really receives the message (Bcc included); keep it with the message.
         head = (
-            f"X-Envelope-From: {envelope.mail_from}\r\n"
-            f"X-Envelope-To: {', '.join(envelope.rcpt_tos)}\r\n"
+            f"X-Envelope-From: {envelope.mail_from}\r\nX-Envelope-To: {', '.join(envelope.rcpt_tos)}\r\n"
         ).encode()
         content = envelope.original_content or envelope.content
         if isinstance(content, str):
@@ -92,7 +91,9 @@ def _list_page(mail_dir: Path) -> bytes:
         link = f"<a href='/message/{html.escape(path.name, quote=True)}'>{html.escape(_header(msg, 'Subject') or '(no subject)')}</a>"
         rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + f"<td>{link}</td></tr>")
     table = (
-        "<table><tr><th>Received (UTC)</th><th>From</th><th>To</th><th>Subject</th></tr>" + "".join(rows) + "</table>"
+        "<table><tr><th>Received (UTC)</th><th>From</th><th>To</th><th>Subject</th></tr>"
+        + "".join(rows)
+        + "</table>"
         if rows
         else "<p>No messages yet.</p>"
     )
@@ -119,7 +120,9 @@ def _message_page(path: Path) -> bytes:
             parts.append(f"<h3>{html.escape(kind)}</h3><pre>{html.escape(text)}</pre>")
         else:
             size = len(part.get_payload(decode=True) or b"")
-            parts.append(f"<h3>{html.escape(kind)}</h3><p>attachment {html.escape(filename or '')}, {size} bytes</p>")
+            parts.append(
+                f"<h3>{html.escape(kind)}</h3><p>attachment {html.escape(filename or '')}, {size} bytes</p>"
+            )
     subject = _header(msg, "Subject") or "(no subject)"
     body = (
         f"<p><a href='/'>all messages</a></p><h1>{html.escape(subject)}</h1>"
@@ -160,7 +163,9 @@ def make_handler(mail_dir: Path) -> type[BaseHTTPRequestHandler]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--smtp-port", type=int, default=int(os.environ.get("TRAILGUARD_SMTP_PORT") or 1025))
     parser.add_argument("--ui-port", type=int, default=int(os.environ.get("TRAILGUARD_MAIL_UI_PORT") or 8025))
@@ -182,8 +187,14 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     controller.start()
     threading.Thread(target=web.serve_forever, name="mail-ui", daemon=True).start()
-    log.info("SMTP on %s:%d, web view on http://%s:%d, saving to %s",
-             args.host, args.smtp_port, args.host, args.ui_port, mail_dir)
+    log.info(
+        "SMTP on %s:%d, web view on http://%s:%d, saving to %s",
+        args.host,
+        args.smtp_port,
+        args.host,
+        args.ui_port,
+        mail_dir,
+    )
     stop.wait()
     log.info("stopping")
     web.shutdown()

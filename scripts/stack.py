@@ -193,7 +193,12 @@ def airflow_environment(cfg: Config) -> dict[str, str]:
         "conn_type": "smtp",
         "host": "127.0.0.1",
         "port": cfg.smtp_port,
-        "extra": {"disable_ssl": True, "disable_tls": True, "from_email": "trailguard@localhost", "timeout": 10},
+        "extra": {
+            "disable_ssl": True,
+            "disable_tls": True,
+            "from_email": "trailguard@localhost",
+            "timeout": 10,
+        },
     }
     env.update(
         {
@@ -236,32 +241,73 @@ def services(cfg: Config) -> list[Service]:
     return [
         Service(
             "smtp",
-            [sys.executable, str(PROJECT / "scripts" / "smtp_catcher.py"), "--host", "127.0.0.1",
-             "--smtp-port", str(cfg.smtp_port), "--ui-port", str(cfg.mail_ui_port), "--mail-dir", str(cfg.mail_dir)],
+            [
+                sys.executable,
+                str(PROJECT / "scripts" / "smtp_catcher.py"),
+                "--host",
+                "127.0.0.1",
+                "--smtp-port",
+                str(cfg.smtp_port),
+                "--ui-port",
+                str(cfg.mail_ui_port),
+                "--mail-dir",
+                str(cfg.mail_dir),
+            ],
             base,
             {"TRAILGUARD_SMTP_PORT": cfg.smtp_port, "TRAILGUARD_MAIL_UI_PORT": cfg.mail_ui_port},
             lambda: _port_open(cfg.smtp_port) and _http_ok(f"{cfg.mail_ui_url}/health") is not None,
         ),
         Service(
             "mlflow",
-            [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(cfg.mlflow_port), "--workers", "1",
-             "--backend-store-uri", f"sqlite:///{cfg.mlflow_db}",
-             "--default-artifact-root", cfg.mlflow_artifacts.as_uri(),
-             "--artifacts-destination", cfg.mlflow_artifacts.as_uri()],
+            [
+                str(BIN / "mlflow"),
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(cfg.mlflow_port),
+                "--workers",
+                "1",
+                "--backend-store-uri",
+                f"sqlite:///{cfg.mlflow_db}",
+                "--default-artifact-root",
+                cfg.mlflow_artifacts.as_uri(),
+                "--artifacts-destination",
+                cfg.mlflow_artifacts.as_uri(),
+            ],
             # no GenAI job runner: it would start seven more worker processes (about 1 GB) we never use
             {**base, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
             {"TRAILGUARD_MLFLOW_PORT": cfg.mlflow_port},
             lambda: _http_ok(f"{cfg.mlflow_url}/health") is not None,
         ),
-        Service("airflow-api-server", [af, "api-server", "--host", "127.0.0.1", "--port", str(cfg.airflow_port),
-                                       "--workers", "1"],
-                airflow, {"TRAILGUARD_AIRFLOW_PORT": cfg.airflow_port}, lambda: health.status("metadatabase")),
-        Service("airflow-scheduler", [af, "scheduler", "--skip-serve-logs"], airflow, {},
-                lambda: health.status("scheduler")),
-        Service("airflow-dag-processor", [af, "dag-processor"], airflow, {},
-                lambda: health.status("dag_processor")),
-        Service("airflow-triggerer", [af, "triggerer", "--skip-serve-logs"], airflow, {},
-                lambda: health.status("triggerer")),
+        Service(
+            "airflow-api-server",
+            [af, "api-server", "--host", "127.0.0.1", "--port", str(cfg.airflow_port), "--workers", "1"],
+            airflow,
+            {"TRAILGUARD_AIRFLOW_PORT": cfg.airflow_port},
+            lambda: health.status("metadatabase"),
+        ),
+        Service(
+            "airflow-scheduler",
+            [af, "scheduler", "--skip-serve-logs"],
+            airflow,
+            {},
+            lambda: health.status("scheduler"),
+        ),
+        Service(
+            "airflow-dag-processor",
+            [af, "dag-processor"],
+            airflow,
+            {},
+            lambda: health.status("dag_processor"),
+        ),
+        Service(
+            "airflow-triggerer",
+            [af, "triggerer", "--skip-serve-logs"],
+            airflow,
+            {},
+            lambda: health.status("triggerer"),
+        ),
     ]
 
 
@@ -329,8 +375,13 @@ def start(cfg: Config, service: Service) -> psutil.Process:
         out.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(service.cmd)}\n".encode())
         out.flush()
         popen = subprocess.Popen(
-            service.cmd, env=service.env, cwd=PROJECT, stdin=subprocess.DEVNULL, stdout=out,
-            stderr=subprocess.STDOUT, start_new_session=True,  # own session and process group: stoppable as one
+            service.cmd,
+            env=service.env,
+            cwd=PROJECT,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # own session and process group: stoppable as one
         )
     tmp = pid_file(cfg, service.name).with_suffix(".pid.tmp")
     tmp.write_text(f"{popen.pid}\n")
@@ -397,7 +448,11 @@ def stop(cfg: Config, names: list[str] | None = None, grace: float = 30.0) -> li
                 cleaned.add(leader.pid)
         time.sleep(0.3)
     if targets:
-        log.info("still running after %.0f s, SIGKILL: %s", grace, ", ".join(_describe(p) for p in targets.values()))
+        log.info(
+            "still running after %.0f s, SIGKILL: %s",
+            grace,
+            ", ".join(_describe(p) for p in targets.values()),
+        )
         send(list(targets.values()), signal.SIGKILL, sessions)
         psutil.wait_procs(list(targets.values()), timeout=5)
     for service in wanted:
@@ -445,8 +500,13 @@ def prepare_airflow(cfg: Config, env: dict[str, str]) -> None:
     cfg.airflow_home.mkdir(parents=True, exist_ok=True)
     log.info("creating Airflow's metadata DB in %s (once)", cfg.airflow_home)
     with (cfg.run_dir / "airflow-db-migrate.log").open("wb") as out:
-        result = subprocess.run([str(BIN / "airflow"), "db", "migrate"], env=env, cwd=PROJECT,
-                                stdout=out, stderr=subprocess.STDOUT)
+        result = subprocess.run(
+            [str(BIN / "airflow"), "db", "migrate"],
+            env=env,
+            cwd=PROJECT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     if result.returncode != 0:
         raise StackError("airflow db migrate failed", cfg.run_dir / "airflow-db-migrate.log")
     marker.touch()
@@ -464,14 +524,19 @@ def prepare_data(cfg: Config) -> str | None:
     trailguard = str(BIN / "trailguard")
     have_logs = logs.is_dir() and any(logs.rglob("*.json*"))
     if not have_logs and importlib.util.find_spec("trailguard.demo.generator") is None:
-        return "the demo store is empty: run `make demo` to fill it (generated CloudTrail logs through the DAGs)"
+        return (
+            "the demo store is empty: run `make demo` to fill it (generated CloudTrail logs through the DAGs)"
+        )
     steps = [] if have_logs else [[trailguard, "demo-data", "--out", str(logs)]]
     steps.append([trailguard, "--data", str(cfg.data_root), "ingest", "--source", str(logs)])
     env = {**os.environ, "TRAILGUARD_DATA": str(cfg.data_root)}
     with (cfg.run_dir / "demo-data.log").open("ab") as out:
         for cmd in steps:
             log.info("demo store is empty: %s", " ".join(Path(c).name if c == trailguard else c for c in cmd))
-            if subprocess.run(cmd, env=env, cwd=PROJECT, stdout=out, stderr=subprocess.STDOUT).returncode != 0:
+            if (
+                subprocess.run(cmd, env=env, cwd=PROJECT, stdout=out, stderr=subprocess.STDOUT).returncode
+                != 0
+            ):
                 raise StackError("loading the demo data failed", cfg.run_dir / "demo-data.log")
     return "demo data loaded (events only): `make demo` runs the whole pipeline, models and reports included"
 
@@ -497,8 +562,13 @@ def up(cfg: Config) -> int:
         pid_file(cfg, service.name).unlink(missing_ok=True)  # stale: its process is gone
         for var, port in service.ports.items():
             if not _port_free(port):
-                log.error("port %d (for %s) is used by another program: stop it, or choose another port "
-                          "with %s=...", port, service.name, var)
+                log.error(
+                    "port %d (for %s) is used by another program: stop it, or choose another port "
+                    "with %s=...",
+                    port,
+                    service.name,
+                    var,
+                )
                 return 1
     if service_names := [s.name for s in todo]:
         log.info("starting %s", ", ".join(service_names))
@@ -532,15 +602,19 @@ def _wait_healthy(cfg: Config, wanted: list[Service], began: float) -> None:
         for service in list(pending):
             proc = running(cfg, service)
             if proc is None:
-                raise StackError(f"{service.name} exited during start-up", cfg.run_dir / f"{service.name}.log")
+                raise StackError(
+                    f"{service.name} exited during start-up", cfg.run_dir / f"{service.name}.log"
+                )
             if service.healthy():
                 log.info("  %-22s healthy (%.0f s)", service.name, time.monotonic() - began)
                 pending.remove(service)
         elapsed = time.monotonic() - began
         if pending and elapsed > cfg.timeout:
             first = pending[0]
-            raise StackError(f"not healthy within {cfg.timeout:.0f} s: {', '.join(s.name for s in pending)}",
-                             cfg.run_dir / f"{first.name}.log")
+            raise StackError(
+                f"not healthy within {cfg.timeout:.0f} s: {', '.join(s.name for s in pending)}",
+                cfg.run_dir / f"{first.name}.log",
+            )
         if pending and elapsed - last_report >= 15:
             log.info("  waiting for %s (%.0f s)", ", ".join(s.name for s in pending), elapsed)
             last_report = elapsed
@@ -556,9 +630,12 @@ def _print_summary(cfg: Config, note: str | None) -> None:
         f"  MLflow    {cfg.mlflow_url}   store: sqlite:///{cfg.mlflow_db}",
         f"  Mail      {cfg.mail_ui_url}   (SMTP 127.0.0.1:{cfg.smtp_port}, messages in {cfg.mail_dir})",
         f"            reports to {cfg.report_recipients}, alerts to {cfg.alert_recipients}",
-        "  Automation " + ("TRAILGUARD_NOTIFY_DESTINATIONS is set: daily_risk_report's notify_findings sends to it"
-                           if cfg.notify_destinations else
-                           "none configured (README: Automation and alerts); notify_findings skips"),
+        "  Automation "
+        + (
+            "TRAILGUARD_NOTIFY_DESTINATIONS is set: daily_risk_report's notify_findings sends to it"
+            if cfg.notify_destinations
+            else "none configured (README: Automation and alerts); notify_findings skips"
+        ),
         f"  Data      {cfg.data_root}" + (f"   (ingest source: {cfg.source})" if cfg.source else ""),
         f"  Logs      {cfg.run_dir}/<service>.log; DAGs start paused",
         "  Stop with `make down`; `make status` shows what runs.",
@@ -589,20 +666,23 @@ def status(cfg: Config) -> int:
         state = "healthy" if service.healthy() else "starting"
         uptime = time.time() - proc.create_time()
         port = ", ".join(f"port {p}" for p in service.ports.values())
-        rows.append(f"  {service.name:22} {state:8} pid {proc.pid:<7} {_rss_mb(proc):6.0f} MB  "
-                    f"up {uptime / 60:5.1f} min  {port}")
+        rows.append(
+            f"  {service.name:22} {state:8} pid {proc.pid:<7} {_rss_mb(proc):6.0f} MB  "
+            f"up {uptime / 60:5.1f} min  {port}"
+        )
     orphans = [p for p in stack_processes(cfg.run_dir, set()) if p.pid not in ours]
     print("\n".join(rows))
     if orphans:
         print(f"  {len(orphans)} other process(es) carry this stack's marker: `make down` stops them")
     if ours:
-        print(f"  Airflow {cfg.airflow_url} ({login(cfg)}), MLflow {cfg.mlflow_url}, "
-              f"mail {cfg.mail_ui_url}")
+        print(f"  Airflow {cfg.airflow_url} ({login(cfg)}), MLflow {cfg.mlflow_url}, mail {cfg.mail_ui_url}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("command", choices=["up", "down", "status"])
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)

@@ -88,7 +88,10 @@ def no_mlflow_state_left_behind():
 def airflow_db() -> Path:
     """Airflow's metadata DB, migrated once per session."""
     result = subprocess.run(
-        [sys.executable, "-m", "airflow", "db", "migrate"], capture_output=True, text=True, env=os.environ.copy()
+        [sys.executable, "-m", "airflow", "db", "migrate"],
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     return _AIRFLOW_HOME

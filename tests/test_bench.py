@@ -13,8 +13,20 @@ from tests.conftest import PROJECT
 
 def test_bench_runs_on_small_data_and_writes_the_figures(tmp_path):
     results = tmp_path / "results.json"
-    command = [sys.executable, str(PROJECT / "bench" / "run.py"), "--events", "2000", "--naive-events", "300",
-               "--work", str(tmp_path / "work"), "--results", str(results), "--only", "ingest,rerun,naive"]
+    command = [
+        sys.executable,
+        str(PROJECT / "bench" / "run.py"),
+        "--events",
+        "2000",
+        "--naive-events",
+        "300",
+        "--work",
+        str(tmp_path / "work"),
+        "--results",
+        str(results),
+        "--only",
+        "ingest,rerun,naive",
+    ]
     out = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     figures = json.loads(results.read_text())
@@ -22,10 +34,15 @@ def test_bench_runs_on_small_data_and_writes_the_figures(tmp_path):
     for name in ("ingest_1_workers", "ingest_2_workers"):
         run = stages[name]
         assert run["new"] == run["records"] - run["quarantined"] > 1500, run  # the demo's two bad records
-        assert run["seconds"] > 0 and run["records_per_s"] > 0 and run["mb_per_s"] > 0 and run["peak_rss_mb"] > 0
+        assert (
+            run["seconds"] > 0 and run["records_per_s"] > 0 and run["mb_per_s"] > 0 and run["peak_rss_mb"] > 0
+        )
     assert stages["ingest_2_workers"]["peak_rss_worker_mb"] > 0  # the worker processes were measured too
     first = stages["ingest_1_workers"]
-    assert stages["rerun"]["objects_already_ingested"] == first["objects_ingested"] + first["objects_quarantined"]
+    assert (
+        stages["rerun"]["objects_already_ingested"]
+        == first["objects_ingested"] + first["objects_quarantined"]
+    )
     assert stages["rerun"]["records"] == 0
     assert stages["naive"]["records"] >= 300 and stages["naive"]["records_per_s"] > 0
     assert figures["speedup"]["2_vs_1_workers"] > 0 and figures["speedup"]["vs_naive"] > 0
@@ -37,14 +54,34 @@ def test_bench_scoring_stages_on_a_small_organisation(tmp_path):
     """Features, training, scoring (whole day and partition by partition) and the report on a small
     organisation: every stage gives its figures, CPU seconds included."""
     results = tmp_path / "results.json"
-    command = [sys.executable, str(PROJECT / "bench" / "run.py"), "--events", "5000", "--org-events-per-day", "1200",
-               "--org-days", "12", "--work", str(tmp_path / "work"), "--results", str(results),
-               "--only", "features,train,score,score_partitions,report"]
+    command = [
+        sys.executable,
+        str(PROJECT / "bench" / "run.py"),
+        "--events",
+        "5000",
+        "--org-events-per-day",
+        "1200",
+        "--org-days",
+        "12",
+        "--work",
+        str(tmp_path / "work"),
+        "--results",
+        str(results),
+        "--only",
+        "features,train,score,score_partitions,report",
+    ]
     out = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     figures = json.loads(results.read_text())
     stages = figures["stages"]
-    for name in ("org_prepare", "features_last_day", "train", "score_last_day", "score_partitions", "report_last_day"):
+    for name in (
+        "org_prepare",
+        "features_last_day",
+        "train",
+        "score_last_day",
+        "score_partitions",
+        "report_last_day",
+    ):
         assert not stages[name].get("skipped"), (name, stages[name].get("trace", stages[name]))
         assert stages[name]["seconds"] > 0 and stages[name]["cpu_seconds"] > 0
     assert stages["score_partitions"]["rows"] == stages["score_last_day"]["rows"] > 4000
@@ -58,8 +95,22 @@ def test_bench_scoring_stages_on_a_small_organisation(tmp_path):
 def test_bench_explore_stage_on_a_small_organisation(tmp_path):
     """The activity tables of the ordinary days, then the 30-day activity and PCA pages from them alone."""
     results = tmp_path / "results.json"
-    command = [sys.executable, str(PROJECT / "bench" / "run.py"), "--events", "2000", "--org-events-per-day", "800",
-               "--org-days", "5", "--work", str(tmp_path / "work"), "--results", str(results), "--only", "explore"]
+    command = [
+        sys.executable,
+        str(PROJECT / "bench" / "run.py"),
+        "--events",
+        "2000",
+        "--org-events-per-day",
+        "800",
+        "--org-days",
+        "5",
+        "--work",
+        str(tmp_path / "work"),
+        "--results",
+        str(results),
+        "--only",
+        "explore",
+    ]
     out = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     stages = json.loads(results.read_text())["stages"]

@@ -20,7 +20,9 @@ def _locked(name: str) -> str:
 
 
 def test_image_matches_locked_airflow():
-    base = re.search(r"^FROM apache/airflow:([0-9.]+)-python3\.11", (PROJECT / "Dockerfile").read_text(), re.M)
+    base = re.search(
+        r"^FROM apache/airflow:([0-9.]+)-python3\.11", (PROJECT / "Dockerfile").read_text(), re.M
+    )
     assert base and base.group(1) == _locked("apache-airflow")
     assert "requirements.lock" in (PROJECT / "Dockerfile").read_text()
 
@@ -28,8 +30,15 @@ def test_image_matches_locked_airflow():
 def test_services_and_mounts():
     compose = _compose()
     services = compose["services"]
-    for name in ("postgres", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer",
-                 "mlflow", "mailpit"):
+    for name in (
+        "postgres",
+        "airflow-apiserver",
+        "airflow-scheduler",
+        "airflow-dag-processor",
+        "airflow-triggerer",
+        "mlflow",
+        "mailpit",
+    ):
         assert name in services, name
         assert "healthcheck" in services[name] or name == "airflow-init", name
     for volume in services["airflow-scheduler"]["volumes"]:

@@ -72,8 +72,14 @@ class Stack:
         self.sessions: set[int] = set()
 
     def script(self, command: str, timeout: float = 300) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, str(STACK), command], env=self.env, cwd=PROJECT,
-                              capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            [sys.executable, str(STACK), command],
+            env=self.env,
+            cwd=PROJECT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     def remember_processes(self) -> None:
         """Every process the stack runs right now, and its sessions (one per service)."""
@@ -97,7 +103,11 @@ class Stack:
             try:
                 if proc.status() == psutil.STATUS_ZOMBIE:
                     continue
-                if proc.pid in self.pids or os.getsid(proc.pid) in self.sessions or os.getpgid(proc.pid) in self.sessions:
+                if (
+                    proc.pid in self.pids
+                    or os.getsid(proc.pid) in self.sessions
+                    or os.getpgid(proc.pid) in self.sessions
+                ):
                     left.append(f"{proc.pid} {proc.info['name']}")
             except (psutil.Error, OSError):
                 continue
@@ -110,8 +120,9 @@ class Stack:
         response = httpx.post(f"{self.airflow}/auth/token", json={"username": "admin", "password": "admin"})
         assert response.status_code == 201, response.text
         token = response.json()["access_token"]
-        self.client = httpx.Client(base_url=f"{self.airflow}/api/v2", timeout=30,
-                                   headers={"Authorization": f"Bearer {token}"})
+        self.client = httpx.Client(
+            base_url=f"{self.airflow}/api/v2", timeout=30, headers={"Authorization": f"Bearer {token}"}
+        )
 
     def wait_for_dags(self, dag_ids: set[str], timeout: float = 120) -> set[str]:
         deadline = time.monotonic() + timeout
@@ -154,16 +165,22 @@ class Stack:
                 time.sleep(2)
         finally:
             self.set_paused(dag_id, True)
-        assert state == "success", f"{dag_id} run {run_id} ended {state}:\n{self.failure_details(dag_id, run_id)}"
+        assert state == "success", (
+            f"{dag_id} run {run_id} ended {state}:\n{self.failure_details(dag_id, run_id)}"
+        )
         return run_id
 
     def _task_failed(self, dag_id: str, run_id: str) -> bool:
-        tis = self.client.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances").json().get("task_instances", [])
+        tis = (
+            self.client.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances").json().get("task_instances", [])
+        )
         return any(ti["state"] in ("up_for_retry", "failed", "upstream_failed") for ti in tis)
 
     def failure_details(self, dag_id: str, run_id: str) -> str:
         """Each task's state and the end of its log (events only), for the assertion message."""
-        tis = self.client.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances").json().get("task_instances", [])
+        tis = (
+            self.client.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances").json().get("task_instances", [])
+        )
         lines = [f"  {ti['task_id']}[{ti['map_index']}]: {ti['state']}" for ti in tis]
         logs = sorted((self.home / "logs").glob(f"dag_id={dag_id}/run_id={run_id}/task_id=*/**/*.log"))
         for log_file in logs:
@@ -185,7 +202,9 @@ def _log_line(raw: str) -> str:
     text = f"{record.get('level')}: {record.get('event')}"
     for error in record.get("error_detail") or []:
         frames = error.get("frames") or [{}]
-        ours = [f for f in frames if any(d in f.get("filename", "") for d in ("/dags/", "/include/", "/plugins/"))]
+        ours = [
+            f for f in frames if any(d in f.get("filename", "") for d in ("/dags/", "/include/", "/plugins/"))
+        ]
         frame = (ours or frames)[-1]
         text += f" | {error.get('exc_type')}: {error.get('exc_value')} at {frame.get('filename')}:{frame.get('lineno')}"
     return text
@@ -204,19 +223,32 @@ def findings_queues(moto_server):
     queues = {}
     for name in ("sns", "eventbridge"):
         url = sqs.create_queue(QueueName=f"stack-findings-{name}")["QueueUrl"]
-        queues[name] = (url, sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"])
+        queues[name] = (
+            url,
+            sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"],
+        )
     topic = sns.create_topic(Name="stack-findings")["TopicArn"]
-    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queues["sns"][1], Attributes={"RawMessageDelivery": "true"})
+    sns.subscribe(
+        TopicArn=topic, Protocol="sqs", Endpoint=queues["sns"][1], Attributes={"RawMessageDelivery": "true"}
+    )
     events.put_rule(Name="trailguard-findings", EventPattern=json.dumps({"source": ["trailguard"]}))
     events.put_targets(Rule="trailguard-findings", Targets=[{"Id": "q", "Arn": queues["eventbridge"][1]}])
     destinations = [
         {"name": "secops-sns", "type": "sns", "target": topic, "endpoint_url": moto_server},
-        {"name": "bus", "type": "eventbridge", "target": "default", "region": "us-east-1", "endpoint_url": moto_server},
+        {
+            "name": "bus",
+            "type": "eventbridge",
+            "target": "default",
+            "region": "us-east-1",
+            "endpoint_url": moto_server,
+        },
     ]
 
     def drain(name: str) -> list[dict]:
         out = []
-        while got := sqs.receive_message(QueueUrl=queues[name][0], MaxNumberOfMessages=10).get("Messages", []):
+        while got := sqs.receive_message(QueueUrl=queues[name][0], MaxNumberOfMessages=10).get(
+            "Messages", []
+        ):
             for m in got:
                 out.append(json.loads(m["Body"]))
                 sqs.delete_message(QueueUrl=queues[name][0], ReceiptHandle=m["ReceiptHandle"])
@@ -253,7 +285,13 @@ def stack(tmp_path_factory, findings_queues):
 
 def test_up_is_healthy_and_idempotent(stack):
     assert {p.stem for p in stack.run_dir.glob("*.pid")} == {
-        "smtp", "mlflow", "airflow-api-server", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer"}
+        "smtp",
+        "mlflow",
+        "airflow-api-server",
+        "airflow-scheduler",
+        "airflow-dag-processor",
+        "airflow-triggerer",
+    }
     pids = {p.stem: p.read_text() for p in stack.run_dir.glob("*.pid")}
     again = stack.script("up")
     assert again.returncode == 0, again.stdout + again.stderr
@@ -269,7 +307,11 @@ def ingested(stack):
     """The demo logs ingested through the REST API, once."""
     assert "cloudtrail_ingest" in stack.wait_for_dags({"cloudtrail_ingest"})
     first, last = stack.demo.start, stack.demo.end
-    conf = {"source": str(stack.logs), "start": first.isoformat(), "end": (last + timedelta(days=1)).isoformat()}
+    conf = {
+        "source": str(stack.logs),
+        "start": first.isoformat(),
+        "end": (last + timedelta(days=1)).isoformat(),
+    }
     stack.run_dag("cloudtrail_ingest", conf)
     return stack
 
@@ -280,7 +322,9 @@ def trained(ingested):
     a later label run does not retrain."""
     stack = ingested
     assert "risk_model_training" in stack.wait_for_dags({"risk_model_training"})
-    stack.run_dag("risk_model_training", {"until": (stack.demo.end - timedelta(days=1)).isoformat()}, timeout=480)
+    stack.run_dag(
+        "risk_model_training", {"until": (stack.demo.end - timedelta(days=1)).isoformat()}, timeout=480
+    )
     return stack
 
 
@@ -314,14 +358,22 @@ def test_mlflow_server_serves_the_data_roots_store(stack):
     client.log_artifact(run.info.run_id, str(note))
     client.set_terminated(run.info.run_id)
 
-    names = {e["name"] for e in httpx.get(f"{stack.mlflow}/api/2.0/mlflow/experiments/search",
-                                          params={"max_results": 50}).json()["experiments"]}
+    names = {
+        e["name"]
+        for e in httpx.get(
+            f"{stack.mlflow}/api/2.0/mlflow/experiments/search", params={"max_results": 50}
+        ).json()["experiments"]
+    }
     assert "stack-e2e" in names
     served = httpx.get(f"{stack.mlflow}/api/2.0/mlflow/runs/get", params={"run_id": run.info.run_id}).json()
     assert served["run"]["data"]["params"] == [{"key": "source", "value": "test_stack"}]
-    files = httpx.get(f"{stack.mlflow}/api/2.0/mlflow/artifacts/list", params={"run_id": run.info.run_id}).json()
+    files = httpx.get(
+        f"{stack.mlflow}/api/2.0/mlflow/artifacts/list", params={"run_id": run.info.run_id}
+    ).json()
     assert [f["path"] for f in files["files"]] == ["note.txt"]
-    content = httpx.get(f"{stack.mlflow}/get-artifact", params={"run_uuid": run.info.run_id, "path": "note.txt"})
+    content = httpx.get(
+        f"{stack.mlflow}/get-artifact", params={"run_uuid": run.info.run_id, "path": "note.txt"}
+    )
     assert content.text == "logged straight into the store"
 
 
@@ -348,12 +400,19 @@ def test_training_registers_a_champion_the_server_shows(trained):
     stack = trained
     import httpx
 
-    experiment = httpx.get(f"{stack.mlflow}/api/2.0/mlflow/experiments/get-by-name",
-                           params={"experiment_name": "trailguard"}).json()["experiment"]
-    runs = httpx.post(f"{stack.mlflow}/api/2.0/mlflow/runs/search",
-                      json={"experiment_ids": [experiment["experiment_id"]], "max_results": 100}).json()
+    experiment = httpx.get(
+        f"{stack.mlflow}/api/2.0/mlflow/experiments/get-by-name", params={"experiment_name": "trailguard"}
+    ).json()["experiment"]
+    runs = httpx.post(
+        f"{stack.mlflow}/api/2.0/mlflow/runs/search",
+        json={"experiment_ids": [experiment["experiment_id"]], "max_results": 100},
+    ).json()
     assert runs.get("runs"), "the training runs are not visible through the MLflow server"
-    models = httpx.get(f"{stack.mlflow}/api/2.0/mlflow/registered-models/search").json().get("registered_models", [])
+    models = (
+        httpx.get(f"{stack.mlflow}/api/2.0/mlflow/registered-models/search")
+        .json()
+        .get("registered_models", [])
+    )
     assert any(alias["alias"] == "champion" for m in models for alias in m.get("aliases", [])), models
 
 
@@ -381,12 +440,22 @@ def test_report_is_emailed_and_a_label_recorded(trained, findings_queues):
     via_bus = [event["detail"] for event in drain("eventbridge")]
     assert high, "the demo day has findings at or above 70"
     assert sorted(m["finding_id"] for m in via_sns) == high == sorted(m["finding_id"] for m in via_bus)
-    assert all(m["schema"] == "trailguard.finding/1" and m["date"] == last.isoformat() for m in via_sns + via_bus)
+    assert all(
+        m["schema"] == "trailguard.finding/1" and m["date"] == last.isoformat() for m in via_sns + via_bus
+    )
 
     with (report_dir / "top_events.csv").open() as handle:
         event_id = next(csv.DictReader(handle))["eventID"]
-    stack.run_dag("record_analyst_label", {"event_id": event_id, "risk_score": 90, "verdict": "malicious",
-                                           "note": "test_stack", "analyst": "e2e"})
+    stack.run_dag(
+        "record_analyst_label",
+        {
+            "event_id": event_id,
+            "risk_score": 90,
+            "verdict": "malicious",
+            "note": "test_stack",
+            "analyst": "e2e",
+        },
+    )
     assert event_id in _labelled_event_ids(stack.data / "labels")
 
 

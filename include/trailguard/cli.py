@@ -45,9 +45,13 @@ def _date(text: str) -> date:
     try:
         day = date.fromisoformat(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{printable(repr(text))} is not a date: use YYYY-MM-DD (UTC)") from None
+        raise argparse.ArgumentTypeError(
+            f"{printable(repr(text))} is not a date: use YYYY-MM-DD (UTC)"
+        ) from None
     if not FIRST_YEAR <= day.year <= LAST_YEAR:
-        raise argparse.ArgumentTypeError(f"{text} is outside {FIRST_YEAR}-{LAST_YEAR}: no CloudTrail event is stored there")
+        raise argparse.ArgumentTypeError(
+            f"{text} is outside {FIRST_YEAR}-{LAST_YEAR}: no CloudTrail event is stored there"
+        )
     return day
 
 
@@ -110,9 +114,15 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
         close()
     _emit(args, summary.as_dict(), summary.lines())
     if summary.objects == 0:
-        print("no objects found: check --source (and --start/--end, which filter by delivery date)", file=sys.stderr)
+        print(
+            "no objects found: check --source (and --start/--end, which filter by delivery date)",
+            file=sys.stderr,
+        )
     elif summary.objects_quarantined or summary.quarantined:
-        print(f"rejected files and records are kept with their reasons under {settings.data_path / 'quarantine'}", file=sys.stderr)
+        print(
+            f"rejected files and records are kept with their reasons under {settings.data_path / 'quarantine'}",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -130,8 +140,17 @@ def cmd_repair(args: argparse.Namespace, settings: Settings) -> int:
         workers=_ingest_workers(args.workers, settings.ingest_workers),
         limits=IngestLimits.from_settings(settings),
     )
-    _emit(args, {"day": result.day, "damaged_files": result.damaged_files, "repaired": result.repaired,
-                 "objects": result.objects, "missing": result.missing}, result.lines())
+    _emit(
+        args,
+        {
+            "day": result.day,
+            "damaged_files": result.damaged_files,
+            "repaired": result.repaired,
+            "objects": result.objects,
+            "missing": result.missing,
+        },
+        result.lines(),
+    )
     return 0 if result.repaired else 1
 
 
@@ -141,7 +160,10 @@ def _ingest_flows(args: argparse.Namespace, settings: Settings) -> int:
     from trailguard.ingest.sources import open_source
 
     if args.source.startswith("cloudwatch://"):
-        print("--kind flows reads a folder or s3://bucket/prefix; CloudWatch Logs delivery is not supported yet", file=sys.stderr)
+        print(
+            "--kind flows reads a folder or s3://bucket/prefix; CloudWatch Logs delivery is not supported yet",
+            file=sys.stderr,
+        )
         return 2
     try:
         source = open_source(args.source, service="vpcflowlogs")
@@ -165,7 +187,10 @@ def _ingest_flows(args: argparse.Namespace, settings: Settings) -> int:
     if summary.objects_ingested + summary.objects_quarantined == 0 and summary.objects_already_ingested == 0:
         print("no flow log files found: check --source (keys .../vpcflowlogs/...log.gz)", file=sys.stderr)
     elif summary.objects_quarantined or summary.quarantined:
-        print(f"rejected files and lines are kept with their reasons under {settings.data_path / 'quarantine' / 'flows'}", file=sys.stderr)
+        print(
+            f"rejected files and lines are kept with their reasons under {settings.data_path / 'quarantine' / 'flows'}",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -176,15 +201,25 @@ def cmd_flows(args: argparse.Namespace, settings: Settings) -> int:
 
     document = validate_flows(settings.data_path, args.date)
     if document["critical_failed"]:
-        print(f"flows {args.date}: data quality failed ({document['rows_in']} records); nothing scored", file=sys.stderr)
+        print(
+            f"flows {args.date}: data quality failed ({document['rows_in']} records); nothing scored",
+            file=sys.stderr,
+        )
         return 1
     findings, path = score_flows(settings.data_path, args.date)
-    lines = [f"flows {args.date}: quality {document['status']}, {document['rows_passed']} records, "
-             f"{len(findings)} findings -> {path}"]
-    lines += [f"{row.risk_score:5.0f}  {row.attack_technique:<10} {row.detection:<34} {row.reasons}"
-              for row in findings.head(args.top_k).itertuples()]
-    _emit(args, {"date": str(args.date), "quality": document["status"], "findings": len(findings),
-                 "path": str(path)}, lines)
+    lines = [
+        f"flows {args.date}: quality {document['status']}, {document['rows_passed']} records, "
+        f"{len(findings)} findings -> {path}"
+    ]
+    lines += [
+        f"{row.risk_score:5.0f}  {row.attack_technique:<10} {row.detection:<34} {row.reasons}"
+        for row in findings.head(args.top_k).itertuples()
+    ]
+    _emit(
+        args,
+        {"date": str(args.date), "quality": document["status"], "findings": len(findings), "path": str(path)},
+        lines,
+    )
     return 0
 
 
@@ -212,8 +247,10 @@ def cmd_demo_data(args: argparse.Namespace, settings: Settings) -> int:
         from trailguard.demo.flows import demo_dates, write_flow_logs
 
         truth = write_flow_logs(args.out, demo_dates(summary.end, args.days), seed=args.seed)
-        lines.append(f"VPC Flow Logs for the same days, {len(truth)} network attacks (ground truth: "
-                     f"{Path(args.out) / 'flows_ground_truth.csv'})")
+        lines.append(
+            f"VPC Flow Logs for the same days, {len(truth)} network attacks (ground truth: "
+            f"{Path(args.out) / 'flows_ground_truth.csv'})"
+        )
     _emit(args, {k: str(v) for k, v in vars(summary).items()}, lines)
     return 0
 
@@ -224,9 +261,19 @@ def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
 
     store = EventStore(settings.data_path)
     result = validate_partition(store, args.date, allowed_lateness_hours=settings.allowed_lateness_hours)
-    _emit(args, {"date": result.date, "status": result.status, "rows_in": result.rows_in,
-                 "rows_passed": result.rows_passed, "rows_quarantined": result.rows_quarantined,
-                 "result": str(result.result_path), "html": str(result.html_path)}, result.summary_lines())
+    _emit(
+        args,
+        {
+            "date": result.date,
+            "status": result.status,
+            "rows_in": result.rows_in,
+            "rows_passed": result.rows_passed,
+            "rows_quarantined": result.rows_quarantined,
+            "result": str(result.result_path),
+            "html": str(result.html_path),
+        },
+        result.summary_lines(),
+    )
     if not args.json:
         print(f"details: {result.html_path}")
     if result.critical_failed:
@@ -262,19 +309,25 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
     from trailguard.report.daily import build_report
     from trailguard.report.mail import send_report, smtp_settings_from_uri
 
-    report = build_report(settings.data_path, args.date, top_k=args.top_k, min_score=args.min_score,
-                          feedback_hint=FEEDBACK_HINT)
+    report = build_report(
+        settings.data_path, args.date, top_k=args.top_k, min_score=args.min_score, feedback_hint=FEEDBACK_HINT
+    )
     lines = list(report.lines())
     if args.send:
-        recipients = [r.strip() for r in (args.to or ",".join(settings.report_recipients)).split(",") if r.strip()]
+        recipients = [
+            r.strip() for r in (args.to or ",".join(settings.report_recipients)).split(",") if r.strip()
+        ]
         if not recipients:
             print("no recipients: pass --to or set TRAILGUARD_REPORT_RECIPIENTS", file=sys.stderr)
             return 2
         smtp = smtp_settings_from_uri(settings.smtp_url) if settings.smtp_url else None
-        sent = send_report(report, smtp=smtp, recipients=recipients, sender=smtp.sender if smtp else None,
-                           force=args.force)
+        sent = send_report(
+            report, smtp=smtp, recipients=recipients, sender=smtp.sender if smtp else None, force=args.force
+        )
         lines.append(sent.message)
-    _emit(args, {"date": str(args.date), "html": str(report.html_path), "events": len(report.top_events)}, lines)
+    _emit(
+        args, {"date": str(args.date), "html": str(report.html_path), "events": len(report.top_events)}, lines
+    )
     return 0
 
 
@@ -282,10 +335,18 @@ def cmd_notify(args: argparse.Namespace, settings: Settings) -> int:
     from trailguard.respond.destinations import parse_destinations
     from trailguard.respond.notify import notify_day
 
-    destinations = parse_destinations(settings.notify_destinations, default_min_score=settings.notify_min_score)
+    destinations = parse_destinations(
+        settings.notify_destinations, default_min_score=settings.notify_min_score
+    )
     try:
-        result = notify_day(settings.data_path, args.date.isoformat(), destinations, dry_run=args.dry_run,
-                            max_per_run=settings.notify_max_per_run, report_base_url=settings.report_base_url)
+        result = notify_day(
+            settings.data_path,
+            args.date.isoformat(),
+            destinations,
+            dry_run=args.dry_run,
+            max_per_run=settings.notify_max_per_run,
+            report_base_url=settings.report_base_url,
+        )
     except (FileNotFoundError, ValueError) as exc:
         print(str(exc), file=sys.stderr)
         return 1
@@ -302,32 +363,52 @@ def cmd_label(args: argparse.Namespace, settings: Settings) -> int:
 
     if is_finding_id(args.event_id):
         try:
-            done = label_finding(settings.data_path, args.event_id, args.score, verdict=args.verdict,
-                                 analyst=args.analyst, note=args.note, suppress_days=args.suppress_days)
+            done = label_finding(
+                settings.data_path,
+                args.event_id,
+                args.score,
+                verdict=args.verdict,
+                analyst=args.analyst,
+                note=args.note,
+                suppress_days=args.suppress_days,
+            )
         except LookupError as exc:
             print(str(exc).strip("'\""), file=sys.stderr)
             return 1
         except ValueError as exc:
             print(str(exc), file=sys.stderr)
             return 2
-        line = (f"recorded finding {args.event_id}: {done['events']} events at risk {args.score} ({args.verdict}) "
-                f"by {args.analyst}")
+        line = (
+            f"recorded finding {args.event_id}: {done['events']} events at risk {args.score} ({args.verdict}) "
+            f"by {args.analyst}"
+        )
         if done["suppression"]:
             line += f"; the same principal, calls and network are suppressed until {done['until']}"
         print(line + "; the next `trailguard train` uses it")
         return 0
     if find_event(EventStore(settings.data_path), args.event_id) is None and not args.force:
-        print(f"no event with eventID {args.event_id!r} in {settings.data_path}: check the ID "
-              "(top_events.csv of the report has it), or pass --force to label it anyway", file=sys.stderr)
+        print(
+            f"no event with eventID {args.event_id!r} in {settings.data_path}: check the ID "
+            "(top_events.csv of the report has it), or pass --force to label it anyway",
+            file=sys.stderr,
+        )
         return 1
     try:
-        record_label(settings.data_path, args.event_id, args.score, verdict=args.verdict,
-                           analyst=args.analyst, note=args.note)
+        record_label(
+            settings.data_path,
+            args.event_id,
+            args.score,
+            verdict=args.verdict,
+            analyst=args.analyst,
+            note=args.note,
+        )
     except ValueError as exc:
         print(str(exc), file=sys.stderr)
         return 2
-    print(f"recorded {args.event_id}: risk {args.score} ({args.verdict}) by {args.analyst}; "
-          "the next `trailguard train` uses it")
+    print(
+        f"recorded {args.event_id}: risk {args.score} ({args.verdict}) by {args.analyst}; "
+        "the next `trailguard train` uses it"
+    )
     return 0
 
 
@@ -353,11 +434,16 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
 
     uri = args.source or settings.source
     if not uri:
-        print("no source to verify: give --source (the trail's bucket or a copy of it) or set TRAILGUARD_SOURCE",
-              file=sys.stderr)
+        print(
+            "no source to verify: give --source (the trail's bucket or a copy of it) or set TRAILGUARD_SOURCE",
+            file=sys.stderr,
+        )
         return 2
     if uri.startswith("cloudwatch://"):
-        print(f"{uri}: CloudWatch Logs has no digest files; verify the trail's S3 bucket instead", file=sys.stderr)
+        print(
+            f"{uri}: CloudWatch Logs has no digest files; verify the trail's S3 bucket instead",
+            file=sys.stderr,
+        )
         return 2
     try:
         source = open_source(uri)
@@ -367,12 +453,17 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     _emit(args, result.as_dict(), result.lines())
     if result.status == "tampered":
-        print(f"{result.date}: CloudTrail evidence was removed or changed "
-              f"(details: integrity/date={result.date}/result.json)", file=sys.stderr)
+        print(
+            f"{result.date}: CloudTrail evidence was removed or changed "
+            f"(details: integrity/date={result.date}/result.json)",
+            file=sys.stderr,
+        )
         return 1
     if result.status == "unverified":
-        print(f"{result.date}: nothing could be verified (no digest files, or no public key for them)",
-              file=sys.stderr)
+        print(
+            f"{result.date}: nothing could be verified (no digest files, or no public key for them)",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -381,7 +472,9 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from trailguard.demo.runner import run_demo
 
     if not isinstance(settings.data_path, Path):
-        raise ConfigError(f"trailguard demo runs on a local data root, not {settings.data_root}: use --data ./demo/data")
+        raise ConfigError(
+            f"trailguard demo runs on a local data root, not {settings.data_root}: use --data ./demo/data"
+        )
     return run_demo(settings.data_path, Path(args.logs), events=args.events)
 
 
@@ -399,14 +492,32 @@ def cmd_investigate(args: argparse.Namespace, settings: Settings) -> int:
         print("investigate works on a local scratch data root: give --data a folder", file=sys.stderr)
         return 2
     try:
-        result = investigate(args.source, settings, out=args.out, data_root=data, start=args.start, end=args.end,
-                             top_k=args.top_k, fit_models=args.train,
-                             progress=lambda line: print(line, file=sys.stderr, flush=True))
+        result = investigate(
+            args.source,
+            settings,
+            out=args.out,
+            data_root=data,
+            start=args.start,
+            end=args.end,
+            top_k=args.top_k,
+            fit_models=args.train,
+            progress=lambda line: print(line, file=sys.stderr, flush=True),
+        )
     except InvestigationError as exc:
         print(str(exc), file=sys.stderr)
         return 1
-    _emit(args, {"html": str(result.html_path), "json": str(result.json_path), "events": result.events,
-                 "scored": result.scored, "days": result.days, "top": result.top[:10]}, result.lines())
+    _emit(
+        args,
+        {
+            "html": str(result.html_path),
+            "json": str(result.json_path),
+            "events": result.events,
+            "scored": result.scored,
+            "days": result.days,
+            "top": result.top[:10],
+        },
+        result.lines(),
+    )
     return 0
 
 
@@ -419,7 +530,10 @@ def cmd_explore(args: argparse.Namespace, settings: Settings) -> int:
 
     store = EventStore(settings.data_path)
     if not store.dates():
-        print(f"no events in {settings.data_root}: run `trailguard ingest` or `trailguard demo` first", file=sys.stderr)
+        print(
+            f"no events in {settings.data_root}: run `trailguard ingest` or `trailguard demo` first",
+            file=sys.stderr,
+        )
         return 1
     try:
         period = resolve_period(store.root, args.start, args.end)
@@ -435,7 +549,9 @@ def cmd_explore(args: argparse.Namespace, settings: Settings) -> int:
         log.warning("models page left empty: %s", exc)
     out = Path(args.out)
     result = write_static(store.root, out, period, tracking_uri=tracking, mlflow_ui=settings.mlflow_ui_url)
-    lines = [f"explore {period.start} .. {period.end}: {len(result['pages'])} pages, open {out / 'index.html'}"]
+    lines = [
+        f"explore {period.start} .. {period.end}: {len(result['pages'])} pages, open {out / 'index.html'}"
+    ]
     if backfilled:
         lines.append(f"  activity tables written for {len(backfilled)} day(s) that had none")
     if result["missing_days"]:
@@ -480,9 +596,13 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--data", help="data root: a folder or s3://bucket/prefix (overrides TRAILGUARD_DATA; default ./data)")
+    parser.add_argument(
+        "--data", help="data root: a folder or s3://bucket/prefix (overrides TRAILGUARD_DATA; default ./data)"
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log more (debug level)")
-    parser.add_argument("--debug", action="store_true", help="show the traceback of a failure (default: one line)")
+    parser.add_argument(
+        "--debug", action="store_true", help="show the traceback of a failure (default: one line)"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser(
@@ -496,19 +616,30 @@ def build_parser() -> argparse.ArgumentParser:
         "  cloudwatch://log-group   a log group CloudTrail delivers to",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--source", required=True,
-                   help="folder (or one file), s3://bucket/prefix or cloudwatch://log-group")
+    p.add_argument(
+        "--source", required=True, help="folder (or one file), s3://bucket/prefix or cloudwatch://log-group"
+    )
     p.add_argument("--start", type=_date, help="first delivery date to read (YYYY-MM-DD, UTC)")
     p.add_argument("--end", type=_date, help="last delivery date to read (YYYY-MM-DD, UTC)")
-    p.add_argument("--workers", type=int, default=None,
-                   help="processes that fetch and decode (default: TRAILGUARD_INGEST_WORKERS if set, else one "
-                        "per CPU; 0 also means one per CPU)")
-    p.add_argument("--follow-links", action="store_true",
-                   help="read symbolic links that stay inside the source folder (default: links are skipped)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="processes that fetch and decode (default: TRAILGUARD_INGEST_WORKERS if set, else one "
+        "per CPU; 0 also means one per CPU)",
+    )
+    p.add_argument(
+        "--follow-links",
+        action="store_true",
+        help="read symbolic links that stay inside the source folder (default: links are skipped)",
+    )
 
-
-    p.add_argument("--kind", choices=("cloudtrail", "flows"), default="cloudtrail",
-                   help="what the source holds: CloudTrail logs (default) or VPC Flow Logs (.../vpcflowlogs/...log.gz)")
+    p.add_argument(
+        "--kind",
+        choices=("cloudtrail", "flows"),
+        default="cloudtrail",
+        help="what the source holds: CloudTrail logs (default) or VPC Flow Logs (.../vpcflowlogs/...log.gz)",
+    )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_ingest)
 
@@ -521,7 +652,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--date", type=_date, required=True, help="the damaged day (YYYY-MM-DD, UTC)")
     p.add_argument("--source", default=None, help="read from here instead of the recorded source(s)")
-    p.add_argument("--workers", type=int, default=None, help="processes that fetch and decode (as for ingest)")
+    p.add_argument(
+        "--workers", type=int, default=None, help="processes that fetch and decode (as for ingest)"
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_repair)
 
@@ -550,8 +683,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--events", type=int, default=None, help="total events (default about 1,500 a day)")
     p.add_argument("--seed", type=int, default=7, help="random seed (same seed, same files)")
     p.add_argument("--no-bad-files", action="store_true", help="leave out the deliberately broken files")
-    p.add_argument("--flows", action="store_true",
-                   help="also write VPC Flow Logs for the demo's instances, with network attacks and their ground truth")
+    p.add_argument(
+        "--flows",
+        action="store_true",
+        help="also write VPC Flow Logs for the demo's instances, with network attacks and their ground truth",
+    )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_demo_data)
 
@@ -573,7 +709,12 @@ def build_parser() -> argparse.ArgumentParser:
         "LinearRegression baseline and stronger candidates, each an MLflow run. The best is registered and "
         "becomes `champion` only if it beats the current champion on the held-out days.",
     )
-    p.add_argument("--until", type=_date, default=None, help="last day of training data (default: newest day in the store)")
+    p.add_argument(
+        "--until",
+        type=_date,
+        default=None,
+        help="last day of training data (default: newest day in the store)",
+    )
     p.add_argument("--history-days", type=int, default=30, help="days of history to train on (default 30)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_train)
@@ -585,7 +726,9 @@ def build_parser() -> argparse.ArgumentParser:
         "scores/date=D/part-<account>-<region>.parquet, one file per partition (rescoring replaces them).",
     )
     p.add_argument("--date", type=_date, required=True, help="the day (YYYY-MM-DD, UTC)")
-    p.add_argument("--account", default=None, help="score only this account's events (with --region: one partition)")
+    p.add_argument(
+        "--account", default=None, help="score only this account's events (with --region: one partition)"
+    )
     p.add_argument("--region", default=None, help="score only this region's events")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_score)
@@ -601,7 +744,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=20, help="how many events to list (default 20)")
     p.add_argument("--min-score", type=float, default=0.0, help="leave out events below this risk score")
     p.add_argument("--send", action="store_true", help="email the report")
-    p.add_argument("--to", default=None, help="comma-separated recipients (default TRAILGUARD_REPORT_RECIPIENTS)")
+    p.add_argument(
+        "--to", default=None, help="comma-separated recipients (default TRAILGUARD_REPORT_RECIPIENTS)"
+    )
     p.add_argument("--force", action="store_true", help="send even if this report was already sent")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.set_defaults(func=cmd_report)
@@ -613,7 +758,9 @@ def build_parser() -> argparse.ArgumentParser:
         "min_score to every destination in TRAILGUARD_NOTIFY_DESTINATIONS, once: respond/date=D/sent.json "
         "records what went where, so a rerun sends only what is missing. Exits 1 when a destination failed.",
     )
-    p.add_argument("--date", type=_date, required=True, help="the day (YYYY-MM-DD, UTC); its report must exist")
+    p.add_argument(
+        "--date", type=_date, required=True, help="the day (YYYY-MM-DD, UTC); its report must exist"
+    )
     p.add_argument("--dry-run", action="store_true", help="print what would be sent; send and record nothing")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.set_defaults(func=cmd_notify)
@@ -624,16 +771,24 @@ def build_parser() -> argparse.ArgumentParser:
         description="Append an analyst's decision to the label store (labels/). Analysts' scores win over "
         "the automatic labelling rules at the next training.",
     )
-    p.add_argument("event_id", metavar="EVENT_ID",
-                   help="the CloudTrail eventID, or a finding id F-... (every event of the finding; see top_events.csv)")
+    p.add_argument(
+        "event_id",
+        metavar="EVENT_ID",
+        help="the CloudTrail eventID, or a finding id F-... (every event of the finding; see top_events.csv)",
+    )
     p.add_argument("score", metavar="SCORE", type=int, help="risk score 0 (harmless) .. 100 (an attack)")
     p.add_argument("--verdict", default="needs-review", choices=["malicious", "benign", "needs-review"])
     p.add_argument("--note", default="", help="why: what you checked, the ticket...")
     p.add_argument("--analyst", default=os.environ.get("USER", "analyst"), help="who decided (default $USER)")
     p.add_argument("--force", action="store_true", help="record it even if the event is not in the store")
-    p.add_argument("--suppress-days", type=int, default=None, metavar="DAYS",
-                   help="a finding marked benign with a note suppresses its pattern (principal, calls, network) "
-                   "this many days (default 30; 0: do not suppress)")
+    p.add_argument(
+        "--suppress-days",
+        type=int,
+        default=None,
+        metavar="DAYS",
+        help="a finding marked benign with a note suppresses its pattern (principal, calls, network) "
+        "this many days (default 30; 0: do not suppress)",
+    )
     p.set_defaults(func=cmd_label)
 
     p = sub.add_parser(
@@ -644,8 +799,13 @@ def build_parser() -> argparse.ArgumentParser:
         "yourself and give it here: it is checked and kept as intel/aws-ip-ranges.json in the data root, "
         "and wins over the shipped snapshot from then on.",
     )
-    p.add_argument("--from", dest="source", default=None, metavar="FILE",
-                   help="an AWS ip-ranges.json (a file or s3://...); without it, show which ranges are in use")
+    p.add_argument(
+        "--from",
+        dest="source",
+        default=None,
+        metavar="FILE",
+        help="an AWS ip-ranges.json (a file or s3://...); without it, show which ranges are in use",
+    )
     p.set_defaults(func=cmd_ip_ranges)
 
     p = sub.add_parser(
@@ -660,9 +820,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--date", type=_date, required=True, help="the delivery day (YYYY-MM-DD, UTC)")
     p.add_argument("--source", default=None, help="folder or s3://bucket/prefix (default TRAILGUARD_SOURCE)")
-    p.add_argument("--keys", default=None,
-                   help="folder of CloudTrail public keys (default TRAILGUARD_INTEGRITY_KEYS; "
-                        "without one: cloudtrail:ListPublicKeys)")
+    p.add_argument(
+        "--keys",
+        default=None,
+        help="folder of CloudTrail public keys (default TRAILGUARD_INTEGRITY_KEYS; "
+        "without one: cloudtrail:ListPublicKeys)",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_verify)
 
@@ -684,14 +847,25 @@ def build_parser() -> argparse.ArgumentParser:
         "little for a model), score every day and write one report over the period: investigation.html (+ JSON). "
         "No Airflow, no MLflow server, no network for a local folder.",
     )
-    p.add_argument("source", metavar="SOURCE", help="folder, file, s3://bucket/prefix or cloudwatch://log-group")
-    p.add_argument("--from", dest="start", type=_date, default=None, help="first event day to investigate (YYYY-MM-DD)")
-    p.add_argument("--to", dest="end", type=_date, default=None, help="last event day to investigate (YYYY-MM-DD)")
-    p.add_argument("--out", type=Path, default=None, help="where the report goes (default: a new scratch folder)")
+    p.add_argument(
+        "source", metavar="SOURCE", help="folder, file, s3://bucket/prefix or cloudwatch://log-group"
+    )
+    p.add_argument(
+        "--from", dest="start", type=_date, default=None, help="first event day to investigate (YYYY-MM-DD)"
+    )
+    p.add_argument(
+        "--to", dest="end", type=_date, default=None, help="last event day to investigate (YYYY-MM-DD)"
+    )
+    p.add_argument(
+        "--out", type=Path, default=None, help="where the report goes (default: a new scratch folder)"
+    )
     p.add_argument("--top-k", type=int, default=100, help="how many findings to list (default 100)")
-    p.add_argument("--train", action="store_true",
-                   help="also train models for the use cases with enough events and days (a local MLflow store in "
-                   "the data root; slower). Default: the cold-start scorer fitted on the evidence")
+    p.add_argument(
+        "--train",
+        action="store_true",
+        help="also train models for the use cases with enough events and days (a local MLflow store in "
+        "the data root; slower). Default: the cold-start scorer fitted on the evidence",
+    )
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.set_defaults(func=cmd_investigate)
 
@@ -703,9 +877,16 @@ def build_parser() -> argparse.ArgumentParser:
         "quality and models. Reads the per-day activity tables (written at validation; computed here for "
         "days that have none).",
     )
-    p.add_argument("--from", dest="start", type=_date, default=None,
-                   help="first day (default: 6 days before --to, within the store)")
-    p.add_argument("--to", dest="end", type=_date, default=None, help="last day (default: the store's last day)")
+    p.add_argument(
+        "--from",
+        dest="start",
+        type=_date,
+        default=None,
+        help="first day (default: 6 days before --to, within the store)",
+    )
+    p.add_argument(
+        "--to", dest="end", type=_date, default=None, help="last day (default: the store's last day)"
+    )
     p.add_argument("--out", default="explore", help="the folder to write (default ./explore)")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.set_defaults(func=cmd_explore)
@@ -717,7 +898,9 @@ def build_parser() -> argparse.ArgumentParser:
         "misses) and title. --format markdown gives docs/detections.md (regenerate it after changing a rule: "
         "trailguard rules --format markdown --out docs/detections.md).",
     )
-    p.add_argument("--format", choices=["text", "markdown"], default="text", help="text table (default) or markdown")
+    p.add_argument(
+        "--format", choices=["text", "markdown"], default="text", help="text table (default) or markdown"
+    )
     p.add_argument("--out", type=Path, default=None, help="write to this file instead of standard output")
     p.add_argument("--guardduty", action="store_true",
                    help="the GuardDuty parity table instead: each CloudTrail-based GuardDuty finding type, what covers "
@@ -774,7 +957,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(printable(f"configuration: {exc}"), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: what was written so far is complete and consistent; rerun to continue", file=sys.stderr)
+        print(
+            "interrupted: what was written so far is complete and consistent; rerun to continue",
+            file=sys.stderr,
+        )
         return 130
     except Exception as exc:  # an expected failure is one line; --debug shows where it came from
         if args.debug:

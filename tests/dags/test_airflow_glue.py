@@ -15,7 +15,12 @@ def test_a_configured_connection_reaches_its_endpoint(monkeypatch, moto_server, 
     from trailguard_airflow import aws_client_factory
 
     aws_client("s3").create_bucket(Bucket="glue-bucket")
-    _connection(monkeypatch, {"region_name": "us-east-1", "endpoint_url": moto_server}, login="testing", password="testing")
+    _connection(
+        monkeypatch,
+        {"region_name": "us-east-1", "endpoint_url": moto_server},
+        login="testing",
+        password="testing",
+    )
     names = [b["Name"] for b in aws_client_factory()("s3").list_buckets()["Buckets"]]
     assert "glue-bucket" in names
 

@@ -51,7 +51,9 @@ def test_schedules_and_asset_wiring(dagbag):
     for dag, cron, asset in ((report, "0 6 * * *", "trailguard://events-validated"),
                              (training, "0 3 * * 1", "trailguard://labels")):  # fmt: skip
         assert dag.timetable.timetable.expression == cron, dag.dag_id  # on a clock ...
-        assert dag.timetable.asset_condition.uri.rstrip("/") == asset, dag.dag_id  # ... or when the asset updates
+        assert dag.timetable.asset_condition.uri.rstrip("/") == asset, (
+            dag.dag_id
+        )  # ... or when the asset updates
 
 
 @pytest.mark.parametrize(
@@ -64,8 +66,9 @@ def test_schedules_and_asset_wiring(dagbag):
         ("scheduled", 0, 5, True),
     ],
 )
-def test_label_triggered_training_waits_for_min_new_labels(dagbag, tmp_path, monkeypatch, run_type, new_labels,
-                                                            needed, goes_on):
+def test_label_triggered_training_waits_for_min_new_labels(
+    dagbag, tmp_path, monkeypatch, run_type, new_labels, needed, goes_on
+):
     from types import SimpleNamespace
 
     from trailguard.model.labels import mark_training, record_label
@@ -75,7 +78,9 @@ def test_label_triggered_training_waits_for_min_new_labels(dagbag, tmp_path, mon
     for i in range(new_labels):
         record_label(tmp_path, f"ev-{i}", 80)
     gate = dagbag.get_dag("risk_model_training").get_task("enough_new_labels")
-    decided = gate.python_callable(params={"min_new_labels": needed}, dag_run=SimpleNamespace(run_type=run_type))
+    decided = gate.python_callable(
+        params={"min_new_labels": needed}, dag_run=SimpleNamespace(run_type=run_type)
+    )
     assert decided is goes_on
 
 
@@ -99,9 +104,13 @@ def test_dag_file_parses_fast_without_heavy_imports(path):
         f"runpy.run_path({str(path)!r})\n"
         "print(time.perf_counter() - t); print(' '.join(set(sys.modules) - before))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ.copy(), timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=os.environ.copy(), timeout=120
+    )
     assert out.returncode == 0, out.stderr[-3000:]
-    seconds, modules = out.stdout.strip().splitlines()[-2:] if "\n" in out.stdout.strip() else (out.stdout.strip(), "")
+    seconds, modules = (
+        out.stdout.strip().splitlines()[-2:] if "\n" in out.stdout.strip() else (out.stdout.strip(), "")
+    )
     heavy = {m.split(".")[0] for m in modules.split()} & set(HEAVY)
     assert not heavy, f"{path.name} imports {heavy} at parse time: import inside the task"
 

@@ -58,9 +58,17 @@ def smtp_server(monkeypatch):
 
     controller = Controller(Handler(), hostname="127.0.0.1", port=_free_port())
     controller.start()
-    monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", json.dumps({
-        "conn_type": "smtp", "host": "127.0.0.1", "port": controller.port,
-        "extra": {"disable_ssl": True, "disable_tls": True, "from_email": "trailguard@localhost"}}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_SMTP_DEFAULT",
+        json.dumps(
+            {
+                "conn_type": "smtp",
+                "host": "127.0.0.1",
+                "port": controller.port,
+                "extra": {"disable_ssl": True, "disable_tls": True, "from_email": "trailguard@localhost"},
+            }
+        ),
+    )
     yield received
     controller.stop()
 
@@ -73,8 +81,12 @@ def findings_queue(aws_client, moto_server, monkeypatch):
     arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     topic = sns.create_topic(Name="trailguard-daily")["TopicArn"]
     sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn, Attributes={"RawMessageDelivery": "true"})
-    monkeypatch.setenv("TRAILGUARD_NOTIFY_DESTINATIONS", json.dumps(
-        [{"name": "secops", "type": "sns", "target": topic, "min_score": 70, "endpoint_url": moto_server}]))
+    monkeypatch.setenv(
+        "TRAILGUARD_NOTIFY_DESTINATIONS",
+        json.dumps(
+            [{"name": "secops", "type": "sns", "target": topic, "min_score": 70, "endpoint_url": moto_server}]
+        ),
+    )
 
     def drain() -> list[dict]:
         out = []
@@ -95,21 +107,34 @@ def test_daily_report_emails_the_injected_attacks(trained, smtp_server, findings
     store, last, attacks = trained
     monkeypatch.setenv("TRAILGUARD_DATA", str(store.root))
     dag = DagBag(dag_folder=str(PROJECT / "dags")).get_dag("daily_risk_report")
-    run = dag.test(run_conf={"date": last.isoformat(), "top_k": 20, "recipients": "secops@example.com",
-                             "send_email": True, "min_score": 0})
+    run = dag.test(
+        run_conf={
+            "date": last.isoformat(),
+            "top_k": 20,
+            "recipients": "secops@example.com",
+            "send_email": True,
+            "min_score": 0,
+        }
+    )
     assert run.state == "success"
     mapped = [ti for ti in run.get_task_instances() if ti.task_id == "score_partitions"]
-    assert len(mapped) > 1 and all(ti.state == "success" for ti in mapped), "scoring is split over mapped tasks"
+    assert len(mapped) > 1 and all(ti.state == "success" for ti in mapped), (
+        "scoring is split over mapped tasks"
+    )
     from trailguard.model.scoring import day_partitions
 
-    parts = sorted(p.name for p in (store.root / "scores" / f"date={last.isoformat()}").glob("part-*.parquet"))
+    parts = sorted(
+        p.name for p in (store.root / "scores" / f"date={last.isoformat()}").glob("part-*.parquet")
+    )
     assert len(parts) == len(day_partitions(store, last)) > 1, parts  # one scores file per account x region
 
     with (store.root / "reports" / last.isoformat() / "top_events.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     top = [row["eventID"].lstrip("'") for row in rows]
     reported = set(attacks.loc[attacks["eventID"].isin(top), "scenario"])
-    assert reported == set(attacks["scenario"]), f"missing from the top 20: {set(attacks['scenario']) - reported}"
+    assert reported == set(attacks["scenario"]), (
+        f"missing from the top 20: {set(attacks['scenario']) - reported}"
+    )
     # each scenario is one finding: all its events in one reported finding's event_ids, none in another
     finding_of = {event: row["finding_id"] for row in rows for event in row["event_ids"].split()}
     for scenario, events in attacks.groupby("scenario")["eventID"]:
@@ -133,18 +158,25 @@ def test_daily_report_emails_the_injected_attacks(trained, smtp_server, findings
     received = findings_queue()
     assert high and sorted(m["finding_id"] for m in received) == sorted(high)
     assert all(m["schema"] == "trailguard.finding/1" and m["score"] >= 70 for m in received)
-    assert set(attacks.loc[attacks["eventID"].isin(high), "scenario"]), "the attacks are among the findings sent"
+    assert set(attacks.loc[attacks["eventID"].isin(high), "scenario"]), (
+        "the attacks are among the findings sent"
+    )
 
     # a rerun without recipients: send_report fails at once (no retry) and alerts; nothing is sent twice
     monkeypatch.delenv("TRAILGUARD_REPORT_RECIPIENTS", raising=False)
     monkeypatch.setenv("TRAILGUARD_ALERT_RECIPIENTS", "oncall@example.com")
-    again = dag.test(run_after=run.run_after + timedelta(minutes=1),
-                     run_conf={"date": last.isoformat(), "send_email": True, "recipients": ""})
+    again = dag.test(
+        run_after=run.run_after + timedelta(minutes=1),
+        run_conf={"date": last.isoformat(), "send_email": True, "recipients": ""},
+    )
     states = {ti.task_id: (ti.state, ti.try_number) for ti in again.get_task_instances() if ti.map_index < 1}
     assert again.state == "failed" and states["send_report"] == ("failed", 1), states
     assert states["notify_findings"][0] == "success" and findings_queue() == []
     alert = email.message_from_bytes(smtp_server[-1], policy=email.policy.default)
-    assert len(smtp_server) == 2 and alert["Subject"] == f"TrailGuard: daily_risk_report.send_report failed ({last})"
+    assert (
+        len(smtp_server) == 2
+        and alert["Subject"] == f"TrailGuard: daily_risk_report.send_report failed ({last})"
+    )
     assert "no recipients" in alert.get_body(("html", "plain")).get_content()
 
 
@@ -161,8 +193,15 @@ def test_feedback_dag_changes_the_training_target(trained, monkeypatch):
     event_id = before.loc[before["target"] < 20, "eventID"].iloc[0]
 
     dag = DagBag(dag_folder=str(PROJECT / "dags")).get_dag("record_analyst_label")
-    run = dag.test(run_conf={"event_id": event_id, "risk_score": 95, "verdict": "malicious",
-                             "note": "confirmed with the owner", "analyst": "alice@example.com"})
+    run = dag.test(
+        run_conf={
+            "event_id": event_id,
+            "risk_score": 95,
+            "verdict": "malicious",
+            "note": "confirmed with the owner",
+            "analyst": "alice@example.com",
+        }
+    )
     assert run.state == "success"
     after = pd.concat(training_data(store, [day]).values()).set_index("eventID")
     assert after.loc[event_id, "target"] == 95

@@ -26,6 +26,7 @@ needs_fixtures = pytest.mark.skipif(
     not FIXTURES.is_dir(), reason=f"public CloudTrail fixtures not found at {FIXTURES} (no ../shared here)"
 )
 
+
 def row(name: str, source: str, params: Any = None, **fields: Any) -> dict[str, Any]:
     """The normalised row of a sample record: exactly what the rules see in production."""
     return normalise.normalise(samples.call(name, source, params, **fields), "test")
@@ -296,12 +297,26 @@ def _every_case_frame() -> pd.DataFrame:
     rows = [{**event_row, "eventTime": start + pd.Timedelta(hours=i)} for i, event_row in enumerate(pairs)]
     late = start + pd.Timedelta(days=2)
     for i in range(12):  # access denied, half of them in another region
-        rows.append({**row("ListUsers", "iam", None, **DENIED, awsRegion="us-east-1" if i % 2 else "eu-west-1"),
-                     "eventID": f"denied-{i}", "eventTime": late + pd.Timedelta(seconds=i)})
+        rows.append(
+            {
+                **row("ListUsers", "iam", None, **DENIED, awsRegion="us-east-1" if i % 2 else "eu-west-1"),
+                "eventID": f"denied-{i}",
+                "eventTime": late + pd.Timedelta(seconds=i),
+            }
+        )
     for i in range(6):  # distinct secrets, read in two regions
-        rows.append({**row("GetSecretValue", "secretsmanager", {"secretId": f"s{i}"},
-                           awsRegion="us-east-1" if i % 2 else "eu-west-1"),
-                     "eventID": f"secret-{i}", "eventTime": late + pd.Timedelta(minutes=20, seconds=i)})
+        rows.append(
+            {
+                **row(
+                    "GetSecretValue",
+                    "secretsmanager",
+                    {"secretId": f"s{i}"},
+                    awsRegion="us-east-1" if i % 2 else "eu-west-1",
+                ),
+                "eventID": f"secret-{i}",
+                "eventTime": late + pd.Timedelta(minutes=20, seconds=i),
+            }
+        )
     return frame(rows)
 
 
@@ -328,8 +343,16 @@ def test_label_events_on_some_rows_counts_bursts_across_the_frame() -> None:
     pd.testing.assert_frame_equal(some[region], everything[region])
     assert (some.loc[~region, "lf_score"] == 0).all() and (some.loc[~region, "lf_rules"] == "").all()
     # the bursts span both regions: the us-east-1 half alone would be below the thresholds
-    assert some.loc[region & full["eventID"].str.startswith("denied-").to_numpy(), "lf_rules"].eq("access_denied_burst_identity").all()
-    assert some.loc[region & full["eventID"].str.startswith("secret-").to_numpy(), "lf_rules"].str.startswith("secrets_harvest").all()
+    assert (
+        some.loc[region & full["eventID"].str.startswith("denied-").to_numpy(), "lf_rules"]
+        .eq("access_denied_burst_identity")
+        .all()
+    )
+    assert (
+        some.loc[region & full["eventID"].str.startswith("secret-").to_numpy(), "lf_rules"]
+        .str.startswith("secrets_harvest")
+        .all()
+    )
 
 
 def test_repeated_events_are_checked_once_unless_a_check_reads_their_identity(monkeypatch) -> None:
@@ -341,7 +364,9 @@ def test_repeated_events_are_checked_once_unless_a_check_reads_their_identity(mo
         return original(event)
 
     monkeypatch.setattr(engine, "_fire", counting)
-    reads = [{**row("GetSecretValue", "secretsmanager", {"secretId": "db"}), "eventID": f"r{i}"} for i in range(50)]
+    reads = [
+        {**row("GetSecretValue", "secretsmanager", {"secretId": "db"}), "eventID": f"r{i}"} for i in range(50)
+    ]
     out = label_events(frame(reads))
     assert len(calls) == 1 and out["lf_rules"].eq("secret_value_read").all()
 
@@ -466,7 +491,9 @@ def load_fixture(name: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     for line in (FIXTURES / name).read_text().splitlines():
         published = json.loads(line)
         try:
-            rows.append(normalise.normalise({k: v for k, v in published.items() if not k.startswith("_")}, name))
+            rows.append(
+                normalise.normalise({k: v for k, v in published.items() if not k.startswith("_")}, name)
+            )
         except normalise.RecordError:
             continue
         labels.append({k: v for k, v in published.items() if k.startswith("_")})
@@ -600,7 +627,9 @@ def test_panther_samples(record_property: Any) -> None:
 def test_label_events_prefilter_loses_nothing_on_real_records() -> None:
     events, _ = load_fixture("panther_rule_tests.ndjson")
     out = label_events(events)
-    window_ids = {d.rule_id for w in WINDOW_RULES for d in w.detections} | {r.detection.rule_id for r in engine.FRAME_RULES}
+    window_ids = {d.rule_id for w in WINDOW_RULES for d in w.detections} | {
+        r.detection.rule_id for r in engine.FRAME_RULES
+    }
     for i, event_row in enumerate(events.to_dict("records")):
         expected = [d.rule_id for d, _ in evaluate_event(event_row)]
         got = [r for r in out["lf_rules"].iloc[i].split(",") if r and r not in window_ids]

@@ -41,50 +41,159 @@ CASES = {
     "truncated_gzip": (gzip.compress(doc(GOOD))[:30], "quarantined", "gzip", set(), 0),
     "gzip_of_non_json": (gzip.compress(b"a,b,c\n1,2,3\n"), "quarantined", "not valid JSON", set(), 0),
     "utf8_bom": (b"\xef\xbb\xbf" + doc(GOOD), "ingested", "byte order mark", {"good-1", "good-2"}, 0),
-    "invalid_utf8": (doc([*GOOD, record("u-1", userAgent="X")]).replace(b'"X"', b'"\xff\xfe"'), "ingested",
-                     "invalid UTF-8", {"good-1", "good-2", "u-1"}, 0),
-    "json_array_of_records": (json.dumps(GOOD).encode(), "ingested", None, {"good-1", "good-2"}, 0),  # an export shape
+    "invalid_utf8": (
+        doc([*GOOD, record("u-1", userAgent="X")]).replace(b'"X"', b'"\xff\xfe"'),
+        "ingested",
+        "invalid UTF-8",
+        {"good-1", "good-2", "u-1"},
+        0,
+    ),
+    "json_array_of_records": (
+        json.dumps(GOOD).encode(),
+        "ingested",
+        None,
+        {"good-1", "good-2"},
+        0,
+    ),  # an export shape
     "json_array_of_numbers": (b"[1, 2]", "quarantined", "is a list", set(), 0),
-    "records_not_a_list": (json.dumps({"Records": {"0": GOOD[0]}}).encode(), "quarantined", "Records is a object", set(), 0),
+    "records_not_a_list": (
+        json.dumps({"Records": {"0": GOOD[0]}}).encode(),
+        "quarantined",
+        "Records is a object",
+        set(),
+        0,
+    ),
     "record_not_an_object": (doc([*GOOD, "just text", 42]), "ingested", None, {"good-1", "good-2"}, 2),
-    "missing_eventID": (doc([*GOOD, {k: v for k, v in record("x").items() if k != "eventID"}]), "ingested", None,
-                        {"good-1", "good-2"}, 1),
-    "duplicate_eventID_different_content": (doc([*GOOD, record("good-1", eventName="DeleteTrail")]), "ingested", None,
-                                            {"good-1", "good-2"}, 0),
-    "eventTime_five_formats": (doc([record("t1", time="2024-07-30T01:00:00Z"), record("t2", time="2024-07-30 02:00:00"),
-                                    record("t3", time="2024-07-30 03:00:00.123"), record("t4", time="2024-07-30 04:00:00.123456789"),
-                                    record("t5", time="2024-07-30T07:00:00+02:00")]), "ingested", None,
-                               {"t1", "t2", "t3", "t4", "t5"}, 0),
-    "eventTime_missing": (doc([*GOOD, {k: v for k, v in record("m").items() if k != "eventTime"}]), "ingested", None,
-                          {"good-1", "good-2"}, 1),
-    "eventTime_in_future": (doc([*GOOD, record("future-1", time=FUTURE)]), "ingested", None, {"good-1", "good-2", "future-1"}, 0),
-    "userAgent_5MB": (doc([*GOOD, record("big-1", userAgent="A" * (5 * 1024 * 1024))]), "ingested", None,
-                      {"good-1", "good-2", "big-1"}, 0),
-    "requestParameters_depth_500": (doc([*GOOD, record("deep-1", requestParameters=nested(500))]), "ingested", None,
-                                    {"good-1", "good-2", "deep-1"}, 0),
-    "nan_and_huge_numbers": (doc([*GOOD, record("n-1")]).replace(b'"eventVersion": "1.09"', b'"eventVersion": NaN, "n": 1e999, "i": 123456789012345678901234567890', 1),
-                             "ingested", None, {"good-1", "good-2", "n-1"}, 0),
-    "html_script_in_userAgent": (doc([*GOOD, record("h-1", userAgent="<script>alert(1)</script>")]), "ingested", None,
-                                 {"good-1", "good-2", "h-1"}, 0),
-    "spreadsheet_formula": (doc([*GOOD, record("f-1", errorMessage='=HYPERLINK("http://evil","x")')]), "ingested", None,
-                            {"good-1", "good-2", "f-1"}, 0),
-    "scrambled_region": (doc([*GOOD, record("r-1", awsRegion="apiso-northsouth-3r")]), "ingested", None,
-                         {"good-1", "good-2", "r-1"}, 0),
-    "ipv6_and_service_source_ips": (doc([record("ip-1", sourceIPAddress="2001:db8::1"),
-                                         record("ip-2", sourceIPAddress="lambda.amazonaws.com"),
-                                         record("ip-3", sourceIPAddress="AWS Internal")]), "ingested", None,
-                                    {"ip-1", "ip-2", "ip-3"}, 0),
+    "missing_eventID": (
+        doc([*GOOD, {k: v for k, v in record("x").items() if k != "eventID"}]),
+        "ingested",
+        None,
+        {"good-1", "good-2"},
+        1,
+    ),
+    "duplicate_eventID_different_content": (
+        doc([*GOOD, record("good-1", eventName="DeleteTrail")]),
+        "ingested",
+        None,
+        {"good-1", "good-2"},
+        0,
+    ),
+    "eventTime_five_formats": (
+        doc(
+            [
+                record("t1", time="2024-07-30T01:00:00Z"),
+                record("t2", time="2024-07-30 02:00:00"),
+                record("t3", time="2024-07-30 03:00:00.123"),
+                record("t4", time="2024-07-30 04:00:00.123456789"),
+                record("t5", time="2024-07-30T07:00:00+02:00"),
+            ]
+        ),
+        "ingested",
+        None,
+        {"t1", "t2", "t3", "t4", "t5"},
+        0,
+    ),
+    "eventTime_missing": (
+        doc([*GOOD, {k: v for k, v in record("m").items() if k != "eventTime"}]),
+        "ingested",
+        None,
+        {"good-1", "good-2"},
+        1,
+    ),
+    "eventTime_in_future": (
+        doc([*GOOD, record("future-1", time=FUTURE)]),
+        "ingested",
+        None,
+        {"good-1", "good-2", "future-1"},
+        0,
+    ),
+    "userAgent_5MB": (
+        doc([*GOOD, record("big-1", userAgent="A" * (5 * 1024 * 1024))]),
+        "ingested",
+        None,
+        {"good-1", "good-2", "big-1"},
+        0,
+    ),
+    "requestParameters_depth_500": (
+        doc([*GOOD, record("deep-1", requestParameters=nested(500))]),
+        "ingested",
+        None,
+        {"good-1", "good-2", "deep-1"},
+        0,
+    ),
+    "nan_and_huge_numbers": (
+        doc([*GOOD, record("n-1")]).replace(
+            b'"eventVersion": "1.09"',
+            b'"eventVersion": NaN, "n": 1e999, "i": 123456789012345678901234567890',
+            1,
+        ),
+        "ingested",
+        None,
+        {"good-1", "good-2", "n-1"},
+        0,
+    ),
+    "html_script_in_userAgent": (
+        doc([*GOOD, record("h-1", userAgent="<script>alert(1)</script>")]),
+        "ingested",
+        None,
+        {"good-1", "good-2", "h-1"},
+        0,
+    ),
+    "spreadsheet_formula": (
+        doc([*GOOD, record("f-1", errorMessage='=HYPERLINK("http://evil","x")')]),
+        "ingested",
+        None,
+        {"good-1", "good-2", "f-1"},
+        0,
+    ),
+    "scrambled_region": (
+        doc([*GOOD, record("r-1", awsRegion="apiso-northsouth-3r")]),
+        "ingested",
+        None,
+        {"good-1", "good-2", "r-1"},
+        0,
+    ),
+    "ipv6_and_service_source_ips": (
+        doc(
+            [
+                record("ip-1", sourceIPAddress="2001:db8::1"),
+                record("ip-2", sourceIPAddress="lambda.amazonaws.com"),
+                record("ip-3", sourceIPAddress="AWS Internal"),
+            ]
+        ),
+        "ingested",
+        None,
+        {"ip-1", "ip-2", "ip-3"},
+        0,
+    ),
     "empty_file": (b"", "quarantined", "empty file", set(), 0),
     "empty_gzip": (gzip.compress(b""), "quarantined", "empty", set(), 0),
     "plain_text": (b"this is not CloudTrail", "quarantined", "not valid JSON", set(), 0),
-    "json_without_Records": (b'{"detail-type": "AWS API Call via CloudTrail"}', "quarantined", "no Records", set(), 0),
+    "json_without_Records": (
+        b'{"detail-type": "AWS API Call via CloudTrail"}',
+        "quarantined",
+        "no Records",
+        set(),
+        0,
+    ),
     # issue 15, row 3: ids that differ only in bytes that are not UTF-8 stay two ids (kept escaped)
     "eventIDs_differ_only_in_invalid_utf8": (
-        doc([*GOOD, record("id-A"), record("id-B")]).replace(b'"id-A"', b'"id-\xff"').replace(b'"id-B"', b'"id-\xfe"'),
-        "ingested", "invalid UTF-8", {"good-1", "good-2", "id-\\xff", "id-\\xfe"}, 0),
+        doc([*GOOD, record("id-A"), record("id-B")])
+        .replace(b'"id-A"', b'"id-\xff"')
+        .replace(b'"id-B"', b'"id-\xfe"'),
+        "ingested",
+        "invalid UTF-8",
+        {"good-1", "good-2", "id-\\xff", "id-\\xfe"},
+        0,
+    ),
     # lone UTF-16 surrogates as JSON escapes (valid JSON, not storable as UTF-8): kept as escapes
-    "lone_surrogate_escapes": (doc([*GOOD, record("s-1", userAgent="S")]).replace(b'"S"', b'"\\ud800"'), "ingested", None,
-                               {"good-1", "good-2", "s-1"}, 0),
+    "lone_surrogate_escapes": (
+        doc([*GOOD, record("s-1", userAgent="S")]).replace(b'"S"', b'"\\ud800"'),
+        "ingested",
+        None,
+        {"good-1", "good-2", "s-1"},
+        0,
+    ),
 }
 
 
@@ -106,7 +215,9 @@ def test_case_outcome_and_nothing_valid_lost(name, tmp_path):
     assert entry["status"] == status, entry["error"]
     if reason:
         assert reason in (entry["error"] or ""), entry["error"]
-    stored = {i for d in store.dates() for i in store.read_partition(d, ["eventID"]).column("eventID").to_pylist()}
+    stored = {
+        i for d in store.dates() for i in store.read_partition(d, ["eventID"]).column("eventID").to_pylist()
+    }
     assert stored == expected_ids | {f"n-{name}"}, "a valid record was lost or an invalid one stored"
     assert int(entry["records_quarantined"]) == rejected == store.read_quarantined_records().num_rows
     if status == "quarantined":
@@ -116,7 +227,10 @@ def test_case_outcome_and_nothing_valid_lost(name, tmp_path):
 
 def test_digest_file_is_skipped(tmp_path):
     src = tmp_path / "src"
-    digest = src / "AWSLogs/111122223333/CloudTrail-Digest/us-east-1/2024/07/30/d_CloudTrail-Digest_us-east-1_t_us-east-1_20240730T010000Z.json.gz"
+    digest = (
+        src
+        / "AWSLogs/111122223333/CloudTrail-Digest/us-east-1/2024/07/30/d_CloudTrail-Digest_us-east-1_t_us-east-1_20240730T010000Z.json.gz"
+    )
     digest.parent.mkdir(parents=True)
     digest.write_bytes(gzip.compress(b'{"digestStartTime": "2024-07-30T00:00:00Z", "logFiles": []}'))
     summary = ingest(LocalFolderSource(src), EventStore(tmp_path / "data"))
@@ -128,7 +242,12 @@ def test_validation_flags_hostile_rows_without_losing_them(tmp_path):
     reason, every other row kept."""
     src = tmp_path / "src"
     (src / KEY_DIR).mkdir(parents=True)
-    for name in ("scrambled_region", "ipv6_and_service_source_ips", "html_script_in_userAgent", "spreadsheet_formula"):
+    for name in (
+        "scrambled_region",
+        "ipv6_and_service_source_ips",
+        "html_script_in_userAgent",
+        "spreadsheet_formula",
+    ):
         (src / KEY_DIR / f"{name}.json").write_bytes(CASES[name][0])
     store = EventStore(tmp_path / "data")
     ingest(LocalFolderSource(src), store)

@@ -27,7 +27,11 @@ def record(event_id: str, time: str = "2024-07-30T10:00:00Z", **extra) -> dict:
         "eventType": "AwsApiCall",
         "awsRegion": "us-east-1",
         "sourceIPAddress": "203.0.113.7",
-        "userIdentity": {"type": "IAMUser", "arn": "arn:aws:iam::111122223333:user/alice", "userName": "alice"},
+        "userIdentity": {
+            "type": "IAMUser",
+            "arn": "arn:aws:iam::111122223333:user/alice",
+            "userName": "alice",
+        },
         **extra,
     }
 
@@ -46,7 +50,11 @@ def assert_counts_add_up(summary: IngestSummary) -> None:
 
 
 def stored_ids(store: EventStore) -> list[str]:
-    return [i for day in store.dates() for i in store.read_partition(day, ["eventID"]).column("eventID").to_pylist()]
+    return [
+        i
+        for day in store.dates()
+        for i in store.read_partition(day, ["eventID"]).column("eventID").to_pylist()
+    ]
 
 
 def test_public_fixtures_every_event_stored_once(tmp_path):
@@ -65,7 +73,9 @@ def test_public_fixtures_every_event_stored_once(tmp_path):
     ids = stored_ids(store)
     assert len(ids) == len(set(ids)), "an eventID is stored twice"
     with_time = {
-        r["eventID"] for r in records if isinstance(r.get("eventID"), str) and r.get("eventTime") not in (None, "redacted")
+        r["eventID"]
+        for r in records
+        if isinstance(r.get("eventID"), str) and r.get("eventTime") not in (None, "redacted")
     }
     assert set(ids) == with_time
     # records CloudTrail would never deliver are kept with the reason, not dropped
@@ -85,7 +95,11 @@ def test_fixture_odd_values_are_kept(tmp_path):
     ingest(LocalFolderSource(src), store)
     frame = __import__("pyarrow").concat_tables([store.read_partition(d) for d in store.dates()]).to_pandas()
     assert frame["awsRegion"].str.contains("apiso-northsouth-3r").any()  # scrambled, flagged later, not lost
-    spaced = next(r for r in panther if str(r.get("eventTime", "")).count(" ") and "." in str(r["eventTime"]) and r.get("eventID"))
+    spaced = next(
+        r
+        for r in panther
+        if str(r.get("eventTime", "")).count(" ") and "." in str(r["eventTime"]) and r.get("eventID")
+    )
     stored = frame.loc[frame["eventID"] == spaced["eventID"], "eventTime"].iloc[0]
     assert stored.isoformat().startswith(spaced["eventTime"][:19].replace(" ", "T"))
 
@@ -105,7 +119,12 @@ def test_rerun_and_overlap_are_idempotent(tmp_path):
     # an overlapping delivery (organisation + account trail): a new object with old and new events
     write_log(src, "three.json.gz", [record(f"e{i}") for i in range(12, 20)])
     third = ingest(LocalFolderSource(src), EventStore(tmp_path / "data"))
-    assert (third.objects_ingested, third.objects_already_ingested, third.new, third.duplicates) == (1, 2, 5, 3)
+    assert (third.objects_ingested, third.objects_already_ingested, third.new, third.duplicates) == (
+        1,
+        2,
+        5,
+        3,
+    )
     assert sorted(stored_ids(store)) == sorted(f"e{i}" for i in range(20))
 
     manifest = store.read_manifest().to_pandas()
@@ -132,7 +151,10 @@ def test_bad_files_are_quarantined_and_nothing_else_is_lost(tmp_path):
     write_log(src, "good.json.gz", [record("g1"), record("g2")])
     for name, (data, _) in BAD_FILES.items():
         (src / KEY_DIR / name).write_bytes(data)
-    digest = src / "AWSLogs/111122223333/CloudTrail-Digest/us-east-1/2024/07/30/x_CloudTrail-Digest_us-east-1_x.json.gz"
+    digest = (
+        src
+        / "AWSLogs/111122223333/CloudTrail-Digest/us-east-1/2024/07/30/x_CloudTrail-Digest_us-east-1_x.json.gz"
+    )
     digest.parent.mkdir(parents=True)
     digest.write_bytes(gzip.compress(b'{"digestStartTime": "x"}'))
     (src / "README.txt").write_text("not a log")
@@ -156,14 +178,26 @@ def test_bad_files_are_quarantined_and_nothing_else_is_lost(tmp_path):
 
 def test_bad_records_are_quarantined_and_the_rest_of_the_file_kept(tmp_path):
     src = tmp_path / "src"
-    write_log(src, "mixed.json.gz", [record("ok1"), "not an object", {"eventTime": "2024-07-30T00:00:00Z"},
-                                     record("ok2", time="redacted"), record("ok3")])
+    write_log(
+        src,
+        "mixed.json.gz",
+        [
+            record("ok1"),
+            "not an object",
+            {"eventTime": "2024-07-30T00:00:00Z"},
+            record("ok2", time="redacted"),
+            record("ok3"),
+        ],
+    )
     store = EventStore(tmp_path / "data")
     summary = ingest(LocalFolderSource(src), store)
     assert (summary.new, summary.quarantined) == (2, 3)
     reasons = store.read_quarantined_records().to_pandas().set_index("record_index")["reason"].to_dict()
-    assert reasons == {1: "record is not a JSON object but str", 2: "eventID is missing",
-                       3: "eventTime is not a time: 'redacted'"}
+    assert reasons == {
+        1: "record is not a JSON object but str",
+        2: "eventID is missing",
+        3: "eventTime is not a time: 'redacted'",
+    }
 
 
 def test_repairs_are_noted_and_original_bytes_kept(tmp_path):
@@ -179,7 +213,9 @@ def test_repairs_are_noted_and_original_bytes_kept(tmp_path):
     notes = store.read_manifest().to_pandas().set_index("key")["error"]
     assert "byte order mark" in notes[f"{KEY_DIR}/bom.json"]
     assert "invalid UTF-8" in notes[f"{KEY_DIR}/utf8.json"]
-    assert (store.quarantine_dir / "objects" / quarantine_name(f"{KEY_DIR}/utf8.json")).read_bytes() == bad_utf8
+    assert (
+        store.quarantine_dir / "objects" / quarantine_name(f"{KEY_DIR}/utf8.json")
+    ).read_bytes() == bad_utf8
 
 
 def test_date_range_filters_by_delivery_date(tmp_path):
@@ -190,7 +226,9 @@ def test_date_range_filters_by_delivery_date(tmp_path):
     shutil.copy(src / KEY_DIR / "a.json.gz", other)
     from datetime import date
 
-    summary = ingest(LocalFolderSource(src), EventStore(tmp_path / "data"), start=date(2024, 8, 1), end=date(2024, 8, 3))
+    summary = ingest(
+        LocalFolderSource(src), EventStore(tmp_path / "data"), start=date(2024, 8, 1), end=date(2024, 8, 3)
+    )
     assert summary.objects == 1
 
 
@@ -221,6 +259,9 @@ def test_command_line_ingest_uses_every_cpu_unless_told(tmp_path, monkeypatch, c
     monkeypatch.delenv("TRAILGUARD_INGEST_WORKERS")
     for i in range(4):
         write_log(tmp_path / "logs", f"f{i}.json.gz", [record(f"e{i}-{j}") for j in range(50)])
-    assert cli.main(["--data", str(tmp_path / "data"), "ingest", "--source", str(tmp_path / "logs"), "--json"]) == 0
+    assert (
+        cli.main(["--data", str(tmp_path / "data"), "ingest", "--source", str(tmp_path / "logs"), "--json"])
+        == 0
+    )
     summary = json.loads(capsys.readouterr().out)
     assert (summary["objects_ingested"], summary["new"], summary["duplicates"]) == (4, 200, 0)

@@ -34,7 +34,9 @@ def test_event_time_formats(text, expected):
     assert parse_event_time(text) == expected
 
 
-@pytest.mark.parametrize("bad", [None, "", "redacted", "2024-13-45T00:00:00Z", True, float("nan"), {"a": 1}, "9" * 500])
+@pytest.mark.parametrize(
+    "bad", [None, "", "redacted", "2024-13-45T00:00:00Z", True, float("nan"), {"a": 1}, "9" * 500]
+)
 def test_event_time_rejects_with_reason(bad):
     with pytest.raises(RecordError, match="eventTime"):
         parse_event_time(bad)
@@ -59,7 +61,7 @@ def test_wrong_types_and_hostile_values_are_kept_as_text():
         "managementEvent": "maybe",
         "requestParameters": {"big": 10**40},
         "responseElements": {"n": float("nan")},
-        "errorMessage": "=HYPERLINK(\"http://evil\")",
+        "errorMessage": '=HYPERLINK("http://evil")',
     }
     row = normalise(record, "k")
     assert row["userIdentity.type"] is None
@@ -102,18 +104,36 @@ def test_files_decoded_together_equal_one_by_one():
     from trailguard.ingest.normalise import file_to_table, files_to_tables
 
     def doc(start: int, count: int, broken: bool = False) -> bytes:
-        records = [{"eventID": f"id-{start + i}", "eventTime": "2024-07-30T10:00:00Z", "eventName": f"N{i}",
-                    "userIdentity": {"type": "IAMUser", "arn": f"arn:{i}"}, "requestParameters": {"i": i}}
-                   for i in range(count)]
+        records = [
+            {
+                "eventID": f"id-{start + i}",
+                "eventTime": "2024-07-30T10:00:00Z",
+                "eventName": f"N{i}",
+                "userIdentity": {"type": "IAMUser", "arn": f"arn:{i}"},
+                "requestParameters": {"i": i},
+            }
+            for i in range(count)
+        ]
         if broken:
             del records[1]["eventID"]
         return orjson.dumps({"Records": records})
 
-    documents = [(doc(0, 120), "a"), (doc(200, 300), "b"), (doc(600, 90, broken=True), "c"), (doc(800, 700), "d"),
-                 (b'{"Records": 5}', "e"), (doc(1600, 250), "f"), (doc(2000, 3), "g")]
+    documents = [
+        (doc(0, 120), "a"),
+        (doc(200, 300), "b"),
+        (doc(600, 90, broken=True), "c"),
+        (doc(800, 700), "d"),
+        (b'{"Records": 5}', "e"),
+        (doc(1600, 250), "f"),
+        (doc(2000, 3), "g"),
+    ]
     together = files_to_tables(documents)
     alone = [file_to_table(d, k) for d, k in documents]
-    assert [t is None for t in together] == [t is None for t in alone] == [False, False, True, False, True, False, False]
+    assert (
+        [t is None for t in together]
+        == [t is None for t in alone]
+        == [False, False, True, False, True, False, False]
+    )
     for mine, reference in zip(together, alone, strict=True):
         if reference is not None:
             assert mine.equals(reference)
@@ -140,7 +160,9 @@ def test_fast_columns_equal_normalise_on_public_records(name):
         return True
 
     records = [r for r in fixture_records(name) if usable(r)]
-    documents = [(orjson.dumps({"Records": records[i : i + 37]}), f"file-{i}") for i in range(0, len(records), 37)]
+    documents = [
+        (orjson.dumps({"Records": records[i : i + 37]}), f"file-{i}") for i in range(0, len(records), 37)
+    ]
     fast = files_to_tables(documents)
     assert sum(t is not None for t in fast) >= len(documents) // 2  # most files take the fast path
     for (document, key), table in zip(documents, fast, strict=True):
@@ -156,8 +178,16 @@ def test_fast_columns_equal_normalise_on_public_records(name):
 
 
 @pytest.mark.parametrize(
-    "time", ["0000-01-01T00:00:00Z", "2024-02-30T10:00:00Z", "2024-07-30T23:59:60Z", "2024-07-30T10:00:0éZ",
-             "2024-07-30T10:00:00.123456789Z", "2024-07-30T10:00:00+02:00", "2024-07-30 10:00:00"]
+    "time",
+    [
+        "0000-01-01T00:00:00Z",
+        "2024-02-30T10:00:00Z",
+        "2024-07-30T23:59:60Z",
+        "2024-07-30T10:00:0éZ",
+        "2024-07-30T10:00:00.123456789Z",
+        "2024-07-30T10:00:00+02:00",
+        "2024-07-30 10:00:00",
+    ],
 )
 def test_odd_event_times_in_a_file_get_normalise_treatment(time):
     """A file whose eventTimes are not all the plain shape decides as normalise() does, record by record:

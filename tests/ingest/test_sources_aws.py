@@ -16,8 +16,10 @@ from tests.ingest.test_ingest import assert_counts_add_up, record, stored_ids
 
 def _key(account: str, region: str, day: str, n: int) -> str:
     y, m, d = day.split("-")
-    return (f"trail/AWSLogs/{account}/CloudTrail/{region}/{y}/{m}/{d}/"
-            f"{account}_CloudTrail_{region}_{y}{m}{d}T0{n}05Z_{uuid.uuid4().hex[:16]}.json.gz")
+    return (
+        f"trail/AWSLogs/{account}/CloudTrail/{region}/{y}/{m}/{d}/"
+        f"{account}_CloudTrail_{region}_{y}{m}{d}T0{n}05Z_{uuid.uuid4().hex[:16]}.json.gz"
+    )
 
 
 def test_s3_bucket_in_aws_layout_with_pagination(aws_client, tmp_path):
@@ -29,33 +31,62 @@ def test_s3_bucket_in_aws_layout_with_pagination(aws_client, tmp_path):
         for region in ("us-east-1", "eu-west-1"):
             for day in ("2024-07-29", "2024-07-30"):
                 for i in range(2):
-                    events = [record(f"{account}-{region}-{day}-{i}-{j}", time=f"{day}T0{i}:00:00Z") for j in range(3)]
-                    s3.put_object(Bucket=bucket, Key=_key(account, region, day, i),
-                                  Body=gzip.compress(json.dumps({"Records": events}).encode()))
+                    events = [
+                        record(f"{account}-{region}-{day}-{i}-{j}", time=f"{day}T0{i}:00:00Z")
+                        for j in range(3)
+                    ]
+                    s3.put_object(
+                        Bucket=bucket,
+                        Key=_key(account, region, day, i),
+                        Body=gzip.compress(json.dumps({"Records": events}).encode()),
+                    )
                     n += 1
-    s3.put_object(Bucket=bucket, Key="trail/AWSLogs/111122223333/CloudTrail-Digest/us-east-1/2024/07/30/d.json.gz",
-                  Body=gzip.compress(b"{}"))
-    s3.put_object(Bucket=bucket, Key="trail/AWSLogs/111122223333/CloudTrail/us-east-1/2024/07/30/broken.json.gz",
-                  Body=b"\x1f\x8bnot really")
+    s3.put_object(
+        Bucket=bucket,
+        Key="trail/AWSLogs/111122223333/CloudTrail-Digest/us-east-1/2024/07/30/d.json.gz",
+        Body=gzip.compress(b"{}"),
+    )
+    s3.put_object(
+        Bucket=bucket,
+        Key="trail/AWSLogs/111122223333/CloudTrail/us-east-1/2024/07/30/broken.json.gz",
+        Body=b"\x1f\x8bnot really",
+    )
 
     store = EventStore(tmp_path / "data")
     source = S3Source(f"s3://{bucket}/trail", client=s3, page_size=2)  # pages of 2: pagination exercised
     summary = ingest(source, store)
     assert_counts_add_up(summary)
-    assert (summary.objects, summary.objects_ingested, summary.objects_skipped, summary.objects_quarantined) == (n + 2, n, 1, 1)
+    assert (
+        summary.objects,
+        summary.objects_ingested,
+        summary.objects_skipped,
+        summary.objects_quarantined,
+    ) == (n + 2, n, 1, 1)
     assert summary.new == n * 3 and len(set(stored_ids(store))) == n * 3
 
     # incremental: a day range lists only that day's prefixes; everything there was seen already
-    again = ingest(S3Source(f"s3://{bucket}/trail", client=s3, page_size=2), store,
-                   start=date(2024, 7, 30), end=date(2024, 7, 30))
+    again = ingest(
+        S3Source(f"s3://{bucket}/trail", client=s3, page_size=2),
+        store,
+        start=date(2024, 7, 30),
+        end=date(2024, 7, 30),
+    )
     # (the digest folder is not listed at all: only CloudTrail/<region>/YYYY/MM/DD/ prefixes are)
     assert again.objects == again.objects_already_ingested == n // 2 + 1 and again.new == 0
 
     # a redelivered object (same events, new key) adds nothing
-    s3.put_object(Bucket=bucket, Key=_key("111122223333", "us-east-1", "2024-07-30", 9),
-                  Body=gzip.compress(json.dumps({"Records": [record("111122223333-us-east-1-2024-07-30-0-0",
-                                                                     time="2024-07-30T00:00:00Z")]}).encode()))
-    third = ingest(S3Source(f"s3://{bucket}/trail", client=s3), store, start=date(2024, 7, 30), end=date(2024, 7, 30))
+    s3.put_object(
+        Bucket=bucket,
+        Key=_key("111122223333", "us-east-1", "2024-07-30", 9),
+        Body=gzip.compress(
+            json.dumps(
+                {"Records": [record("111122223333-us-east-1-2024-07-30-0-0", time="2024-07-30T00:00:00Z")]}
+            ).encode()
+        ),
+    )
+    third = ingest(
+        S3Source(f"s3://{bucket}/trail", client=s3), store, start=date(2024, 7, 30), end=date(2024, 7, 30)
+    )
     assert (third.objects_ingested, third.new, third.duplicates) == (1, 0, 1)
 
 
@@ -86,8 +117,12 @@ def test_cloudwatch_logs_group_with_pagination(aws_client, tmp_path):
     assert sorted(stored_ids(store)) == sorted(sent)
     assert "not a JSON object" in store.read_quarantined_records().column("reason")[0].as_py()
 
-    again = ingest(CloudWatchLogsSource(f"cloudwatch://{group}", client=logs, page_size=5), store,
-                   start=day, end=day + timedelta(days=1))
+    again = ingest(
+        CloudWatchLogsSource(f"cloudwatch://{group}", client=logs, page_size=5),
+        store,
+        start=day,
+        end=day + timedelta(days=1),
+    )
     assert again.records == 0 and again.objects_already_ingested == again.objects > 0
 
 

@@ -180,8 +180,10 @@ def test_window_stats_matches_brute_force():
     for i in range(n):
         # (t - window, t], earlier rows at the same time count, later ones do not
         inside = [
-            j for j in range(n)
-            if principal[j] == principal[i] and times[i] - window < times[j] <= times[i]
+            j
+            for j in range(n)
+            if principal[j] == principal[i]
+            and times[i] - window < times[j] <= times[i]
             and (times[j] < times[i] or j <= i)
         ]
         assert counts[i] == len(inside)
@@ -192,16 +194,30 @@ def test_window_stats_matches_brute_force():
 # -- context --------------------------------------------------------------------------------------------
 def test_aws_service_principals_and_automation_are_recognised(enricher):
     day = frame(
-        event(1, arn=None, identity_type="AWSService", ip="config.amazonaws.com", ua="config.amazonaws.com",
-              **{"userIdentity.invokedBy": "config.amazonaws.com"}),
-        event(2, arn="arn:aws:sts::111122223333:assumed-role/AWSServiceRoleForConfig/AWSConfig-Describe",
-              identity_type="AssumedRole"),
-        event(3, arn="arn:aws:iam::111122223333:role/aws-service-role/ecs.amazonaws.com/AWSServiceRoleForECS",
-              identity_type="AssumedRole"),
+        event(
+            1,
+            arn=None,
+            identity_type="AWSService",
+            ip="config.amazonaws.com",
+            ua="config.amazonaws.com",
+            **{"userIdentity.invokedBy": "config.amazonaws.com"},
+        ),
+        event(
+            2,
+            arn="arn:aws:sts::111122223333:assumed-role/AWSServiceRoleForConfig/AWSConfig-Describe",
+            identity_type="AssumedRole",
+        ),
+        event(
+            3,
+            arn="arn:aws:iam::111122223333:role/aws-service-role/ecs.amazonaws.com/AWSServiceRoleForECS",
+            identity_type="AssumedRole",
+        ),
         event(4, ip="AWS Internal"),
         event(5, identity_type="IAMUser", **{"userIdentity.invokedBy": "cloudformation.amazonaws.com"}),
         event(6),
-        event(7, ua="APN/1.0 HashiCorp/1.0 Terraform/1.13.4 terraform-provider-aws/6.18.0 aws-sdk-go-v2/1.39.4"),
+        event(
+            7, ua="APN/1.0 HashiCorp/1.0 Terraform/1.13.4 terraform-provider-aws/6.18.0 aws-sdk-go-v2/1.39.4"
+        ),
     )
     f = build_features(day, None, enricher=enricher)
     assert f["is_aws_service"].tolist() == [1, 1, 1, 1, 1, 0, 0]
@@ -211,12 +227,23 @@ def test_aws_service_principals_and_automation_are_recognised(enricher):
 
 def test_console_sign_in_fields(enricher):
     day = frame(
-        event(1, event_type="AwsConsoleSignIn", name="ConsoleLogin", source="signin.amazonaws.com",
-              ua="Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0",
-              **{"responseElements.ConsoleLogin": "Success", "additionalEventData.MFAUsed": "No"}),
-        event(2, event_type="AwsConsoleSignIn", name="ConsoleLogin", source="signin.amazonaws.com",
-              identity_type="Root", arn="arn:aws:iam::111122223333:root",
-              **{"responseElements.ConsoleLogin": "Failure", "additionalEventData.MFAUsed": "Yes"}),
+        event(
+            1,
+            event_type="AwsConsoleSignIn",
+            name="ConsoleLogin",
+            source="signin.amazonaws.com",
+            ua="Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0",
+            **{"responseElements.ConsoleLogin": "Success", "additionalEventData.MFAUsed": "No"},
+        ),
+        event(
+            2,
+            event_type="AwsConsoleSignIn",
+            name="ConsoleLogin",
+            source="signin.amazonaws.com",
+            identity_type="Root",
+            arn="arn:aws:iam::111122223333:root",
+            **{"responseElements.ConsoleLogin": "Failure", "additionalEventData.MFAUsed": "Yes"},
+        ),
         event(3, event_type="AwsServiceEvent"),
     )
     f = build_features(day, None, enricher=enricher)
@@ -231,9 +258,13 @@ def test_console_sign_in_fields(enricher):
 
 
 def test_every_feature_set_column_is_built(enricher):
-    f = build_features(frame(event(1), event(2, event_type="AwsConsoleSignIn", name="ConsoleLogin")), None, enricher=enricher)
+    f = build_features(
+        frame(event(1), event(2, event_type="AwsConsoleSignIn", name="ConsoleLogin")), None, enricher=enricher
+    )
     for fs in FEATURE_SETS.values():
-        missing = [c for c in fs.columns if c not in f.columns and c != RULE_SCORE]  # added by training/scoring
+        missing = [
+            c for c in fs.columns if c not in f.columns and c != RULE_SCORE
+        ]  # added by training/scoring
         assert not missing, missing
         assert f[[c for c in fs.numeric if c != RULE_SCORE]].notna().all().all()
 
@@ -270,7 +301,10 @@ def test_event_category(source, name, error, read_only, expected):
         ("aws-sdk-go/1.55.7 (go1.24.6; linux; amd64) amazon-ssm-agent/3.3.3050.0", "aws-sdk-go"),
         ("aws-sdk-java/1.12.788 Linux/5.10 OpenJDK_64-Bit_Server_VM/25.462-b08", "aws-sdk-java"),
         ("aws-sdk-js/3.893.0 ua/2.1 os/linux lang/js md/nodejs#20.19.4", "aws-sdk-js"),
-        ("APN/1.0 HashiCorp/1.0 Terraform/1.13.4 terraform-provider-aws/6.18.0 aws-sdk-go-v2/1.39.4", "terraform"),
+        (
+            "APN/1.0 HashiCorp/1.0 Terraform/1.13.4 terraform-provider-aws/6.18.0 aws-sdk-go-v2/1.39.4",
+            "terraform",
+        ),
         ("cloudformation.amazonaws.com", "cloudformation"),
         ("console.ec2.amazonaws.com", "console"),
         ("[S3Console/0.4, aws-internal/3 aws-sdk-java/1.12.788]", "console"),
@@ -286,17 +320,43 @@ def test_user_agent_family(agent, family):
 
 
 def test_offensive_user_agents():
-    agents = pd.Series(["aws-cli/1.22.34 Python/3.9.10 Linux/5.15.0-kali3-amd64", "aws-cli/2.15.30 Linux/6.5", None])
+    agents = pd.Series(
+        ["aws-cli/1.22.34 Python/3.9.10 Linux/5.15.0-kali3-amd64", "aws-cli/2.15.30 Linux/6.5", None]
+    )
     assert enrich.ua_offensive(agents).tolist() == [True, False, False]
 
 
 # -- GeoIP ----------------------------------------------------------------------------------------------
 def test_geoip_of_real_addresses(enricher):
-    ips = pd.Series(["8.8.8.8", "10.1.2.3", "2001:4860:4860::8888", "200.147.3.157", "ec2.amazonaws.com",
-                     "AWS Internal", "not-an-ip", None, "172.16.5.4", "fd00::1", "192.168.1.9"])
+    ips = pd.Series(
+        [
+            "8.8.8.8",
+            "10.1.2.3",
+            "2001:4860:4860::8888",
+            "200.147.3.157",
+            "ec2.amazonaws.com",
+            "AWS Internal",
+            "not-an-ip",
+            None,
+            "172.16.5.4",
+            "fd00::1",
+            "192.168.1.9",
+        ]
+    )
     geo = enricher.enrich(ips)
-    assert geo["country"].tolist() == ["US", "private", "US", "BR", "AWS", "AWS", "unknown", "unknown",
-                                       "private", "private", "private"]
+    assert geo["country"].tolist() == [
+        "US",
+        "private",
+        "US",
+        "BR",
+        "AWS",
+        "AWS",
+        "unknown",
+        "unknown",
+        "private",
+        "private",
+        "private",
+    ]
     assert geo["network_zone"].tolist()[:5] == ["public", "private", "public", "public", "aws_service"]
     assert geo.loc[0, "asn"] == "GOOGLE"
     assert geo.loc[0, "ip_network"] == "8.8.8.0/24"
@@ -360,28 +420,42 @@ def _mmdb(path: Path, database_type: str, networks: dict[str, dict]) -> Path:
             return count + 16 + value[1]
         return value  # type: ignore[return-value]
 
-    tree = b"".join(record(left).to_bytes(3, "big") + record(right).to_bytes(3, "big") for left, right in nodes)
-    metadata = enc({
-        "binary_format_major_version": (5, 2),
-        "binary_format_minor_version": (5, 0),
-        "build_epoch": (9, 1_700_000_000),
-        "database_type": database_type,
-        "description": {"en": "TrailGuard test database"},
-        "ip_version": (5, 4),
-        "languages": ["en"],
-        "node_count": (6, count),
-        "record_size": (5, 24),
-    })
+    tree = b"".join(
+        record(left).to_bytes(3, "big") + record(right).to_bytes(3, "big") for left, right in nodes
+    )
+    metadata = enc(
+        {
+            "binary_format_major_version": (5, 2),
+            "binary_format_minor_version": (5, 0),
+            "build_epoch": (9, 1_700_000_000),
+            "database_type": database_type,
+            "description": {"en": "TrailGuard test database"},
+            "ip_version": (5, 4),
+            "languages": ["en"],
+            "node_count": (6, count),
+            "record_size": (5, 24),
+        }
+    )
     path.write_bytes(tree + b"\x00" * 16 + data + b"\xab\xcd\xefMaxMind.com" + metadata)
     return path
 
 
 def test_maxmind_files_when_configured(tmp_path):
-    country = _mmdb(tmp_path / "country.mmdb", "GeoLite2-Country",
-                    {"200.147.0.0/16": {"country": {"iso_code": "BR", "names": {"en": "Brazil"}}}})
-    asn = _mmdb(tmp_path / "asn.mmdb", "GeoLite2-ASN",
-                {"200.147.0.0/16": {"autonomous_system_number": (6, 7162),
-                                    "autonomous_system_organization": "Universo Online S.A."}})
+    country = _mmdb(
+        tmp_path / "country.mmdb",
+        "GeoLite2-Country",
+        {"200.147.0.0/16": {"country": {"iso_code": "BR", "names": {"en": "Brazil"}}}},
+    )
+    asn = _mmdb(
+        tmp_path / "asn.mmdb",
+        "GeoLite2-ASN",
+        {
+            "200.147.0.0/16": {
+                "autonomous_system_number": (6, 7162),
+                "autonomous_system_organization": "Universo Online S.A.",
+            }
+        },
+    )
     geo = MaxMindLookup(str(country), str(asn))
     assert geo.lookup("200.147.3.157") == ("BR", "AS7162 Universo Online S.A.")
     assert geo.lookup("8.8.8.8") == ("", "")  # not in these files
@@ -401,8 +475,11 @@ def _raw(row: dict) -> dict:
         "awsRegion": row["awsRegion"],
         "sourceIPAddress": row["sourceIPAddress"],
         "userAgent": row["userAgent"],
-        "userIdentity": {"type": row["userIdentity.type"], "arn": row["userIdentity.arn"],
-                         "accountId": row["userIdentity.accountId"]},
+        "userIdentity": {
+            "type": row["userIdentity.type"],
+            "arn": row["userIdentity.arn"],
+            "accountId": row["userIdentity.accountId"],
+        },
         "recipientAccountId": row["recipientAccountId"],
     }
     if row.get("errorCode"):
@@ -418,13 +495,17 @@ def _store(tmp_path: Path, rows: list[dict]) -> EventStore:
 
 def test_load_day_features_uses_cached_profiles_and_rebuilds_them_when_a_day_changes(tmp_path, enricher):
     before = DAY - timedelta(days=1)
-    store = _store(tmp_path, [event(600, day=before), event(1430, day=before), event(10), event(20, ip="200.147.3.157")])
+    store = _store(
+        tmp_path, [event(600, day=before), event(1430, day=before), event(10), event(20, ip="200.147.3.157")]
+    )
     f = load_day_features(store, DAY.date(), enricher=enricher)
     assert f["first_ip"].tolist() == [0, 1]
     assert f["last_hour_events"].tolist() == [2, 3]  # 23:50 the day before is in both hours
     assert profile_path(store, "2026-11-19").exists() and profile_path(store, "2026-11-20").exists()
     # a late file for the day before: alice was in Brazil then too; the cached profile is rebuilt
-    store.append_events(rows_to_table([normalise(_raw(event(700, day=before, ip="200.147.3.158")), "late")]), "run2")
+    store.append_events(
+        rows_to_table([normalise(_raw(event(700, day=before, ip="200.147.3.158")), "late")]), "run2"
+    )
     f = load_day_features(store, DAY.date(), enricher=enricher)
     assert f["first_ip"].tolist() == [0, 1] and f["first_country"].tolist() == [0, 0]
     history = load_history(store, DAY.date(), enricher=enricher)

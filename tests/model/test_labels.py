@@ -29,9 +29,16 @@ def test_record_label_writes_one_file_per_decision_batch(tmp_path):
     table = pq.read_table(path)
     assert table.column_names == ["eventID", "risk_score", "verdict", "analyst", "note", "time"]
     assert table.to_pylist()[0] | {"time": None} == {
-        "eventID": "ev-1", "risk_score": 90, "verdict": "malicious", "analyst": "ana", "note": "stolen key", "time": None,
+        "eventID": "ev-1",
+        "risk_score": 90,
+        "verdict": "malicious",
+        "analyst": "ana",
+        "note": "stolen key",
+        "time": None,
     }
-    labels.record_labels(tmp_path, [{"eventID": "ev-2", "risk_score": 10}, {"eventID": "ev-3", "risk_score": 50}])
+    labels.record_labels(
+        tmp_path, [{"eventID": "ev-2", "risk_score": 10}, {"eventID": "ev-3", "risk_score": 50}]
+    )
     assert len(list((tmp_path / "labels").glob("*.parquet"))) == 2
 
 
@@ -39,8 +46,19 @@ def test_labels_are_append_only_and_the_latest_decision_wins(tmp_path):
     t0 = datetime(2026, 11, 20, 9, tzinfo=timezone.utc)
     labels.record_labels(tmp_path, [{"eventID": "ev-1", "risk_score": 90, "analyst": "ana", "time": t0}])
     labels.record_labels(tmp_path, [{"eventID": "ev-2", "risk_score": 40, "analyst": "ana", "time": t0}])
-    labels.record_labels(tmp_path, [{"eventID": "ev-1", "risk_score": 15, "verdict": "benign", "analyst": "bo",
-                                     "note": "red team exercise", "time": t0 + timedelta(hours=1)}])
+    labels.record_labels(
+        tmp_path,
+        [
+            {
+                "eventID": "ev-1",
+                "risk_score": 15,
+                "verdict": "benign",
+                "analyst": "bo",
+                "note": "red team exercise",
+                "time": t0 + timedelta(hours=1),
+            }
+        ],
+    )
     history = label_history(tmp_path)
     assert history["eventID"].tolist() == ["ev-1", "ev-2", "ev-1"]  # nothing overwritten
     latest = read_labels(tmp_path).set_index("eventID")
@@ -64,13 +82,17 @@ def test_bad_score_is_refused_with_a_clear_message(tmp_path, score):
 
 
 def test_bad_verdict_is_refused_with_the_choices(tmp_path):
-    with pytest.raises(ValueError, match=r"verdict for ev-1 must be one of malicious, benign, needs-review; got 'evil'"):
+    with pytest.raises(
+        ValueError, match=r"verdict for ev-1 must be one of malicious, benign, needs-review; got 'evil'"
+    ):
         record_label(tmp_path, "ev-1", 90, verdict="evil")
 
 
 def test_a_bad_row_stops_the_whole_batch(tmp_path):
     with pytest.raises(ValueError, match="eventID must be a non-empty string"):
-        labels.record_labels(tmp_path, [{"eventID": "ok", "risk_score": 10}, {"eventID": "", "risk_score": 10}])
+        labels.record_labels(
+            tmp_path, [{"eventID": "ok", "risk_score": 10}, {"eventID": "", "risk_score": 10}]
+        )
     assert read_labels(tmp_path).empty
 
 
@@ -96,15 +118,22 @@ def test_relabel_changes_the_training_target(tmp_path):
 
 def _record(event_id: str, when: str) -> dict:
     return {
-        "eventID": event_id, "eventTime": when, "eventName": "ConsoleLogin", "eventSource": "signin.amazonaws.com",
-        "eventType": "AwsConsoleSignIn", "sourceIPAddress": "8.8.8.8",
+        "eventID": event_id,
+        "eventTime": when,
+        "eventName": "ConsoleLogin",
+        "eventSource": "signin.amazonaws.com",
+        "eventType": "AwsConsoleSignIn",
+        "sourceIPAddress": "8.8.8.8",
         "userIdentity": {"type": "IAMUser", "arn": "arn:aws:iam::111122223333:user/alice"},
     }
 
 
 def test_find_event_scans_the_store(tmp_path):
     store = EventStore(tmp_path)
-    rows = [normalise(_record("old", "2026-11-18T10:00:00Z"), "k"), normalise(_record("new", "2026-11-20T10:00:00Z"), "k")]
+    rows = [
+        normalise(_record("old", "2026-11-18T10:00:00Z"), "k"),
+        normalise(_record("new", "2026-11-20T10:00:00Z"), "k"),
+    ]
     store.append_events(rows_to_table(rows), "run")
     found = find_event(store, "old")
     assert found is not None

@@ -58,15 +58,20 @@ def _register(tmp_path, *, by_value: bool = True, module: str | None = None) -> 
     with training.mlflow_tracking():
         mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(uri)
-        experiment = mlflow.create_experiment("portability", artifact_location=(tmp_path / "artifacts").as_uri())
+        experiment = mlflow.create_experiment(
+            "portability", artifact_location=(tmp_path / "artifacts").as_uri()
+        )
         with mlflow.start_run(experiment_id=experiment):
             if by_value:
                 info = training._log_model(model, X.head(5), MODEL_NAMES[USE_CASE])
             else:  # the way models were logged before: classes pickled as references to their module
                 with _class_module(module or "trailguard.training"):
                     info = mlflow.sklearn.log_model(
-                        model, name="model", serialization_format="cloudpickle",
-                        pip_requirements=["scikit-learn"], registered_model_name=MODEL_NAMES[USE_CASE],
+                        model,
+                        name="model",
+                        serialization_format="cloudpickle",
+                        pip_requirements=["scikit-learn"],
+                        registered_model_name=MODEL_NAMES[USE_CASE],
                     )
         client = mlflow.MlflowClient(uri, registry_uri=uri)
         client.set_registered_model_alias(MODEL_NAMES[USE_CASE], CHAMPION, info.registered_model_version)
@@ -86,7 +91,11 @@ def test_a_new_champion_loads_without_trailguard_importable(tmp_path) -> None:
         "print(json.dumps(m.predict(X).tolist()))\n"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code], input=X.to_json(orient="columns"), capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", code],
+        input=X.to_json(orient="columns"),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert np.allclose(json.loads(out.stdout.strip().splitlines()[-1]), model.predict(X))
@@ -106,7 +115,9 @@ def test_a_champion_that_cannot_load_says_to_train_in_one_line(tmp_path) -> None
     with pytest.raises(IncompatibleChampionError) as caught:
         load_champion(USE_CASE, uri)
     message = str(caught.value)
-    assert "\n" not in message and "run `trailguard train`" in message and "trailguard.somewhere_else" in message
+    assert (
+        "\n" not in message and "run `trailguard train`" in message and "trailguard.somewhere_else" in message
+    )
 
 
 def test_loading_a_champion_leaves_no_mlflow_state_behind(tmp_path, monkeypatch) -> None:

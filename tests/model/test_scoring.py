@@ -136,8 +136,10 @@ def test_scoring_every_partition_gives_the_whole_days_files(store, champions):
 
     for path in scores_dir(store.root, day).iterdir():
         path.unlink()
-    results = [score_day(store, day, account=p["account"], region=p["region"], champions=champions)
-               for p in day_partitions(store, day)]
+    results = [
+        score_day(store, day, account=p["account"], region=p["region"], champions=champions)
+        for p in day_partitions(store, day)
+    ]
     by_partition = _files(store, day)
     assert list(by_partition) == list(by_day)
     for name, table in by_day.items():
@@ -179,7 +181,10 @@ def test_rescoring_replaces_and_never_duplicates(store, champions):
     score_day(store, day, account=part["account"], region=part["region"], champions=champions)
     scores = read_scores(store.root, day)
     assert scores["eventID"].is_unique and len(scores) == everything.num_rows
-    assert pq.read_table(folder / LEGACY_FILE).num_rows == everything.num_rows - after[f"part-{part['account']}-{part['region']}.parquet"].num_rows
+    assert (
+        pq.read_table(folder / LEGACY_FILE).num_rows
+        == everything.num_rows - after[f"part-{part['account']}-{part['region']}.parquet"].num_rows
+    )
     score_day(store, day, champions=champions)
     assert sorted(p.name for p in folder.iterdir()) == sorted(first)
 
@@ -209,7 +214,9 @@ def test_an_empty_day_is_scored_as_empty(store, champions):
     result = score_day(store, day, champions=champions)
     assert result.events == 0 and [p.name for p in result.files] == ["empty.parquet"]
     assert len(read_scores(store.root, day)) == 0
-    assert np.all(read_scores(store.root, day).columns[:4] == ["eventID", "eventTime", "use_case", "risk_score"])
+    assert np.all(
+        read_scores(store.root, day).columns[:4] == ["eventID", "eventTime", "use_case", "risk_score"]
+    )
 
 
 def test_reasons_of_rows_nothing_explains_are_empty(store, champions):
@@ -221,9 +228,13 @@ def test_reasons_of_rows_nothing_explains_are_empty(store, champions):
     rows = load_day_features(store, day)
     rows = rows[rows["use_case"] == "api_call"].head(50).reset_index(drop=True)
     flags = [c for c in rows.columns if c.startswith(("first_", "novel_", "last_hour_"))]
-    rows[flags + ["new_principal", "is_root", "access_denied", "cross_account", "ua_offensive", RULE_SCORE]] = 0.0
+    rows[
+        flags + ["new_principal", "is_root", "access_denied", "cross_account", "ua_offensive", RULE_SCORE]
+    ] = 0.0
     rows = rows[list(dict.fromkeys((*FEATURE_SETS["api_call"].columns, *REASON_COLUMNS)))]
-    comps = pd.DataFrame({"risk_score": 10.0, "supervised_score": 10.0, "anomaly_score": 0.0}, index=rows.index)
+    comps = pd.DataFrame(
+        {"risk_score": 10.0, "supervised_score": 10.0, "anomaly_score": 0.0}, index=rows.index
+    )
     model = champions["api_call"].model
     assert model_input(rows, FEATURE_SETS["api_call"]).shape[0] == 50
     assert explain(rows, np.full(50, "", dtype=object), comps, model).to_pylist() == [""] * 50

@@ -64,10 +64,12 @@ def test_evaluate_clips_to_the_score_range_and_counts_high_risk_targets():
 
 
 def test_stratified_sample_keeps_every_informative_row_and_reweights_the_rest():
-    frame = pd.DataFrame({
-        "target": [5.0] * 1000 + [80.0] * 10 + [40.0] * 5,
-        "target_source": ["default"] * 1000 + ["rules"] * 10 + ["analyst"] * 5,
-    })
+    frame = pd.DataFrame(
+        {
+            "target": [5.0] * 1000 + [80.0] * 10 + [40.0] * 5,
+            "target_source": ["default"] * 1000 + ["rules"] * 10 + ["analyst"] * 5,
+        }
+    )
     sample, weights, info = stratified_sample(frame, 215)
     assert len(sample) == 215
     assert (sample["target_source"] != "default").sum() == 15
@@ -81,7 +83,10 @@ def test_stratified_sample_keeps_every_informative_row_and_reweights_the_rest():
     ("ours", "theirs"),
     [
         ({"unknown": "ignore", "max_categories": 4}, {"handle_unknown": "ignore", "max_categories": 4}),
-        ({"min_frequency": 2, "max_categories": 5}, {"handle_unknown": "infrequent_if_exist", "min_frequency": 2, "max_categories": 5}),
+        (
+            {"min_frequency": 2, "max_categories": 5},
+            {"handle_unknown": "infrequent_if_exist", "min_frequency": 2, "max_categories": 5},
+        ),
         ({}, {"handle_unknown": "infrequent_if_exist"}),
         ({"min_frequency": 30}, {"handle_unknown": "infrequent_if_exist", "min_frequency": 30}),
     ],
@@ -93,17 +98,27 @@ def test_categories_encode_as_sklearns_encoders(ours, theirs):
 
     rng = np.random.default_rng(0)
     words = np.array(["alice", "bob", "carol", "dave", "erin", "frank", "grace"])
-    train_X = pd.DataFrame({"who": rng.choice(words, 200, p=[.3, .2, .2, .1, .1, .05, .05]),
-                            "hour": rng.integers(0, 5, 200).astype(float)}).astype({"who": "str"})
-    test_X = pd.DataFrame({"who": ["alice", "grace", "mallory", "frank", "bob"], "hour": [1.0, 9.0, 0.0, 4.0, 2.0]}).astype({"who": "str"})
+    train_X = pd.DataFrame(
+        {
+            "who": rng.choice(words, 200, p=[0.3, 0.2, 0.2, 0.1, 0.1, 0.05, 0.05]),
+            "hour": rng.integers(0, 5, 200).astype(float),
+        }
+    ).astype({"who": "str"})
+    test_X = pd.DataFrame(
+        {"who": ["alice", "grace", "mallory", "frank", "bob"], "hour": [1.0, 9.0, 0.0, 4.0, 2.0]}
+    ).astype({"who": "str"})
     mine = Categories(output="onehot", **ours).fit(train_X)
     sk = OneHotEncoder(sparse_output=True, **theirs).fit(train_X.astype({"who": object}))
-    assert mine.transform(test_X).toarray() == pytest.approx(sk.transform(test_X.astype({"who": object})).toarray())
+    assert mine.transform(test_X).toarray() == pytest.approx(
+        sk.transform(test_X.astype({"who": object})).toarray()
+    )
     assert list(mine.get_feature_names_out()) == list(sk.get_feature_names_out())
 
     ordinal = {k: v for k, v in ours.items() if k != "unknown"}
     mine = Categories(output="ordinal", unknown="ignore", **ordinal).fit(train_X)
-    sk = OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=np.nan, **ordinal).fit(train_X.astype({"who": object}))
+    sk = OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=np.nan, **ordinal).fit(
+        train_X.astype({"who": object})
+    )
     np.testing.assert_array_equal(mine.transform(test_X), sk.transform(test_X.astype({"who": object})))
 
 
@@ -123,13 +138,23 @@ def test_risk_model_combination_formula():
     X = pd.DataFrame({"x": [0.5, ANOMALY_QUANTILE, (ANOMALY_QUANTILE + 1) / 2, 1.0]})
     parts = model.predict_components(X)
     assert parts["supervised_score"].tolist() == [40, 40, 40, 40]
-    assert parts["risk_score"].to_numpy() == pytest.approx([40, 40, 40 + ANOMALY_WEIGHT / 2, 40 + ANOMALY_WEIGHT])
+    assert parts["risk_score"].to_numpy() == pytest.approx(
+        [40, 40, 40 + ANOMALY_WEIGHT / 2, 40 + ANOMALY_WEIGHT]
+    )
     assert "clip(supervised + W" in COMBINATION_FORMULA
 
 
 def _candidate(name, ap=0.9, p20=0.5, rmse=3.0):
-    return CandidateResult(name, r2=0.9, rmse=rmse, mae=1.0, precision_at_20=p20, recall_at_20=1.0,
-                           average_precision=ap, run_id=name)
+    return CandidateResult(
+        name,
+        r2=0.9,
+        rmse=rmse,
+        mae=1.0,
+        precision_at_20=p20,
+        recall_at_20=1.0,
+        average_precision=ap,
+        run_id=name,
+    )
 
 
 def test_choose_best_ranks_first_then_prefers_the_simpler_model_within_noise_of_the_lowest_rmse():
@@ -150,7 +175,10 @@ def test_choose_best_ranks_first_then_prefers_the_simpler_model_within_noise_of_
     # then the anomaly bonus: the combination wins a tie with the bare model, even a simpler one
     assert best(_candidate("ridge", rmse=3.0), _candidate(hgb, rmse=3.0)) == hgb
     # the paper's baseline is the simplest of all; NaN metrics count as worst
-    assert best(_candidate("paper_linear_regression", rmse=3.01), _candidate("ridge", rmse=3.0)) == "paper_linear_regression"
+    assert (
+        best(_candidate("paper_linear_regression", rmse=3.01), _candidate("ridge", rmse=3.0))
+        == "paper_linear_regression"
+    )
     assert best(_candidate(ridge, ap=float("nan"), rmse=1.0), _candidate(hgb, rmse=float("nan"))) == hgb
     assert best(_candidate(hgb, rmse=float("nan")), _candidate(ridge, rmse=float("nan"))) == ridge
 
@@ -180,10 +208,19 @@ def demo(tmp_path_factory):
     store = EventStore(root / "data")
     ingest(LocalFolderSource(root / "logs"), store)
     truth = pd.read_csv(summary.ground_truth)
-    record_labels(store.root, [
-        {"eventID": e, "risk_score": int(r), "verdict": "malicious", "analyst": "soc", "note": f"demo: {s}"}
-        for e, r, s in zip(truth["eventID"], truth["risk_score"], truth["scenario"], strict=True)
-    ])
+    record_labels(
+        store.root,
+        [
+            {
+                "eventID": e,
+                "risk_score": int(r),
+                "verdict": "malicious",
+                "analyst": "soc",
+                "note": f"demo: {s}",
+            }
+            for e, r, s in zip(truth["eventID"], truth["risk_score"], truth["scenario"], strict=True)
+        ],
+    )
     return store, truth, f"sqlite:///{root / 'mlflow.db'}"
 
 
@@ -213,17 +250,32 @@ def test_training_logs_every_candidate_and_makes_a_champion(demo, first):
             run = client.get_run(cand.run_id)
             assert run.info.experiment_id == client.get_experiment_by_name("trailguard").experiment_id
             metrics = run.data.metrics
-            for name in ("test_r2", "test_rmse", "test_mae", "test_precision_at_20", "test_recall_at_20",
-                         "test_average_precision", "random_r2", "random_rmse"):
+            for name in (
+                "test_r2",
+                "test_rmse",
+                "test_mae",
+                "test_precision_at_20",
+                "test_recall_at_20",
+                "test_average_precision",
+                "random_r2",
+                "random_rmse",
+            ):
                 assert name in metrics, (uc, cand.name, name)
             assert run.data.tags["trailguard.candidate"] == cand.name
             assert run.data.tags["mlflow.parentRunId"] == res.parent_run_id
             artifacts = {a.path for a in client.list_artifacts(cand.run_id)} | {
                 a.path for a in client.list_artifacts(cand.run_id, "charts")
             }
-            assert {"charts/actual_vs_predicted.png", "charts/residuals.png", "feature_importances.json"} <= artifacts
+            assert {
+                "charts/actual_vs_predicted.png",
+                "charts/residuals.png",
+                "feature_importances.json",
+            } <= artifacts
         for combined in ("ridge+isolation_forest", "hist_gradient_boosting+isolation_forest"):
-            assert client.get_run(res.candidates[combined].run_id).data.params["combination"] == COMBINATION_FORMULA
+            assert (
+                client.get_run(res.candidates[combined].run_id).data.params["combination"]
+                == COMBINATION_FORMULA
+            )
         d = res.decision
         assert d is not None and d.promoted and d.alias == "champion" and d.reason == "no champion yet"
         assert d.model_name == MODEL_NAMES[uc] and d.candidate == res.best
@@ -245,9 +297,16 @@ def test_a_second_training_that_is_not_better_keeps_the_champion(demo, first):
         assert "not better" in d.reason
         assert d.champion_version == first.use_cases[uc].decision.version
         name = MODEL_NAMES[uc]
-        assert str(client.get_model_version_by_alias(name, "champion").version) == first.use_cases[uc].decision.version
+        assert (
+            str(client.get_model_version_by_alias(name, "champion").version)
+            == first.use_cases[uc].decision.version
+        )
         assert str(client.get_model_version_by_alias(name, "challenger").version) == d.version
-        assert client.get_run(res.candidates[res.best].run_id).data.tags["trailguard.decision"].startswith("challenger")
+        assert (
+            client.get_run(res.candidates[res.best].run_id)
+            .data.tags["trailguard.decision"]
+            .startswith("challenger")
+        )
 
 
 @pytest.mark.slow
@@ -263,8 +322,23 @@ def test_the_champion_scores_new_rows_as_in_training(demo, first):
     assert result.events == sum(result.scored.values()) + sum(result.skipped.values())
     scores = read_scores(store.root, day)
     assert len(scores) == sum(result.scored.values())
-    for col in ("eventID", "eventTime", "use_case", "risk_score", "reasons", "attack_technique", "model_name",
-                "model_version", "principal", "principal_short", "country", "asn", "category", "lf_score", "anomaly_score"):
+    for col in (
+        "eventID",
+        "eventTime",
+        "use_case",
+        "risk_score",
+        "reasons",
+        "attack_technique",
+        "model_name",
+        "model_version",
+        "principal",
+        "principal_short",
+        "country",
+        "asn",
+        "category",
+        "lf_score",
+        "anomaly_score",
+    ):
         assert col in scores.columns
     assert scores["risk_score"].between(0, 100).all()
     top = scores.sort_values("risk_score", ascending=False).head(20)
@@ -298,7 +372,9 @@ def test_no_champion_scores_cold_start_and_says_so(tmp_path, demo):
 
     store, _, _ = demo
     empty = f"sqlite:///{tmp_path / 'empty.db'}"
-    with pytest.raises(NoChampionError, match=r"no champion model for trailguard-.* yet: run `trailguard train` first"):
+    with pytest.raises(
+        NoChampionError, match=r"no champion model for trailguard-.* yet: run `trailguard train` first"
+    ):
         load_champion("api_call", empty)
     day = store.dates()[-1]
     result = score_day(store, day, tracking_uri=empty)
@@ -349,8 +425,13 @@ def test_the_champion_ranks_the_injected_attacks_far_above_the_paper_baseline(de
     store, truth, uri = demo
     api = _champion_vs_paper(store, truth, uri, first, "api_call")
     console = _champion_vs_paper(store, truth, uri, first, "console_login")
-    log.warning("attacks on the test days - api_call: champion %s, paper %s; console_login: champion %s, paper %s",
-                api["champion"], api["paper"], console["champion"], console["paper"])
+    log.warning(
+        "attacks on the test days - api_call: champion %s, paper %s; console_login: champion %s, paper %s",
+        api["champion"],
+        api["paper"],
+        console["champion"],
+        console["paper"],
+    )
     assert api["champion"]["high_risk_events"] >= 20
     assert api["champion"]["average_precision"] >= api["paper"]["average_precision"] + 0.1
     assert api["champion"]["precision_at_20"] >= api["paper"]["precision_at_20"]

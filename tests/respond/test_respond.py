@@ -124,7 +124,9 @@ def test_findings_from_the_days_report(report_root, messages):
         assert message["finding_id"].startswith("F-")
         assert message["event_ids"][0] == row["eventID"]  # the lead event first, then the rest of the finding
         ids = row["event_ids"].split()
-        assert set(message["event_ids"]) <= set(ids) and len(message["event_ids"]) == min(len(ids), MAX_EVENT_IDS)
+        assert set(message["event_ids"]) <= set(ids) and len(message["event_ids"]) == min(
+            len(ids), MAX_EVENT_IDS
+        )
         assert message["event_count"] >= len(ids)
         assert message["tactics"] == [t for t in row["tactics"].split(",") if t]
         assert message["report_url"].startswith("file://") and message["report_url"].endswith("report.html")

@@ -10,7 +10,9 @@ from trailguard.store.events import KeyIndex, StagedIds, first_of_sorted, id_key
 def _keys(rng: np.random.Generator, n: int, firsts: int) -> np.ndarray:
     """Random keys whose first halves come from only ``firsts`` values: many share a first half (rare in
     real ids, and the path binary search alone would get wrong)."""
-    return np.stack([rng.integers(0, firsts, n, dtype=np.uint64), rng.integers(0, 2**63, n, dtype=np.uint64)], axis=1)
+    return np.stack(
+        [rng.integers(0, firsts, n, dtype=np.uint64), rng.integers(0, 2**63, n, dtype=np.uint64)], axis=1
+    )
 
 
 def test_contains_and_add_agree_with_a_set_even_when_first_halves_collide() -> None:

@@ -68,11 +68,16 @@ def test_s3_writes_are_whole_objects_without_temporary_keys(s3):
     write_parquet_atomic(table, root / "events" / "date=2026-11-20" / "part-1.parquet", compression="zstd")
     write_bytes_atomic(b'{"status": "passed"}', root / "quality" / "date=2026-11-20" / "result.json")
 
-    assert keys_under(s3, "unit") == ["events/date=2026-11-20/part-1.parquet", "quality/date=2026-11-20/result.json"]
+    assert keys_under(s3, "unit") == [
+        "events/date=2026-11-20/part-1.parquet",
+        "quality/date=2026-11-20/result.json",
+    ]
     part = root / "events" / "date=2026-11-20" / "part-1.parquet"
     assert read_parquet(part, columns=["eventID"]).column("eventID").to_pylist() == ["a", "b", "c"]
     assert parquet_file(part).metadata.num_rows == 3
-    assert json.loads((root / "quality" / "date=2026-11-20" / "result.json").read_text()) == {"status": "passed"}
+    assert json.loads((root / "quality" / "date=2026-11-20" / "result.json").read_text()) == {
+        "status": "passed"
+    }
     # no folders on S3: a prefix is a "folder" while a key is under it
     assert visible_files(root / "events" / "date=2026-11-20") == [part]
     assert visible_files(root / "events" / "date=2026-11-21") == []
@@ -90,7 +95,9 @@ def test_an_s3_root_needs_an_mlflow_tracking_uri(s3, capsys, monkeypatch):
     from trailguard.cli import main
     from trailguard.model.training import tracking_uri_for
 
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # mlflow.set_tracking_uri in earlier tests sets it
+    monkeypatch.delenv(
+        "MLFLOW_TRACKING_URI", raising=False
+    )  # mlflow.set_tracking_uri in earlier tests sets it
 
     with pytest.raises(ConfigError, match="set MLFLOW_TRACKING_URI"):
         tracking_uri_for(as_path(f"s3://{BUCKET}/mlflow-less"))
@@ -126,9 +133,13 @@ def test_validation_moves_rows_and_rewrites_the_partition_on_s3(s3):
     moved = [k for k in keys if k.startswith(f"quarantine/date={DAY}/rows-")]
     assert len(moved) == 1 and json.loads(result.result_path.read_text())["quarantine_file"] == moved[0]
     row = read_parquet(result.quarantine_path, schema=QUARANTINE_SCHEMA).to_pylist()
-    assert [(r["eventID"], r["quarantine_reason"]) for r in row] == [(record(99)["eventID"], "eventTime_in_day")]
+    assert [(r["eventID"], r["quarantine_reason"]) for r in row] == [
+        (record(99)["eventID"], "eventTime_in_day")
+    ]
     # deduplication reads the day back from S3: the same events again are all duplicates
-    again = EventStore(store.root).append_events(normalise.rows_to_table(rows_of(clean_records())), run_id="again")
+    again = EventStore(store.root).append_events(
+        normalise.rows_to_table(rows_of(clean_records())), run_id="again"
+    )
     assert (again[0].num_rows, again[1]) == (0, 4)
 
 
@@ -160,7 +171,11 @@ def test_staged_ingestion_on_s3_equals_a_local_ingest(s3, tmp_path):
     assert store.clean_staging() == []  # fresh stages are kept (their age is their newest object's)
 
     summary = commit(store, stage_ids, source=source.uri)
-    assert (summary.new, summary.duplicates, summary.quarantined) == (whole.new, whole.duplicates, whole.quarantined)
+    assert (summary.new, summary.duplicates, summary.quarantined) == (
+        whole.new,
+        whole.duplicates,
+        whole.quarantined,
+    )
     assert store_rows(store) == store_rows(reference)
     assert manifest_counts(store) == manifest_counts(reference)
     assert keys_under(s3, "staged/staging") == []
@@ -209,7 +224,9 @@ def pipeline(s3, tmp_path_factory):
         run["score"] = score_day(store, day, tracking_uri=uri)
         run["report"] = build_report(store.root, day)
         run["mail"] = send_report(run["report"], smtp=None, recipients=["soc@example.com"])
-        run["label"] = record_label(store.root, run["report"].top_events["eventID"].iloc[0], 5, verdict="benign")
+        run["label"] = record_label(
+            store.root, run["report"].top_events["eventID"].iloc[0], 5, verdict="benign"
+        )
     return runs, day
 
 
@@ -229,7 +246,9 @@ def test_the_bucket_holds_the_contract_layout(pipeline, s3):
         assert has(rf"quality/date={d}/result-[^/]+\.json"), d
     assert has(r"manifest/objects/part-[^/]+\.parquet")
     assert has(r"quarantine/objects/[^/]+\.reason\.json") and has(r"quarantine/records/part-[^/]+\.parquet")
-    assert any(k.startswith(f"scores/date={day}/part-") and k.endswith(".parquet") for k in keys)  # one per partition
+    assert any(
+        k.startswith(f"scores/date={day}/part-") and k.endswith(".parquet") for k in keys
+    )  # one per partition
     for name in ("report.html", "top_events.csv", "report.json", "chart.png", "report.eml"):
         assert f"reports/{day}/{name}" in keys
     assert has(r"labels/labels-[^/]+\.parquet") and "training/last_training.json" in keys
@@ -250,7 +269,9 @@ def test_an_s3_root_gives_what_a_local_root_gives(pipeline):
     runs, day = pipeline
     local, remote = runs["local"], runs["s3"]
     counts = ("objects", "records", "new", "duplicates", "quarantined", "objects_quarantined")
-    assert {k: remote["ingest"].as_dict()[k] for k in counts} == {k: local["ingest"].as_dict()[k] for k in counts}
+    assert {k: remote["ingest"].as_dict()[k] for k in counts} == {
+        k: local["ingest"].as_dict()[k] for k in counts
+    }
     assert remote["ingest"].as_dict()["objects_quarantined"] > 0  # the demo's broken files, kept in S3
 
     assert remote["store"].dates() == local["store"].dates()

@@ -112,12 +112,20 @@ _UNREAD_COLUMNS = frozenset(
 # elsewhere (a day's `raw` is most of its bytes), and :func:`label_events` gives the same labels.
 DETAIL_COLUMNS: tuple[str, ...] = ("raw", "requestParameters", "responseElements", "errorMessage")
 RULE_COLUMNS: tuple[str, ...] = tuple(c for c in EVENT_COLUMNS if c not in _UNREAD_COLUMNS)
-_WINDOW_DETAIL_EVENTS = ("GetSecretValue", "BatchGetSecretValue", "GetParameter", "GetParameters", "ConsoleLogin")
+_WINDOW_DETAIL_EVENTS = (
+    "GetSecretValue",
+    "BatchGetSecretValue",
+    "GetParameter",
+    "GetParameters",
+    "ConsoleLogin",
+)
 
 
 def _candidates(df: pd.DataFrame) -> np.ndarray:
     """Rows some per-event rule may fire on (the vectorised prefilter): a named eventName or identity type."""
-    return isin(column_of(df, "eventName"), _RULES_BY_NAME) | isin(column_of(df, "userIdentity.type"), _RULES_BY_TYPE)
+    return isin(column_of(df, "eventName"), _RULES_BY_NAME) | isin(
+        column_of(df, "userIdentity.type"), _RULES_BY_TYPE
+    )
 
 
 def detail_rows(df: pd.DataFrame, rows: np.ndarray | None = None) -> np.ndarray:
@@ -209,7 +217,9 @@ def label_events(df: pd.DataFrame, rows: np.ndarray | None = None) -> pd.DataFra
     return out
 
 
-def frame_hits(df: pd.DataFrame, rules: tuple[FrameRule, ...] | None = None) -> list[tuple[int, Detection, str]]:
+def frame_hits(
+    df: pd.DataFrame, rules: tuple[FrameRule, ...] | None = None
+) -> list[tuple[int, Detection, str]]:
     """The frame rules' hits; a rule that raises is logged and skipped, as a per-event rule is."""
     hits: list[tuple[int, Detection, str]] = []
     if not len(df):

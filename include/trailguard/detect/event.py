@@ -103,7 +103,9 @@ class Event:
     def __init__(self, row: Mapping[str, Any]) -> None:
         self._row: Mapping[str, Any] = row if isinstance(row, Mapping) else {}
         self._docs: dict[str, Any] = {}
-        self.unique = False  # set when something read eventID or `raw`: what fired then belongs to this event only
+        self.unique = (
+            False  # set when something read eventID or `raw`: what fired then belongs to this event only
+        )
         self.name = self.text("eventName")  # read by nearly every check: resolved once
         self.source = self.text("eventSource")
         self.identity_type = self.text("userIdentity.type")

@@ -114,11 +114,19 @@ class IngestSummary:
             f"{self.objects_quarantined} quarantined",
             f"records      {self.records} read: {self.new} new, {self.duplicates} duplicates, "
             f"{self.quarantined} quarantined"
-            + (f"; {self.conflicts} CONFLICTING (known eventID, other content: kept in quarantine/conflicts/, "
-               "a sign of tampering)" if self.conflicts else ""),
+            + (
+                f"; {self.conflicts} CONFLICTING (known eventID, other content: kept in quarantine/conflicts/, "
+                "a sign of tampering)"
+                if self.conflicts
+                else ""
+            ),
             f"dates        {_date_span(self.dates)}",
             f"seconds      {self.seconds:.1f}"
-            + (f" ({self.records / self.seconds:,.0f} records/s)" if self.seconds > 0 and self.records else ""),
+            + (
+                f" ({self.records / self.seconds:,.0f} records/s)"
+                if self.seconds > 0 and self.records
+                else ""
+            ),
         ]
 
 
@@ -176,14 +184,18 @@ def _unpack(data: bytes, limits: IngestLimits) -> tuple[bytes, str | None]:
 
 
 def _too_large(size: int, limits: IngestLimits) -> str:
-    return (f"is {size:,} bytes, over the {limits.max_file_bytes:,}-byte limit on a file's size "
-            "(TRAILGUARD_INGEST_MAX_FILE_BYTES)")
+    return (
+        f"is {size:,} bytes, over the {limits.max_file_bytes:,}-byte limit on a file's size "
+        "(TRAILGUARD_INGEST_MAX_FILE_BYTES)"
+    )
 
 
 def _check_count(records: int, limits: IngestLimits) -> None:
     if records > limits.max_records:
-        raise ObjectError(f"holds {records:,} records, over the limit of {limits.max_records:,} records in one "
-                          "file (TRAILGUARD_INGEST_MAX_RECORDS_PER_FILE)")
+        raise ObjectError(
+            f"holds {records:,} records, over the limit of {limits.max_records:,} records in one "
+            "file (TRAILGUARD_INGEST_MAX_RECORDS_PER_FILE)"
+        )
 
 
 def _spans(document: bytes, limits: IngestLimits) -> list[tuple[int, int]] | None:
@@ -196,7 +208,9 @@ def _spans(document: bytes, limits: IngestLimits) -> list[tuple[int, int]] | Non
     except LimitError as exc:
         raise ObjectError(str(exc)) from exc
     except ValueError as exc:
-        raise ObjectError(f"not readable record by record: {exc} (this file is {len(document):,} bytes)") from exc
+        raise ObjectError(
+            f"not readable record by record: {exc} (this file is {len(document):,} bytes)"
+        ) from exc
 
 
 def _short_records(spans: list[tuple[int, int]], limits: IngestLimits) -> bool:
@@ -204,7 +218,11 @@ def _short_records(spans: list[tuple[int, int]], limits: IngestLimits) -> bool:
 
 
 def _decode_records(
-    key: str, document: bytes, note: str | None, limits: IngestLimits, spans: list[tuple[int, int]] | None = None
+    key: str,
+    document: bytes,
+    note: str | None,
+    limits: IngestLimits,
+    spans: list[tuple[int, int]] | None = None,
 ) -> DecodedObject:
     """The record-by-record path: any JSON, each record kept or rejected with its reason. A large file
     (``spans`` found) is parsed one record at a time, so memory follows the largest record, not the file."""
@@ -235,17 +253,33 @@ def _decode_spans(
     for index, (start, end) in enumerate(spans):
         text = document[start:end]
         if end - start > limits.max_record_bytes:
-            reason = (f"record is {end - start:,} bytes, over the {limits.max_record_bytes:,}-byte limit on one "
-                      "record (TRAILGUARD_INGEST_MAX_RECORD_BYTES)")
-            rejected.append({"source_key": key, "record_index": index, "reason": reason, "eventID": None,
-                             "raw": text[:4096].decode("utf-8", "replace") + "…[truncated]"})
+            reason = (
+                f"record is {end - start:,} bytes, over the {limits.max_record_bytes:,}-byte limit on one "
+                "record (TRAILGUARD_INGEST_MAX_RECORD_BYTES)"
+            )
+            rejected.append(
+                {
+                    "source_key": key,
+                    "record_index": index,
+                    "reason": reason,
+                    "eventID": None,
+                    "raw": text[:4096].decode("utf-8", "replace") + "…[truncated]",
+                }
+            )
             notes.add("a record over the size limit was rejected")
             continue
         try:
             record, parse_note = _parse_json(text)
         except ObjectError as exc:
-            rejected.append({"source_key": key, "record_index": index, "reason": str(exc), "eventID": None,
-                             "raw": text[:4096].decode("utf-8", "replace")})
+            rejected.append(
+                {
+                    "source_key": key,
+                    "record_index": index,
+                    "reason": str(exc),
+                    "eventID": None,
+                    "raw": text[:4096].decode("utf-8", "replace"),
+                }
+            )
             continue
         if parse_note:
             notes.add(parse_note)
@@ -253,8 +287,14 @@ def _decode_spans(
             rows.append(normalise(record, key))
         except RecordError as exc:
             rejected.append(_rejection(key, index, str(exc), record))
-    return DecodedObject(table=rows_to_table(rows), rejected=rejected, records_read=len(spans),
-                         note="; ".join(sorted(notes)) or None)
+    return DecodedObject(
+        table=rows_to_table(rows),
+        rejected=rejected,
+        records_read=len(spans),
+        note="; ".join(sorted(notes)) or None,
+    )
+
+
 _REJECTED = object()  # a place in ``records`` whose record was rejected while its shape was read
 _RECORD_KEYS = ("eventID", "eventTime", "eventName", "eventSource")
 
@@ -291,7 +331,9 @@ def records_of(key: str, document: bytes) -> tuple[list[Any], list[dict[str, Any
                       "records, lookup-events output or NDJSON")  # fmt: skip
 
 
-def _lookup_events(key: str, events: list[Any], note: str | None) -> tuple[list[Any], list[dict[str, Any]], str | None]:
+def _lookup_events(
+    key: str, events: list[Any], note: str | None
+) -> tuple[list[Any], list[dict[str, Any]], str | None]:
     """``aws cloudtrail lookup-events`` output: each event's ``CloudTrailEvent`` is the record as a JSON string."""
     records: list[Any] = []
     rejected: list[dict[str, Any]] = []
@@ -305,7 +347,9 @@ def _lookup_events(key: str, events: list[Any], note: str | None) -> tuple[list[
             continue
         if not isinstance(record, dict):
             records.append(_REJECTED)
-            rejected.append(_rejection(key, index, "lookup-events entry without a CloudTrailEvent JSON object", event))
+            rejected.append(
+                _rejection(key, index, "lookup-events entry without a CloudTrailEvent JSON object", event)
+            )
             continue
         records.append(record)
     return records, rejected, note
@@ -333,7 +377,9 @@ def _ndjson_records(key: str, document: bytes) -> tuple[list[Any], list[dict[str
             note = note or line_note
         except ObjectError as exc:
             records.append(_REJECTED)
-            rejected.append(_rejection(key, index, f"line {number}: {exc}", line.decode("utf-8", errors="replace")))
+            rejected.append(
+                _rejection(key, index, f"line {number}: {exc}", line.decode("utf-8", errors="replace"))
+            )
         else:
             records.append(record)
         index += 1
@@ -371,12 +417,18 @@ def _restore_ids(repaired: Any, exact: Any) -> None:
     else:
         pairs = zip([repaired], [exact], strict=True)
     for record, original in pairs:
-        if isinstance(record, dict) and isinstance(original, dict) and isinstance(original.get("eventID"), str):
+        if (
+            isinstance(record, dict)
+            and isinstance(original, dict)
+            and isinstance(original.get("eventID"), str)
+        ):
             record["eventID"] = exact_id(original["eventID"])
 
 
 def _kind(value: Any) -> str:
-    return {dict: "object", list: "list", str: "string", bool: "boolean"}.get(type(value), type(value).__name__)
+    return {dict: "object", list: "list", str: "string", bool: "boolean"}.get(
+        type(value), type(value).__name__
+    )
 
 
 def _rejection(key: str, index: int, reason: str, record: Any) -> dict[str, Any]:
@@ -433,7 +485,9 @@ class _ChunkResult:
     parts: list[_StagedPart]
 
 
-def decode_chunk(tasks: list[_Task], limits: IngestLimits | None = None) -> tuple[list[_ObjectOutcome], pa.Table | None]:
+def decode_chunk(
+    tasks: list[_Task], limits: IngestLimits | None = None
+) -> tuple[list[_ObjectOutcome], pa.Table | None]:
     """Fetch and decode a chunk of objects: what became of each, and their events in object order.
 
     Ordinary files are decoded together (:func:`~trailguard.schema.files_to_tables`); a file that needs
@@ -498,16 +552,23 @@ def _content_sha256(document: bytes, note: str | None) -> str:
     return digest.hexdigest()
 
 
-
-def _decode_large(outcome: _ObjectOutcome, document: bytes, note: str | None, limits: IngestLimits) -> pa.Table:
+def _decode_large(
+    outcome: _ObjectOutcome, document: bytes, note: str | None, limits: IngestLimits
+) -> pa.Table:
     """A large document: scanned for its records' boundaries first (refused if over the limits), then
     decoded whole when its records are within bounds, else record by record."""
     decoded = decode_object_document(outcome.key, document, note, limits)
-    outcome.rejected, outcome.note, outcome.records_read = decoded.rejected, decoded.note, decoded.records_read
+    outcome.rejected, outcome.note, outcome.records_read = (
+        decoded.rejected,
+        decoded.note,
+        decoded.records_read,
+    )
     return decoded.table
 
 
-def decode_object_document(key: str, document: bytes, note: str | None, limits: IngestLimits) -> DecodedObject:
+def decode_object_document(
+    key: str, document: bytes, note: str | None, limits: IngestLimits
+) -> DecodedObject:
     """A document's events, refused past the limits (see :mod:`trailguard.ingest.limits`)."""
     spans = _spans(document, limits)
     table = file_to_table(document, key) if spans is None or _short_records(spans, limits) else None
@@ -517,7 +578,9 @@ def decode_object_document(key: str, document: bytes, note: str | None, limits: 
     return DecodedObject(table=table, rejected=[], records_read=table.num_rows, note=note)
 
 
-def stage_chunk(tasks: list[_Task], folder: str, seq: int, limits: IngestLimits | None = None) -> _ChunkResult:
+def stage_chunk(
+    tasks: list[_Task], folder: str, seq: int, limits: IngestLimits | None = None
+) -> _ChunkResult:
     """Decode a chunk and write its events, one parquet part per day, into ``folder`` (a worker's whole job:
     only the outcomes and the parts' names travel back)."""
     outcomes, table = decode_chunk(tasks, limits)
@@ -540,8 +603,9 @@ def _stage_in_order(
         for seq, chunk in enumerate(chunks):
             yield stage_chunk(chunk, str(folder), seq, limits)
         return
-    pool = ProcessPoolExecutor(workers, mp_context=_pool_context(), initializer=_start_worker,
-                               initargs=(os.getpid(),))
+    pool = ProcessPoolExecutor(
+        workers, mp_context=_pool_context(), initializer=_start_worker, initargs=(os.getpid(),)
+    )
     try:
         pending: deque[Future[_ChunkResult]] = deque()
         for seq, chunk in enumerate(chunks):
@@ -634,8 +698,19 @@ def ingest(
     try:
         with store.commit_lock(f"ingest {source.uri} ({run_id})"):
             store.record_run(run_id, source.uri)
-            listing = _list(source, store, start, end, summary, batch, workers, _chunk_bytes(batch_records), report,
-                            only, reread=reread)
+            listing = _list(
+                source,
+                store,
+                start,
+                end,
+                summary,
+                batch,
+                workers,
+                _chunk_bytes(batch_records),
+                report,
+                only,
+                reread=reread,
+            )
             for result in _stage_in_order(listing, workers, staging, limits):
                 _take_outcomes(result.outcomes, batch, store, run_id, summary)
                 _commit_parts(result.parts, batch, store, run_id, summary, touched)
@@ -659,8 +734,10 @@ def keep_apart(source: Source, store: EventStore) -> None:
         return
     root, real = os.path.realpath(store.root), os.path.realpath(folder)
     if inside(real, root):
-        raise ValueError(f"the source folder {folder} is inside the data root {store.root}: point --source at "
-                         "the CloudTrail logs, not at TrailGuard's own data")
+        raise ValueError(
+            f"the source folder {folder} is inside the data root {store.root}: point --source at "
+            "the CloudTrail logs, not at TrailGuard's own data"
+        )
     if inside(root, real):
         source.exclude(store.root)  # type: ignore[attr-defined]
 
@@ -753,7 +830,9 @@ def _take_outcomes(
             log.warning("quarantined %s: %s", outcome.key, outcome.note)
             continue
         if outcome.note:
-            store.quarantine_object(outcome.key, outcome.data or b"", f"ingested with repair: {outcome.note}", run_id)
+            store.quarantine_object(
+                outcome.key, outcome.data or b"", f"ingested with repair: {outcome.note}", run_id
+            )
         summary.objects_ingested += 1
         summary.records += outcome.records_read
         summary.quarantined += len(outcome.rejected)
@@ -771,17 +850,24 @@ def _take_outcomes(
 
 
 def _commit_parts(
-    parts: Iterable[_StagedPart], batch: _Batch, store: EventStore, run_id: str, summary: IngestSummary,
+    parts: Iterable[_StagedPart],
+    batch: _Batch,
+    store: EventStore,
+    run_id: str,
+    summary: IngestSummary,
     touched: set[str],
 ) -> None:
     """Move staged parts into the store (less duplicates), counting new events per object."""
     for part in parts:
+
         def dropped(rows: pa.Table, day: str = part.day) -> None:
             found = find_conflicts(store, rows, [day, *sorted(touched - {day})], run_id)
             batch.conflicts += found
             summary.conflicts += len(found)
 
-        new_per_key = store.add_staged_part(as_path(part.path), part.day, run_id, batch.keys, part.ids, dropped)
+        new_per_key = store.add_staged_part(
+            as_path(part.path), part.day, run_id, batch.keys, part.ids, dropped
+        )
         new = sum(new_per_key.values())
         summary.new += new
         summary.duplicates += part.rows - new
@@ -791,15 +877,21 @@ def _commit_parts(
             batch.new_per_key[key] = batch.new_per_key.get(key, 0) + count
 
 
-def find_conflicts(store: EventStore, dropped: pa.Table, days: list[str], run_id: str) -> list[dict[str, Any]]:
+def find_conflicts(
+    store: EventStore, dropped: pa.Table, days: list[str], run_id: str
+) -> list[dict[str, Any]]:
     """The dropped duplicates whose content differs from the stored version under their eventID, each with
     a pointer to that version. The stored version is looked for on the duplicate's day first, then on the
     other days this run wrote (an eventID seen earlier in the run at another eventTime)."""
     versions: dict[str, tuple[str, str, str, Any]] = {}
     wanted = set(dropped.column("eventID").to_pylist())
     for day in days:
-        for path, rows in store.find_events(day, wanted - versions.keys(), ["raw", "source_key", "eventTime"]):
-            for event_id, raw, key, moment in zip(*(rows.column(c).to_pylist() for c in rows.column_names), strict=True):
+        for path, rows in store.find_events(
+            day, wanted - versions.keys(), ["raw", "source_key", "eventTime"]
+        ):
+            for event_id, raw, key, moment in zip(
+                *(rows.column(c).to_pylist() for c in rows.column_names), strict=True
+            ):
                 versions.setdefault(event_id, (raw, str(path.relative_to(store.root)), key, moment))
         if versions.keys() >= wanted:
             break
@@ -808,10 +900,23 @@ def find_conflicts(store: EventStore, dropped: pa.Table, days: list[str], run_id
         stored = versions.get(row["eventID"])
         if stored is None or _same_record(row["raw"], stored[0]):
             continue  # a plain redelivery (or a version validation has moved to its own quarantine)
-        conflicts.append({**row, "day": str(row["eventTime"].date()), "stored_file": stored[1],
-                          "stored_source_key": stored[2], "stored_eventTime": stored[3], "run_id": run_id})
-        log.warning("eventID %r came again with other content (%s; stored version in %s): kept in "
-                    "quarantine/conflicts/", row["eventID"], row["source_key"], stored[1])
+        conflicts.append(
+            {
+                **row,
+                "day": str(row["eventTime"].date()),
+                "stored_file": stored[1],
+                "stored_source_key": stored[2],
+                "stored_eventTime": stored[3],
+                "run_id": run_id,
+            }
+        )
+        log.warning(
+            "eventID %r came again with other content (%s; stored version in %s): kept in "
+            "quarantine/conflicts/",
+            row["eventID"],
+            row["source_key"],
+            stored[1],
+        )
     return conflicts
 
 
@@ -836,7 +941,9 @@ def _flush(batch: _Batch, store: EventStore, run_id: str) -> None:
         entry["run_id"] = run_id
         if entry["status"] == "ingested":
             entry["records_new"] = batch.new_per_key.get(entry["key"], 0)
-            entry["records_duplicate"] = entry["records_read"] - entry["records_quarantined"] - entry["records_new"]
+            entry["records_duplicate"] = (
+                entry["records_read"] - entry["records_quarantined"] - entry["records_new"]
+            )
     for rejected in batch.rejected:
         rejected["run_id"] = run_id
     store.quarantine_records(batch.rejected, run_id)
@@ -845,7 +952,9 @@ def _flush(batch: _Batch, store: EventStore, run_id: str) -> None:
     batch.clear()
 
 
-def _entry(obj: SourceObject | _ObjectOutcome, status: str, *, error: str | None = None, **counts: int) -> dict[str, Any]:
+def _entry(
+    obj: SourceObject | _ObjectOutcome, status: str, *, error: str | None = None, **counts: int
+) -> dict[str, Any]:
     return {
         "key": obj.key,
         "size": obj.size,
@@ -917,7 +1026,9 @@ def group_label(partitions: list[dict[str, Any]]) -> str:
     """What the Airflow UI shows for one stage task."""
     if len(partitions) == 1:
         return partition_label(partitions[0])
-    return f"{len(partitions)} partitions: {partition_label(partitions[0])} .. {partition_label(partitions[-1])}"
+    return (
+        f"{len(partitions)} partitions: {partition_label(partitions[0])} .. {partition_label(partitions[-1])}"
+    )
 
 
 def stage(
@@ -941,31 +1052,47 @@ def stage(
     fs.rmtree(target)
     prefix = partition.get("prefix")
     if prefix is None:
+
         def only(key: str) -> bool:
             return partition_of(key) is None
     else:
+
         def only(key: str) -> bool:
             return key.startswith(prefix)
+
     summary = IngestSummary(source=source.uri, run_id=stage_id)
     batch = _Batch()
     parts: list[dict[str, Any]] = []
-    listing = _list(source, store, start, end, summary, batch, workers, CHUNK_BYTES, lambda: None, only, prefix)
-    with fs.written_locally(target, last="stage.json") as folder:  # on S3: uploaded at the end, stage.json last
+    listing = _list(
+        source, store, start, end, summary, batch, workers, CHUNK_BYTES, lambda: None, only, prefix
+    )
+    with fs.written_locally(
+        target, last="stage.json"
+    ) as folder:  # on S3: uploaded at the end, stage.json last
         folder.mkdir(parents=True, exist_ok=True)
         for result in _stage_in_order(listing, workers, folder, limits):
             _take_outcomes(result.outcomes, batch, store, stage_id, summary)
             parts += [{"day": p.day, "file": os.path.basename(p.path), "rows": p.rows} for p in result.parts]
         if batch.rejected:
-            table = pa.Table.from_pylist([{**r, "run_id": stage_id} for r in batch.rejected], schema=REJECTED_RECORD_SCHEMA)
+            table = pa.Table.from_pylist(
+                [{**r, "run_id": stage_id} for r in batch.rejected], schema=REJECTED_RECORD_SCHEMA
+            )
             pq.write_table(table, folder / "rejected.parquet")
         counts = {name: value for name, value in summary.as_dict().items() if isinstance(value, int)}
-        document = {"source": source.uri, "partition": partition, "counts": counts, "parts": parts,
-                    "manifest": [{**e, "seen_at": e["seen_at"].isoformat()} for e in batch.manifest]}
+        document = {
+            "source": source.uri,
+            "partition": partition,
+            "counts": counts,
+            "parts": parts,
+            "manifest": [{**e, "seen_at": e["seen_at"].isoformat()} for e in batch.manifest],
+        }
         (folder / "stage.json").write_text(json.dumps(document, indent=1))
     return counts
 
 
-def commit(store: EventStore, stage_ids: Iterable[str], *, source: str = "", run_id: str | None = None) -> IngestSummary:
+def commit(
+    store: EventStore, stage_ids: Iterable[str], *, source: str = "", run_id: str | None = None
+) -> IngestSummary:
     """Move staged partitions into the store, in the order given, less duplicates; record their objects
     in the manifest. A stage already committed (its folder gone) is skipped, so a retry is safe."""
     run_id = run_id or new_run_id()
@@ -984,11 +1111,17 @@ def commit(store: EventStore, stage_ids: Iterable[str], *, source: str = "", run
             for name, value in document["counts"].items():
                 setattr(summary, name, getattr(summary, name) + value)
             batch = _Batch(keys=keys)
-            batch.manifest = [{**e, "seen_at": datetime.fromisoformat(e["seen_at"])} for e in document["manifest"]]
+            batch.manifest = [
+                {**e, "seen_at": datetime.fromisoformat(e["seen_at"])} for e in document["manifest"]
+            ]
             if (folder / "rejected.parquet").exists():
                 batch.rejected = read_parquet(folder / "rejected.parquet").to_pylist()
-            staged = [_StagedPart(p["day"], str(folder / p["file"]), p["rows"], None) for p in document["parts"]]
-            _commit_parts((p for p in staged if as_path(p.path).exists()), batch, store, run_id, summary, touched)
+            staged = [
+                _StagedPart(p["day"], str(folder / p["file"]), p["rows"], None) for p in document["parts"]
+            ]
+            _commit_parts(
+                (p for p in staged if as_path(p.path).exists()), batch, store, run_id, summary, touched
+            )
             _flush(batch, store, run_id)
             fs.rmtree(folder)
     summary.dates = sorted(touched)
@@ -1012,15 +1145,22 @@ class RepairResult:
     repaired: bool
 
     def lines(self) -> list[str]:
-        out = [f"repair {self.day}: {len(self.damaged_files)} damaged file(s) aside: {', '.join(self.damaged_files) or '-'}",
-               f"  read again {self.objects} object(s) from {', '.join(self.sources) or '-'}"]
+        out = [
+            f"repair {self.day}: {len(self.damaged_files)} damaged file(s) aside: {', '.join(self.damaged_files) or '-'}",
+            f"  read again {self.objects} object(s) from {', '.join(self.sources) or '-'}",
+        ]
         for summary in self.summaries:
             out += [f"  {line}" for line in summary.lines()[1:4]]
         if self.missing:
-            out.append(f"  {len(self.missing)} object(s) are no longer at the source: their events are not restored; "
-                       "the day stays marked damaged")
-        out.append(f"  repaired: now validate, score and report {self.day} again" if self.repaired
-                   else "  NOT repaired")
+            out.append(
+                f"  {len(self.missing)} object(s) are no longer at the source: their events are not restored; "
+                "the day stays marked damaged"
+            )
+        out.append(
+            f"  repaired: now validate, score and report {self.day} again"
+            if self.repaired
+            else "  NOT repaired"
+        )
         return out
 
 
@@ -1047,7 +1187,9 @@ def repair_day(
     manifest = store.read_manifest().to_pylist()
     ingested = {e["key"]: e for e in manifest if e["status"] == "ingested"}
     keys = {e["key"] for e in manifest if e["status"] == "ingested" and e["run_id"] in runs}
-    if not keys:  # no record of the runs (a compacted part, an older store): the objects delivered around the day
+    if (
+        not keys
+    ):  # no record of the runs (a compacted part, an older store): the objects delivered around the day
         near = {day.fromordinal(day.toordinal() + d) for d in (-1, 0, 1)}
         keys = {k for k in ingested if key_date(k) in near or key_date(k) is None}
     recorded = store.run_sources()
@@ -1068,4 +1210,6 @@ def repair_day(
     repaired = not missing
     if repaired:
         store.mark_repaired(day)
-    return RepairResult(day.isoformat(), files, [s.uri for s in sources], len(keys), summaries, missing, repaired)
+    return RepairResult(
+        day.isoformat(), files, [s.uri for s in sources], len(keys), summaries, missing, repaired
+    )

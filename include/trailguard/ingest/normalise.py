@@ -105,8 +105,14 @@ def exact_id(text: str) -> str:
     if text.isascii() or not any("\ud800" <= c <= "\udfff" for c in text):
         return text
     escaped = text.replace("\\", "\\\\")
-    return "".join(f"\\x{ord(c) - 0xDC00:02x}" if "\udc80" <= c <= "\udcff"
-                   else f"\\u{ord(c):04x}" if "\ud800" <= c <= "\udfff" else c for c in escaped)
+    return "".join(
+        f"\\x{ord(c) - 0xDC00:02x}"
+        if "\udc80" <= c <= "\udcff"
+        else f"\\u{ord(c):04x}"
+        if "\ud800" <= c <= "\udfff"
+        else c
+        for c in escaped
+    )
 
 
 def _preview(value: Any, limit: int = 80) -> str:
@@ -239,7 +245,8 @@ def _record_struct() -> type[msgspec.Struct]:
 
     def struct(path: tuple[str, ...], node: dict[str, Any], extra: list[tuple[str, Any, Any]]) -> Any:
         fields = [
-            (key, str | None if sub is None else struct((*path, key), sub, []) | None, None) for key, sub in node.items()
+            (key, str | None if sub is None else struct((*path, key), sub, []) | None, None)
+            for key, sub in node.items()
         ]
         fields = sorted([*extra, *fields], key=lambda f: _KEY_ORDER.get(f[0], len(_KEY_ORDER)))
         cls = msgspec.defstruct(path[-1] if path else "Record", fields, gc=False)
@@ -255,15 +262,50 @@ def _record_struct() -> type[msgspec.Struct]:
 _EMPTY: dict[tuple[str, ...], msgspec.Struct] = {}
 # Struct fields in the order CloudTrail writes the keys: msgspec looks for the next field first, so a
 # record in that order decodes about 15% faster (any order still decodes, only slower).
-_KEY_ORDER = {key: i for i, key in enumerate((
-    "eventVersion", "userIdentity", "type", "principalId", "arn", "accountId", "accessKeyId", "userName",
-    "sessionContext", "attributes", "creationDate", "mfaAuthenticated", "sessionIssuer", "invokedBy",
-    "eventTime", "eventSource", "eventName", "awsRegion", "sourceIPAddress", "userAgent", "errorCode",
-    "errorMessage", "requestParameters", "responseElements", "additionalEventData", "requestID", "eventID",
-    "readOnly", "eventType", "managementEvent", "recipientAccountId", "vpcEndpointId", "eventCategory",
-))}
+_KEY_ORDER = {
+    key: i
+    for i, key in enumerate(
+        (
+            "eventVersion",
+            "userIdentity",
+            "type",
+            "principalId",
+            "arn",
+            "accountId",
+            "accessKeyId",
+            "userName",
+            "sessionContext",
+            "attributes",
+            "creationDate",
+            "mfaAuthenticated",
+            "sessionIssuer",
+            "invokedBy",
+            "eventTime",
+            "eventSource",
+            "eventName",
+            "awsRegion",
+            "sourceIPAddress",
+            "userAgent",
+            "errorCode",
+            "errorMessage",
+            "requestParameters",
+            "responseElements",
+            "additionalEventData",
+            "requestID",
+            "eventID",
+            "readOnly",
+            "eventType",
+            "managementEvent",
+            "recipientAccountId",
+            "vpcEndpointId",
+            "eventCategory",
+        )
+    )
+}
 _RECORDS = msgspec.json.Decoder(msgspec.defstruct("File", [("Records", list[_record_struct()])], gc=False))
-_RECORD_TEXTS = msgspec.json.Decoder(msgspec.defstruct("FileText", [("Records", list[msgspec.Raw])], gc=False))
+_RECORD_TEXTS = msgspec.json.Decoder(
+    msgspec.defstruct("FileText", [("Records", list[msgspec.Raw])], gc=False)
+)
 
 
 def file_to_table(document: bytes, source_key: str) -> pa.Table | None:
@@ -329,8 +371,12 @@ def _file_table(records: list[Any], texts: list[msgspec.Raw], source_key: str) -
         # columns are built a slice of records at a time: a slice stays in the processor's cache (twice
         # as fast as a whole big file, or as many files at once)
         slices = range(0, max(len(records), 1), _SLICE_RECORDS)
-        return pa.concat_tables([_records_table(records[i : i + _SLICE_RECORDS], texts[i : i + _SLICE_RECORDS],
-                                                source_key) for i in slices])
+        return pa.concat_tables(
+            [
+                _records_table(records[i : i + _SLICE_RECORDS], texts[i : i + _SLICE_RECORDS], source_key)
+                for i in slices
+            ]
+        )
     except (_NeedsNormalise, msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         return None
 
@@ -344,10 +390,13 @@ def _group_tables(
     if not group:
         return
     lengths = [len(records) for _, records, _ in group]
-    keys = pa.array(np.repeat(np.array([documents[i][1] for i, _, _ in group], dtype=object), lengths), pa.string())
+    keys = pa.array(
+        np.repeat(np.array([documents[i][1] for i, _, _ in group], dtype=object), lengths), pa.string()
+    )
     try:
-        table = _records_table([r for _, records, _ in group for r in records],
-                               [t for _, _, texts in group for t in texts], keys)
+        table = _records_table(
+            [r for _, records, _ in group for r in records], [t for _, _, texts in group for t in texts], keys
+        )
     except (_NeedsNormalise, msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         for index, records, texts in group:  # some file of the group needs care: decide file by file
             results[index] = _file_table(records, texts, documents[index][1])
@@ -380,7 +429,10 @@ def _records_table(records: list[Any], texts: list[msgspec.Raw], source_key: str
     flat = [event_ids, times]
     for _, path in STRING_FIELDS:
         if path[0] in JSON_FIELDS:
-            values = [None if text == _NULL else _text(_dig(_json_value(text), path[1:])) for text in columns.at(path[:1])]
+            values = [
+                None if text == _NULL else _text(_dig(_json_value(text), path[1:]))
+                for text in columns.at(path[:1])
+            ]
         else:
             values = columns.at(path)
             if check_length and max((len(v) for v in values if v is not None), default=0) > MAX_FIELD_CHARS:
@@ -465,7 +517,9 @@ def _event_times(text: pa.StringArray, times: Sequence[str]) -> pa.Array:
             except pa.ArrowInvalid:
                 pass
             else:
-                micros = np.frombuffer(parsed.buffers()[1], dtype=np.int64)[parsed.offset : parsed.offset + len(parsed)]
+                micros = np.frombuffer(parsed.buffers()[1], dtype=np.int64)[
+                    parsed.offset : parsed.offset + len(parsed)
+                ]
                 if micros.min() >= _EARLIEST_MICROSECOND and micros.max() < _LATEST_MICROSECOND:
                     return parsed
     return pa.array([parse_event_time(time) for time in times], EVENT_TIME_TYPE)

@@ -69,7 +69,9 @@ def key_date(key: str) -> date | None:
 
 
 # AWSLogs/[o-orgid/]<account>/CloudTrail/<region>/YYYY/MM/DD/: one partition of a trail's delivery
-_PARTITION = re.compile(r"(?:^|/)AWSLogs/(?:o-[a-z0-9]{10,32}/)?(\d{12})/CloudTrail/([a-z0-9-]{1,32})/(\d{4})/(\d{2})/(\d{2})/")
+_PARTITION = re.compile(
+    r"(?:^|/)AWSLogs/(?:o-[a-z0-9]{10,32}/)?(\d{12})/CloudTrail/([a-z0-9-]{1,32})/(\d{4})/(\d{2})/(\d{2})/"
+)
 
 
 def partition_of(key: str) -> dict[str, str] | None:
@@ -79,7 +81,12 @@ def partition_of(key: str) -> dict[str, str] | None:
     if not match:
         return None
     account, region, year, month, day = match.groups()
-    return {"account": account, "region": region, "day": f"{year}-{month}-{day}", "prefix": key[: match.end()]}
+    return {
+        "account": account,
+        "region": region,
+        "day": f"{year}-{month}-{day}",
+        "prefix": key[: match.end()],
+    }
 
 
 def in_range(key: str, start: date | None, end: date | None) -> bool:
@@ -143,7 +150,9 @@ class LocalFolderSource:
                     folder = region / f"{day:%Y/%m/%d}"
                     if folder.is_dir():
                         below = folder.relative_to(self.folder).as_posix() + "/"
-                        found = _files_below(folder, below, self._real, self.follow_links, self._excluded, set())
+                        found = _files_below(
+                            folder, below, self._real, self.follow_links, self._excluded, set()
+                        )
                         for key, path, skip in sorted(found):
                             yield _local_object(key, path, skip)
                     day += timedelta(days=1)
@@ -154,7 +163,9 @@ def _local_object(key: str, path: str, skip: str | None = None) -> SourceObject:
     if skip is not None:
         return SourceObject(key=key, size=0, etag="", fetch=_refuse(skip), skip=skip)
     stat = os.stat(path)
-    return SourceObject(key=key, size=stat.st_size, etag=f"mtime:{stat.st_mtime_ns}", fetch=Path(path).read_bytes)
+    return SourceObject(
+        key=key, size=stat.st_size, etag=f"mtime:{stat.st_mtime_ns}", fetch=Path(path).read_bytes
+    )
 
 
 def _trail_roots(folder: Path, depth: int = 4) -> Iterator[Path]:
@@ -221,7 +232,11 @@ def _files_below(
             if entry.is_symlink():
                 target = os.path.realpath(entry.path)
                 if not follow:
-                    yield key, entry.path, "a symbolic link (not followed; follow_links reads links inside the source)"
+                    yield (
+                        key,
+                        entry.path,
+                        "a symbolic link (not followed; follow_links reads links inside the source)",
+                    )
                     continue
                 if not inside(target, root):
                     yield key, entry.path, "a symbolic link to outside the source folder (not followed)"
@@ -305,7 +320,9 @@ class S3Source:
     def object_metadata(self, key: str) -> dict[str, str]:
         """An object's user metadata (a digest's ``signature`` and ``signature-algorithm``)."""
         own = f"s3://{self.bucket}/"
-        answer = self.client.head_object(Bucket=self.bucket, Key=key[len(own) :] if key.startswith(own) else key)
+        answer = self.client.head_object(
+            Bucket=self.bucket, Key=key[len(own) :] if key.startswith(own) else key
+        )
         return dict(answer.get("Metadata") or {})
 
     def _object(self, item: dict) -> SourceObject:
@@ -333,7 +350,11 @@ class S3Source:
             for page in self._list(listed):
                 for item in page.get("Contents", []):
                     key = item["Key"]
-                    if key.endswith("/") or not in_range(key, start, end) or (prefix and not f"{own}{key}".startswith(prefix)):
+                    if (
+                        key.endswith("/")
+                        or not in_range(key, start, end)
+                        or (prefix and not f"{own}{key}".startswith(prefix))
+                    ):
                         continue
                     yield self._object(item)
 
@@ -370,7 +391,9 @@ class CloudWatchLogsSource:
         if start is not None:
             kwargs["startTime"] = _epoch_ms(datetime.combine(start, datetime.min.time(), timezone.utc))
         if end is not None:
-            kwargs["endTime"] = _epoch_ms(datetime.combine(end + timedelta(days=1), datetime.min.time(), timezone.utc)) - 1
+            kwargs["endTime"] = (
+                _epoch_ms(datetime.combine(end + timedelta(days=1), datetime.min.time(), timezone.utc)) - 1
+            )
         groups: dict[str, list[dict]] = {}
         paginator = self.client.get_paginator("filter_log_events")
         for page in paginator.paginate(**kwargs, PaginationConfig={"PageSize": self.page_size}):
@@ -436,7 +459,9 @@ class LocalFileSource:
         if prefix and not key.startswith(prefix):
             return
         stat = self.path.stat()
-        yield SourceObject(key=key, size=stat.st_size, etag=f"mtime:{stat.st_mtime_ns}", fetch=self.path.read_bytes)
+        yield SourceObject(
+            key=key, size=stat.st_size, etag=f"mtime:{stat.st_mtime_ns}", fetch=self.path.read_bytes
+        )
 
 
 def open_source(
@@ -449,7 +474,9 @@ def open_source(
     if uri.startswith("cloudwatch://"):
         return CloudWatchLogsSource(uri, client)
     if "://" in uri:
-        raise ValueError(f"unknown source {uri!r}: use a folder, s3://bucket/prefix or cloudwatch://log-group")
+        raise ValueError(
+            f"unknown source {uri!r}: use a folder, s3://bucket/prefix or cloudwatch://log-group"
+        )
     if Path(uri).is_file():
         return LocalFileSource(uri)
     return LocalFolderSource(uri, follow_links=follow_links)

@@ -125,8 +125,10 @@ class MaxMindLookup(GeoLookup):
         self._country = geoip2.database.Reader(country_mmdb) if country_mmdb else None
         self._asn = geoip2.database.Reader(asn_mmdb) if asn_mmdb else None
         kind = self._country.metadata().database_type if self._country else ""
-        self._country_method = self._country.city if (self._country and "City" in kind) else (
-            self._country.country if self._country else None
+        self._country_method = (
+            self._country.city
+            if (self._country and "City" in kind)
+            else (self._country.country if self._country else None)
         )
         self._fallback = Geoip2FastLookup() if not (self._country and self._asn) else None
 
@@ -240,7 +242,9 @@ def default_enricher(country_mmdb: str | None = None, asn_mmdb: str | None = Non
     key = (country_mmdb, asn_mmdb)
     with _DEFAULT_LOCK:
         if key not in _DEFAULT:
-            geo: GeoLookup = MaxMindLookup(country_mmdb, asn_mmdb) if (country_mmdb or asn_mmdb) else Geoip2FastLookup()
+            geo: GeoLookup = (
+                MaxMindLookup(country_mmdb, asn_mmdb) if (country_mmdb or asn_mmdb) else Geoip2FastLookup()
+            )
             _DEFAULT[key] = Enricher(geo)
         return _DEFAULT[key]
 
@@ -286,7 +290,9 @@ def _map_pairs(a: pd.Series, b: pd.Series, classify: Callable[[str | None, str |
     key = a_codes.astype(np.int64) * (len(b_distinct) + 1) + b_codes
     pair_codes, pairs = pd.factorize(key)
     width = len(b_distinct) + 1
-    mapped = np.array([classify(a_distinct[k // width], b_distinct[k % width]) for k in pairs], dtype=np.int64)
+    mapped = np.array(
+        [classify(a_distinct[k // width], b_distinct[k % width]) for k in pairs], dtype=np.int64
+    )
     return mapped[pair_codes]
 
 
@@ -311,7 +317,10 @@ _UA_RULES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
     for family, pattern in (
         ("terraform", r"terraform|hashicorp"),
         ("cloudformation", r"cloudformation"),
-        ("console", r"^(\[?s3console|console\.[\w.-]*amazonaws\.com|signin\.amazonaws\.com|aws-console|\[?aws-internal/)"),
+        (
+            "console",
+            r"^(\[?s3console|console\.[\w.-]*amazonaws\.com|signin\.amazonaws\.com|aws-console|\[?aws-internal/)",
+        ),
         ("aws-service", r"^(aws internal|[\w.-]+\.amazonaws\.com(\.cn)?)$|^aws-internal"),
         ("aws-cli", r"^aws-cli/"),
         ("boto3", r"boto3/|botocore/|^boto/"),
@@ -364,26 +373,74 @@ CATEGORIES = (
     "change",
     "read",
 )
-_AUTH_NAMES = frozenset({
-    "ConsoleLogin", "CheckMfa", "SwitchRole", "ExitRole", "RenewRole", "GetSigninToken", "AssumeRole",
-    "AssumeRoleWithSAML", "AssumeRoleWithWebIdentity", "GetSessionToken", "GetFederationToken",
-    "AssumeRoot", "PasswordRecoveryRequested", "PasswordRecoveryCompleted", "CredentialVerification",
-    "CredentialChallenge", "UserAuthentication", "Federate", "Authenticate",
-})
-_NOTABLE_NETWORK = frozenset({
-    "AuthorizeSecurityGroupIngress", "AuthorizeSecurityGroupEgress", "RevokeSecurityGroupIngress",
-    "RevokeSecurityGroupEgress", "CreateSecurityGroup", "DeleteSecurityGroup", "ModifySecurityGroupRules",
-    "CreateNetworkAcl", "CreateNetworkAclEntry", "DeleteNetworkAcl", "DeleteNetworkAclEntry",
-    "ReplaceNetworkAclEntry", "ReplaceNetworkAclAssociation", "AttachInternetGateway", "CreateInternetGateway",
-    "DetachInternetGateway", "DeleteInternetGateway", "CreateVpcPeeringConnection", "AcceptVpcPeeringConnection",
-    "CreateRoute", "ReplaceRoute", "DeleteRoute", "CreateCustomerGateway", "CreateVpnConnection",
-    "DeleteFlowLogs", "ModifyVpcEndpoint", "ModifyInstanceAttribute",
-})
+_AUTH_NAMES = frozenset(
+    {
+        "ConsoleLogin",
+        "CheckMfa",
+        "SwitchRole",
+        "ExitRole",
+        "RenewRole",
+        "GetSigninToken",
+        "AssumeRole",
+        "AssumeRoleWithSAML",
+        "AssumeRoleWithWebIdentity",
+        "GetSessionToken",
+        "GetFederationToken",
+        "AssumeRoot",
+        "PasswordRecoveryRequested",
+        "PasswordRecoveryCompleted",
+        "CredentialVerification",
+        "CredentialChallenge",
+        "UserAuthentication",
+        "Federate",
+        "Authenticate",
+    }
+)
+_NOTABLE_NETWORK = frozenset(
+    {
+        "AuthorizeSecurityGroupIngress",
+        "AuthorizeSecurityGroupEgress",
+        "RevokeSecurityGroupIngress",
+        "RevokeSecurityGroupEgress",
+        "CreateSecurityGroup",
+        "DeleteSecurityGroup",
+        "ModifySecurityGroupRules",
+        "CreateNetworkAcl",
+        "CreateNetworkAclEntry",
+        "DeleteNetworkAcl",
+        "DeleteNetworkAclEntry",
+        "ReplaceNetworkAclEntry",
+        "ReplaceNetworkAclAssociation",
+        "AttachInternetGateway",
+        "CreateInternetGateway",
+        "DetachInternetGateway",
+        "DeleteInternetGateway",
+        "CreateVpcPeeringConnection",
+        "AcceptVpcPeeringConnection",
+        "CreateRoute",
+        "ReplaceRoute",
+        "DeleteRoute",
+        "CreateCustomerGateway",
+        "CreateVpnConnection",
+        "DeleteFlowLogs",
+        "ModifyVpcEndpoint",
+        "ModifyInstanceAttribute",
+    }
+)
 _NETWORK_WORDS = re.compile(
     r"SecurityGroup|NetworkAcl|Vpc|Route|Subnet|InternetGateway|NatGateway|TransitGateway|VpnGateway|"
     r"NetworkInterface|Address|FlowLogs|Dhcp|PrefixList|VpnConnection|CustomerGateway"
 )
-_DELETE_PREFIXES = ("Delete", "Remove", "Terminate", "Detach", "Disassociate", "Deregister", "Purge", "Destroy")
+_DELETE_PREFIXES = (
+    "Delete",
+    "Remove",
+    "Terminate",
+    "Detach",
+    "Disassociate",
+    "Deregister",
+    "Purge",
+    "Destroy",
+)
 
 
 def _read_name(name: str) -> bool:
@@ -440,7 +497,9 @@ def event_failed(df: pd.DataFrame) -> np.ndarray:
     """True for calls that failed: an errorCode, or a console sign-in whose response says Failure."""
     failed = present(df["errorCode"]) if "errorCode" in df else np.zeros(len(df), dtype=bool)
     if "responseElements.ConsoleLogin" in df:
-        login = map_unique(df["responseElements.ConsoleLogin"], lambda v: (v or "").lower() == "failure", dtype="bool")
+        login = map_unique(
+            df["responseElements.ConsoleLogin"], lambda v: (v or "").lower() == "failure", dtype="bool"
+        )
         failed = failed | login.to_numpy(dtype=bool)
     return np.asarray(failed, dtype=bool)
 
@@ -449,6 +508,8 @@ def access_denied(codes: pd.Series) -> pd.Series:
     """True for the error codes that mean "not allowed" (the signature of a stolen key probing)."""
     return map_unique(
         codes,
-        lambda c: bool(c) and any(w in c for w in ("AccessDenied", "Unauthorized", "Forbidden", "NotAuthorized")),
+        lambda c: (
+            bool(c) and any(w in c for w in ("AccessDenied", "Unauthorized", "Forbidden", "NotAuthorized"))
+        ),
         dtype="bool",
     )

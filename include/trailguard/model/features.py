@@ -128,7 +128,13 @@ class FeatureSet:
     def columns(self) -> tuple[str, ...]:
         """Every column any model of this use case reads (the model input signature)."""
         seen: dict[str, None] = {}
-        for col in (*self.paper_categorical, *self.categorical, *self.paper_numeric, *self.numeric, *self.behaviour):
+        for col in (
+            *self.paper_categorical,
+            *self.categorical,
+            *self.paper_numeric,
+            *self.numeric,
+            *self.behaviour,
+        ):
             seen.setdefault(col, None)
         return tuple(seen)
 
@@ -142,7 +148,12 @@ class FeatureSet:
 # own scores correct both. Not built here (the rules need the raw records): training and scoring add it.
 RULE_SCORE = "rule_score"
 
-_WINDOW_FEATURES = ("last_hour_events", "last_hour_failures", "last_hour_failure_rate", "last_hour_distinct_names")
+_WINDOW_FEATURES = (
+    "last_hour_events",
+    "last_hour_failures",
+    "last_hour_failure_rate",
+    "last_hour_distinct_names",
+)
 COUNT_FEATURES = ("last_hour_events", "last_hour_failures", "last_hour_distinct_names")  # models take log1p
 _COMMON_BEHAVIOUR = (
     "first_ip",
@@ -171,7 +182,12 @@ _COMMON_BEHAVIOUR = (
 FEATURE_SETS: dict[str, FeatureSet] = {
     CONSOLE_LOGIN: FeatureSet(
         use_case=CONSOLE_LOGIN,
-        paper_categorical=("sourceIPAddress", "userAgent", "userIdentity.arn", "responseElements.ConsoleLogin"),
+        paper_categorical=(
+            "sourceIPAddress",
+            "userAgent",
+            "userIdentity.arn",
+            "responseElements.ConsoleLogin",
+        ),
         paper_numeric=("hour", "weekday"),
         categorical=(
             "eventName",
@@ -196,7 +212,14 @@ FEATURE_SETS: dict[str, FeatureSet] = {
     ),
     API_CALL: FeatureSet(
         use_case=API_CALL,
-        paper_categorical=("sourceIPAddress", "userAgent", "userIdentity.arn", "eventSource", "eventName", "userIdentity.type"),
+        paper_categorical=(
+            "sourceIPAddress",
+            "userAgent",
+            "userIdentity.arn",
+            "eventSource",
+            "eventName",
+            "userIdentity.type",
+        ),
         paper_numeric=("hour", "weekday"),
         categorical=(
             "eventSource",
@@ -252,7 +275,12 @@ def add_rule_score(features: pd.DataFrame, rule_labels: pd.DataFrame) -> pd.Data
 
 # -- history --------------------------------------------------------------------------------------------
 _PROFILE_SCHEMA = pa.schema(
-    [("dim", pa.large_string()), ("principal", pa.large_string()), ("value", pa.large_string()), ("count", pa.int64())]
+    [
+        ("dim", pa.large_string()),
+        ("principal", pa.large_string()),
+        ("value", pa.large_string()),
+        ("count", pa.int64()),
+    ]
 )
 
 
@@ -329,7 +357,10 @@ def _series(arr: pa.Array, index: pd.Index) -> pd.Series:
 
 def principal_of(df: pd.DataFrame) -> pd.Series:
     """userIdentity.arn, else principalId, else accountId, else "unknown"."""
-    parts = [_arrow_text(_col(df, c)) for c in ("userIdentity.arn", "userIdentity.principalId", "userIdentity.accountId")]
+    parts = [
+        _arrow_text(_col(df, c))
+        for c in ("userIdentity.arn", "userIdentity.principalId", "userIdentity.accountId")
+    ]
     parts = [p.cast(pa.large_string()) for p in parts]
     return _series(pc.coalesce(*parts, pa.scalar("unknown", pa.large_string())), df.index)
 
@@ -343,16 +374,25 @@ def _short_principal(arn: str | None) -> str:
         return "root"
     for prefix in ("user/", "assumed-role/", "role/", "federated-user/", "group/"):
         if resource.startswith(prefix):
-            rest = resource[len(prefix):]
+            rest = resource[len(prefix) :]
             return rest.rsplit("/", 1)[-1] if prefix == "user/" else rest
     return resource
 
 
 def _principal_short(day: pd.DataFrame) -> pd.Series:
     """A readable name for the principal: user name, Role/session, root, else the service or id."""
-    short = _arrow_text(enrich.map_unique(_col(day, "userIdentity.arn"), _short_principal)).cast(pa.large_string())
-    fallbacks = [_arrow_text(_col(day, c)).cast(pa.large_string()) for c in
-                 ("userIdentity.userName", "userIdentity.invokedBy", "userIdentity.principalId", "userIdentity.type")]
+    short = _arrow_text(enrich.map_unique(_col(day, "userIdentity.arn"), _short_principal)).cast(
+        pa.large_string()
+    )
+    fallbacks = [
+        _arrow_text(_col(day, c)).cast(pa.large_string())
+        for c in (
+            "userIdentity.userName",
+            "userIdentity.invokedBy",
+            "userIdentity.principalId",
+            "userIdentity.type",
+        )
+    ]
     return _series(pc.coalesce(short, *fallbacks, pa.scalar("", pa.large_string())), day.index)
 
 
@@ -395,15 +435,25 @@ def _value_codes(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     """Factorize codes of a column and its distinct values as text ("" for missing): the profile's
     ``value`` is always text, whatever the column's type."""
     codes, uniques = pd.factorize(values, use_na_sentinel=False)
-    text = np.array(["" if (u is None or (isinstance(u, float) and np.isnan(u))) else str(u) for u in uniques], dtype=object)
+    text = np.array(
+        ["" if (u is None or (isinstance(u, float) and np.isnan(u))) else str(u) for u in uniques],
+        dtype=object,
+    )
     return codes.astype(np.int64), text
 
 
-def _pairs(p_codes: np.ndarray, v_codes: np.ndarray, n_values: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _pairs(
+    p_codes: np.ndarray, v_codes: np.ndarray, n_values: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Distinct (principal, value) pairs: (principal code, value code, pair code per row, rows per pair)."""
     width = n_values + 1
     pair_codes, keys = pd.factorize(p_codes * width + v_codes)
-    return keys // width, keys % width, pair_codes.astype(np.int64), np.bincount(pair_codes, minlength=len(keys))
+    return (
+        keys // width,
+        keys % width,
+        pair_codes.astype(np.int64),
+        np.bincount(pair_codes, minlength=len(keys)),
+    )
 
 
 def _profile(dims: pd.DataFrame) -> pd.DataFrame:
@@ -413,18 +463,31 @@ def _profile(dims: pd.DataFrame) -> pd.DataFrame:
     for dim in DIMENSION_NAMES:
         v_codes, v_text = _value_codes(dims[dim])
         pp, vv, _, counts = _pairs(p_codes, v_codes, len(v_text))
-        parts.append(pd.DataFrame({"dim": dim, "principal": p_text[pp], "value": v_text[vv], "count": counts}))
+        parts.append(
+            pd.DataFrame({"dim": dim, "principal": p_text[pp], "value": v_text[vv], "count": counts})
+        )
         if dim in ORG_DIMENSIONS:
             org = np.bincount(v_codes, minlength=len(v_text))
             parts.append(pd.DataFrame({"dim": dim, "principal": ORG, "value": v_text, "count": org}))
-    parts.append(pd.DataFrame({"dim": EVENTS_DIM, "principal": p_text, "value": "", "count": np.bincount(p_codes, minlength=len(p_text))}))
+    parts.append(
+        pd.DataFrame(
+            {
+                "dim": EVENTS_DIM,
+                "principal": p_text,
+                "value": "",
+                "count": np.bincount(p_codes, minlength=len(p_text)),
+            }
+        )
+    )
     parts.append(pd.DataFrame({"dim": [EVENTS_DIM], "principal": [ORG], "value": [""], "count": [len(dims)]}))
     return _profile_table(parts)
 
 
 def _profile_table(parts: list[pd.DataFrame]) -> pa.Table:
     frame = pd.concat(parts, ignore_index=True)
-    return pa.Table.from_pandas(frame[list(_PROFILE_SCHEMA.names)], preserve_index=False).cast(_PROFILE_SCHEMA)
+    return pa.Table.from_pandas(frame[list(_PROFILE_SCHEMA.names)], preserve_index=False).cast(
+        _PROFILE_SCHEMA
+    )
 
 
 def merge_profiles(profiles: Iterable[pa.Table]) -> pa.Table:
@@ -434,7 +497,9 @@ def merge_profiles(profiles: Iterable[pa.Table]) -> pa.Table:
     return pa.concat_tables(tables) if tables else _empty_profile()
 
 
-def _lookup(profile: Mapping[str, pa.Table], dim: str, principals: np.ndarray, values: np.ndarray) -> np.ndarray:
+def _lookup(
+    profile: Mapping[str, pa.Table], dim: str, principals: np.ndarray, values: np.ndarray
+) -> np.ndarray:
     """History count of each (principal, value) pair of ``dim`` (0 when never seen), summed over days."""
     part = profile.get(dim)
     if part is None or part.num_rows == 0 or len(principals) == 0:
@@ -453,7 +518,9 @@ def _lookup(profile: Mapping[str, pa.Table], dim: str, principals: np.ndarray, v
 
 def _pair_keys(principals: object, values: object) -> pa.Array:
     def text(column: object) -> pa.Array:
-        arr = column if isinstance(column, (pa.Array, pa.ChunkedArray)) else pa.array(column, from_pandas=True)
+        arr = (
+            column if isinstance(column, (pa.Array, pa.ChunkedArray)) else pa.array(column, from_pandas=True)
+        )
         arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
         return pc.fill_null(arr.cast(pa.large_string()), "")
 
@@ -485,7 +552,11 @@ def _rarity(pair_prior: np.ndarray, total_prior: np.ndarray) -> np.ndarray:
 
 
 def window_stats(
-    principal: np.ndarray, times_us: np.ndarray, names: np.ndarray, failed: np.ndarray, window_us: int,
+    principal: np.ndarray,
+    times_us: np.ndarray,
+    names: np.ndarray,
+    failed: np.ndarray,
+    window_us: int,
     tiebreak: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per event, over the same principal's events in ``(t - window, t]`` (itself included, ties in
@@ -536,7 +607,9 @@ def window_stats(
 def use_case_of(event_type: pd.Series) -> pd.Series:
     """console_login for AwsConsoleSignIn, api_call for AwsApiCall, other for the rest."""
     codes, distinct = enrich.factorize_text(event_type)
-    return enrich.take_text([EVENT_TYPE_USE_CASE.get(v or "", OTHER) for v in distinct], codes, event_type.index)
+    return enrich.take_text(
+        [EVENT_TYPE_USE_CASE.get(v or "", OTHER) for v in distinct], codes, event_type.index
+    )
 
 
 def build_features(
@@ -558,7 +631,10 @@ def build_features(
 
 
 def _build(
-    day: pd.DataFrame, history: pd.DataFrame | History | None, enricher: Enricher, rows: np.ndarray | None = None
+    day: pd.DataFrame,
+    history: pd.DataFrame | History | None,
+    enricher: Enricher,
+    rows: np.ndarray | None = None,
 ) -> tuple[pd.DataFrame, pa.Table | None]:
     """Features plus the day's own profile (cached for the days after it; None when ``rows`` picks a
     part of the day). Rows stay in the caller's order; only integer codes are put in time order, for the
@@ -577,7 +653,9 @@ def _build(
     order = np.lexsort((tie, t_us))
     day_start = pd.Timestamp(int(t_us.min()), unit="us", tz="UTC").floor("D")
     if not isinstance(history, History):
-        history = history_from_events(history, day_start, enricher) if history is not None else History.empty()
+        history = (
+            history_from_events(history, day_start, enricher) if history is not None else History.empty()
+        )
     profile = history.by_dim()
     dims = _dimensions(day, enricher)
     n = len(day)
@@ -594,7 +672,12 @@ def _build(
         org_prior = org_hist[v_codes] + _causal_cumcount(v_codes, order)
         org_out[f"org_rarity_{dim}"] = _rarity(org_prior, org_prior_events)
         org_parts[dim] = pd.DataFrame(
-            {"dim": dim, "principal": ORG, "value": v_text, "count": np.bincount(v_codes, minlength=len(v_text))}
+            {
+                "dim": dim,
+                "principal": ORG,
+                "value": v_text,
+                "count": np.bincount(v_codes, minlength=len(v_text)),
+            }
         )
 
     # per principal: the events of the principals asked for
@@ -624,14 +707,25 @@ def _build(
         if dim in NOVEL_DIMENSIONS:
             out[f"novel_{dim}"] = (before_today == 0).astype(np.float64)
         out[f"rarity_{dim}"] = _rarity(prior, prior_events)
-        day_profile_parts.append(pd.DataFrame({"dim": dim, "principal": principals, "value": values, "count": counts}))
+        day_profile_parts.append(
+            pd.DataFrame({"dim": dim, "principal": principals, "value": values, "count": counts})
+        )
         if dim in ORG_DIMENSIONS:
             out[f"org_rarity_{dim}"] = org_out[f"org_rarity_{dim}"]
             day_profile_parts.append(org_parts[dim])
     day_profile_parts.append(
-        pd.DataFrame({"dim": EVENTS_DIM, "principal": p_text, "value": "", "count": np.bincount(p_codes, minlength=len(p_text))})
+        pd.DataFrame(
+            {
+                "dim": EVENTS_DIM,
+                "principal": p_text,
+                "value": "",
+                "count": np.bincount(p_codes, minlength=len(p_text)),
+            }
+        )
     )
-    day_profile_parts.append(pd.DataFrame({"dim": [EVENTS_DIM], "principal": [ORG], "value": [""], "count": [n]}))
+    day_profile_parts.append(
+        pd.DataFrame({"dim": [EVENTS_DIM], "principal": [ORG], "value": [""], "count": [n]})
+    )
     out["new_principal"] = (hist_total[p_codes] == 0).astype(np.float64)
     out["log_prior_events"] = np.log1p(prior_events.astype(np.float64))
 
@@ -650,10 +744,16 @@ def _build(
         w_failed = np.concatenate([enrich.event_failed(tail), failed])
         w_tie = np.concatenate([np.zeros(k, dtype=np.uint64), tie])  # the tail is all before the day
     else:
-        w_principal, w_names, w_times, w_failed = p_codes, pd.factorize(dims["event_name"], use_na_sentinel=False)[0], t_us, failed
+        w_principal, w_names, w_times, w_failed = (
+            p_codes,
+            pd.factorize(dims["event_name"], use_na_sentinel=False)[0],
+            t_us,
+            failed,
+        )
         w_tie = tie
-    counts, fails, distinct = window_stats(w_principal, w_times, w_names, w_failed, int(WINDOW / pd.Timedelta(microseconds=1)),
-                                           tiebreak=w_tie)
+    counts, fails, distinct = window_stats(
+        w_principal, w_times, w_names, w_failed, int(WINDOW / pd.Timedelta(microseconds=1)), tiebreak=w_tie
+    )
     out["last_hour_events"] = counts[k:].astype(np.float64)
     out["last_hour_failures"] = fails[k:].astype(np.float64)
     out["last_hour_failure_rate"] = fails[k:] / counts[k:]
@@ -697,7 +797,12 @@ def _build(
         day_profile = None
     else:
         day_profile = _profile_table(day_profile_parts)
-    log.debug("features for %d events (%d history days) in %.2fs", len(features), len(history.days), time.perf_counter() - started)
+    log.debug(
+        "features for %d events (%d history days) in %.2fs",
+        len(features),
+        len(history.days),
+        time.perf_counter() - started,
+    )
     return features, day_profile
 
 
@@ -707,21 +812,42 @@ def _context(day: pd.DataFrame, dims: pd.DataFrame) -> dict[str, pd.Series | np.
     index = day.index
     identity_type = _col(day, "userIdentity.type")
     is_type = {t: _flag(identity_type, lambda v, t=t: v == t) for t in ("AWSService", "Root")}
-    service_role = _flag(_col(day, "userIdentity.arn"), lambda v: bool(v) and ("aws-service-role/" in v or "assumed-role/AWSServiceRole" in v))
+    service_role = _flag(
+        _col(day, "userIdentity.arn"),
+        lambda v: bool(v) and ("aws-service-role/" in v or "assumed-role/AWSServiceRole" in v),
+    )
     is_service = (
-        is_type["AWSService"] | enrich.present(_col(day, "userIdentity.invokedBy")) | service_role
+        is_type["AWSService"]
+        | enrich.present(_col(day, "userIdentity.invokedBy"))
+        | service_role
         | (dims["_zone"] == enrich.ZONE_AWS_SERVICE).to_numpy()
     )
     console_mfa = enrich.factorize_text(_col(day, "additionalEventData.MFAUsed"))
     session_mfa = enrich.factorize_text(_col(day, "userIdentity.sessionContext.attributes.mfaAuthenticated"))
-    yes = _of(console_mfa, lambda v: (v or "").lower() == "yes") | _of(session_mfa, lambda v: (v or "").lower() == "true")
-    no = _of(console_mfa, lambda v: (v or "").lower() == "no") | _of(session_mfa, lambda v: (v or "").lower() == "false")
+    yes = _of(console_mfa, lambda v: (v or "").lower() == "yes") | _of(
+        session_mfa, lambda v: (v or "").lower() == "true"
+    )
+    no = _of(console_mfa, lambda v: (v or "").lower() == "no") | _of(
+        session_mfa, lambda v: (v or "").lower() == "false"
+    )
     mfa = enrich.take_text(["unknown", "no", "yes"], np.where(yes, 2, np.where(no, 1, 0)), index)
     login = enrich.map_unique(_col(day, "responseElements.ConsoleLogin"), lambda v: (v or "none").lower())
-    name_read = _flag(dims["event_name"], lambda v: bool(v) and v.startswith(
-        ("Get", "List", "Describe", "Head", "Lookup", "Search", "Scan", "Query", "BatchGet")))
-    read_only = _col(day, "readOnly").astype("boolean").fillna(pd.Series(name_read, index=index)).to_numpy(np.float64)
-    account, caller = _arrow_text(_col(day, "recipientAccountId")), _arrow_text(_col(day, "userIdentity.accountId"))
+    name_read = _flag(
+        dims["event_name"],
+        lambda v: (
+            bool(v)
+            and v.startswith(
+                ("Get", "List", "Describe", "Head", "Lookup", "Search", "Scan", "Query", "BatchGet")
+            )
+        ),
+    )
+    read_only = (
+        _col(day, "readOnly").astype("boolean").fillna(pd.Series(name_read, index=index)).to_numpy(np.float64)
+    )
+    account, caller = (
+        _arrow_text(_col(day, "recipientAccountId")),
+        _arrow_text(_col(day, "userIdentity.accountId")),
+    )
     cross = pc.fill_null(pc.not_equal(account.cast(pa.large_string()), caller.cast(pa.large_string())), False)
     ua_family = dims["ua"]
     return {
@@ -730,7 +856,9 @@ def _context(day: pd.DataFrame, dims: pd.DataFrame) -> dict[str, pd.Series | np.
         "access_denied": enrich.access_denied(_col(day, "errorCode")).to_numpy(np.float64),
         "read_only": read_only,
         "is_aws_service": is_service.astype(np.float64),
-        "is_automation": (is_service | ua_family.isin(("terraform", "cloudformation")).to_numpy()).astype(np.float64),
+        "is_automation": (is_service | ua_family.isin(("terraform", "cloudformation")).to_numpy()).astype(
+            np.float64
+        ),
         "is_root": is_type["Root"].astype(np.float64),
         "cross_account": cross.to_numpy(zero_copy_only=False).astype(np.float64),
         "ua_offensive": enrich.ua_offensive(_col(day, "userAgent")).to_numpy(np.float64),
@@ -747,7 +875,9 @@ def _of(coded: tuple[np.ndarray, list[str | None]], test: Callable[[str | None],
 
 
 def _empty_features() -> pd.DataFrame:
-    columns = list(DISPLAY_COLUMNS) + [c for fs in FEATURE_SETS.values() for c in fs.columns if c not in DISPLAY_COLUMNS]
+    columns = list(DISPLAY_COLUMNS) + [
+        c for fs in FEATURE_SETS.values() for c in fs.columns if c not in DISPLAY_COLUMNS
+    ]
     return pd.DataFrame({c: pd.Series(dtype="str") for c in dict.fromkeys(columns)})
 
 
@@ -800,7 +930,11 @@ def day_profile(store: EventStore, day: str, enricher: Enricher) -> pa.Table:
 
 
 def load_history(
-    store: EventStore, day: date | str, history_days: int = DEFAULT_HISTORY_DAYS, *, enricher: Enricher | None = None
+    store: EventStore,
+    day: date | str,
+    history_days: int = DEFAULT_HISTORY_DAYS,
+    *,
+    enricher: Enricher | None = None,
 ) -> History:
     """The trailing ``history_days`` days before ``day`` as a :class:`History` (profiles + last hour)."""
     enricher = enricher or enrich.default_enricher()
@@ -813,7 +947,9 @@ def load_history(
     if previous in days:
         table = store.read_partition(previous, columns=HISTORY_COLUMNS)
         start = datetime.combine(day_d, datetime.min.time(), tzinfo=timezone.utc) - WINDOW.to_pytimedelta()
-        table = table.filter(pc.greater_equal(table.column("eventTime"), pa.scalar(start, pa.timestamp("us", tz="UTC"))))
+        table = table.filter(
+            pc.greater_equal(table.column("eventTime"), pa.scalar(start, pa.timestamp("us", tz="UTC")))
+        )
         tail = table.to_pandas()
     return History(profile=profile, tail=tail, days=days)
 
@@ -843,13 +979,13 @@ def read_rows(store: EventStore, day: date | str, columns: Iterable[str], mask: 
         present = [c for c in cols if c in parquet.schema_arrow.names]
         for group in range(parquet.metadata.num_row_groups):
             size = parquet.metadata.row_group(group).num_rows
-            wanted = mask[offset: offset + size]
+            wanted = mask[offset : offset + size]
             offset += size
             if not wanted.any():
                 continue
             start = 0
             for batch in parquet.iter_batches(batch_size=65_536, row_groups=[group], columns=present):
-                keep = wanted[start: start + batch.num_rows]
+                keep = wanted[start : start + batch.num_rows]
                 start += batch.num_rows
                 if keep.any():
                     table = pa.Table.from_batches([batch]).filter(pa.array(keep))
@@ -858,7 +994,9 @@ def read_rows(store: EventStore, day: date | str, columns: Iterable[str], mask: 
                             table = table.append_column(c, pa.nulls(table.num_rows, schema.field(c).type))
                     parts.append(table.select(cols).cast(schema))
     if offset != len(mask):
-        raise ValueError(f"the mask has {len(mask)} rows, the partition of {day} {offset}: it changed meanwhile")
+        raise ValueError(
+            f"the mask has {len(mask)} rows, the partition of {day} {offset}: it changed meanwhile"
+        )
     return pa.concat_tables(parts) if parts else schema.empty_table()
 
 
@@ -871,7 +1009,9 @@ def load_rule_events(store: EventStore, day: date | str, extra_columns: Iterable
     return load_day_events(store, day, columns=[c for c in columns if c not in DETAIL_COLUMNS])
 
 
-def add_rule_details(store: EventStore, day: date | str, events: pd.DataFrame, rows: np.ndarray | None = None) -> pd.DataFrame:
+def add_rule_details(
+    store: EventStore, day: date | str, events: pd.DataFrame, rows: np.ndarray | None = None
+) -> pd.DataFrame:
     """Add the detail columns to the frame of :func:`load_rule_events` on the rows the labelling functions
     read them from (``detections.detail_rows``; ``rows`` as passed to ``label_events``), null elsewhere."""
     from trailguard.detect.engine import DETAIL_COLUMNS, detail_rows
@@ -914,7 +1054,11 @@ def load_day_features(
         _write_profile(store, key, profile, fingerprint)
     log.info(
         "features %s: %d events, %d history days (%.2fs history, %.2fs total)",
-        key, len(features), len(history.days), loaded - started, time.perf_counter() - started,
+        key,
+        len(features),
+        len(history.days),
+        loaded - started,
+        time.perf_counter() - started,
     )
     return features
 

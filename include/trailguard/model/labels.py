@@ -73,7 +73,9 @@ def _validated(decision: Mapping[str, Any], now: datetime) -> dict[str, Any]:
     try:
         number = float(score)
     except ValueError:
-        raise ValueError(f"risk_score for {event_id} must be a whole number from 0 to 100, got {score!r}") from None
+        raise ValueError(
+            f"risk_score for {event_id} must be a whole number from 0 to 100, got {score!r}"
+        ) from None
     if not number.is_integer() or not 0 <= number <= 100:
         raise ValueError(f"risk_score for {event_id} must be a whole number from 0 to 100, got {score!r}")
     risk = int(number)
@@ -135,7 +137,15 @@ def record_label(
     0-100, a non-whole score or an unknown verdict."""
     return record_labels(
         store_root,
-        [{"eventID": event_id, "risk_score": risk_score, "verdict": verdict, "analyst": analyst, "note": note}],
+        [
+            {
+                "eventID": event_id,
+                "risk_score": risk_score,
+                "verdict": verdict,
+                "analyst": analyst,
+                "note": note,
+            }
+        ],
     )
 
 
@@ -161,7 +171,9 @@ def read_labels(root: DataPath | str) -> pd.DataFrame:
     return history.drop_duplicates("eventID", keep="last").reset_index(drop=True)
 
 
-def training_targets(events_df: pd.DataFrame, lf_frame: pd.DataFrame | None, analyst_labels: pd.DataFrame | None) -> pd.Series:
+def training_targets(
+    events_df: pd.DataFrame, lf_frame: pd.DataFrame | None, analyst_labels: pd.DataFrame | None
+) -> pd.Series:
     """The risk score (0-100) each event should get, indexed like ``events_df``.
 
     Analyst score where the event was labelled (analyst wins); else the labelling functions' ``lf_score``
@@ -170,7 +182,9 @@ def training_targets(events_df: pd.DataFrame, lf_frame: pd.DataFrame | None, ana
     return targets_and_sources(events_df, lf_frame, analyst_labels)[0]
 
 
-def target_sources(events_df: pd.DataFrame, lf_frame: pd.DataFrame | None, analyst_labels: pd.DataFrame | None) -> pd.Series:
+def target_sources(
+    events_df: pd.DataFrame, lf_frame: pd.DataFrame | None, analyst_labels: pd.DataFrame | None
+) -> pd.Series:
     """Where each target came from: ``analyst``, ``rules`` or ``default`` (same index as events_df)."""
     return targets_and_sources(events_df, lf_frame, analyst_labels)[1]
 
@@ -183,7 +197,11 @@ def targets_and_sources(
     target = np.full(n, float(DEFAULT_TARGET))
     source = np.full(n, "default", dtype=object)
     if lf_frame is not None and len(lf_frame):
-        lf = pd.to_numeric(lf_frame["lf_score"].reindex(events_df.index), errors="coerce").fillna(0).to_numpy(float)
+        lf = (
+            pd.to_numeric(lf_frame["lf_score"].reindex(events_df.index), errors="coerce")
+            .fillna(0)
+            .to_numpy(float)
+        )
         fired = lf > 0
         target[fired] = lf[fired]
         source[fired] = "rules"
@@ -208,7 +226,14 @@ def find_event(store: EventStore, event_id: str) -> dict[str, Any] | None:
         ids = store.read_partition(day, columns=["eventID"]).column("eventID")
         hits = pc.index(ids, event_id).as_py()
         if hits >= 0:
-            columns = ["eventID", "eventTime", "eventName", "eventSource", "userIdentity.arn", "sourceIPAddress"]
+            columns = [
+                "eventID",
+                "eventTime",
+                "eventName",
+                "eventSource",
+                "userIdentity.arn",
+                "sourceIPAddress",
+            ]
             table = store.read_partition(day, columns=columns)
             row = table.filter(pc.equal(table.column("eventID"), event_id)).slice(0, 1).to_pylist()[0]
             return {"date": day, **row}

@@ -140,11 +140,19 @@ class ScoreResult:
     def lines(self) -> list[str]:
         scored = ", ".join(f"{uc} {n}" for uc, n in self.scored.items()) or "none"
         skipped = ", ".join(f"{t or 'no eventType'} {n}" for t, n in self.skipped.items()) or "none"
-        models = "; ".join(
-            f"{uc}: {s['model_name']}" + (f" v{s['model_version']}" if s["model_version"] else f" ({s['note']})")
-            for uc, s in self.scorers.items()
-        ) or "-"
-        part = f" account {self.partition['account']} region {self.partition['region']}" if self.partition else ""
+        models = (
+            "; ".join(
+                f"{uc}: {s['model_name']}"
+                + (f" v{s['model_version']}" if s["model_version"] else f" ({s['note']})")
+                for uc, s in self.scorers.items()
+            )
+            or "-"
+        )
+        part = (
+            f" account {self.partition['account']} region {self.partition['region']}"
+            if self.partition
+            else ""
+        )
         return [
             f"day          {self.day}{part}: {self.events} events",
             f"scored       {scored} ({self.high_risk} with risk >= 70)",
@@ -152,7 +160,8 @@ class ScoreResult:
             f"models       {models}",
             f"written      {len(self.files)} part file(s) in {self.path}",
             f"seconds      {self.seconds:.1f} ("
-            + ", ".join(f"{k} {v:.1f}" for k, v in self.timings.items()) + "); CPU seconds "
+            + ", ".join(f"{k} {v:.1f}" for k, v in self.timings.items())
+            + "); CPU seconds "
             + ", ".join(f"{k} {v:.1f}" for k, v in self.cpu_timings.items()),
         ]
 
@@ -186,7 +195,10 @@ def _partition_keys(events: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     keys = []
     for values, is_account in ((account, True), (region, False)):
         codes, distinct = pd.factorize(values, use_na_sentinel=False)
-        mapped = np.array([partition_key(v if isinstance(v, str) else None, account=is_account) for v in distinct], dtype=object)
+        mapped = np.array(
+            [partition_key(v if isinstance(v, str) else None, account=is_account) for v in distinct],
+            dtype=object,
+        )
         keys.append(mapped[codes] if len(distinct) else np.empty(0, dtype=object))
     return keys[0], keys[1]
 
@@ -210,7 +222,9 @@ def scores_dir(root: DataPath | str, day: date | str) -> DataPath:
 
 def part_path(root: DataPath | str, day: date | str, account: str, region: str) -> DataPath:
     """``scores/date=D/part-<account>-<region>.parquet`` (keys as :func:`partition_key` makes them)."""
-    return scores_dir(root, day) / f"part-{partition_key(account, account=True)}-{partition_key(region)}.parquet"
+    return (
+        scores_dir(root, day) / f"part-{partition_key(account, account=True)}-{partition_key(region)}.parquet"
+    )
 
 
 def _part_of(path: DataPath) -> tuple[str, str] | None:
@@ -218,7 +232,7 @@ def _part_of(path: DataPath) -> tuple[str, str] | None:
     name = path.name
     if not (name.startswith("part-") and name.endswith(".parquet")):
         return None
-    account, sep, region = name[len("part-"): -len(".parquet")].partition("-")
+    account, sep, region = name[len("part-") : -len(".parquet")].partition("-")
     return (account, region) if sep else None
 
 
@@ -301,8 +315,17 @@ def score_day(
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=threads, user_api="openmp"):
-        return _score_day(store, day, tracking_uri, history_days, champions, account, region,
-                          {} if cold_starts is None else cold_starts, registry)
+        return _score_day(
+            store,
+            day,
+            tracking_uri,
+            history_days,
+            champions,
+            account,
+            region,
+            {} if cold_starts is None else cold_starts,
+            registry,
+        )
 
 
 def _score_day(
@@ -386,19 +409,36 @@ def _score_day(
             if (key, uc) not in cold_starts:
                 if day_features is None:  # the cold-start reference is the whole day, as in a whole-day run
                     day_features = load_day_features(store, key, history_days)
-                cold_starts[(key, uc)] = _fit_cold_start(store, key, uc, day_features, history_days, cold_starts)
-            why = _score_cold_start(cold_starts[(key, uc)], uc, mask, features, lf_reasons, result,
-                                    (risk, anomaly, supervised, model_name, model_version, scorer_note),
-                                    unloadable.get(uc))
+                cold_starts[(key, uc)] = _fit_cold_start(
+                    store, key, uc, day_features, history_days, cold_starts
+                )
+            why = _score_cold_start(
+                cold_starts[(key, uc)],
+                uc,
+                mask,
+                features,
+                lf_reasons,
+                result,
+                (risk, anomaly, supervised, model_name, model_version, scorer_note),
+                unloadable.get(uc),
+            )
             reasons = pc.replace_with_mask(reasons, pa.array(mask), why)
             continue
         fs = FEATURE_SETS[uc]
         # a use case holding nearly every row is scored on the whole frame and its few other rows dropped
         # after: cheaper than copying 70 columns of a million rows; every score and reason is row by row
         whole = mask.mean() > 0.9
-        uc_rows = features if whole else _subset(features, mask, dict.fromkeys((*fs.columns, *REASON_COLUMNS)))
+        uc_rows = (
+            features if whole else _subset(features, mask, dict.fromkeys((*fs.columns, *REASON_COLUMNS)))
+        )
         comps = champ.model.predict_components(model_input(uc_rows, fs))
-        why = explain(uc_rows, lf_reasons if whole else lf_reasons[mask], comps, champ.model, console=uc == CONSOLE_LOGIN)
+        why = explain(
+            uc_rows,
+            lf_reasons if whole else lf_reasons[mask],
+            comps,
+            champ.model,
+            console=uc == CONSOLE_LOGIN,
+        )
         if whole:
             comps, why = comps[mask], why.filter(pa.array(mask)) if not mask.all() else why
         risk[mask] = comps["risk_score"].to_numpy()
@@ -409,10 +449,16 @@ def _score_day(
         result.scored[uc] = int(mask.sum())
         result.model_versions[champ.model_name] = champ.version
         scorer_note[mask] = f"champion {champ.model_name} v{champ.version}"
-        result.scorers[uc] = {"model_name": champ.model_name, "model_version": champ.version, "note": scorer_note[mask][0]}
+        result.scorers[uc] = {
+            "model_name": champ.model_name,
+            "model_version": champ.version,
+            "note": scorer_note[mask][0],
+        }
     clock("predict")
 
-    table = pa.Table.from_pandas(features[[c for c in SCORE_COLUMNS if c in features.columns]], preserve_index=False)
+    table = pa.Table.from_pandas(
+        features[[c for c in SCORE_COLUMNS if c in features.columns]], preserve_index=False
+    )
     extra = {
         "risk_score": pa.array(risk),
         "reasons": pc.fill_null(reasons, ""),
@@ -444,9 +490,16 @@ def _fit_cold_start(
     from trailguard.store.settings import load_settings
 
     settings = load_settings()
-    return build_cold_start(store, key, uc, day_features, history_days=history_days,
-                            fit_days=settings.coldstart_fit_days, min_events=settings.coldstart_min_events,
-                            cache=cache)
+    return build_cold_start(
+        store,
+        key,
+        uc,
+        day_features,
+        history_days=history_days,
+        fit_days=settings.coldstart_fit_days,
+        min_events=settings.coldstart_min_events,
+        cache=cache,
+    )
 
 
 def _score_cold_start(
@@ -513,7 +566,7 @@ def _write_parts(
         order = np.argsort(codes, kind="stable")
         bounds = np.searchsorted(codes[order], np.arange(len(parts) + 1))
         for i, (part_account, part_region) in enumerate(parts):
-            part = table.take(pa.array(order[bounds[i]: bounds[i + 1]]))
+            part = table.take(pa.array(order[bounds[i] : bounds[i + 1]]))
             written.append(write_parquet_atomic(part, part_path(root, day, part_account, part_region)))
     elif whole_day:
         written.append(write_parquet_atomic(SCORE_SCHEMA.empty_table(), folder / EMPTY_DAY_FILE))
@@ -528,11 +581,20 @@ def _write_parts(
                 path.unlink(missing_ok=True)
             continue
         part = _part_of(path)
-        if part is not None and (account is None or part[0] == account) and (region is None or part[1] == region):
+        if (
+            part is not None
+            and (account is None or part[0] == account)
+            and (region is None or part[1] == region)
+        ):
             path.unlink(missing_ok=True)
         elif path.name == LEGACY_FILE and event_ids is not None:
             legacy = read_parquet(path)
-            keep = pc.invert(pc.is_in(legacy.column("eventID"), value_set=pa.array(event_ids.to_numpy(dtype=object), type=pa.string())))
+            keep = pc.invert(
+                pc.is_in(
+                    legacy.column("eventID"),
+                    value_set=pa.array(event_ids.to_numpy(dtype=object), type=pa.string()),
+                )
+            )
             legacy = legacy.filter(keep)
             if legacy.num_rows:
                 write_parquet_atomic(legacy, path)
@@ -555,9 +617,26 @@ class _Clock:
 
 
 REASON_COLUMNS = (
-    "principal", "principal_short", "country", "asn", "network_zone", "eventName", "awsRegion", "ua_family",
-    "sourceIPAddress", "userAgent", "is_aws_service", "new_principal", "last_hour_failures",
-    "last_hour_distinct_names", "ua_offensive", "errorCode", "account", "category", "is_root", "access_denied",
+    "principal",
+    "principal_short",
+    "country",
+    "asn",
+    "network_zone",
+    "eventName",
+    "awsRegion",
+    "ua_family",
+    "sourceIPAddress",
+    "userAgent",
+    "is_aws_service",
+    "new_principal",
+    "last_hour_failures",
+    "last_hour_distinct_names",
+    "ua_offensive",
+    "errorCode",
+    "account",
+    "category",
+    "is_root",
+    "access_denied",
     "cross_account",
 )
 
@@ -584,7 +663,12 @@ _TEXT = pa.large_string()
 
 
 def explain(
-    rows: pd.DataFrame, lf_reasons: np.ndarray, comps: pd.DataFrame, model: RiskModel | None = None, *, console: bool = False
+    rows: pd.DataFrame,
+    lf_reasons: np.ndarray,
+    comps: pd.DataFrame,
+    model: RiskModel | None = None,
+    *,
+    console: bool = False,
 ) -> pa.Array:
     """Up to MAX_REASONS human-readable reasons per row, "; "-joined, most important first: the rules
     that fired, behaviour new for the principal, bursts, offensive tooling, the anomaly, and the linear
@@ -634,23 +718,71 @@ def explain(
     fired = pc.fill_null(pa.array(lf_reasons, _TEXT, from_pandas=True), "")
     has_lf = pc.not_equal(fired, "").to_numpy(zero_copy_only=False) if n else np.zeros(0, bool)
     if has_lf.any():  # the first two rules that fired
-        first_two = pc.binary_join(pc.list_slice(pc.split_pattern(fired.filter(pa.array(has_lf)), "; "), 0, 2), pa.scalar("; ", _TEXT))
+        first_two = pc.binary_join(
+            pc.list_slice(pc.split_pattern(fired.filter(pa.array(has_lf)), "; "), 0, 2),
+            pa.scalar("; ", _TEXT),
+        )
         pieces.append((np.flatnonzero(has_lf), 0, first_two))
     add(new_principal & ~service, 1, "first activity ever seen for ", who)
     first_country = (num("first_country") > 0) & public & ~new_principal
     add(first_country, 2, f"first {verb} from ", col("country"), " for ", who)
-    add((num("first_asn") > 0) & public & ~first_country & ~new_principal, 3,
-        f"first {verb} from network ", col("asn"), " for ", who)
+    add(
+        (num("first_asn") > 0) & public & ~first_country & ~new_principal,
+        3,
+        f"first {verb} from network ",
+        col("asn"),
+        " for ",
+        who,
+    )
     if not console:
-        add((num("first_event_name") > 0) & ~service & ~new_principal, 3, "first use of ", col("eventName"), " by ", who)
-        add((num("first_region") > 0) & ~service & ~new_principal, 4, "first use of region ", col("awsRegion"), " by ", who)
-    add((num("first_ua") > 0) & ~service & ~new_principal, 4, "first ", col("ua_family"), " user agent for ", who)
-    add((num("first_ip") > 0) & public & ~first_country & ~service & ~new_principal, 5,
-        "new IP ", col("sourceIPAddress"), " for ", who)
+        add(
+            (num("first_event_name") > 0) & ~service & ~new_principal,
+            3,
+            "first use of ",
+            col("eventName"),
+            " by ",
+            who,
+        )
+        add(
+            (num("first_region") > 0) & ~service & ~new_principal,
+            4,
+            "first use of region ",
+            col("awsRegion"),
+            " by ",
+            who,
+        )
+    add(
+        (num("first_ua") > 0) & ~service & ~new_principal,
+        4,
+        "first ",
+        col("ua_family"),
+        " user agent for ",
+        who,
+    )
+    add(
+        (num("first_ip") > 0) & public & ~first_country & ~service & ~new_principal,
+        5,
+        "new IP ",
+        col("sourceIPAddress"),
+        " for ",
+        who,
+    )
     later_in_new_country = (num("novel_country") > 0) & (num("first_country") == 0) & public & ~new_principal
     add(later_in_new_country, 3, f"{verb} from ", col("country"), ", a country new for ", who, " today")
-    add((num("novel_asn") > 0) & (num("first_asn") == 0) & public & ~later_in_new_country & ~new_principal & ~service, 4,
-        f"{verb} from network ", col("asn"), ", new for ", who, " today")
+    add(
+        (num("novel_asn") > 0)
+        & (num("first_asn") == 0)
+        & public
+        & ~later_in_new_country
+        & ~new_principal
+        & ~service,
+        4,
+        f"{verb} from network ",
+        col("asn"),
+        ", new for ",
+        who,
+        " today",
+    )
     add(num("is_root") > 0, 5, "the root user")
     add(num("access_denied") > 0, 6, "access denied (", col("errorCode"), ")")
     add(num("cross_account") > 0, 6, "call into account ", col("account"), " from another account")
@@ -659,13 +791,22 @@ def explain(
     if not console:
         distinct = num("last_hour_distinct_names")
         add(distinct >= 20, 3, distinct, " different API calls in the last hour by ", who)
-    add(num("ua_offensive") > 0, 1, "offensive tool in the user agent: ", pc.utf8_slice_codeunits(col("userAgent"), 0, 60))
+    add(
+        num("ua_offensive") > 0,
+        1,
+        "offensive tool in the user agent: ",
+        pc.utf8_slice_codeunits(col("userAgent"), 0, 60),
+    )
     anomaly = comps["anomaly_score"].to_numpy()
     unusual = anomaly >= (model.quantile if model is not None else ANOMALY_QUANTILE)  # where the bonus starts
     if unusual.any():
         tenths = np.floor(np.minimum(anomaly[unusual], 0.999) * 1000).astype(np.int64)
         codes, uniq = pd.factorize(tenths)
-        of = "this organisation's events" if getattr(model, "model_name", None) == "cold-start" else "training events"
+        of = (
+            "this organisation's events"
+            if getattr(model, "model_name", None) == "cold-start"
+            else "training events"
+        )
         labels = [f"unusual behaviour (more anomalous than {u / 10:.1f}% of {of})" for u in uniq]
         pieces.append((np.flatnonzero(unusual), 4, pa.array(labels, _TEXT).take(pa.array(codes))))
     if model is not None:
@@ -679,12 +820,23 @@ def explain(
     explained = np.zeros(n, dtype=bool)
     for rows_with, _, _ in pieces:
         explained[rows_with] = True
-    add(~explained & (risk >= 40), 9, "model score for ", col("eventName"), " (", col("category"), ") by ", who)
+    add(
+        ~explained & (risk >= 40),
+        9,
+        "model score for ",
+        col("eventName"),
+        " (",
+        col("category"),
+        ") by ",
+        who,
+    )
     if not any(len(p[0]) for p in pieces):
         return pa.array([""] * n, _TEXT)
     row = np.concatenate([p[0] for p in pieces])
     prio = np.concatenate([np.full(len(p[0]), p[1]) for p in pieces])
-    order = np.lexsort((prio, row))  # stable: a row's reasons of one priority keep the order they were added in
+    order = np.lexsort(
+        (prio, row)
+    )  # stable: a row's reasons of one priority keep the order they were added in
     row = row[order]
     reason = pa.concat_arrays([p[2] for p in pieces]).take(pa.array(order))
     first = np.r_[True, row[1:] != row[:-1]]
@@ -696,11 +848,15 @@ def explain(
     per_row = pa.LargeListArray.from_arrays(pa.array(np.r_[starts, len(row)], pa.int64()), reason)
     has_reason = np.zeros(n, dtype=bool)
     has_reason[row[starts]] = True
-    joined = pc.replace_with_mask(pa.nulls(n, _TEXT), pa.array(has_reason), pc.binary_join(per_row, pa.scalar("; ", _TEXT)))
+    joined = pc.replace_with_mask(
+        pa.nulls(n, _TEXT), pa.array(has_reason), pc.binary_join(per_row, pa.scalar("; ", _TEXT))
+    )
     return pc.fill_null(joined, "")
 
 
-def _linear_contributions(model: RiskModel, rows: pd.DataFrame, comps: pd.DataFrame, min_risk: float = 40.0) -> pd.Series | None:
+def _linear_contributions(
+    model: RiskModel, rows: pd.DataFrame, comps: pd.DataFrame, min_risk: float = 40.0
+) -> pd.Series | None:
     """For linear supervised models: the input with the largest positive contribution, on the rows that
     matter (risk >= ``min_risk``; decided row by row, so a partition's rows get what the whole day's do).
     Tree models return None (no cheap exact answer)."""
@@ -718,14 +874,17 @@ def _linear_contributions(model: RiskModel, rows: pd.DataFrame, comps: pd.DataFr
     fs = _feature_set_for(model)
     texts: list[str] = []
     for start in range(0, len(risky), 50_000):  # bounded memory on a day where much is risky
-        chunk = risky[start: start + 50_000]
+        chunk = risky[start : start + 50_000]
         X = model_input(rows.iloc[chunk], fs)[list(model.columns)]
         Z = pre.transform(X)
         contrib = Z.multiply(coef).tocsr() if hasattr(Z, "multiply") else np.asarray(Z) * coef
         contrib = contrib.toarray() if hasattr(contrib, "toarray") else contrib
         best = contrib.argmax(axis=1)
         value = contrib[np.arange(len(chunk)), best]
-        texts += [f"model: {_pretty(name)} (+{v:.0f})" if v >= 5 else "" for name, v in zip(names[best], value, strict=True)]
+        texts += [
+            f"model: {_pretty(name)} (+{v:.0f})" if v >= 5 else ""
+            for name, v in zip(names[best], value, strict=True)
+        ]
     out.iloc[risky] = texts
     return out
 
@@ -738,9 +897,15 @@ def _feature_set_for(model: RiskModel) -> FeatureSet:
 def _pretty(name: str) -> str:
     """``categories__eventName_StopLogging`` -> ``eventName=StopLogging``; ``numbers__failed`` -> ``failed``."""
     _, _, rest = name.partition("__")
-    for col in sorted({*FEATURE_SETS[API_CALL].columns, *FEATURE_SETS[CONSOLE_LOGIN].columns}, key=len, reverse=True):
-        if rest.startswith(col + "_") and col in FEATURE_SETS[API_CALL].categorical_columns + FEATURE_SETS[CONSOLE_LOGIN].categorical_columns:
-            value = rest[len(col) + 1:]
+    for col in sorted(
+        {*FEATURE_SETS[API_CALL].columns, *FEATURE_SETS[CONSOLE_LOGIN].columns}, key=len, reverse=True
+    ):
+        if (
+            rest.startswith(col + "_")
+            and col
+            in FEATURE_SETS[API_CALL].categorical_columns + FEATURE_SETS[CONSOLE_LOGIN].categorical_columns
+        ):
+            value = rest[len(col) + 1 :]
             return f"{col}={'(rare value)' if value == 'infrequent_sklearn' else value}"
     return rest or name
 
@@ -749,7 +914,9 @@ def read_scores(root: DataPath | str, day: date | str) -> pd.DataFrame:
     """A day's scores, every part file, as pandas (an empty frame with the columns when the day was not
     scored)."""
     folder = scores_dir(root, day)
-    files = sorted(p for p in folder.glob("*.parquet") if not p.name.startswith(".")) if folder.exists() else []
+    files = (
+        sorted(p for p in folder.glob("*.parquet") if not p.name.startswith(".")) if folder.exists() else []
+    )
     if not files:
         return SCORE_SCHEMA.empty_table().to_pandas()
     return pa.concat_tables([read_parquet(f) for f in files], promote_options="default").to_pandas()

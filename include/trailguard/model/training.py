@@ -147,13 +147,19 @@ class RiskModel(RegressorMixin, BaseEstimator):
             bonus = self.weight * np.clip((anomaly - self.quantile) / (1.0 - self.quantile), 0.0, 1.0)
             risk = supervised + bonus
         return pd.DataFrame(
-            {"risk_score": np.clip(risk, 0.0, 100.0), "supervised_score": supervised, "anomaly_score": anomaly},
+            {
+                "risk_score": np.clip(risk, 0.0, 100.0),
+                "supervised_score": supervised,
+                "anomaly_score": anomaly,
+            },
             index=X.index,
         )
 
     def predict(self, X: pd.DataFrame) -> np.ndarray:
         if self.supervised is not None and not self.weight:  # the anomaly cannot change the risk
-            return np.clip(np.asarray(self.supervised.predict(X[list(self.columns)]), dtype=float), 0.0, 100.0)
+            return np.clip(
+                np.asarray(self.supervised.predict(X[list(self.columns)]), dtype=float), 0.0, 100.0
+            )
         return self.predict_components(X)["risk_score"].to_numpy()
 
 
@@ -215,7 +221,9 @@ class Categories(TransformerMixin, BaseEstimator):
             if self.min_frequency is not None:
                 frequent &= counts >= self.min_frequency
             if self.max_categories is not None and frequent.sum() > self.max_categories - 1:
-                by_count = np.argsort(-np.where(frequent, counts, -1), kind="stable")[: max(self.max_categories - 1, 0)]
+                by_count = np.argsort(-np.where(frequent, counts, -1), kind="stable")[
+                    : max(self.max_categories - 1, 0)
+                ]
                 frequent = np.zeros(len(counts), dtype=bool)
                 frequent[by_count] = True
             self.categories_.append(values.filter(pa.array(frequent)))
@@ -229,13 +237,19 @@ class Categories(TransformerMixin, BaseEstimator):
         for j, col in enumerate(frame.columns):
             values, known, rare = _arrow(frame[col]), self.categories_[j], self.infrequent_categories_[j]
             found = pc.index_in(values, value_set=known).to_numpy(zero_copy_only=False)
-            code = np.where(np.isnan(found), -1, found).astype(np.int64) if found.dtype.kind == "f" else found.astype(np.int64)
+            code = (
+                np.where(np.isnan(found), -1, found).astype(np.int64)
+                if found.dtype.kind == "f"
+                else found.astype(np.int64)
+            )
             missing = code < 0
             if len(rare) and missing.any():
                 if self.unknown == "infrequent":
                     code[missing] = len(known)
                 else:  # only the values seen in training join the pool
-                    seen = pc.is_in(values.filter(pa.array(missing)), value_set=rare).to_numpy(zero_copy_only=False)
+                    seen = pc.is_in(values.filter(pa.array(missing)), value_set=rare).to_numpy(
+                        zero_copy_only=False
+                    )
                     code[np.flatnonzero(missing)[seen]] = len(known)
             codes[:, j] = code
         return codes
@@ -246,7 +260,12 @@ class Categories(TransformerMixin, BaseEstimator):
             return np.where(codes >= 0, codes, np.nan).astype(np.float64)
         from scipy import sparse
 
-        widths = np.array([len(c) + (len(r) > 0) for c, r in zip(self.categories_, self.infrequent_categories_, strict=True)])
+        widths = np.array(
+            [
+                len(c) + (len(r) > 0)
+                for c, r in zip(self.categories_, self.infrequent_categories_, strict=True)
+            ]
+        )
         offsets = np.concatenate(([0], np.cumsum(widths)[:-1]))
         valid = codes >= 0
         rows = np.broadcast_to(np.arange(len(codes))[:, None], codes.shape)[valid]
@@ -293,7 +312,12 @@ def paper_pipeline(fs: FeatureSet) -> Pipeline:
 def _log_counts() -> Pipeline:
     """log1p then standardise: counts grow with the organisation's size, a linear model must not
     extrapolate them."""
-    return Pipeline([("log1p", FunctionTransformer(np.log1p, feature_names_out="one-to-one")), ("scale", StandardScaler())])
+    return Pipeline(
+        [
+            ("log1p", FunctionTransformer(np.log1p, feature_names_out="one-to-one")),
+            ("scale", StandardScaler()),
+        ]
+    )
 
 
 def ridge_pipeline(fs: FeatureSet) -> Pipeline:
@@ -355,12 +379,21 @@ def detector_pipeline(fs: FeatureSet) -> Pipeline:
     return Pipeline([("features", pre), ("model", forest)])
 
 
-SUPERVISED: dict[str, Callable[[FeatureSet], Pipeline]] = {PAPER: paper_pipeline, RIDGE: ridge_pipeline, HGB: hgb_pipeline}
+SUPERVISED: dict[str, Callable[[FeatureSet], Pipeline]] = {
+    PAPER: paper_pipeline,
+    RIDGE: ridge_pipeline,
+    HGB: hgb_pipeline,
+}
 
 
 # -- metrics --------------------------------------------------------------------------------------------
 def ranking_metrics(
-    positive: np.ndarray, scores: np.ndarray, days: np.ndarray, *, sample_weight: np.ndarray | None = None, top_n: int = TOP_N
+    positive: np.ndarray,
+    scores: np.ndarray,
+    days: np.ndarray,
+    *,
+    sample_weight: np.ndarray | None = None,
+    top_n: int = TOP_N,
 ) -> dict[str, float]:
     """Ranking quality as the daily email sees it: precision@N is the mean over days of the share of
     high-risk events among the day's top N; recall@N is the share of all high-risk events that made
@@ -373,10 +406,16 @@ def ranking_metrics(
     days = np.asarray(days)
     weight = np.ones(len(scores)) if sample_weight is None else np.asarray(sample_weight, dtype=float)
     n_pos = int(positive.sum())
-    ap = float(average_precision_score(positive, scores, sample_weight=sample_weight)) if 0 < n_pos < len(positive) else float("nan")
+    ap = (
+        float(average_precision_score(positive, scores, sample_weight=sample_weight))
+        if 0 < n_pos < len(positive)
+        else float("nan")
+    )
     precisions, hits_total = [], 0.0
     frame = pd.DataFrame({"day": days, "score": scores, "pos": positive, "w": weight})
-    frame = frame.sample(frac=1.0, random_state=0) if len(frame) else frame  # ties broken at random, reproducibly
+    frame = (
+        frame.sample(frac=1.0, random_state=0) if len(frame) else frame
+    )  # ties broken at random, reproducibly
     for _, part in frame.groupby("day", sort=True):
         top = part.sort_values("score", ascending=False, kind="stable")
         w = top["w"].to_numpy()
@@ -394,13 +433,17 @@ def ranking_metrics(
     }
 
 
-def evaluate(y: np.ndarray, pred: np.ndarray, days: np.ndarray, *, sample_weight: np.ndarray | None = None) -> dict[str, float]:
+def evaluate(
+    y: np.ndarray, pred: np.ndarray, days: np.ndarray, *, sample_weight: np.ndarray | None = None
+) -> dict[str, float]:
     """R², RMSE, MAE of the 0-100 prediction plus :func:`ranking_metrics` for high-risk targets."""
     y = np.asarray(y, dtype=float)
     pred = np.clip(np.asarray(pred, dtype=float), 0.0, 100.0)
     out = {
         "r2": float(r2_score(y, pred, sample_weight=sample_weight)) if len(y) > 1 else float("nan"),
-        "rmse": float(math.sqrt(mean_squared_error(y, pred, sample_weight=sample_weight))) if len(y) else float("nan"),
+        "rmse": float(math.sqrt(mean_squared_error(y, pred, sample_weight=sample_weight)))
+        if len(y)
+        else float("nan"),
         "mae": float(mean_absolute_error(y, pred, sample_weight=sample_weight)) if len(y) else float("nan"),
         "rows": float(len(y)),
     }
@@ -419,7 +462,9 @@ def _rank_key(metrics: dict[str, float]) -> tuple[float, float]:
 
 
 SIMPLER_FIRST = (PAPER, RIDGE, HGB, IFOREST)
-RMSE_TOLERANCE = 0.02  # RMSEs within 2% of the lowest are a tie (sampling noise), which the simpler model wins
+RMSE_TOLERANCE = (
+    0.02  # RMSEs within 2% of the lowest are a tie (sampling noise), which the simpler model wins
+)
 
 
 def choose_best(candidates: dict[str, CandidateResult]) -> str:
@@ -450,9 +495,17 @@ def model_input(frame: pd.DataFrame, fs: FeatureSet) -> pd.DataFrame:
     data = {}
     for col in fs.columns:
         if col in fs.categorical_columns:
-            data[col] = frame[col].astype("str").fillna("") if col in frame else pd.Series("", index=frame.index, dtype="str")
+            data[col] = (
+                frame[col].astype("str").fillna("")
+                if col in frame
+                else pd.Series("", index=frame.index, dtype="str")
+            )
         else:
-            data[col] = pd.to_numeric(frame[col], errors="coerce").astype(np.float64).fillna(0.0) if col in frame else 0.0
+            data[col] = (
+                pd.to_numeric(frame[col], errors="coerce").astype(np.float64).fillna(0.0)
+                if col in frame
+                else 0.0
+            )
     return pd.DataFrame(data, index=frame.index, copy=False)
 
 
@@ -498,8 +551,10 @@ def training_data(
     frames = {uc: pd.concat(p, ignore_index=True) if p else pd.DataFrame() for uc, p in parts.items()}
     # rows in an order of the events themselves (eventIDs are unique), not of part files or worker timing:
     # the seeded sampling and splitting then pick the same events from any store holding them
-    return {uc: f.sort_values(["day", "eventID"], kind="stable", ignore_index=True) if len(f) else f
-            for uc, f in frames.items()}
+    return {
+        uc: f.sort_values(["day", "eventID"], kind="stable", ignore_index=True) if len(f) else f
+        for uc, f in frames.items()
+    }
 
 
 def stratified_sample(
@@ -580,7 +635,9 @@ class TrainResult:
     until: str | None
     use_cases: dict[str, UseCaseResult] = field(default_factory=dict)
     seconds: float = 0.0
-    timings: dict[str, float] = field(default_factory=dict)  # seconds: "data" (features of every day), per use case
+    timings: dict[str, float] = field(
+        default_factory=dict
+    )  # seconds: "data" (features of every day), per use case
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-friendly summary (what the DAG task returns through XCom)."""
@@ -588,7 +645,9 @@ class TrainResult:
 
     def lines(self) -> list[str]:
         """A table for the terminal / task log."""
-        out = [f"tracking {self.tracking_uri}  experiment {self.experiment}  until {self.until}  ({self.seconds:.1f}s)"]
+        out = [
+            f"tracking {self.tracking_uri}  experiment {self.experiment}  until {self.until}  ({self.seconds:.1f}s)"
+        ]
         for uc, res in self.use_cases.items():
             if res.skipped:
                 out.append(f"{uc}: skipped - {res.skipped}")
@@ -597,7 +656,9 @@ class TrainResult:
                 f"{uc}: {res.rows} events, train {res.train_rows} ({_span(res.train_days)}), "
                 f"test {res.test_rows} ({_span(res.test_days)}), {res.seconds:.1f}s"
             )
-            out.append(f"  {'candidate':42} {'AP':>6} {'P@20':>6} {'R@20':>6} {'R2':>7} {'RMSE':>7} {'MAE':>6}  random-split R2/RMSE")
+            out.append(
+                f"  {'candidate':42} {'AP':>6} {'P@20':>6} {'R@20':>6} {'R2':>7} {'RMSE':>7} {'MAE':>6}  random-split R2/RMSE"
+            )
             for name, c in res.candidates.items():
                 mark = "*" if name == res.best else " "
                 rs = c.random_split
@@ -714,7 +775,7 @@ def _artifact_location(uri: str) -> str | None:
     default store), never into ``./mlruns`` of whatever folder the process runs in; a server decides
     for itself."""
     if uri.startswith("sqlite:///"):
-        return (Path(uri[len("sqlite:///"):]).resolve().parent / "artifacts").as_uri()
+        return (Path(uri[len("sqlite:///") :]).resolve().parent / "artifacts").as_uri()
     return None
 
 
@@ -808,8 +869,13 @@ def _log_charts(y: np.ndarray, pred: np.ndarray, title: str) -> None:
     fig, ax = plt.subplots(figsize=(5.5, 5))
     ax.scatter(ys, ps, s=6, alpha=0.35)
     ax.plot([0, 100], [0, 100], color="grey", linewidth=1)
-    ax.set(xlabel="actual risk score (target)", ylabel="predicted risk score", title=f"{title}: actual vs predicted",
-           xlim=(-2, 102), ylim=(-2, 102))
+    ax.set(
+        xlabel="actual risk score (target)",
+        ylabel="predicted risk score",
+        title=f"{title}: actual vs predicted",
+        xlim=(-2, 102),
+        ylim=(-2, 102),
+    )
     mlflow.log_figure(fig, "charts/actual_vs_predicted.png")
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(5.5, 4))
@@ -820,7 +886,9 @@ def _log_charts(y: np.ndarray, pred: np.ndarray, title: str) -> None:
     plt.close(fig)
 
 
-def _importances(name: str, model: RiskModel, X: pd.DataFrame, y: np.ndarray, repeats: int = 2) -> pd.DataFrame:
+def _importances(
+    name: str, model: RiskModel, X: pd.DataFrame, y: np.ndarray, repeats: int = 2
+) -> pd.DataFrame:
     """Coefficients for the linear models (cheap, exact); permutation importance for the others on a
     1,000-row sample: the rise of the MAE when one column is shuffled, or for the detector alone, which
     has no target, the mean change of its score. All shuffled copies are scored in one batch."""
@@ -903,8 +971,21 @@ def train(
         min_events = settings.train_min_events if min_events is None else min_events
         min_days = settings.train_min_days if min_days is None else min_days
     with threadpool_limits(limits=threads, user_api="openmp"), mlflow_tracking():
-        return _train(store, until, history_days, tracking_uri, experiment, test_days, min_history_days,
-                      max_train_rows, max_test_rows, use_cases, progress, max(1, min_events), max(2, min_days))
+        return _train(
+            store,
+            until,
+            history_days,
+            tracking_uri,
+            experiment,
+            test_days,
+            min_history_days,
+            max_train_rows,
+            max_test_rows,
+            use_cases,
+            progress,
+            max(1, min_events),
+            max(2, min_days),
+        )
 
 
 def _train(
@@ -940,8 +1021,13 @@ def _train(
     if len(eligible) < 2:
         eligible = window
     analyst = read_labels(root)
-    log.info("training on %d days %s..%s (%d analyst labels)", len(eligible), eligible[0] if eligible else "-",
-             last, len(analyst))
+    log.info(
+        "training on %d days %s..%s (%d analyst labels)",
+        len(eligible),
+        eligible[0] if eligible else "-",
+        last,
+        len(analyst),
+    )
     data = training_data(store, eligible, history_days, analyst, progress)
     result.timings["data"] = time.perf_counter() - started
 
@@ -985,7 +1071,12 @@ def _minus(day: str, days: int) -> str:
 
 
 def _train_use_case(
-    res: UseCaseResult, frame: pd.DataFrame, experiment_id: str, until: str, history_days: int, max_train_rows: int,
+    res: UseCaseResult,
+    frame: pd.DataFrame,
+    experiment_id: str,
+    until: str,
+    history_days: int,
+    max_train_rows: int,
     max_test_rows: int,
 ) -> None:
     import mlflow
@@ -1045,28 +1136,47 @@ def _train_use_case(
         r_fitted: dict[str, RiskModel] = {}
         for cand, builder in SUPERVISED.items():
             fitted[cand] = make(builder(fs), detector).fit(
-                train_rows[list(columns)], train_rows["target"].to_numpy(float), sample_weight=weights)
+                train_rows[list(columns)], train_rows["target"].to_numpy(float), sample_weight=weights
+            )
             r_fitted[cand] = make(builder(fs), r_det).fit(
-                r_train[list(columns)], r_train["target"].to_numpy(float), sample_weight=all_weights[in_train])
+                r_train[list(columns)], r_train["target"].to_numpy(float), sample_weight=all_weights[in_train]
+            )
         fitted[IFOREST], r_fitted[IFOREST] = make(None, detector), make(None, r_det)
         for sup in (RIDGE, HGB):
             combo = f"{sup}+{IFOREST}"
             fitted[combo] = make(fitted[sup].supervised, detector, ANOMALY_WEIGHT)
             r_fitted[combo] = make(r_fitted[sup].supervised, r_det, ANOMALY_WEIGHT)
-        combination = {"combination": COMBINATION_FORMULA, "anomaly_weight": ANOMALY_WEIGHT,
-                       "anomaly_quantile": ANOMALY_QUANTILE}
+        combination = {
+            "combination": COMBINATION_FORMULA,
+            "anomaly_weight": ANOMALY_WEIGHT,
+            "anomaly_quantile": ANOMALY_QUANTILE,
+        }
         for cand, model in fitted.items():
             extra = combination if cand.endswith(f"+{IFOREST}") else {}
             if cand == IFOREST:
                 extra = {"detector_rows": len(detector_rows)}
-            _log_candidate(res, cand, model, r_fitted[cand], X_test, y_test, d_test, w_test, r_test,
-                           all_weights[~in_train], common_params | extra, fs)
+            _log_candidate(
+                res,
+                cand,
+                model,
+                r_fitted[cand],
+                X_test,
+                y_test,
+                d_test,
+                w_test,
+                r_test,
+                all_weights[~in_train],
+                common_params | extra,
+                fs,
+            )
 
         best = choose_best(res.candidates)
         res.best = best
         mlflow.set_tag("trailguard.best_candidate", best)
         res.decision = _register(name, best, fitted[best], res, X_test, y_test, d_test, w_test)
-        mlflow.set_tags({"trailguard.decision": res.decision.alias, "trailguard.decision_reason": res.decision.reason})
+        mlflow.set_tags(
+            {"trailguard.decision": res.decision.alias, "trailguard.decision_reason": res.decision.reason}
+        )
 
 
 def _log_candidate(
@@ -1091,7 +1201,9 @@ def _log_candidate(
         pred = model.predict(X_test)
         time_metrics = evaluate(y_test, pred, d_test, sample_weight=w_test)
         r_pred = rmodel.predict(r_test[list(fs.columns)])
-        random_metrics = evaluate(r_test["target"].to_numpy(float), r_pred, r_test["day"].to_numpy(), sample_weight=r_weights)
+        random_metrics = evaluate(
+            r_test["target"].to_numpy(float), r_pred, r_test["day"].to_numpy(), sample_weight=r_weights
+        )
         mlflow.set_tags({"trailguard.use_case": res.use_case, "trailguard.candidate": cand})
         mlflow.log_params({**params, "candidate": cand, **_model_params(model)})
         mlflow.log_metrics({f"test_{k}": v for k, v in time_metrics.items() if not math.isnan(v)})
@@ -1115,7 +1227,10 @@ def _log_candidate(
             average_precision=time_metrics["average_precision"],
             run_id=run.info.run_id,
             model_uri=info.model_uri,
-            random_split={k: random_metrics[k] for k in ("r2", "rmse", "mae", "precision_at_20", "recall_at_20", "average_precision")},
+            random_split={
+                k: random_metrics[k]
+                for k in ("r2", "rmse", "mae", "precision_at_20", "recall_at_20", "average_precision")
+            },
         )
 
 
@@ -1136,7 +1251,13 @@ def _model_params(model: RiskModel) -> dict[str, Any]:
 
 
 def _register(
-    name: str, cand: str, model: RiskModel, res: UseCaseResult, X_test: pd.DataFrame, y_test: np.ndarray, d_test: np.ndarray,
+    name: str,
+    cand: str,
+    model: RiskModel,
+    res: UseCaseResult,
+    X_test: pd.DataFrame,
+    y_test: np.ndarray,
+    d_test: np.ndarray,
     w_test: np.ndarray,
 ) -> ChampionDecision:
     """Register the best candidate; make it champion only if it beats the current champion on these
@@ -1165,17 +1286,24 @@ def _register(
                 f"AP {_fmt(old_metrics['average_precision'])} / P@20 {_fmt(old_metrics['precision_at_20'])} "
                 f"on the same test days: " + ("better" if promote else "not better (ties keep the champion)")
             )
-            mlflow.log_metrics({
-                "champion_test_average_precision": _nan0(old_metrics["average_precision"]),
-                "champion_test_precision_at_20": _nan0(old_metrics["precision_at_20"]),
-            })
+            mlflow.log_metrics(
+                {
+                    "champion_test_average_precision": _nan0(old_metrics["average_precision"]),
+                    "champion_test_precision_at_20": _nan0(old_metrics["precision_at_20"]),
+                }
+            )
         except Exception as exc:  # an unreadable or incompatible champion cannot defend its title
             promote, reason = True, f"current champion v{current.version} could not be evaluated: {exc}"
     version = mlflow.register_model(new.model_uri, name, tags={"trailguard.candidate": cand})
     alias = CHAMPION if promote else CHALLENGER
     client.set_registered_model_alias(name, alias, version.version)
-    for key, value in {"trailguard.candidate": cand, "trailguard.decision": alias, "trailguard.reason": reason[:5000],
-                       "trailguard.run_id": new.run_id, "trailguard.test_days": _span(res.test_days)}.items():
+    for key, value in {
+        "trailguard.candidate": cand,
+        "trailguard.decision": alias,
+        "trailguard.reason": reason[:5000],
+        "trailguard.run_id": new.run_id,
+        "trailguard.test_days": _span(res.test_days),
+    }.items():
         client.set_model_version_tag(name, version.version, key, value)
     client.set_tag(new.run_id, "trailguard.decision", f"{alias}: {reason}"[:5000])
     champion_version = version.version if promote else current.version

@@ -165,8 +165,18 @@ def read_scores(data_root: DataPath | str, day: date | str) -> pd.DataFrame:
     import pyarrow as pa
 
     # lf_rules: the findings' tactics; anomaly_score: their tie-break; scorer_note: which scorer ran and why
-    wanted = (*REQUIRED_COLUMNS, *TEXT_COLUMNS, "lf_rules", "anomaly_score", "ua_family", "principal_short", "scorer_note")
-    tables = [read_parquet(path, columns=[c for c in parquet_schema(path).names if c in wanted]) for path in files]
+    wanted = (
+        *REQUIRED_COLUMNS,
+        *TEXT_COLUMNS,
+        "lf_rules",
+        "anomaly_score",
+        "ua_family",
+        "principal_short",
+        "scorer_note",
+    )
+    tables = [
+        read_parquet(path, columns=[c for c in parquet_schema(path).names if c in wanted]) for path in files
+    ]
     # one conversion to pandas for all the day's parts (one per account x region)
     scores = pa.concat_tables(tables, promote_options="default").to_pandas()
     missing = [c for c in REQUIRED_COLUMNS if c not in scores.columns]
@@ -308,7 +318,11 @@ def _summary(
 def _models(scores: pd.DataFrame) -> list[dict[str, Any]]:
     """Per use case the scorer that ran (a champion, or the cold-start scorer) and why (``note``)."""
     keys = ["use_case", "model_name", "model_version"]
-    notes = scores["scorer_note"] if "scorer_note" in scores else pd.Series(None, index=scores.index, dtype=object)
+    notes = (
+        scores["scorer_note"]
+        if "scorer_note" in scores
+        else pd.Series(None, index=scores.index, dtype=object)
+    )
     grouped = scores.assign(scorer_note=notes).groupby(keys, dropna=False)["scorer_note"]
     sizes, first_note = grouped.size(), grouped.first()
     return [
@@ -423,7 +437,9 @@ class Report:
     quality_page: DataPath | None = None
     feedback_hint: str | None = None
     usual: dict[str, Any] = field(default_factory=dict)  # finding id -> its usual-vs-now panel
-    integrity: dict[str, Any] | None = None  # trailguard.integrity.findings.integrity_section: its own section
+    integrity: dict[str, Any] | None = (
+        None  # trailguard.integrity.findings.integrity_section: its own section
+    )
     _files: dict[str, DataPath] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -494,7 +510,9 @@ class Report:
             raise ValueError("image_src must be a cid: or a data:image/png URI")
         from trailguard.store.render import render
 
-        context = _html_context(self, image_src, for_email, notice or _store_notice(self), frozenset(new_groups))
+        context = _html_context(
+            self, image_src, for_email, notice or _store_notice(self), frozenset(new_groups)
+        )
         return render("trailguard.report", "email.html" if for_email else "daily_report.html", **context)
 
     def text(self, *, notice: Notice | None = None, new_groups: Iterable[str] = ()) -> str:
@@ -552,8 +570,10 @@ def build_report(
         day=day_text,
         generated_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         top_events=top,
-        summary={**_summary(scores, findings, top, top_k, min_score),
-                 "store_notices": store_notices(data_root, day_text)},
+        summary={
+            **_summary(scores, findings, top, top_k, min_score),
+            "store_notices": store_notices(data_root, day_text),
+        },
         models=_models(scores),
         quality=quality,
         chart_png=render_chart(scores, top, day_text),
@@ -960,7 +980,9 @@ def _integrity_context(report: Report) -> dict[str, Any]:
             }
             for f in (section or {}).get("findings", [])
         ],
-        "gaps": [clean_text(f"{where}: nothing delivered at {', '.join(hours)}", 500)
-                 for where, hours in (section or {}).get("gaps", {}).items()],
+        "gaps": [
+            clean_text(f"{where}: nothing delivered at {', '.join(hours)}", 500)
+            for where, hours in (section or {}).get("gaps", {}).items()
+        ],
         "gap_note": clean_text((section or {}).get("gap_note"), 300),
     }

@@ -362,7 +362,9 @@ def send_report(
     )  # fmt: skip
 
 
-def _deliver(msg: EmailMessage, smtp: SmtpSettings, addresses: list[str], eml_path: DataPath) -> dict[str, str]:
+def _deliver(
+    msg: EmailMessage, smtp: SmtpSettings, addresses: list[str], eml_path: DataPath
+) -> dict[str, str]:
     """Send over SMTP; any failure becomes a ReportSendError that says where the mail is kept."""
     context = ssl_lib.create_default_context()
     try:

@@ -46,7 +46,8 @@ def quality_lines(data_root: DataPath) -> list[str]:
     status = Counter(r["status"] for r in done.values())
     quarantined = sum(int(r.get("rows_quarantined") or 0) for r in done.values())
     lines = [
-        f"validation: {len(done)} days - " + ", ".join(f"{n} {s}" for s, n in sorted(status.items()))
+        f"validation: {len(done)} days - "
+        + ", ".join(f"{n} {s}" for s, n in sorted(status.items()))
         + f"; {quarantined:,} rows quarantined"
     ]
     for day, result in sorted(done.items()):

@@ -104,10 +104,19 @@ UNIQUE_TEXT_COLUMNS = frozenset(
 # Event texts that queries filter on (a query engine skips row groups by their min/max statistics); the
 # other event texts (ARNs, user agents, addresses...) get no statistics: computing them took 5-15% of the
 # writing time as measured, and a min and max of ARNs prunes nothing.
-PRUNING_COLUMNS = frozenset({
-    "eventSource", "eventName", "eventType", "eventCategory", "awsRegion", "errorCode", "recipientAccountId",
-    "userIdentity.type", "userIdentity.accountId",
-})
+PRUNING_COLUMNS = frozenset(
+    {
+        "eventSource",
+        "eventName",
+        "eventType",
+        "eventCategory",
+        "awsRegion",
+        "errorCode",
+        "recipientAccountId",
+        "userIdentity.type",
+        "userIdentity.accountId",
+    }
+)
 _NO_STATISTICS = UNIQUE_TEXT_COLUMNS | {
     f.name for f in EVENT_SCHEMA if pa.types.is_string(f.type) and f.name not in PRUNING_COLUMNS
 }
@@ -350,8 +359,14 @@ class EventStore:
         fs.move(path, target)
         marker = folder / "damaged.json"
         record = json.loads(marker.read_text()) if marker.exists() else {"day": day_text(day), "files": []}
-        record["files"].append({"file": f"events/date={day_text(day)}/{path.name}", "moved_to": str(target),
-                                "reason": reason, "at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+        record["files"].append(
+            {
+                "file": f"events/date={day_text(day)}/{path.name}",
+                "moved_to": str(target),
+                "reason": reason,
+                "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            }
+        )
         write_bytes_atomic(json.dumps(record, indent=2).encode(), marker)
         self._indexes.pop(day_text(day), None)
         log.warning("moved %s aside to %s: %s (the day is marked damaged)", path, target, reason)
@@ -411,7 +426,9 @@ class EventStore:
 
     def _trim_indexes(self) -> None:
         """Drop the least recently used days' indexes beyond the memory budget (the newest always stays)."""
-        while len(self._indexes) > 1 and sum(i.nbytes for i in self._indexes.values()) > self.index_budget_bytes:
+        while (
+            len(self._indexes) > 1 and sum(i.nbytes for i in self._indexes.values()) > self.index_budget_bytes
+        ):
             self._indexes.popitem(last=False)
 
     def _keep_new(self, day: str, keys: np.ndarray, keep: np.ndarray) -> None:
@@ -476,7 +493,12 @@ class EventStore:
         return removed
 
     def add_staged_part(
-        self, staged: DataPath, day: str, run_id: str, batch: KeyIndex | None = None, ids: StagedIds | None = None,
+        self,
+        staged: DataPath,
+        day: str,
+        run_id: str,
+        batch: KeyIndex | None = None,
+        ids: StagedIds | None = None,
         on_dropped: Callable[[pa.Table], None] | None = None,
     ) -> dict[str, int]:
         """Move a staged part (one day's events in EVENT_SCHEMA) into the partition, less the eventIDs the
@@ -541,10 +563,18 @@ class EventStore:
                 fcntl.lockf(handle, fcntl.LOCK_EX)
             previous = _lock_owner(handle)
             if previous != "nobody":
-                log.warning("took over the commit lock of %s from %s (gone without releasing it; what it "
-                            "committed is complete, what it had not is read again)", self.root, previous)
-            owner = {"pid": os.getpid(), "host": socket.gethostname(), "purpose": purpose,
-                     "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                log.warning(
+                    "took over the commit lock of %s from %s (gone without releasing it; what it "
+                    "committed is complete, what it had not is read again)",
+                    self.root,
+                    previous,
+                )
+            owner = {
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "purpose": purpose,
+                "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            }
             handle.seek(0)
             handle.truncate()
             handle.write(json.dumps(owner).encode())
@@ -598,8 +628,14 @@ class EventStore:
     def record_run(self, run_id: str, source: str) -> None:
         """Note which source a run read (``manifest/runs/``): a repair reads a damaged day from there again."""
         if source:
-            doc = {"run_id": run_id, "source": source, "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-            write_bytes_atomic(json.dumps(doc).encode(), self.root / "manifest" / "runs" / f"{safe_name(run_id)}.json")
+            doc = {
+                "run_id": run_id,
+                "source": source,
+                "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            }
+            write_bytes_atomic(
+                json.dumps(doc).encode(), self.root / "manifest" / "runs" / f"{safe_name(run_id)}.json"
+            )
 
     def run_sources(self) -> dict[str, str]:
         """The source each recorded run read, by run id."""
@@ -634,7 +670,9 @@ class EventStore:
         target = folder / quarantine_name(key)
         write_bytes_atomic(data, target)
         reason_doc = {"key": key, "reason": reason, "run_id": run_id, "bytes": len(data)}
-        write_bytes_atomic(json.dumps(reason_doc, indent=2).encode(), target.with_name(target.name + ".reason.json"))
+        write_bytes_atomic(
+            json.dumps(reason_doc, indent=2).encode(), target.with_name(target.name + ".reason.json")
+        )
         return target
 
     def quarantine_records(self, rejected: list[dict], run_id: str) -> DataPath | None:
@@ -645,7 +683,9 @@ class EventStore:
         target = self.quarantine_dir / "records" / f"part-{run_id}-{uuid.uuid4().hex[:8]}.parquet"
         return write_parquet_atomic(table, target)
 
-    def find_events(self, day: str, event_ids: Iterable[str], columns: list[str]) -> Iterator[tuple[DataPath, pa.Table]]:
+    def find_events(
+        self, day: str, event_ids: Iterable[str], columns: list[str]
+    ) -> Iterator[tuple[DataPath, pa.Table]]:
         """The stored rows of a day with these eventIDs, file by file (read in batches: memory follows a batch)."""
         wanted = pa.array(sorted(set(event_ids)), pa.string())
         for path in self.partition_files(day, allow_damaged=True):
@@ -698,8 +738,10 @@ def _lock_owner(handle: object) -> str:
         return "an unknown process"
     if not isinstance(owner, dict):
         return "nobody"
-    return (f"pid {owner.get('pid')} on {owner.get('host')} ({owner.get('purpose')}, since "
-            f"{owner.get('started')})")
+    return (
+        f"pid {owner.get('pid')} on {owner.get('host')} ({owner.get('purpose')}, since "
+        f"{owner.get('started')})"
+    )
 
 
 class DamagedPartitionError(RuntimeError):

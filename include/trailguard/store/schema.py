@@ -25,7 +25,10 @@ STRING_FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("userIdentity.userName", ("userIdentity", "userName")),
     ("userIdentity.invokedBy", ("userIdentity", "invokedBy")),
     ("userIdentity.accessKeyId", ("userIdentity", "accessKeyId")),
-    ("userIdentity.sessionContext.sessionIssuer.arn", ("userIdentity", "sessionContext", "sessionIssuer", "arn")),
+    (
+        "userIdentity.sessionContext.sessionIssuer.arn",
+        ("userIdentity", "sessionContext", "sessionIssuer", "arn"),
+    ),
     (
         "userIdentity.sessionContext.sessionIssuer.userName",
         ("userIdentity", "sessionContext", "sessionIssuer", "userName"),

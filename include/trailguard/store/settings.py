@@ -75,6 +75,8 @@ def _served(uri: str) -> str | None:
     """An MLflow tracking URI that is also where people open its UI (an http(s) server), else None."""
     uri = uri.strip()
     return uri if uri.startswith(("http://", "https://")) else None
+
+
 def _float(name: str, default: float) -> float:
     raw = os.environ.get(name, "").strip()
     if not raw:
@@ -118,7 +120,8 @@ def load_settings(**overrides: object) -> Settings:
         "threat_lists": tuple(
             s.strip() for s in env.get("TRAILGUARD_THREAT_LISTS", "").split(",") if s.strip()
         ),
-        "mlflow_ui_url": env.get("TRAILGUARD_MLFLOW_UI_URL", "").strip() or _served(env.get("MLFLOW_TRACKING_URI", "")),
+        "mlflow_ui_url": env.get("TRAILGUARD_MLFLOW_UI_URL", "").strip()
+        or _served(env.get("MLFLOW_TRACKING_URI", "")),
         "train_min_events": max(1, _int("TRAILGUARD_TRAIN_MIN_EVENTS", 30)),
         "train_min_days": max(2, _int("TRAILGUARD_TRAIN_MIN_DAYS", 2)),
         "coldstart_fit_days": max(0, _int("TRAILGUARD_COLDSTART_FIT_DAYS", 7)),
