@@ -156,11 +156,12 @@ def cloudtrail_ingest():
     @task(trigger_rule="all_done")
     def touched_dates(summary: dict | None) -> list[str]:
         """The days the commit touched; runs even when integrity verification failed, so those days are
-        still validated. Without a commit (it failed) there is nothing to validate: skipped, no retry."""
+        still validated. Without a commit (it failed) there is nothing to validate: the run fails here
+        at once, without retries (the commit's own failure has said why)."""
         if not summary:
-            from airflow.exceptions import AirflowSkipException
+            from airflow.sdk.exceptions import AirflowFailException
 
-            raise AirflowSkipException("commit_events did not succeed: no committed day to validate")
+            raise AirflowFailException("commit_events did not succeed: no committed day to validate")
         return summary["dates"]
 
     @task(outlets=[VALIDATED_EVENTS], map_index_template="{{ day }}")

@@ -434,7 +434,7 @@ def test_report_is_emailed_and_a_label_recorded(trained, findings_queues):
     assert "secops@example.com" in new_mail.pop().read_text(errors="replace")
 
     report = json.loads((report_dir / "report.json").read_text())
-    high = sorted(row["eventID"] for row in report["top_events"] if row["risk_score"] >= 70)
+    high = sorted(row["finding_id"] for row in report["top_events"] if row["risk_score"] >= 70)
     drain = findings_queues[1]
     via_sns = drain("sns")
     via_bus = [event["detail"] for event in drain("eventbridge")]

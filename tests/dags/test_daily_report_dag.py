@@ -154,11 +154,12 @@ def test_daily_report_emails_the_injected_attacks(trained, smtp_server, findings
 
     # the findings at or above 70 reached SNS (read back from the subscribed queue), each once
     report = json.loads((store.root / "reports" / last.isoformat() / "report.json").read_text())
-    high = {row["eventID"] for row in report["top_events"] if row["risk_score"] >= 70}
+    high = {row["finding_id"] for row in report["top_events"] if row["risk_score"] >= 70}
+    high_events = {row["eventID"] for row in report["top_events"] if row["risk_score"] >= 70}
     received = findings_queue()
     assert high and sorted(m["finding_id"] for m in received) == sorted(high)
     assert all(m["schema"] == "trailguard.finding/1" and m["score"] >= 70 for m in received)
-    assert set(attacks.loc[attacks["eventID"].isin(high), "scenario"]), (
+    assert set(attacks.loc[attacks["eventID"].isin(high_events), "scenario"]), (
         "the attacks are among the findings sent"
     )
 

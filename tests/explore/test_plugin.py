@@ -50,6 +50,8 @@ def client(airflow_db, tmp_path_factory):
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
+        # the API app signs its tokens with this; set here, whatever an earlier test left in Airflow's config
+        "AIRFLOW__API_AUTH__JWT_SECRET": "trailguard-plugin-test-secret",
     }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
