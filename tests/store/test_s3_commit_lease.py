@@ -164,6 +164,40 @@ def test_concurrent_commits_into_one_s3_store_store_every_event_id_once(s3, tmp_
     assert not [k for k in keys_under(s3, "race") if k.startswith(("_locks/", "staging/"))]
 
 
+def _hold_and_hang(root: str, ready) -> None:
+    """Take the commit lease, say so, and hang (until killed)."""
+    store = EventStore(as_path(root), lease_seconds=2)
+    with store.commit_lock("a commit killed with -9"):
+        ready.set()
+        time.sleep(600)
+
+
+@pytest.mark.slow
+def test_a_committer_killed_with_9_frees_the_store_within_its_lease(s3, caplog):
+    """A machine lost mid-commit (``kill -9``: no release, no more renewals): the next committer waits
+    while the lease is live, then takes it over (saying from whom) and commits."""
+    import signal
+
+    root = f"s3://{BUCKET}/killed"
+    context = multiprocessing.get_context("spawn")
+    ready = context.Event()
+    holder = context.Process(target=_hold_and_hang, args=(root, ready))
+    holder.start()
+    assert ready.wait(60)
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.join(10)
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="trailguard.store.lease"):
+        appended, _ = store_one(EventStore(as_path(root), lease_seconds=2, lease_wait_seconds=60), "k-1")
+    waited = time.monotonic() - started
+    messages = [r.getMessage() for r in caplog.records]
+    assert appended == 1 and 1.0 < waited < 30
+    assert any(f"waiting for the commit lease of {root}" in m and f"pid {holder.pid}" in m for m in messages)
+    took = [m for m in messages if "took over" in m]
+    assert len(took) == 1 and f"pid {holder.pid}" in took[0] and "a commit killed with -9" in took[0]
+    assert not [k for k in keys_under(s3, "killed") if k.startswith("_locks/")]
+
+
 # -- a lease held, stale, released, lost -----------------------------------------------------------------------
 def test_a_lease_is_renewed_while_held_and_gone_after(s3):
     root = as_path(f"s3://{BUCKET}/renewed")
@@ -307,3 +341,31 @@ def test_an_endpoint_that_ignores_conditional_writes_is_refused(s3):
         with leases.held(root, "commit", "probe", client=_IgnoresConditions(s3)):
             pass
     assert s3.list_objects_v2(Bucket="trailguard-no-conditions").get("KeyCount") == 0
+
+
+class _LosesAnswers(_IgnoresConditions):
+    """The real client, whose PUT goes through but whose answer is lost: botocore's retry of it is refused
+    (412, the object now exists or its ETag changed), which is all the caller sees."""
+
+    def put_object(self, **kwargs):
+        from botocore.exceptions import ClientError
+
+        self._client.put_object(**kwargs)
+        error = {
+            "Error": {"Code": "PreconditionFailed", "Message": "At least one of the preconditions failed"}
+        }
+        raise ClientError(error, "PutObject")
+
+
+def test_a_write_whose_answer_was_lost_is_recognised_as_ours(s3, caplog):
+    """A create (or renewal) that went through though its answer was lost: the lease read back holds our
+    token, so it is ours: no waiting for ourselves, no lease lost."""
+    root = as_path(f"s3://{BUCKET}/answers")
+    with caplog.at_level(logging.WARNING, logger="trailguard.store.lease"):
+        with leases.held(
+            root, "commit", "lost answers", lease_seconds=1.5, wait_seconds=0, client=_LosesAnswers(s3)
+        ) as held:
+            time.sleep(1.2)  # two renewals, each "refused"
+            held.check()
+    assert keys_under(s3, "answers") == []
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

@@ -237,6 +237,8 @@ class Lease:
             seen = self.read()
             if seen is None:
                 continue  # released between our write and our read: try again at once
+            if self._ours(seen):
+                return  # our create went through, but its answer was lost and the retry refused
             if seen.stale(self.lease_seconds):
                 if self._put(IfMatch=seen.etag):
                     log.warning(
@@ -274,13 +276,25 @@ class Lease:
                 continue
             try:
                 seen = self.read()
-                by = describe(seen.owner) if seen else "nobody (it was removed)"
-            except Exception:  # noqa: BLE001 - who took it is for the message only
-                by = "another owner"
+            except Exception as exc:  # a network fault: try again at the next beat
+                log.warning("could not renew %s: %s", self.label, exc)
+                continue
+            if seen is not None and self._ours(seen):
+                continue  # our renewal went through, but its answer was lost and the retry refused
+            by = describe(seen.owner) if seen else "nobody (it was removed)"
             with self._state:
                 self.lost = f"taken over by {by}"
             log.error("lost %s: %s", self.label, self.lost)
             return
+
+    def _ours(self, seen: _Seen) -> bool:
+        """Whether the lease read holds our token (then it is ours, renewed when it was last written)."""
+        if not (isinstance(seen.owner, dict) and seen.owner.get("owner") == self.token):
+            return False
+        with self._state:
+            self.etag = seen.etag
+            self._renewed_at = time.monotonic() - max(seen.age, 0.0) - 1.0  # its age, to the second
+        return True
 
     def check(self) -> None:
         """Raise :class:`LeaseLost` when the lease was taken over, or not renewed for its whole duration
@@ -319,7 +333,7 @@ class Lease:
     def _release_unconditionally(self) -> None:
         """For a server without conditional deletes: delete the lease if it still holds our token."""
         seen = self.read()
-        if seen is not None and isinstance(seen.owner, dict) and seen.owner.get("owner") == self.token:
+        if seen is not None and self._ours(seen):
             self.client.delete_object(Bucket=self.bucket, Key=self.key)
 
     def _probe(self) -> None:
@@ -339,6 +353,8 @@ class Lease:
                         if code in _UNSUPPORTED:
                             unsupported = f"refuses them ({code})"
                             break
+                        elif attempt == "first" and code in _LOST_RACE:
+                            continue  # created, its answer lost (the key is new: only we made it)
                         elif attempt == "second" and code in _LOST_RACE:
                             break  # refused as it should be
                         else:
