@@ -74,9 +74,9 @@ def planted_lease(client, prefix: str, **owner) -> None:
 
 
 # -- the children: one "machine" each ---------------------------------------------------------------------------
-def _child(kind: str, root: str, arg: str, go, out: str) -> None:
+def _child(kind: str, root: str, arg: str, ready, go, out: str) -> None:
     """Commit the given stages (``commit``) or ingest a folder (``ingest``) into ``root`` once ``go`` is
-    set; the summary goes to ``out``, the log to ``out``.log."""
+    set (``ready`` says it is at the start line); the summary goes to ``out``, the log to ``out``.log."""
     import tempfile
 
     tempfile.tempdir = out + ".tmp"  # a machine of its own: nothing local is shared (no lock file in /tmp)
@@ -86,7 +86,8 @@ def _child(kind: str, root: str, arg: str, go, out: str) -> None:
     from trailguard.ingest.sources import LocalFolderSource
 
     store = EventStore(as_path(root), lease_seconds=5, lease_wait_seconds=300)
-    go.wait(60)
+    ready.set()
+    go.wait(120)
     if kind == "commit":
         summary = commit(store, json.loads(arg), source="stages")
     else:
@@ -135,14 +136,15 @@ def test_concurrent_commits_into_one_s3_store_store_every_event_id_once(s3, tmp_
         "c": ("ingest", str(folders["c"])),
     }
     outs = {name: str(tmp_path / f"{name}.json") for name in jobs}
+    ready = {name: context.Event() for name in jobs}
     children = {
-        name: context.Process(target=_child, args=(kind, root, arg, go, outs[name]))
+        name: context.Process(target=_child, args=(kind, root, arg, ready[name], go, outs[name]))
         for name, (kind, arg) in jobs.items()
     }
     for child in children.values():
         child.start()
-    time.sleep(3)  # all three imported and waiting at the start line
-    go.set()
+    assert all(event.wait(120) for event in ready.values()), "a child did not start"
+    go.set()  # all three at once
     for name, child in children.items():
         child.join(300)
         assert child.exitcode == 0, f"{name}: {Path(outs[name] + '.log').read_text()}"
