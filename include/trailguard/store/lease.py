@@ -24,14 +24,22 @@ owner (host, pid, purpose, a random token) and how long it lasts without renewal
   its new owner); where the server does not support a conditional delete, the lease is read back and
   deleted only if it still holds our token.
 * **A lease lost while held** (its holder stalled for longer than the lease, and another took it over)
-  is noticed by the heartbeat; :meth:`Lease.check`, called before each write of the commit, then stops
-  the commit with :class:`LeaseLost`. What was written is whole files; a rerun is idempotent.
+  is noticed by the heartbeat, or by the holder's own clock (no renewal for 0.8 of the lease);
+  :meth:`Lease.check`, called before each part is moved in and before the manifest is written, then
+  stops the commit with :class:`LeaseLost`. What was written is whole files; a rerun is idempotent. A
+  lease is not a fencing token: a holder frozen inside one write for longer than the lease could still
+  finish that write after a takeover; at 60 s that takes a frozen machine, not a slow one.
+* **A write whose answer was lost** (botocore's retry then refused with 412) is recognised by the token
+  read back: the lease is ours, not another's.
 * **An endpoint that ignores conditional writes** would let two committers in at once, silently: the
   first lease of a process on a bucket is preceded by a probe (the same key created twice with
   ``If-None-Match``; the second must be refused), and such an endpoint is refused with a clear error.
 
-moto's server (the tests' S3) honours ``If-None-Match: *`` and ``If-Match`` on ``PutObject`` and
-``If-Match`` on ``DeleteObject`` (``moto/s3/responses.py``, ``put_object``/``delete_object``).
+AWS S3 supports all three (conditional writes since 2024, conditional deletes on general purpose
+buckets; an ``If-Match`` delete needs ``s3:GetObject`` as well as ``s3:DeleteObject``). moto's server (the
+tests' S3) honours ``If-None-Match: *`` and ``If-Match`` on ``PutObject`` and ``If-Match`` on
+``DeleteObject`` (``moto/s3/responses.py``: ``put_object``, ``delete_object``); its check and its write are
+not one atomic step, a window S3 itself does not have (200 rounds of 4 racing creates: one winner each).
 """
 
 from __future__ import annotations
@@ -324,7 +332,15 @@ class Lease:
             if code in _LOST_RACE:
                 log.warning("%s was taken over before its release", self.label)
             elif code in _UNSUPPORTED:
-                self._release_unconditionally()
+                try:
+                    self._release_unconditionally()
+                except Exception as again:  # noqa: BLE001 - the lease lapses; the commit's own outcome stands
+                    log.warning(
+                        "could not release %s (%s): it lapses after %gs",
+                        self.label,
+                        again,
+                        self.lease_seconds,
+                    )
             else:
                 log.warning(
                     "could not release %s (%s): it lapses after %gs", self.label, exc, self.lease_seconds
