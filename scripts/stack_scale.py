@@ -91,9 +91,21 @@ SHARED_VARIABLES: tuple[str, ...] = (
     "AIRFLOW__CELERY__BROKER_URL",
     "AIRFLOW__CELERY__RESULT_BACKEND",
     "AIRFLOW__CELERY__WORKER_CONCURRENCY",
+    "AIRFLOW__CORE__AUTH_MANAGER",
+    "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS",
+    "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE",
     "MLFLOW_TRACKING_URI",
     "TRAILGUARD_DATA",
+)
+
+#: What compose takes from .env for the profile celery (an empty value is not "unset" for boto3, so these
+#: are not in compose's environment with a default): set here, documented in .env.example.
+ENV_FILE_VARIABLES: tuple[str, ...] = (
     "AWS_ENDPOINT_URL",
+    "MLFLOW_S3_ENDPOINT_URL",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_DEFAULT_REGION",
 )
 
 
