@@ -390,6 +390,8 @@ def start(cfg: Config, service: Service) -> psutil.Process:
             stderr=subprocess.STDOUT,
             start_new_session=True,  # own session and process group: stoppable as one
             user=service.user,
+            group=service.user,  # its own group too, none of ours
+            extra_groups=[] if service.user else None,
         )
     tmp = pid_file(cfg, service.name).with_suffix(".pid.tmp")
     tmp.write_text(f"{popen.pid}\n")

@@ -515,19 +515,23 @@ def _has_airflow_tables(cfg: ScaleConfig) -> bool:
 
 
 # -- commands -----------------------------------------------------------------------------------------------
-def stack_rss(cfg: ScaleConfig) -> tuple[float, int]:
-    """Resident memory (MB) of every process the stack runs, and how many there are."""
+def stack_memory(cfg: ScaleConfig) -> tuple[float, float, int]:
+    """Memory (MB) of every process the stack runs: the sum of RSS (counts shared pages in each
+    process: Postgres' shared buffers, forked workers' copies) and of PSS (shares them out), and how many
+    processes there are."""
     procs = {p.pid: p for p in base.stack_processes(cfg.run_dir, _sessions(cfg))}
     for service in services(cfg):
         if (proc := base.running(cfg, service)) is not None:
             procs.update({c.pid: c for c in base._tree(proc)})
-    total = 0
+    rss = pss = 0
     for proc in procs.values():
         try:
-            total += proc.memory_info().rss
+            info = proc.memory_full_info()
         except psutil.Error:
             continue
-    return total / 2**20, len(procs)
+        rss += info.rss
+        pss += getattr(info, "pss", info.rss)
+    return rss / 2**20, pss / 2**20, len(procs)
 
 
 def _sessions(cfg: ScaleConfig) -> set[int]:
@@ -594,11 +598,21 @@ def up(cfg: ScaleConfig) -> int:
             base.stop(cfg, started, catalogue=catalogue)
         return 1
     seconds = time.monotonic() - began
-    rss, count = stack_rss(cfg)
-    log.info("all healthy after %.0f s; stack RSS %.0f MB in %d processes", seconds, rss, count)
-    (cfg.run_dir / "up.json").write_text(
-        json.dumps({"seconds_to_healthy": round(seconds, 1), "rss_mb": round(rss), "processes": count}) + "\n"
+    rss, pss, count = stack_memory(cfg)
+    log.info(
+        "all healthy after %.0f s; stack memory %.0f MB RSS (%.0f MB PSS) in %d processes",
+        seconds,
+        rss,
+        pss,
+        count,
     )
+    summary = {
+        "seconds_to_healthy": round(seconds, 1),
+        "rss_mb": round(rss),
+        "pss_mb": round(pss),
+        "processes": count,
+    }
+    (cfg.run_dir / "up.json").write_text(json.dumps(summary) + "\n")
     print(
         "\n".join(
             [
@@ -621,12 +635,15 @@ def up(cfg: ScaleConfig) -> int:
     return 0
 
 
-def _plain_config() -> base.Config | None:
-    """`make up`'s configuration, when the environment allows one (it refuses an s3:// data root)."""
+def _plain_config() -> base.Config:
+    """`make up`'s configuration (its run folder and ports: what `down` and `status` need), whatever
+    TRAILGUARD_DATA says (`make up` itself refuses an s3:// data root)."""
+    saved = os.environ.pop("TRAILGUARD_DATA", None)
     try:
         return base.Config.from_env()
-    except SystemExit:
-        return None
+    finally:
+        if saved is not None:
+            os.environ["TRAILGUARD_DATA"] = saved
 
 
 def down(cfg: ScaleConfig) -> int:
@@ -634,13 +651,12 @@ def down(cfg: ScaleConfig) -> int:
     left = base.stop(cfg, catalogue=services(cfg))
     plain = _plain_config()
     ports = [p for s in services(cfg) for p in s.ports.values()]
-    if plain is not None:
-        left += base.stop(plain)
-        left += [p for p in base.stack_processes(plain.run_dir, set())]
-        ports += [p for s in base.services(plain) for p in s.ports.values()]
+    left += base.stop(plain)
+    left += [p for p in base.stack_processes(plain.run_dir, set())]
+    ports += [p for s in base.services(plain) for p in s.ports.values()]
     left += base.stack_processes(cfg.run_dir, set())
     busy = sorted({p for p in ports if not base._port_free(p)})
-    pids = [p for p in cfg.run_dir.glob("*.pid")] + (list(plain.run_dir.glob("*.pid")) if plain else [])
+    pids = [*cfg.run_dir.glob("*.pid"), *plain.run_dir.glob("*.pid")]
     if left or busy:
         log.error(
             "still running: %s; ports in use: %s",
@@ -693,7 +709,7 @@ def worker_table(cfg: ScaleConfig, limit: int = 40) -> list[str]:
 
 def status(cfg: ScaleConfig) -> int:
     plain = _plain_config()
-    if plain is not None and any(plain.run_dir.glob("*.pid")):
+    if any(plain.run_dir.glob("*.pid")):
         print("make up:")
         base.status(plain)
     rows = []
@@ -713,8 +729,11 @@ def status(cfg: ScaleConfig) -> int:
     print("make up-scale:")
     print("\n".join(rows))
     if running_any:
-        rss, count = stack_rss(cfg)
-        print(f"  stack RSS {rss:.0f} MB in {count} processes; Airflow {cfg.airflow_url} ({base.login(cfg)})")
+        rss, pss, count = stack_memory(cfg)
+        print(
+            f"  stack memory {rss:.0f} MB RSS ({pss:.0f} MB PSS) in {count} processes; "
+            f"Airflow {cfg.airflow_url} ({base.login(cfg)})"
+        )
         if base.running(cfg, services(cfg)[0]) is not None:
             print("Celery workers and the task instances they ran:")
             print("\n".join(worker_table(cfg)))
