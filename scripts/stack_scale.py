@@ -646,29 +646,44 @@ def _plain_config() -> base.Config:
             os.environ["TRAILGUARD_DATA"] = saved
 
 
+def _listener(port: int) -> psutil.Process | None:
+    """The process listening on a port of 127.0.0.1, when it can be seen."""
+    try:
+        for conn in psutil.net_connections(kind="tcp"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid:
+                return psutil.Process(conn.pid)
+    except psutil.Error:
+        pass
+    return None
+
+
 def down(cfg: ScaleConfig) -> int:
-    """Stop both stacks, then check: no process of either (PID files, sessions, markers), ports free."""
-    left = base.stop(cfg, catalogue=services(cfg))
+    """Stop both stacks, then check: no process of either (PID files, sessions, markers), their ports free.
+    A port held by a program neither stack started (another checkout's `make up`) is named, not stopped."""
     plain = _plain_config()
-    ports = [p for s in services(cfg) for p in s.ports.values()]
-    left += base.stop(plain)
-    left += [p for p in base.stack_processes(plain.run_dir, set())]
-    ports += [p for s in base.services(plain) for p in s.ports.values()]
-    left += base.stack_processes(cfg.run_dir, set())
-    busy = sorted({p for p in ports if not base._port_free(p)})
-    pids = [*cfg.run_dir.glob("*.pid"), *plain.run_dir.glob("*.pid")]
-    if left or busy:
+    left = base.stop(cfg, catalogue=services(cfg)) + base.stop(plain)
+    left += base.stack_processes(cfg.run_dir, set()) + base.stack_processes(plain.run_dir, set())
+    left = list({p.pid: p for p in left}.values())
+    ports = sorted({port for s in [*services(cfg), *base.services(plain)] for port in s.ports.values()})
+    busy = {port: _listener(port) for port in ports if not base._port_free(port)}
+    others = {port: p for port, p in busy.items() if p is not None and p.pid not in {q.pid for q in left}}
+    held = sorted(set(busy) - set(others))
+    if left or held:
         log.error(
-            "still running: %s; ports in use: %s",
+            "still running: %s; ports still in use: %s",
             ", ".join(base._describe(p) for p in left) or "-",
-            ", ".join(map(str, busy)) or "-",
+            ", ".join(map(str, held)) or "-",
         )
         return 1
+    free = [port for port in ports if port not in others]
+    note = "".join(
+        f"; port {port} is held by a program neither stack started: pid {base._describe(p)}"
+        for port, p in others.items()
+    )
     log.info(
-        "stopped: nothing either stack started is running, %d ports free (%s)%s",
-        len(set(ports)),
-        ", ".join(map(str, sorted(set(ports)))),
-        f"; stale PID files: {', '.join(p.name for p in pids)}" if pids else "",
+        "stopped: nothing either stack started is running, ports %s free%s",
+        ", ".join(map(str, free)),
+        note,
     )
     return 0
 
