@@ -266,11 +266,10 @@ def test_events_scores_and_reports_are_objects_in_the_bucket(pipeline):
     )
     listing = stack.keys("")
     print(f"{len(listing)} objects in s3://{BUCKET}; by prefix:")
-    prefixes: dict[str, int] = {}
+    prefixes: dict[str, list[str]] = {}
     for key in listing:
-        head = "/".join(key.split("/")[:2])
-        prefixes[head] = prefixes.get(head, 0) + 1
-    print("\n".join(f"  {p}/ {n}" for p, n in sorted(prefixes.items())))
+        prefixes.setdefault("/".join(key.split("/")[:2]), []).append(key)
+    print("\n".join(f"  {p}/ {len(keys):4} objects, e.g. {keys[-1]}" for p, keys in sorted(prefixes.items())))
 
 
 def test_registered_models_are_in_the_postgres_backed_mlflow(pipeline):
