@@ -483,7 +483,7 @@ def migrate_airflow(cfg: ScaleConfig, env: dict[str, str]) -> None:
     from importlib.metadata import version
 
     marker = cfg.airflow_home / ".migrated"
-    wanted = f"{version('apache-airflow')} {cfg.postgres_port}"
+    wanted = version("apache-airflow")
     if marker.exists() and marker.read_text().strip() == wanted and _has_airflow_tables(cfg):
         return
     cfg.airflow_home.mkdir(parents=True, exist_ok=True)
@@ -543,8 +543,9 @@ def up(cfg: ScaleConfig) -> int:
     if missing := missing_binaries():
         log.error("make up-scale needs %s: %s", " and ".join(missing), INSTALL_HINT)
         return 1
+    installed = installed_versions()
     for name, want in (("postgres", PG_VERSION), ("redis", REDIS_VERSION)):
-        have = installed_versions().get(name)
+        have = installed.get(name)
         if have and have != want:
             log.warning("%s %s runs here, docker-compose.yaml declares %s", name, have, want)
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
