@@ -220,7 +220,7 @@ def _source_uri(params: dict, dag_run=None) -> str:
             "no CloudTrail source: set the run's 'source' Param, the Variable trailguard_source "
             "or TRAILGUARD_SOURCE (a folder, s3://bucket/prefix or cloudwatch://log-group)"
         )
-        if dag_run is not None and str(getattr(dag_run, "run_type", "")).endswith("scheduled"):
+        if getattr(dag_run, "run_type", None) == "scheduled":  # a str enum: equal to its value, not its str()
             raise AirflowSkipException(message)
         raise AirflowFailException(message)
     return uri
