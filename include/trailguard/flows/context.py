@@ -167,15 +167,22 @@ def attach_context(findings: pd.DataFrame, inventory: pd.DataFrame) -> pd.DataFr
             return pd.Series([None] * len(out), index=out.index, dtype=object)
         return out["interface_id"].map(known[name]).astype(object)
 
+    def text(value: Any) -> str | None:
+        return value if isinstance(value, str) and value else None
+
+    def objects(values: list) -> pd.Series:  # text columns keep None (pandas would make a str column of NaN)
+        return pd.Series(values, index=out.index, dtype=object)
+
     own = out["instance_id"].astype(object) if "instance_id" in out else column("instance_id")
-    out["instance_id"] = [
-        o if isinstance(o, str) and o else c for o, c in zip(own, column("instance_id"), strict=True)
-    ]
-    role = column("role")
-    out["role"] = [
-        r if isinstance(r, str) and r else roles.get(i) for r, i in zip(role, out["instance_id"], strict=True)
-    ]
-    out["security_groups"] = [" ".join(g) if isinstance(g, list) else None for g in column("security_groups")]
-    out["context_event"] = column("context_event")
-    out["context_call"] = column("context_call")
+    out["instance_id"] = objects(
+        [text(o) or text(c) for o, c in zip(own, column("instance_id"), strict=True)]
+    )
+    out["role"] = objects(
+        [text(r) or roles.get(i) for r, i in zip(column("role"), out["instance_id"], strict=True)]
+    )
+    out["security_groups"] = objects(
+        [" ".join(g) if isinstance(g, list) else None for g in column("security_groups")]
+    )
+    out["context_event"] = objects([text(v) for v in column("context_event")])
+    out["context_call"] = objects([text(v) for v in column("context_call")])
     return out
