@@ -97,6 +97,7 @@ MODEL_BASE = 30.0
 MODEL_ONLY_QUANTILE = 0.99  # an interface-day with no detection is a finding from this anomaly percentile on
 MODEL_SUPERVISED_FLOOR = 40.0
 MODEL_DETECTION = "flow_model_anomaly"
+MODEL_PREFIX = "flow-model-"  # eventID of a model-only finding: flow-model-<day>-<interface>
 MIN_HISTORY_DAYS = 3  # an interface-day needs this many days of flow history before it to be a training row
 COMBINATION = (
     "risk = clip(max(detection, s) + W * clip((a - Q) / (1 - Q), 0, 1), 0, 100); model-only finding "
@@ -180,6 +181,10 @@ def targets(
                 rule[key] = max(rule.get(key, 0.0), float(score))
             if str(eid) in scores:
                 labelled[key] = max(labelled.get(key, 0.0), float(scores[str(eid)]))
+    for eid, score in scores.items():  # a label on a model-only finding names its interface-day itself
+        if eid.startswith(MODEL_PREFIX) and len(eid) > len(MODEL_PREFIX) + 11:
+            key = (eid[len(MODEL_PREFIX) : len(MODEL_PREFIX) + 10], eid[len(MODEL_PREFIX) + 11 :])
+            labelled[key] = max(labelled.get(key, 0.0), float(score))
     target, source = [], []
     for key in zip(rows["day"], rows["interface_id"].astype(str), strict=True):
         if key in labelled:
@@ -384,7 +389,7 @@ def combine(
                         for eni, x, y in zip(lone.index, lone["a"], lone["s"], strict=True)],
             "use_case": USE_CASE, "model_name": NETWORK_MODEL, "model_version": champion,
         })  # fmt: skip
-        extra["eventID"] = [f"flow-model-{rows['day'].iloc[0]}-{eni}" for eni in lone.index]
+        extra["eventID"] = [f"{MODEL_PREFIX}{rows['day'].iloc[0]}-{eni}" for eni in lone.index]
         out = pd.concat([out, extra], ignore_index=True)
     return out
 
