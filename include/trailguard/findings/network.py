@@ -138,7 +138,7 @@ def _context_events(
                     continue
                 found[instance].append(event | {"risk_score": score, "day": text,
                                                 "finding_id": finding.get(eid) if eid in finding.index else None,
-                                                "as_instance": _text(event.get("userIdentity.arn")).endswith(f"/{instance}")})  # fmt: skip
+                                                "how": _how(event, instance, needles)})  # fmt: skip
     return found
 
 
@@ -232,6 +232,24 @@ def network_section(
     return section
 
 
+def _how(event: dict, instance: str, needles: set[str]) -> str:
+    """How a CloudTrail event concerns the instance, in words."""
+    if _text(event.get("userIdentity.arn")).endswith(f"/{instance}"):
+        return "as the instance's role"
+    params = _text(event.get("requestParameters"))
+    for needle in sorted(needles, key=lambda n: (not n.startswith("sg-"), n)):
+        if needle in params:
+            kind = (
+                "security group"
+                if needle.startswith("sg-")
+                else "interface"
+                if needle.startswith("eni-")
+                else "instance"
+            )
+            return f"names its {kind} {needle}" if kind != "instance" else "names the instance"
+    return "names the instance"
+
+
 def _cloudtrail_entries(events: list[dict], ranks: dict[str, int]) -> list[dict]:
     """One timeline entry per CloudTrail finding (its first event's time, its strongest event described,
     how many more), an event outside any finding on its own."""
@@ -251,7 +269,7 @@ def _cloudtrail_entries(events: list[dict], ranks: dict[str, int]) -> list[dict]
             "time": pd.Timestamp(members[0]["eventTime"]).strftime("%Y-%m-%d %H:%M:%S"), "source": "CloudTrail",
             "score": round(float(lead["risk_score"]), 1), "what": describe_event(lead) + more, "event_id": lead["eventID"],
             "finding_id": lead.get("finding_id"), "rank": ranks.get(str(lead.get("finding_id"))), "technique": None,
-            "how": "as the instance's role" if lead["as_instance"] else "names the instance, its interface or group",
+            "how": lead["how"],
             "events": len(members),
         })  # fmt: skip
     return sorted(out, key=lambda e: e["time"])
@@ -289,10 +307,9 @@ def story_lines(section: dict[str, Any] | None, limit: int = 10) -> list[str]:
         out.append(f"N{story['rank']} {story['score']:.1f}  {story['title']}")
         out.append(f"    {story['context']}")
         for e in story["timeline"]:
-            where = (
-                f" [CloudTrail finding {e['rank'] and '#' + str(e['rank']) or e['finding_id']}]"
-                if e["finding_id"]
-                else ""
-            )
+            where = ""
+            if e["source"] == "CloudTrail":
+                finding = e["rank"] and f"#{e['rank']}" or e["finding_id"]
+                where = f" [{e['how']}" + (f"; CloudTrail finding {finding}]" if finding else "]")
             out.append(f"    {e['time']}  {e['source']:<13} {e['score']:>5.1f}  {e['what'][:240]}{where}")
     return out

@@ -1001,6 +1001,7 @@ def _network_context(section: dict[str, Any] | None) -> dict[str, Any] | None:
             "timeline": [{
                 "time": clean_text(e["time"], 40), "source": clean_text(e["source"], 40), "score": f"{e['score']:.1f}",
                 "what": clean_text(e["what"], 600), "event_id": clean_text(e["event_id"], 100),
+                "how": clean_text(e.get("how"), 200) if e["source"] == "CloudTrail" else None,
                 "finding": (f"#{e['rank']}" if e.get("rank") else clean_text(e.get("finding_id"), 40)) if e.get("finding_id") else None,
             } for e in s["timeline"]],
         })  # fmt: skip
