@@ -102,3 +102,25 @@ def test_report_html_email_and_json_show_the_stories(demo):
 
 def test_no_flow_scores_no_section(tmp_path):
     assert network_section(tmp_path, "2026-01-31") is None
+
+
+def test_describe_event_says_what_the_group_opened():
+    import json
+
+    from trailguard.findings.network import describe_event
+
+    params = {"groupId": "sg-0abc", "ipPermissions": {"items": [{
+        "ipProtocol": "tcp", "fromPort": 22, "toPort": 22, "ipRanges": {"items": [{"cidrIp": "0.0.0.0/0"}]},
+        "ipv6Ranges": {"items": [{"cidrIpv6": "::/0"}]}}]}}  # fmt: skip
+    event = {"eventName": "AuthorizeSecurityGroupIngress", "requestParameters": json.dumps(params),
+             "userIdentity.arn": "arn:aws:iam::1:user/bob", "sourceIPAddress": "99.31.204.17"}  # fmt: skip
+    assert describe_event(event) == (
+        "AuthorizeSecurityGroupIngress: tcp 22 from 0.0.0.0/0, ::/0 on sg-0abc by user/bob from 99.31.204.17"
+    )
+    # a request that is not JSON, or another call: the call and who, nothing invented
+    odd = {
+        "eventName": "RunInstances",
+        "requestParameters": "{not json",
+        "errorCode": "Client.UnauthorizedOperation",
+    }
+    assert describe_event(odd) == "RunInstances (Client.UnauthorizedOperation) by ? from ?"

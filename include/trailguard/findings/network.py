@@ -113,12 +113,17 @@ def _context_events(
     """Per instance: the scored CloudTrail events of ``day`` and the day before that concern it."""
     store = EventStore(data_root)
     found: dict[str, list[dict]] = {i: [] for i in keys}
-    risk = scores.set_index("eventID")["risk_score"] if len(scores) else pd.Series(dtype=float)
     finding = scores.set_index("eventID")["finding_id"] if "finding_id" in scores else pd.Series(dtype=object)
     before = (date.fromisoformat(day) - timedelta(days=1)).isoformat()
     for text in (before, day):
         if not store.partition_files(text):
             continue
+        # the day's scores as the report ranked them; the day before: its own stored scores
+        risk = (
+            scores.set_index("eventID")["risk_score"]
+            if text == day and len(scores)
+            else _scores_of(data_root, text)
+        )
         table = store.read_partition(text, columns=_EVENT_COLUMNS)
         arns = table["userIdentity.arn"]
         params = pc.fill_null(table["requestParameters"], "")
@@ -132,8 +137,6 @@ def _context_events(
             for event in hits.to_pylist():
                 eid = event["eventID"]
                 score = float(risk.get(eid, np.nan)) if eid in risk.index else float("nan")
-                if text != day:  # the day before: its own scores
-                    score = _earlier_score(data_root, text, eid)
                 if np.isnan(score) or score < CONTEXT_MIN_SCORE:
                     continue
                 found[instance].append(event | {"risk_score": score, "day": text,
@@ -142,23 +145,13 @@ def _context_events(
     return found
 
 
-_EARLIER: dict[tuple[str, str], pd.Series] = {}
-
-
-def _earlier_score(data_root: DataPath, day: str, event_id: str) -> float:
-    key = (str(data_root), day)
-    if key not in _EARLIER:
-        files = visible_files(as_path(data_root) / "scores" / f"date={day}")
-        frame = (
-            pd.concat([read_parquet_pandas(f, columns=["eventID", "risk_score"]) for f in files])
-            if files
-            else None
-        )
-        _EARLIER[key] = (
-            frame.set_index("eventID")["risk_score"] if frame is not None else pd.Series(dtype=float)
-        )
-    series = _EARLIER[key]
-    return float(series.get(event_id, np.nan)) if event_id in series.index else float("nan")
+def _scores_of(data_root: DataPath, day: str) -> pd.Series:
+    """A stored day's risk score per eventID (empty when the day was never scored)."""
+    files = visible_files(as_path(data_root) / "scores" / f"date={day}")
+    if not files:
+        return pd.Series(dtype=float)
+    frame = pd.concat([read_parquet_pandas(f, columns=["eventID", "risk_score"]) for f in files])
+    return frame.set_index("eventID")["risk_score"]
 
 
 def network_section(
@@ -174,7 +167,6 @@ def network_section(
     flows = read_flow_scores(root, text)
     if flows is None:
         return None
-    _EARLIER.clear()
     ranks = ranks or {}
     told = flows[flows["risk_score"] >= NETWORK_MIN_SCORE].copy()
     section: dict[str, Any] = {
