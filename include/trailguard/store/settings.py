@@ -50,6 +50,10 @@ class Settings:
     ingest_max_file_bytes: int = 256 * 1024 * 1024
     ingest_max_records_per_file: int = 200_000
     ingest_max_record_bytes: int = 8 * 1024 * 1024
+    # an s3:// data root: how long the commit lease lasts without renewal (renewed every third of it), and
+    # how long a committer waits for a lease another one holds before it fails naming the holder
+    commit_lease_seconds: float = 60.0
+    commit_wait_seconds: float = 3600.0
 
     @property
     def data_path(self) -> DataPath:
@@ -131,6 +135,8 @@ def load_settings(**overrides: object) -> Settings:
         "ingest_max_file_bytes": max(1, _int("TRAILGUARD_INGEST_MAX_FILE_BYTES", 256 * 1024 * 1024)),
         "ingest_max_records_per_file": max(1, _int("TRAILGUARD_INGEST_MAX_RECORDS_PER_FILE", 200_000)),
         "ingest_max_record_bytes": max(1, _int("TRAILGUARD_INGEST_MAX_RECORD_BYTES", 8 * 1024 * 1024)),
+        "commit_lease_seconds": max(1.0, _float("TRAILGUARD_COMMIT_LEASE_SECONDS", 60.0)),
+        "commit_wait_seconds": max(0.0, _float("TRAILGUARD_COMMIT_WAIT_SECONDS", 3600.0)),
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
     return Settings(**values)  # type: ignore[arg-type]
