@@ -195,9 +195,11 @@ def _ingest_flows(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_flows(args: argparse.Namespace, settings: Settings) -> int:
-    """Validate a day of flows and run the network detections on it."""
-    from trailguard.flows.detect import score_flows
+    """Validate a day of flows and score it: the network detections plus the network_flow champion when
+    there is one, each finding joined to its instance and role from CloudTrail (as the DAGs do)."""
+    from trailguard.flows.detect import scores_dir
     from trailguard.flows.quality import validate_flows
+    from trailguard.model.network import score_network_day
 
     document = validate_flows(settings.data_path, args.date)
     if document["critical_failed"]:
@@ -206,13 +208,15 @@ def cmd_flows(args: argparse.Namespace, settings: Settings) -> int:
             file=sys.stderr,
         )
         return 1
-    findings, path = score_flows(settings.data_path, args.date)
+    findings, note = score_network_day(settings.data_path, args.date)
+    path = scores_dir(settings.data_path, args.date) / "scores.parquet"
     lines = [
         f"flows {args.date}: quality {document['status']}, {document['rows_passed']} records, "
-        f"{len(findings)} findings -> {path}"
+        f"{len(findings)} findings ({note}) -> {path}"
     ]
     lines += [
-        f"{row.risk_score:5.0f}  {row.attack_technique:<10} {row.detection:<34} {row.reasons}"
+        f"{row.risk_score:5.0f}  {row.attack_technique or '-':<10} {row.detection:<34} "
+        f"{row.instance_id or '-'} {row.role or '-'}  {row.reasons}"
         for row in findings.head(args.top_k).itertuples()
     ]
     _emit(

@@ -6,5 +6,8 @@ field list of versions 2-5, ``-`` as null, NODATA/SKIPDATA kept), ingestion into
 own manifest and quarantine (``ingestion``), the Great Expectations suite for a day of flows
 (``quality``) and the network detections per interface, written as score rows to ``flows_scores/date=D/``
 (``detect``).
-May import: ``trailguard.store``, ``trailguard.ingest``, ``trailguard.quality`` and ``trailguard.detect``.
+May import: ``trailguard.store``, ``trailguard.ingest``, ``trailguard.quality`` and ``trailguard.detect``;
+the network model (``trailguard.model.network``) and the findings import it. ``features`` builds the daily
+rows per interface the network model reads; ``context`` the instance and role behind an interface, from
+CloudTrail in the event store.
 """

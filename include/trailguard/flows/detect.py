@@ -269,6 +269,10 @@ def _exfiltration(frame: pd.DataFrame, history: pd.DataFrame | None) -> pd.DataF
     top = rows.groupby(["interface_id", "dstaddr"])["bytes"].sum().reset_index()
     top = top.sort_values("bytes", ascending=False).drop_duplicates("interface_id").set_index("interface_id")
     out["dstaddr"] = out["interface_id"].map(top["dstaddr"])
+    # the finding starts when the volume to its main peer does (a story orders it among CloudTrail's events)
+    began = rows.groupby(["interface_id", "dstaddr"])["start"].min()
+    out["eventTime"] = [began.get((eni, dst), t) for eni, dst, t in zip(out["interface_id"], out["dstaddr"],
+                                                                       out["eventTime"], strict=True)]  # fmt: skip
     if history is not None and len(history):
         stats = history.groupby("interface_id")["bytes"].agg(["median", "size"])
         out["usual"] = out["interface_id"].map(stats["median"])

@@ -36,6 +36,7 @@ class Settings:
     freshness_hours: float = 24.0
     freshness_lookback_days: int = 7
     source: str | None = None  # the CloudTrail source the DAGs and `trailguard verify` read by default
+    flows_source: str | None = None  # the VPC Flow Logs source of the flowlogs_ingest DAG
     integrity_keys: str | None = None  # folder of CloudTrail public keys; empty: cloudtrail:ListPublicKeys
     threat_lists: tuple[str, ...] = ()
     mlflow_ui_url: str | None = None
@@ -120,6 +121,7 @@ def load_settings(**overrides: object) -> Settings:
         "freshness_hours": _float("TRAILGUARD_FRESHNESS_HOURS", 24.0),
         "freshness_lookback_days": max(1, _int("TRAILGUARD_FRESHNESS_LOOKBACK_DAYS", 7)),
         "source": env.get("TRAILGUARD_SOURCE", "").strip() or None,
+        "flows_source": env.get("TRAILGUARD_FLOWS_SOURCE", "").strip() or None,
         "integrity_keys": env.get("TRAILGUARD_INTEGRITY_KEYS", "").strip() or None,
         "threat_lists": tuple(
             s.strip() for s in env.get("TRAILGUARD_THREAT_LISTS", "").split(",") if s.strip()
