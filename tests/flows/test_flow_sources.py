@@ -212,5 +212,8 @@ def test_format_is_told_from_content_not_name(tmp_path: Path):
     (folder / "a_vpcflowlogs_4.log.gz").write_bytes(gzip.compress(text.split(b"\n", 1)[1]))  # no header
     summary = ingest_flows(LocalFolderSource(tmp_path / "logs"), tmp_path / "data")
     assert (summary.objects_ingested, summary.stored, summary.quarantined) == (4, 4, 0)
-    notes = {m["key"][-10:]: m["error"] for m in FlowStore(tmp_path / "data").read_manifest().to_pylist()}
+    notes = {
+        m["key"].rsplit("vpcflowlogs", 1)[1]: m["error"]
+        for m in FlowStore(tmp_path / "data").read_manifest().to_pylist()
+    }
     assert "no header line" in notes["_4.log.gz"]
