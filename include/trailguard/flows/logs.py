@@ -104,7 +104,7 @@ class FlowLimits:
     messages): the default version 2 format unless the flow log was created with a custom one.
     """
 
-    block_bytes: int = 8 << 20
+    block_bytes: int = 1 << 20
     max_file_bytes: int = 512 << 20
     max_records: int = 10_000_000
     log_format: str = DEFAULT_FORMAT

@@ -53,7 +53,7 @@ class Settings:
     # text without a header; the CSV block each parsing thread holds; a file's size gunzipped; a Parquet
     # file's rows
     flow_log_format: str | None = None
-    flow_block_bytes: int = 8 * 1024 * 1024
+    flow_block_bytes: int = 1024 * 1024
     flow_max_file_bytes: int = 512 * 1024 * 1024
     flow_max_records_per_file: int = 10_000_000
 
@@ -144,7 +144,7 @@ def load_settings(**overrides: object) -> Settings:
             .split()
         )
         or None,
-        "flow_block_bytes": max(64 * 1024, _int("TRAILGUARD_FLOW_BLOCK_BYTES", 8 * 1024 * 1024)),
+        "flow_block_bytes": max(64 * 1024, _int("TRAILGUARD_FLOW_BLOCK_BYTES", 1024 * 1024)),
         "flow_max_file_bytes": max(1, _int("TRAILGUARD_FLOW_MAX_FILE_BYTES", 512 * 1024 * 1024)),
         "flow_max_records_per_file": max(1, _int("TRAILGUARD_FLOW_MAX_RECORDS_PER_FILE", 10_000_000)),
     }
