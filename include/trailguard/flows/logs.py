@@ -85,6 +85,9 @@ _BOUNDS: dict[str, tuple[int, int]] = {
 }
 MAX_LINE_BYTES = 4096  # a flow record is about 100-300 bytes; a longer line is rejected, not parsed
 MAX_RAW_CHARS = 1000  # of a rejected line kept in quarantine
+MAX_FIELD_CHARS = (
+    256  # the longest text field AWS writes (an IPv6 address, an id, a service name) is far less
+)
 _INTEGER = re.compile(rb"^-?[0-9]{1,18}$")
 _FLOW_KEY = re.compile(r"(?:^|/)vpcflowlogs/|_vpcflowlogs_")
 _SUFFIXES = (".log.gz", ".log", ".log.parquet", ".parquet")
@@ -175,7 +178,7 @@ def read_flow_parquet(key: str, data: bytes, limits: FlowLimits | None = None) -
         metadata = parquet.metadata
         names = parquet.schema_arrow.names
     except (pa.ArrowException, OSError, ValueError) as exc:
-        raise FlowFileError(f"not a readable Parquet file: {str(exc)[:200]}") from exc
+        raise FlowFileError(f"not a readable Parquet file: {_one_line(exc)}") from exc
     columns = {}  # Parquet column -> field name (AWS writes underscores; hyphens are accepted too)
     for name in names:
         field = _PARQUET_NAMES.get(name) or (name if name in FIELDS else None)
@@ -205,7 +208,7 @@ def read_flow_parquet(key: str, data: bytes, limits: FlowLimits | None = None) -
     try:
         table = parquet.read(columns=list(columns), use_threads=True)
     except (pa.ArrowException, OSError, ValueError) as exc:
-        raise FlowFileError(f"Parquet file cannot be read: {str(exc)[:200]}") from exc
+        raise FlowFileError(f"Parquet file cannot be read: {_one_line(exc)}") from exc
     if table.num_rows != rows:
         raise FlowFileError(f"Parquet file has {table.num_rows} rows, its footer says {rows}")
     arrays = [_parquet_column(table.column(name), columns[name]) for name in columns]
@@ -305,43 +308,103 @@ _LINE_NUMBERS = "__line"
 def _careful(
     key: str, body: bytes, header: list[str], first: int, block_bytes: int
 ) -> tuple[pa.Table, list[dict[str, Any]], int]:
-    """Line by line: wrong field counts, over-long lines and non-ASCII lines rejected with their number;
-    the rest read as text columns (converted and checked by :func:`_checked`)."""
+    """Line by line, vectorised over blocks of whole lines (about ``block_bytes`` each, so memory stays
+    bounded whatever the file holds): over-long lines, non-ASCII lines, a carriage return inside a line and
+    wrong field counts are rejected with their number; the rest read as text columns (converted and
+    checked by :func:`_checked`). Python touches only the rejected lines."""
     rejected: list[dict[str, Any]] = []
-    kept: list[bytes] = []
-    numbers: list[int] = []
-    width = len(header)
-    lines = body.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()
-    for index, line in enumerate(lines, start=first):
-        line = line.rstrip(b"\r")
-        reason = None
-        if len(line) > MAX_LINE_BYTES:
-            reason = f"line of {len(line)} bytes is over the {MAX_LINE_BYTES} byte limit"
-        elif not line.isascii():
-            reason = "line is not ASCII"
-        else:
-            count = len(line.split(b" "))
-            if count != width:
-                reason = f"{count} fields, the header names {width} (a truncated or malformed line)"
-        if reason:
-            rejected.append(_rejection(key, index, reason, line))
-        else:
-            kept.append(line)
-            numbers.append(index)
-    if kept:
-        read, parse, convert = _options(header, False, block_bytes)
-        table = pacsv.read_csv(
-            pa.py_buffer(b"\n".join(kept) + b"\n"),
-            read_options=read,
-            parse_options=parse,
-            convert_options=convert,
-        )
+    tables: list[pa.Table] = []
+    view = np.frombuffer(body, dtype=np.uint8)
+    size, pos, number = len(body), 0, first
+    while pos < size:
+        end = min(pos + block_bytes, size)
+        if end < size:
+            cut = body.rfind(b"\n", pos, end)
+            if cut < 0:  # one line longer than a whole block (so over MAX_LINE_BYTES): rejected unread
+                stop = body.find(b"\n", end)
+                stop = size if stop < 0 else stop
+                reason = f"line of {stop - pos} bytes is over the {MAX_LINE_BYTES} byte limit"
+                rejected.append(_rejection(key, number, reason, body[pos : pos + MAX_RAW_CHARS]))
+                pos, number = stop + 1, number + 1
+                continue
+            end = cut + 1
+        table, more, lines = _careful_block(key, body, view, pos, end, header, number, block_bytes)
+        rejected += more
+        if table is not None:
+            tables.append(table)
+        pos, number = end, number + lines
+    if tables:
+        table = pa.concat_tables(tables)
     else:
         table = pa.table({f: pa.array([], pa.string()) for f in header if f in FIELDS})
-    table = table.append_column(_LINE_NUMBERS, pa.array(numbers, pa.int64()))
-    return table, rejected, len(lines)
+        table = table.append_column(_LINE_NUMBERS, pa.array([], pa.int64()))
+    return table, rejected, number - first
+
+
+def _careful_block(
+    key: str,
+    body: bytes,
+    view: np.ndarray,
+    pos: int,
+    end: int,
+    header: list[str],
+    number: int,
+    block_bytes: int,
+) -> tuple[pa.Table | None, list[dict[str, Any]], int]:
+    """One block of whole lines (``body[pos:end]``): its lines checked with numpy, the good ones parsed."""
+    chunk = view[pos:end]
+    breaks = np.flatnonzero(chunk == 10)
+    starts = np.concatenate(([0], breaks + 1))
+    if starts[-1] == len(chunk):  # the block ends with a line break: no line after it
+        starts = starts[:-1]
+    if not len(starts):
+        return None, [], 0
+    stops = np.append(starts[1:] - 1, len(chunk) - (1 if chunk[-1] == 10 else 0))  # each line's end, no \n
+    cr_end = (stops > starts) & (chunk[np.maximum(stops - 1, 0)] == 13)
+    stops = stops - cr_end  # a line ending in \r\n is fine
+    lengths = stops - starts
+    spaces = np.add.reduceat(chunk == 32, starts, dtype=np.int64)
+    odd = np.add.reduceat(chunk >= 128, starts, dtype=np.int64)
+    returns = np.add.reduceat(chunk == 13, starts, dtype=np.int64) - cr_end
+    width = len(header)
+    too_long = lengths > MAX_LINE_BYTES
+    not_ascii = ~too_long & (odd > 0)
+    carriage = ~too_long & ~not_ascii & (returns > 0)
+    wrong = ~too_long & ~not_ascii & ~carriage & (spaces + 1 != width)
+    bad = too_long | not_ascii | carriage | wrong
+    rejected = []
+    for i in np.flatnonzero(bad):
+        line = body[pos + int(starts[i]) : pos + int(starts[i]) + min(int(lengths[i]), MAX_RAW_CHARS)]
+        if too_long[i]:
+            reason = f"line of {int(lengths[i])} bytes is over the {MAX_LINE_BYTES} byte limit"
+        elif not_ascii[i]:
+            reason = "line is not ASCII"
+        elif carriage[i]:
+            reason = "a carriage return inside the line (a line break that is not one)"
+        else:
+            reason = f"{int(spaces[i]) + 1} fields, the header names {width} (a truncated or malformed line)"
+        rejected.append(_rejection(key, number + int(i), reason, line))
+    keep = ~bad
+    if not keep.any():
+        return None, rejected, len(starts)
+    if bad.any():  # the good lines' bytes, each with its line break
+        spans = np.diff(np.append(starts, len(chunk)))
+        text = pa.py_buffer(chunk[np.repeat(keep, spans)].tobytes())
+    else:
+        text = pa.py_buffer(body).slice(pos, end - pos)
+    read, parse, convert = _options(header, False, block_bytes)
+    numbers = pa.array(number + np.flatnonzero(keep), pa.int64())
+    try:
+        table = pacsv.read_csv(text, read_options=read, parse_options=parse, convert_options=convert)
+    except pa.ArrowInvalid as exc:  # not expected after the checks above; the block's lines are kept anyway
+        reason = f"the CSV reader refused this block: {_one_line(exc)}"
+        for i in np.flatnonzero(keep):
+            line = body[pos + int(starts[i]) : pos + int(starts[i]) + min(int(lengths[i]), MAX_RAW_CHARS)]
+            rejected.append(_rejection(key, number + int(i), reason, line))
+        return None, sorted(rejected, key=lambda r: r["record_index"]), len(starts)
+    if table.num_rows != len(numbers):
+        raise FlowFileError(f"read {table.num_rows} lines of {len(numbers)} in a block: a reader bug")
+    return table.append_column(_LINE_NUMBERS, numbers), rejected, len(starts)
 
 
 def _checked(
@@ -378,6 +441,13 @@ def _checked(
                 out = pc.fill_null(pc.or_(pc.less(column, low), pc.greater(column, high)), False)
                 mask = np.asarray(out.to_numpy(zero_copy_only=False))
                 _mark(bad, reasons, mask, column.cast(pa.string()), f"{field} out of range {low}..{high}")
+        elif pa.types.is_string(kind) and len(column):
+            lengths = pc.binary_length(column)  # a line under the line limit can still hold one giant field
+            if (pc.max(lengths).as_py() or 0) > MAX_FIELD_CHARS:
+                mask = np.asarray(
+                    pc.fill_null(pc.greater(lengths, MAX_FIELD_CHARS), False).to_numpy(zero_copy_only=False)
+                )
+                _mark(bad, reasons, mask, None, f"{field} is over {MAX_FIELD_CHARS} characters long")
         columns[name] = column
     if "start" in columns and columns["start"].null_count:
         missing = np.asarray(pc.is_null(columns["start"]).to_numpy(zero_copy_only=False))
@@ -449,6 +519,10 @@ def _rejection(key: str, line: int, reason: str, raw: bytes | str) -> dict[str, 
         "eventID": None,
         "raw": text[:MAX_RAW_CHARS],
     }
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:200]
 
 
 def _join(notes: list[str]) -> str | None:
