@@ -217,3 +217,17 @@ def test_format_is_told_from_content_not_name(tmp_path: Path):
         for m in FlowStore(tmp_path / "data").read_manifest().to_pylist()
     }
     assert "no header line" in notes["_4.log.gz"]
+
+
+def test_hive_compatible_prefixes_are_filtered_by_day(tmp_path: Path):
+    """``.../year=YYYY/month=MM/day=DD/hour=HH/``: the delivery day is read from the key, as in AWS's layout."""
+    for day, hour in ((1, 0), (2, 5)):
+        folder = (tmp_path / "logs" / f"AWSLogs/aws-account-id={ACCOUNT}/aws-service=vpcflowlogs/"
+                  f"aws-region=us-east-1/year=2026/month=01/day={day:02d}/hour={hour:02d}")  # fmt: skip
+        folder.mkdir(parents=True)
+        rows = [_record(i, start=T0 + 86400 * (day - 1) + i) for i in range(3)]
+        (
+            folder / f"{ACCOUNT}_vpcflowlogs_us-east-1_fl-0a_202601{day:02d}T{hour:02d}05Z_h.log.parquet"
+        ).write_bytes(parquet_file(rows))
+    summary = ingest_flows(LocalFolderSource(tmp_path / "logs"), tmp_path / "data", start=date(2026, 1, 2))
+    assert (summary.objects, summary.stored, summary.dates) == (1, 3, ["2026-01-02"])
