@@ -231,3 +231,11 @@ def test_hive_compatible_prefixes_are_filtered_by_day(tmp_path: Path):
         ).write_bytes(parquet_file(rows))
     summary = ingest_flows(LocalFolderSource(tmp_path / "logs"), tmp_path / "data", start=date(2026, 1, 2))
     assert (summary.objects, summary.stored, summary.dates) == (1, 3, ["2026-01-02"])
+
+
+def test_text_without_header_needs_a_usable_configured_format():
+    body = b"10.0.1.5 1767225600 OK\n10.0.1.6 1767225660 NODATA\n"
+    decoded = decode_flow_object("k", body, FlowLimits(log_format="srcaddr start log-status"))
+    assert decoded.table.column("srcaddr").to_pylist() == ["10.0.1.5", "10.0.1.6"]
+    with pytest.raises(FlowFileError, match="lacks start"):
+        decode_flow_object("k", body, FlowLimits(log_format="srcaddr end log-status"))

@@ -85,9 +85,8 @@ _BOUNDS: dict[str, tuple[int, int]] = {
 }
 MAX_LINE_BYTES = 4096  # a flow record is about 100-300 bytes; a longer line is rejected, not parsed
 MAX_RAW_CHARS = 1000  # of a rejected line kept in quarantine
-MAX_FIELD_CHARS = (
-    256  # the longest text field AWS writes (an IPv6 address, an id, a service name) is far less
-)
+# the longest text field AWS writes (an IPv6 address, an id, a service name) is far shorter
+MAX_FIELD_CHARS = 256
 _INTEGER = re.compile(rb"^-?[0-9]{1,18}$")
 _FLOW_KEY = re.compile(r"(?:^|/)vpcflowlogs/|_vpcflowlogs_")
 _SUFFIXES = (".log.gz", ".log", ".log.parquet", ".parquet")
@@ -244,7 +243,13 @@ def _header_or_format(text: bytes, log_format: str) -> tuple[list[str], list[str
         line = text[: end if end >= 0 else min(len(text), MAX_LINE_BYTES + 1)].rstrip(b"\r")
         fields = log_format.split()
         values = line.split(b" ")
-        if len(values) == len(fields) and values[0].isdigit() and len(line) <= MAX_LINE_BYTES:
+        numbers = any(v.isdigit() for v in values)  # a record, not a header naming other fields
+        if len(values) == len(fields) and numbers and len(line) <= MAX_LINE_BYTES:
+            missing = [f for f in REQUIRED_FIELDS if f not in fields]
+            if missing:
+                raise FlowFileError(
+                    f"no header line, and the configured format (TRAILGUARD_FLOW_LOG_FORMAT) lacks {', '.join(missing)}"
+                ) from None
             return fields, [f"no header line: read as the configured format ({len(fields)} fields)"], 0
         raise
     newline = text.find(b"\n")
