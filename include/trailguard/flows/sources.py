@@ -9,7 +9,8 @@ text reader checks it as it checks a file.
 Why the ingestion hour: flow records carry no id, so ingestion is idempotent by object (key, size, etag).
 An hour CloudWatch has finished receiving never changes, so a rerun skips it and late events land in a
 later hour, a new object, never read twice. The hour still receiving (and ``settle`` after it) is listed
-as skipped, to be read by a later run. Memory: one stream-day of events at a time.
+as skipped, to be read by a later run. Memory: one stream-day of events at a time, kept as their
+message text, id and time only.
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ class FlowLogGroupSource:
 
     def _hours(self, stream: str, day: date, base: str, closed_before: datetime) -> Iterator[SourceObject]:
         begin = datetime.combine(day, datetime.min.time(), timezone.utc)
-        hours: dict[datetime, list[dict[str, Any]]] = {}
+        hours: dict[datetime, list[tuple[int, str, bytes]]] = {}  # (timestamp, eventId, line): no dicts kept
         paginator = self.client.get_paginator("filter_log_events")
         pages = paginator.paginate(
             logGroupName=self.group,
@@ -97,13 +98,17 @@ class FlowLogGroupSource:
             for event in page.get("events", []):
                 received = event.get("ingestionTime", event.get("timestamp", 0))
                 hour = datetime.fromtimestamp(received // 3_600_000 * 3600, tz=timezone.utc)
-                hours.setdefault(hour, []).append(event)
+                entry = (
+                    event.get("timestamp", 0),
+                    str(event.get("eventId", "")),
+                    _line(event.get("message", "")),
+                )
+                hours.setdefault(hour, []).append(entry)
         header = " ".join(self.fields).encode()
         for hour in sorted(hours):
             key = f"{base}/received={hour:%Y-%m-%dT%H}"
-            events = sorted(hours.pop(hour), key=lambda e: (e.get("timestamp", 0), e.get("eventId", "")))
-            ids = "\n".join(str(e.get("eventId", "")) for e in events)
-            etag = "sha1:" + hashlib.sha1(ids.encode()).hexdigest()
+            events = sorted(hours.pop(hour))
+            etag = "sha1:" + hashlib.sha1("\n".join(e[1] for e in events).encode()).hexdigest()
             if hour + timedelta(hours=1) > closed_before:
                 yield SourceObject(
                     key=key,
@@ -114,7 +119,8 @@ class FlowLogGroupSource:
                     skip="CloudWatch is still receiving this hour's events: a later run reads it",
                 )
                 continue
-            payload = header + b"\n" + b"\n".join(_line(e.get("message", "")) for e in events) + b"\n"
+            payload = header + b"\n" + b"\n".join(e[2] for e in events) + b"\n"
+            del events
             yield SourceObject(
                 key=key, size=len(payload), etag=etag, fetch=lambda p=payload: p, is_file=False
             )
