@@ -239,3 +239,13 @@ def test_text_without_header_needs_a_usable_configured_format():
     assert decoded.table.column("srcaddr").to_pylist() == ["10.0.1.5", "10.0.1.6"]
     with pytest.raises(FlowFileError, match="lacks start"):
         decode_flow_object("k", body, FlowLimits(log_format="srcaddr end log-status"))
+
+
+def test_the_cloudtrail_opener_refuses_a_flow_log_group():
+    """A group of flow logs read as CloudTrail would quarantine every hour: the opener says which to use."""
+    from trailguard.flows.sources import open_flow_source
+    from trailguard.ingest.sources import open_source
+
+    with pytest.raises(ValueError, match="open_flow_source"):
+        open_source("cloudwatch://vpc-flows", client=object(), service="vpcflowlogs")
+    assert isinstance(open_flow_source("cloudwatch://vpc-flows", client=object()), FlowLogGroupSource)

@@ -473,6 +473,10 @@ def open_source(
     if uri.startswith("s3://"):
         return S3Source(uri, client, service=service)
     if uri.startswith("cloudwatch://"):
+        if service != "CloudTrail":  # its messages are not CloudTrail records: the flows wing reads them
+            raise ValueError(
+                f"a CloudWatch Logs group of {service} is read by trailguard.flows.sources.open_flow_source"
+            )
         return CloudWatchLogsSource(uri, client)
     if "://" in uri:
         raise ValueError(
