@@ -349,11 +349,11 @@ def _listed_peers(frame: pd.DataFrame, lists: tuple[ThreatList, ...]) -> pd.Data
     if not lists or frame.empty:
         return frame.iloc[:0]
     rows = _peers(frame)
+    named = {threat.name: threat for threat in lists}
     decide = {}
     for peer in pd.unique(rows["peer"].dropna()):
         found = matches(peer, lists)
         if found:
-            named = {threat.name: threat for threat in lists}
             decide[peer] = ", ".join(
                 f"'{name}'" + (f" ({label[:60]})" if label else "")
                 + f" of {named[name].updated or 'unknown date'}"
