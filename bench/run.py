@@ -63,6 +63,7 @@ STAGES = (
     "explore",
     "demo",
     "flows",
+    "s3_commit",
 )
 FIXTURES = PROJECT.parent / "shared" / "fixtures" / "cloudtrail"
 ORG_STAGES = ("features", "train", "score", "score_partitions", "report", "explore")
@@ -566,6 +567,60 @@ def explore_stage(data: str, day: str) -> dict[str, Any]:
     }
 
 
+def s3_commit_stage(logs: str, cycles: int = 30) -> dict[str, Any]:
+    """Committing into an s3:// root on a moto server over HTTP (moto: a test dependency): the commit
+    lease alone (take and release, the cost every commit pays) and one staged commit of a day, lease
+    included. moto's server is slower than S3, so the figures bound S3's from above, roughly."""
+    import socket
+    import statistics
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+    from trailguard.ingest.ingestion import commit, plan_partitions, stage
+    from trailguard.ingest.sources import LocalFolderSource
+    from trailguard.store.events import EventStore
+    from trailguard.store.fs import as_path
+    from trailguard.store.lease import held
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    os.environ.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_DEFAULT_REGION="us-east-1")
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
+    try:
+        boto3.client("s3").create_bucket(Bucket="bench-commit")
+        root = as_path("s3://bench-commit/data")
+        with held(root, "commit", "first: the endpoint probe"):
+            pass
+        lease_ms = []
+        for _ in range(cycles):
+            started = time.perf_counter()
+            with held(root, "commit", "bench"):
+                pass
+            lease_ms.append((time.perf_counter() - started) * 1000)
+        source, store = LocalFolderSource(logs), EventStore(root)
+        stage_ids = []
+        for i, partition in enumerate(plan_partitions(source, store)):
+            stage(source, store, partition, f"bench-{i}")
+            stage_ids.append(f"bench-{i}")
+        started = time.perf_counter()
+        summary = commit(store, stage_ids)
+        seconds = time.perf_counter() - started
+    finally:
+        server.stop()
+    return {
+        "seconds": round(seconds, 2),
+        "records": summary.new,
+        "records_per_s": round(summary.new / seconds) if seconds else 0,
+        "stages": len(stage_ids),
+        "lease_take_release_ms_median": round(statistics.median(lease_ms), 1),
+        "lease_take_release_ms_max": round(max(lease_ms), 1),
+    }
+
+
 def demo_stage(work: str) -> dict[str, Any]:
     """What `make demo` runs (`trailguard demo`), with its data and logs under bench/work/demo."""
     import trailguard.demo  # noqa: F401  (not available yet: nothing to time)
@@ -714,6 +769,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             step("explore_30_days", explore_stage, str(data), day)
     if "demo" in stages:
         step("demo", demo_stage, str(work))
+    if "s3_commit" in stages:
+        figures = step("s3_commit_one_day", s3_commit_stage, str(demo_logs(work, 20_000, days=1)))
+        if not figures.get("skipped"):
+            print(
+                f"    lease take+release {figures['lease_take_release_ms_median']} ms (median), "
+                f"commit of {figures['records']:,} events in {figures['stages']} stages {figures['seconds']} s",
+                flush=True,
+            )
     if "flows" in stages:
         flows = flow_logs(work, args.flow_records)
         flow_bytes = sum(p.stat().st_size for p in flows.rglob("*.log.gz"))

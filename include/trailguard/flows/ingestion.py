@@ -261,20 +261,32 @@ def ingest_flows(
     """Ingest every flow log file the source lists (within ``start``..``end`` by delivery date); ``limits``
     bound what one file may take (default :class:`FlowLimits`)."""
     store = FlowStore(as_path(data_root))
-    with _lock(store):
+    with _lock(store, f"flow ingest {source.uri}"):
         return _ingest(source, store, start, end, batch_records, workers, progress, limits or FlowLimits())
 
 
 @contextmanager
-def _lock(store: FlowStore) -> Iterator[None]:
-    """One flow ingest at a time per data root on this machine (a run finishes the journals of a crashed one)."""
+def _lock(store: FlowStore, purpose: str = "flow ingest") -> Iterator[None]:
+    """One flow ingest at a time per data root (a run finishes the journals of a crashed one): a lock file
+    in a local root; on an ``s3://`` root the lease ``_locks/flows.json`` in the bucket, as the event
+    store's commit, so that runs on several machines are kept apart too."""
+    if fs.is_remote(store.root):
+        from trailguard.store.lease import held
+        from trailguard.store.settings import load_settings
+
+        settings = load_settings()
+        with held(
+            store.root,
+            "flows",
+            purpose,
+            lease_seconds=settings.commit_lease_seconds,
+            wait_seconds=settings.commit_wait_seconds,
+        ):
+            yield
+        return
     import fcntl
 
-    path = (
-        fs.lock_file(store.root).with_name(".flows.lock")
-        if not fs.is_remote(store.root)
-        else fs.lock_file(store.root).with_suffix(".flows")
-    )
+    path = fs.lock_file(store.root).with_name(".flows.lock")
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+b") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)

@@ -56,6 +56,10 @@ class Settings:
     flow_block_bytes: int = 1024 * 1024
     flow_max_file_bytes: int = 512 * 1024 * 1024
     flow_max_records_per_file: int = 10_000_000
+    # an s3:// data root: how long the commit lease lasts without renewal (renewed every third of it), and
+    # how long a committer waits for a lease another one holds before it fails naming the holder
+    commit_lease_seconds: float = 60.0
+    commit_wait_seconds: float = 3600.0
 
     @property
     def data_path(self) -> DataPath:
@@ -147,6 +151,8 @@ def load_settings(**overrides: object) -> Settings:
         "flow_block_bytes": max(64 * 1024, _int("TRAILGUARD_FLOW_BLOCK_BYTES", 1024 * 1024)),
         "flow_max_file_bytes": max(1, _int("TRAILGUARD_FLOW_MAX_FILE_BYTES", 512 * 1024 * 1024)),
         "flow_max_records_per_file": max(1, _int("TRAILGUARD_FLOW_MAX_RECORDS_PER_FILE", 10_000_000)),
+        "commit_lease_seconds": max(1.0, _float("TRAILGUARD_COMMIT_LEASE_SECONDS", 60.0)),
+        "commit_wait_seconds": max(0.0, _float("TRAILGUARD_COMMIT_WAIT_SECONDS", 3600.0)),
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
     return Settings(**values)  # type: ignore[arg-type]
