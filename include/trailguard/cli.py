@@ -180,7 +180,15 @@ def _ingest_flows(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         close()
     _emit(args, summary.as_dict(), summary.lines())
-    if summary.objects_ingested + summary.objects_quarantined == 0 and summary.objects_already_ingested == 0:
+    pending = summary.objects_skipped - summary.objects_already_ingested
+    if args.source.startswith("cloudwatch://") and pending and not summary.objects_ingested:
+        print(
+            f"{pending} hour(s) of the log group still receiving events: a later run reads them",
+            file=sys.stderr,
+        )
+    elif (
+        summary.objects_ingested + summary.objects_quarantined == 0 and summary.objects_already_ingested == 0
+    ):
         print(
             "no flow log files found: check --source (keys .../vpcflowlogs/....log.gz or .log.parquet, or cloudwatch://log-group)",
             file=sys.stderr,

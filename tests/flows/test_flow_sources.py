@@ -101,8 +101,9 @@ def test_cloudwatch_default_format_from_the_cli(log_group, moto_server, tmp_path
         cli.main(["--data", data, "ingest", "--source", f"cloudwatch://{log_group.group}", "--kind", "flows"])
         == 0
     )
-    shown = capsys.readouterr().out
-    assert "1 listed: 0 ingested, 1 skipped" in shown  # the hour CloudWatch is still receiving
+    shown = capsys.readouterr()
+    assert "1 listed: 0 ingested, 1 skipped" in shown.out  # the hour CloudWatch is still receiving
+    assert shown.err.strip() == "1 hour(s) of the log group still receiving events: a later run reads them"
 
 
 # -- Parquet delivery ----------------------------------------------------------------------------------------
