@@ -63,10 +63,11 @@ def flowlogs_ingest():
     def ingest_flow_logs(params: dict, dag_run=None) -> dict:
         """Read the window's new flow log objects into the flow store; returns the run's summary."""
         from trailguard.flows.ingestion import ingest_flows
+        from trailguard.flows.logs import FlowLimits
         from trailguard.store.settings import load_settings
 
         settings = load_settings()
-        source, start, end = _open(params, dag_run)
+        source, start, end = _open(params, dag_run, settings)
         summary = ingest_flows(
             source,
             settings.data_path,
@@ -74,6 +75,7 @@ def flowlogs_ingest():
             end=end,
             batch_records=max(settings.ingest_batch_records, 1),
             workers=settings.ingest_workers,
+            limits=FlowLimits.from_settings(settings),
         )
         for line in summary.lines():
             print(line)
@@ -122,30 +124,35 @@ def flowlogs_ingest():
     score_flow_day.expand(day=validate_flow_day.expand(day=days))
 
 
-def _open(params: dict, dag_run):
-    """(source, start, end) of a run; without a source a scheduled run skips, a triggered one fails."""
+def _open(params: dict, dag_run, settings):
+    """(source, start, end) of a run; without a source a scheduled run skips, a triggered one fails.
+
+    A folder, ``s3://bucket/prefix`` or a CloudWatch Logs group of flow logs (``cloudwatch://group``, read
+    in the format of ``TRAILGUARD_FLOW_LOG_FORMAT``)."""
     from airflow.sdk import Variable
     from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
-    from trailguard.ingest.sources import open_source
-    from trailguard.store.settings import load_settings
+    from trailguard.flows.sources import open_flow_source
 
     uri = (
-        params.get("source")
-        or Variable.get("trailguard_flows_source", default=None)
-        or load_settings().flows_source
+        params.get("source") or Variable.get("trailguard_flows_source", default=None) or settings.flows_source
     )
     if not uri:
         message = (
             "no VPC Flow Logs source: set the run's 'source' Param, the Variable trailguard_flows_source or "
             "TRAILGUARD_FLOWS_SOURCE (a folder or s3://bucket/prefix)"
         )
-        if str(getattr(dag_run, "run_type", "")).endswith("scheduled"):
+        if getattr(dag_run, "run_type", None) == "scheduled":  # a str enum: equal to its value, not its str()
             raise AirflowSkipException(message)
         raise AirflowFailException(message)
     end = optional_day(params.get("end")) or dag_run.run_after.date()
     start = optional_day(params.get("start")) or end - timedelta(days=1)
-    aws = aws_client_factory()("s3") if uri.startswith("s3://") else None
-    return open_source(uri, aws, service="vpcflowlogs"), start, end
+    if uri.startswith("s3://"):
+        aws = aws_client_factory()("s3")
+    elif uri.startswith("cloudwatch://"):
+        aws = aws_client_factory()("logs")
+    else:
+        aws = None
+    return open_flow_source(uri, aws, log_format=settings.flow_log_format), start, end
 
 
 flowlogs_ingest()

@@ -50,6 +50,13 @@ class Settings:
     ingest_max_file_bytes: int = 256 * 1024 * 1024
     ingest_max_records_per_file: int = 200_000
     ingest_max_record_bytes: int = 8 * 1024 * 1024
+    # VPC Flow Logs (trailguard.flows.logs.FlowLimits): the field list of CloudWatch Logs messages and of
+    # text without a header; the CSV block each parsing thread holds; a file's size gunzipped; a Parquet
+    # file's rows
+    flow_log_format: str | None = None
+    flow_block_bytes: int = 1024 * 1024
+    flow_max_file_bytes: int = 512 * 1024 * 1024
+    flow_max_records_per_file: int = 10_000_000
     # an s3:// data root: how long the commit lease lasts without renewal (renewed every third of it), and
     # how long a committer waits for a lease another one holds before it fails naming the holder
     commit_lease_seconds: float = 60.0
@@ -135,6 +142,17 @@ def load_settings(**overrides: object) -> Settings:
         "ingest_max_file_bytes": max(1, _int("TRAILGUARD_INGEST_MAX_FILE_BYTES", 256 * 1024 * 1024)),
         "ingest_max_records_per_file": max(1, _int("TRAILGUARD_INGEST_MAX_RECORDS_PER_FILE", 200_000)),
         "ingest_max_record_bytes": max(1, _int("TRAILGUARD_INGEST_MAX_RECORD_BYTES", 8 * 1024 * 1024)),
+        "flow_log_format": " ".join(
+            env.get("TRAILGUARD_FLOW_LOG_FORMAT", "")
+            .replace("$", "")
+            .replace("{", "")
+            .replace("}", "")
+            .split()
+        )
+        or None,
+        "flow_block_bytes": max(64 * 1024, _int("TRAILGUARD_FLOW_BLOCK_BYTES", 1024 * 1024)),
+        "flow_max_file_bytes": max(1, _int("TRAILGUARD_FLOW_MAX_FILE_BYTES", 512 * 1024 * 1024)),
+        "flow_max_records_per_file": max(1, _int("TRAILGUARD_FLOW_MAX_RECORDS_PER_FILE", 10_000_000)),
         "commit_lease_seconds": max(1.0, _float("TRAILGUARD_COMMIT_LEASE_SECONDS", 60.0)),
         "commit_wait_seconds": max(0.0, _float("TRAILGUARD_COMMIT_WAIT_SECONDS", 3600.0)),
     }
