@@ -61,6 +61,7 @@ def train_case(data: str, tracking_uri: str, sampling: str, until: str | None) -
         "sampling": sampling,
         "seconds": round(seconds, 1),
         "vm_hwm_mb": vm_hwm_mb(),
+        "process_cpu_seconds": round(sum(resource.getrusage(resource.RUSAGE_SELF)[:2]), 1),
         "timings": {k: round(v, 1) for k, v in result.timings.items()},
         "use_cases": use_cases,
     }

@@ -187,6 +187,17 @@ def test_training_reads_day_by_day_into_the_sample_and_keeps_every_label_and_ale
         pd.testing.assert_frame_equal(
             rows.set_index("eventID")[expected.columns], expected, check_dtype=False
         )
+    # the features training reads are those scoring computes for the same day from the whole partition
+    from trailguard.detect.engine import label_events
+    from trailguard.model.features import FEATURE_SETS, add_rule_score, load_day_events, load_day_features
+    from trailguard.model.training import model_input
+
+    events = load_day_events(store, days[-1])
+    scored = add_rule_score(load_day_features(store, days[-1], events=events), label_events(events))
+    api = scored[scored["use_case"] == "api_call"]
+    expected = model_input(api, FEATURE_SETS["api_call"]).set_index(api["eventID"].to_numpy())
+    got = full["api_call"].set_index("eventID").loc[expected.index, expected.columns]
+    pd.testing.assert_frame_equal(got, expected, check_names=False)
     again = sample_training_data(store, days, days[-1:], max_train_rows=400, max_test_rows=150, seed=5)
     for uc in sampled:
         pd.testing.assert_frame_equal(sampled[uc].rows(), again[uc].rows())

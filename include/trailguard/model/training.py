@@ -62,6 +62,7 @@ from trailguard.model.features import (
     API_CALL,
     CONSOLE_LOGIN,
     COUNT_FEATURES,
+    DAY_COLUMNS,
     DEFAULT_HISTORY_DAYS,
     FEATURE_SETS,
     USE_CASES,
@@ -529,9 +530,12 @@ def _labelled_days(
             continue
         add_rule_details(store, day, events)
         lf = label_events(events)
+        targets, sources = targets_and_sources(events, lf, analyst)
+        lf = lf[["lf_score"]]
+        # the rules are done: features read only their own columns, the rest of the day's frame can go
+        events = events[[c for c in DAY_COLUMNS if c in events.columns]]
         frame = load_day_features(store, day, history_days, enricher=enricher, events=events)
         add_rule_score(frame, lf)
-        targets, sources = targets_and_sources(events, lf, analyst)
         del events, lf
         yield day, frame, targets.to_numpy(), sources.to_numpy()
         if progress:
