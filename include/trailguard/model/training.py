@@ -538,6 +538,7 @@ def _labelled_days(
         add_rule_score(frame, lf)
         del events, lf
         yield day, frame, targets.to_numpy(), sources.to_numpy()
+        del frame, targets, sources  # not alive while the next day is read
         if progress:
             progress(day)
 
