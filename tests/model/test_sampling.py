@@ -8,7 +8,15 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from trailguard.model.sampling import DEFAULT, HIGH_RISK, KEPT, RULES, StratifiedReservoir, strata
+from trailguard.model.sampling import (
+    DEFAULT,
+    HIGH_RISK,
+    KEPT,
+    RULES,
+    StratifiedReservoir,
+    sample_keys,
+    strata,
+)
 
 
 def _day(day: int, n: int, rng: np.random.Generator, labelled: float = 0.01) -> pd.DataFrame:
@@ -201,3 +209,29 @@ def test_training_reads_day_by_day_into_the_sample_and_keeps_every_label_and_ale
     again = sample_training_data(store, days, days[-1:], max_train_rows=400, max_test_rows=150, seed=5)
     for uc in sampled:
         pd.testing.assert_frame_equal(sampled[uc].rows(), again[uc].rows())
+
+
+def test_of_a_day_larger_than_the_cap_only_what_can_stay_is_admitted():
+    """A day of 20,000 rows against a cap of 500: only the day's alerts and at most the cap's worth of the
+    rest are admitted (the rest never need their model columns built), and the sample is the same."""
+    days = _days(6, 20_000, seed=4, labelled=0.0005)
+    reservoir = StratifiedReservoir(500, seed=2)
+    for frame in days:
+        admit = reservoir.offer(
+            frame["day"].iloc[0], frame["eventID"], frame["target"], frame["target_source"]
+        )
+        alerts = ((frame["target_source"] == "analyst") | (frame["target"] >= HIGH_RISK)).to_numpy()
+        assert admit.sum() <= alerts.sum() + 500
+        reservoir.add(frame[admit])
+    assert reservoir.peak_rows_held <= 2 * 500 + reservoir.seen[KEPT]
+    # the same as a reservoir that took every row of every day and trimmed afterwards
+    everything = pd.concat(days, ignore_index=True)
+    keys = everything.assign(
+        stratum=strata(everything["target"], everything["target_source"]),
+        key=sample_keys(everything["eventID"], 2),
+    )
+    sample = reservoir.sample()
+    for name in (RULES, DEFAULT):
+        part = keys[keys["stratum"] == name]
+        smallest = set(part.nsmallest((sample["_stratum"] == name).sum(), "key")["eventID"])
+        assert smallest == set(sample.loc[sample["_stratum"] == name, "eventID"])

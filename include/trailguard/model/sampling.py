@@ -14,7 +14,8 @@ a key in [0, 1) from a seeded hash of its eventID, and a stratum keeps the event
 up to its capacity. That is a uniform sample of the stratum seen so far, whatever the order the days and
 files come in (the same events give the same sample from any store), and reproducible with the seed.
 Capacities only ever shrink (a bottom-k sample of a bottom-k sample is one), so a day is merged and
-trimmed at once and the rows held never exceed the cap plus the day being added.
+trimmed at once, and of a day only the rows that can stay (at most a stratum's capacity, by key) are
+built at all: the rows held never exceed the cap plus one day (in fact plus the day's share of the cap).
 
 Capacities: the cap less the ``kept`` rows (but at least a tenth of the cap: the routine events must stay
 represented however many alerts there were) is the room; ``rules`` may take up to half of it, ``default``
@@ -112,6 +113,13 @@ class StratifiedReservoir:
         admit = np.ones(len(stratum), dtype=bool)
         for name in (RULES, DEFAULT):
             admit[stratum == name] = keys[stratum == name] < self._threshold[name]
+            # of the day itself, no more than the stratum's capacity can stay: the rest need never be built
+            where = np.flatnonzero(admit & (stratum == name))
+            cap = self.capacity(name)
+            if cap is not None and len(where) > cap:
+                out = where[np.argpartition(keys[where], cap)[cap:]]
+                admit[out] = False
+                self._threshold[name] = min(self._threshold[name], float(keys[out].min()))
         self._pending = (day, stratum[admit], keys[admit])
         return admit
 
@@ -140,8 +148,8 @@ class StratifiedReservoir:
                 continue
             order = np.argpartition(keys[where], cap)  # the cap smallest keys first
             keep[where[order[cap:]]] = False
-            # the smallest key left out: that and any larger key can never enter again
-            self._threshold[name] = float(keys[where[order[cap:]]].min())
+            # the smallest key ever left out: every row seen below it is held, none at or above can enter
+            self._threshold[name] = min(self._threshold[name], float(keys[where[order[cap:]]].min()))
         return held[keep].reset_index(drop=True) if not keep.all() else held
 
     def weights(self, frame: pd.DataFrame) -> np.ndarray:
