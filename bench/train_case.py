@@ -103,7 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--until", default=None, help="the last training day (default: the newest)")
     parser.add_argument("--days", default="", help="evaluate: comma-separated held-out days")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     logging.getLogger("trailguard.model.training").setLevel(logging.INFO)
     if args.command == "train":
         figures = train_case(args.data, args.tracking_uri[0], args.sampling, args.until)
