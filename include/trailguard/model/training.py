@@ -510,6 +510,9 @@ def model_input(frame: pd.DataFrame, fs: FeatureSet) -> pd.DataFrame:
     return pd.DataFrame(data, index=frame.index, copy=False)
 
 
+TRAIN_ADDRESS_CACHE = 200_000  # addresses whose GeoIP answer training remembers across days
+
+
 def _labelled_days(
     store: EventStore,
     days: list[str],
@@ -521,9 +524,11 @@ def _labelled_days(
     source. Only the columns features and rules read; history comes from the days' profiles (compact
     per-principal counts), so a day costs the same whatever the number of days before it."""
     from trailguard.detect.engine import label_events
-    from trailguard.model.enrich import default_enricher
+    from trailguard.model.enrich import Enricher, default_enricher
 
-    enricher = default_enricher()
+    # the process-wide enricher remembers up to 2M addresses: over weeks of a large organisation's days
+    # that memory grows day after day, so training keeps its own, smaller memory of them
+    enricher = Enricher(default_enricher().geo, cache_limit=TRAIN_ADDRESS_CACHE)
     for day in days:
         events = load_rule_events(store, day)
         if events.empty:
