@@ -5,6 +5,8 @@
     python bench/run.py --only ingest,naive      # some stages only
     python bench/run.py --only ingest --repeat 3 # the median of 3 ingest runs per worker count
     python bench/run.py --only features,score,report,train   # the daily scoring path and training
+    python bench/run.py --only train-30x1m       # training on 30 days x 1M events: peak RSS and seconds
+    python bench/run.py --only train-ap          # 30 days x 100k: AP of training day by day vs all in memory
 
 Ingestion and validation read ``--events`` demo events (30 days, and one day). Features, training,
 scoring and the report run on an organisation's store: ``--org-days`` ordinary days of
@@ -12,6 +14,13 @@ scoring and the report run on an organisation's store: ``--org-days`` ordinary d
 scored and reported. Training learns from the ordinary days (until the day before the busy one). That
 store is ingested once and kept in bench/work/, with its history profiles (what the daily runs of the
 days before left behind); each run starts training on a fresh MLflow store.
+
+The training cases train on their own stores of ``--train-days`` demo days (generated with
+``trailguard demo-data``'s generator and ingested once, kept in bench/work/): ``train-30x1m`` on
+``--train-events-per-day`` events a day (1,000,000), the way training runs (day by day into a bounded
+sample); ``train-ap`` on ``--train-ap-events-per-day`` (100,000) both ways, day by day and every day in
+memory first, then every event of the held-out days scored by each way's champion. Each training runs in a
+fresh interpreter (bench/train_case.py): its peak RSS is its own (VmHWM), not its parent's.
 
 Every measured stage runs in a child process, so that its peak memory is its own: the table gives wall
 seconds, CPU seconds (the child and its workers), records/s, MB/s of compressed input and peak RSS (the
@@ -64,6 +73,8 @@ STAGES = (
     "demo",
     "flows",
     "s3_commit",
+    "train-30x1m",
+    "train-ap",
 )
 FIXTURES = PROJECT.parent / "shared" / "fixtures" / "cloudtrail"
 ORG_STAGES = ("features", "train", "score", "score_partitions", "report", "explore")
@@ -641,6 +652,78 @@ def demo_stage(work: str) -> dict[str, Any]:
     return {}
 
 
+def train_case_stage(data: str, tracking_uri: str, sampling: str) -> dict[str, Any]:
+    """One training in a fresh interpreter (bench/train_case.py); its own peak RSS is ``vm_hwm_mb``."""
+    db = Path(tracking_uri.removeprefix("sqlite:///"))
+    shutil.rmtree(db.parent, ignore_errors=True)
+    db.parent.mkdir(parents=True)
+    figures = _train_case(["train", data, "--tracking-uri", tracking_uri, "--sampling", sampling])
+    rows = sum(uc["rows"] for uc in figures["use_cases"].values())
+    return figures | {
+        "rows": rows,
+        "records_per_s": round(rows / figures["seconds"]) if figures["seconds"] else None,
+    }
+
+
+def train_evaluate_stage(data: str, tracking_uris: list[str], days: list[str]) -> dict[str, Any]:
+    """Every event of the held-out days scored by each training's champion (no sampling)."""
+    args = ["evaluate", data, "--days", ",".join(days)]
+    for uri in tracking_uris:
+        args += ["--tracking-uri", uri]
+    return _train_case(args)
+
+
+def _train_case(args: list[str]) -> dict[str, Any]:
+    command = [sys.executable, str(PROJECT / "bench" / "train_case.py"), *args]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=6 * 3600)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr.strip()[-1500:])
+    progress = [line for line in out.stderr.splitlines() if "training sample: day" in line]
+    figures = json.loads(out.stdout.strip().splitlines()[-1])
+    if progress:
+        figures["last_progress"] = progress[-1][-300:]
+    return figures
+
+
+def train_store(
+    work: Path, days: int, per_day: int, step: Callable[..., dict[str, Any]]
+) -> tuple[Path, dict[str, Any]]:
+    """A store of ``days`` demo days of ``per_day`` events for the training cases: generated and ingested
+    once (with the days' profiles, as their daily runs leave them), kept in ``work``."""
+    folder = work / f"train-{days}x{per_day}"
+    logs = demo_logs(work, days * per_day, days=days)
+    if not (folder / "ready.json").exists():
+        figures = step(f"train_{days}x{per_day}_prepare", org_prepare_stage, str(folder), [str(logs)])
+        if figures.get("skipped"):
+            raise SystemExit(f"preparing the training store failed: {figures.get('detail')}")
+    return folder, json.loads((folder / "ready.json").read_text())
+
+
+def _held_out_comparison(runs: dict[str, dict[str, Any]], evaluated: dict[str, Any]) -> dict[str, Any]:
+    """Per use case: the held-out AP of each way (its own best candidate, as training measured it on its
+    test sample) and of each way's champion on every held-out event, and the differences."""
+    out: dict[str, Any] = {}
+    stores = evaluated.get("stores", {})
+    for uc in runs["stream"].get("use_cases", {}):
+        row: dict[str, Any] = {}
+        for way, figures in runs.items():
+            res = figures.get("use_cases", {}).get(uc, {})
+            if res.get("best"):
+                row[f"{way}_best"] = res["best"]
+                row[f"{way}_ap"] = res["average_precision"][res["best"]]
+            champion = stores.get(figures.get("tracking_uri", ""), {}).get(uc, {})
+            if champion:
+                row[f"{way}_champion_ap_all_events"] = champion["average_precision"]
+                row[f"{way}_champion_p20_all_events"] = champion["precision_at_20"]
+                row["held_out_events"] = champion["events"]
+                row["held_out_high_risk"] = champion["high_risk_events"]
+        for key in ("ap", "champion_ap_all_events"):
+            if row.get(f"stream_{key}") is not None and row.get(f"full_{key}") is not None:
+                row[f"difference_{key}"] = round(row[f"stream_{key}"] - row[f"full_{key}"], 4)
+        out[uc] = row
+    return out
+
+
 # -- the run ---------------------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(args.work).resolve()
@@ -767,6 +850,43 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if "explore" in stages:
             step("activity_tables", activity_stage, str(data), day)
             step("explore_30_days", explore_stage, str(data), day)
+    if "train-30x1m" in stages:
+        days, per_day = args.train_days, args.train_events_per_day
+        folder, ready = train_store(work, days, per_day, step)
+        results["train_case"] = {"days": days, "events_per_day": per_day, "events": ready["records"]}
+        step(
+            f"train_{days}x{per_day}",
+            train_case_stage,
+            str(folder / "data"),
+            f"sqlite:///{folder / 'mlflow-stream' / 'mlflow.db'}",
+            "stream",
+        )
+    if "train-ap" in stages:
+        days, per_day = args.train_days, args.train_ap_events_per_day
+        folder, ready = train_store(work, days, per_day, step)
+        runs = {}
+        for way in ("stream", "full"):
+            uri = f"sqlite:///{folder / f'mlflow-{way}' / 'mlflow.db'}"
+            runs[way] = step(
+                f"train_{days}x{per_day}_{way}", train_case_stage, str(folder / "data"), uri, way
+            )
+            runs[way]["tracking_uri"] = uri
+        test_days = sorted(
+            {d for r in runs["stream"].get("use_cases", {}).values() for d in r.get("test_days") or []}
+        )
+        evaluated = step(
+            f"train_{days}x{per_day}_held_out",
+            train_evaluate_stage,
+            str(folder / "data"),
+            [r["tracking_uri"] for r in runs.values()],
+            test_days,
+        )
+        results["train_ap"] = {
+            "days": days,
+            "events_per_day": per_day,
+            "test_days": test_days,
+            "use_cases": _held_out_comparison(runs, evaluated),
+        }
     if "demo" in stages:
         step("demo", demo_stage, str(work))
     if "s3_commit" in stages:
@@ -923,7 +1043,29 @@ def table(results: dict[str, Any]) -> str:
                 f"train {uc}: {figures['seconds']:.1f}s, {figures['rows']:,} events, "
                 f"{figures['train_rows']:,} training rows, best {figures['best']}"
             )
+    for name, r in results.get("stages", {}).items():
+        if r.get("vm_hwm_mb"):
+            lines.append(
+                f"{name}: {r['sampling']} sampling, {r['seconds']:.0f} s, peak RSS of the training process "
+                f"{r['vm_hwm_mb']:,.0f} MB (VmHWM)"
+            )
+    case = results.get("train_case")
+    if case:
+        lines.append(
+            f"training case: {case['days']} days of {case['events_per_day']:,} events ({case['events']:,} stored)"
+        )
+    for uc, row in (results.get("train_ap") or {}).get("use_cases", {}).items():
+        lines.append(
+            f"held-out AP {uc}: day by day {_fmt(row.get('stream_ap'))} ({row.get('stream_best')}), all in memory "
+            f"{_fmt(row.get('full_ap'))} ({row.get('full_best')}); champions on all {row.get('held_out_events', 0):,} "
+            f"held-out events: {_fmt(row.get('stream_champion_ap_all_events'))} vs "
+            f"{_fmt(row.get('full_champion_ap_all_events'))}"
+        )
     return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None else f"{value:.4f}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -955,6 +1097,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--org-days", type=int, default=30, help="its ordinary days before the scored day (default 30)"
+    )
+    parser.add_argument(
+        "--train-days", type=int, default=30, help="days of the training cases' stores (default 30)"
+    )
+    parser.add_argument(
+        "--train-events-per-day",
+        type=int,
+        default=1_000_000,
+        help="events a day of the train-30x1m case (default 1,000,000)",
+    )
+    parser.add_argument(
+        "--train-ap-events-per-day",
+        type=int,
+        default=100_000,
+        help="events a day of the train-ap comparison (default 100,000)",
     )
     parser.add_argument(
         "--flow-records",

@@ -120,3 +120,43 @@ def test_bench_explore_stage_on_a_small_organisation(tmp_path):
     explore = stages["explore_30_days"]
     assert explore["rows"] == stages["activity_tables"]["rows"] > 3000  # every ordinary day's events, no more
     assert explore["principals"] > 10 and {"activity_page_cpu", "pca_page_cpu"} <= set(explore["timings"])
+
+
+@pytest.mark.slow
+def test_bench_training_cases_on_small_stores(tmp_path):
+    """The training cases, alone and small: training day by day in a fresh interpreter gives its own peak
+    RSS and seconds; the comparison trains both ways and scores every held-out event with each champion."""
+    results = tmp_path / "results.json"
+    command = [
+        sys.executable,
+        str(PROJECT / "bench" / "run.py"),
+        "--train-days",
+        "9",
+        "--train-events-per-day",
+        "1500",
+        "--train-ap-events-per-day",
+        "1000",
+        "--work",
+        str(tmp_path / "work"),
+        "--results",
+        str(results),
+        "--only",
+        "train-30x1m,train-ap",
+    ]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=1800)
+    assert out.returncode == 0, out.stderr[-3000:]
+    figures = json.loads(results.read_text())
+    stages = figures["stages"]
+    for name in ("train_9x1500", "train_9x1000_stream", "train_9x1000_full", "train_9x1000_held_out"):
+        assert not stages[name].get("skipped"), (name, stages[name].get("trace", stages[name]))
+    case = stages["train_9x1500"]
+    assert case["sampling"] == "stream" and case["seconds"] > 0 and case["rows"] > 1000
+    # the training process's own high-water mark, read by itself: more than an interpreter, less than the tree
+    assert 100 < case["vm_hwm_mb"] <= case["peak_rss_tree_mb"] + 1
+    assert figures["train_case"]["events_per_day"] == 1500
+    compared = figures["train_ap"]["use_cases"]["api_call"]
+    assert compared["held_out_events"] > 500
+    for way in ("stream", "full"):
+        assert 0 <= compared[f"{way}_champion_ap_all_events"] <= 1
+    assert "difference_champion_ap_all_events" in compared
+    assert "held-out AP api_call" in out.stdout and "VmHWM" in out.stdout

@@ -436,3 +436,26 @@ def test_the_champion_ranks_the_injected_attacks_far_above_the_paper_baseline(de
     assert api["champion"]["average_precision"] >= api["paper"]["average_precision"] + 0.1
     assert api["champion"]["precision_at_20"] >= api["paper"]["precision_at_20"]
     assert console["champion"]["average_precision"] >= console["paper"]["average_precision"] + 0.1
+
+
+@pytest.mark.slow
+def test_training_day_by_day_matches_the_former_way_and_logs_its_sampling(demo, first, tmp_path):
+    """The demo fits in the sample, so reading it day by day trains on the same rows as holding every
+    day first: the same held-out ranking (the detector's uniform sample is drawn otherwise), and the
+    sampling is on the run."""
+    store, _, uri = demo
+    full = train(store, tracking_uri=f"sqlite:///{tmp_path / 'full.db'}", sampling="full")
+    client = _client(uri)
+    for uc, res in first.use_cases.items():
+        other = full.use_cases[uc]
+        assert (res.rows, res.train_rows, res.test_rows) == (other.rows, other.train_rows, other.test_rows)
+        for name in ("paper_linear_regression", "ridge", "hist_gradient_boosting"):
+            assert res.candidates[name].average_precision == pytest.approx(
+                other.candidates[name].average_precision, abs=0.01
+            )
+        parent = client.get_run(res.parent_run_id).data
+        assert parent.params["sampling"] == "stream" and parent.params["sample_seed"] == "42"
+        assert int(parent.params["sample_cap"]) == 150_000
+        assert parent.metrics["sample_rows_seen"] + parent.metrics["test_sample_rows_seen"] == res.rows
+        assert parent.metrics["sample_kept_fraction"] == 1.0
+        assert parent.metrics["sample_kept_rows_seen"] >= 1

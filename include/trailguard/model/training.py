@@ -62,6 +62,7 @@ from trailguard.model.features import (
     API_CALL,
     CONSOLE_LOGIN,
     COUNT_FEATURES,
+    DAY_COLUMNS,
     DEFAULT_HISTORY_DAYS,
     FEATURE_SETS,
     USE_CASES,
@@ -73,6 +74,7 @@ from trailguard.model.features import (
 )
 from trailguard.model.labels import DEFAULT_TARGET, mark_training, read_labels, targets_and_sources
 from trailguard.model.mlflow_store import relocate_local_store
+from trailguard.model.sampling import HIGH_RISK, KEY, WEIGHT, StratifiedReservoir
 from trailguard.store.events import EventStore
 from trailguard.store.fs import DataPath, is_remote
 
@@ -86,7 +88,6 @@ MODEL_NAMES = {
 }
 CHAMPION = "champion"
 CHALLENGER = "challenger"
-HIGH_RISK = 70  # a target at or above this is a high-risk event (what the daily email must surface)
 TOP_N = 20
 RANDOM_STATE = 42
 ANOMALY_WEIGHT = 40.0
@@ -514,6 +515,57 @@ def model_input(frame: pd.DataFrame, fs: FeatureSet) -> pd.DataFrame:
     return pd.DataFrame(data, index=frame.index, copy=False)
 
 
+TRAIN_ADDRESS_CACHE = 200_000  # addresses whose GeoIP answer training remembers across days
+
+
+def _labelled_days(
+    store: EventStore,
+    days: list[str],
+    history_days: int,
+    analyst: pd.DataFrame,
+    progress: Callable[[str], None] | None = None,
+) -> Iterator[tuple[str, pd.DataFrame, np.ndarray, np.ndarray]]:
+    """Day by day: the day, its features (with the rule score), and each event's target and the target's
+    source. Only the columns features and rules read; history comes from the days' profiles (compact
+    per-principal counts), so a day costs the same whatever the number of days before it."""
+    from trailguard.detect.engine import label_events
+    from trailguard.model.enrich import Enricher, default_enricher
+
+    # the process-wide enricher remembers up to 2M addresses: over weeks of a large organisation's days
+    # that memory grows day after day, so training keeps its own, smaller memory of them
+    enricher = Enricher(default_enricher().geo, cache_limit=TRAIN_ADDRESS_CACHE)
+    for day in days:
+        events = load_rule_events(store, day)
+        if events.empty:
+            continue
+        add_rule_details(store, day, events)
+        lf = label_events(events)
+        targets, sources = targets_and_sources(events, lf, analyst)
+        lf = lf[["lf_score"]]
+        # the rules are done: features read only their own columns, the rest of the day's frame can go
+        events = events[[c for c in DAY_COLUMNS if c in events.columns]]
+        frame = load_day_features(store, day, history_days, enricher=enricher, events=events)
+        add_rule_score(frame, lf)
+        del events, lf
+        yield day, frame, targets.to_numpy(), sources.to_numpy()
+        del frame, targets, sources  # not alive while the next day is read
+        if progress:
+            progress(day)
+
+
+def _use_case_rows(
+    frame: pd.DataFrame, targets: np.ndarray, sources: np.ndarray, day: str, uc: str, mask: np.ndarray
+) -> pd.DataFrame:
+    """The model columns of the ``mask`` rows of one day, with eventID, day, target and its source."""
+    fs = FEATURE_SETS[uc]
+    return model_input(frame.loc[mask, ["eventID", *fs.columns]], fs).assign(
+        eventID=frame.loc[mask, "eventID"].to_numpy(),
+        day=day,
+        target=targets[mask],
+        target_source=sources[mask],
+    )
+
+
 def training_data(
     store: EventStore,
     days: list[str],
@@ -522,37 +574,20 @@ def training_data(
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Model columns, target, target source, eventID and day of every event of ``days``, per use case
-    (other event types dropped). ``analyst``: the label store's latest decisions (read when None)."""
+    (other event types dropped). ``analyst``: the label store's latest decisions (read when None).
+
+    Every row of every day is in memory at once: training samples them as it reads instead
+    (:func:`sample_training_data`); this is for inspecting a few days, and the unbounded way the bench
+    compares with."""
     if analyst is None:
         analyst = read_labels(store.root)
-    from trailguard.detect.engine import label_events
-    from trailguard.model.enrich import default_enricher
-
-    enricher = default_enricher()
     parts: dict[str, list[pd.DataFrame]] = {uc: [] for uc in USE_CASES}
-    for day in days:
-        events = load_rule_events(store, day)
-        if events.empty:
-            continue
-        add_rule_details(store, day, events)
-        lf = label_events(events)
-        frame = load_day_features(store, day, history_days, enricher=enricher, events=events)
-        add_rule_score(frame, lf)
-        targets, sources = targets_and_sources(events, lf, analyst)
+    for day, frame, targets, sources in _labelled_days(store, days, history_days, analyst, progress):
         for uc in USE_CASES:
             mask = frame["use_case"].eq(uc).to_numpy()
             if mask.any():
-                fs = FEATURE_SETS[uc]
-                keep = model_input(frame.loc[mask, ["eventID", *fs.columns]], fs).assign(
-                    eventID=frame.loc[mask, "eventID"].to_numpy(),
-                    day=day,
-                    target=targets.to_numpy()[mask],
-                    target_source=sources.to_numpy()[mask],
-                )
-                parts[uc].append(keep)
-        if progress:
-            progress(day)
-        del events, lf, frame
+                parts[uc].append(_use_case_rows(frame, targets, sources, day, uc, mask))
+        del frame
     frames = {uc: pd.concat(p, ignore_index=True) if p else pd.DataFrame() for uc, p in parts.items()}
     # rows in an order of the events themselves (eventIDs are unique), not of part files or worker timing:
     # the seeded sampling and splitting then pick the same events from any store holding them
@@ -560,6 +595,86 @@ def training_data(
         uc: f.sort_values(["day", "eventID"], kind="stable", ignore_index=True) if len(f) else f
         for uc, f in frames.items()
     }
+
+
+@dataclass
+class SampledData:
+    """One use case's training sample (:func:`sample_training_data`): the rows kept from the older days
+    (``train``) and from the newest ``test_days`` (``test``), each a bounded stratified reservoir."""
+
+    train: StratifiedReservoir
+    test: StratifiedReservoir
+    test_period: list[str]
+
+    @property
+    def rows_by_day(self) -> dict[str, int]:
+        """Rows seen per day (days without a row of this use case left out)."""
+        return dict(sorted((self.train.days + self.test.days).items()))
+
+    def rows(self) -> pd.DataFrame:
+        """Both samples, ordered by day and eventID, each row with its ``weight``."""
+        parts = [r.sample() for r in (self.train, self.test) if r.rows_held]
+        if not parts:
+            return pd.DataFrame()
+        return pd.concat(parts, ignore_index=True).sort_values(
+            ["day", "eventID"], kind="stable", ignore_index=True
+        )
+
+
+def sample_training_data(
+    store: EventStore,
+    days: list[str],
+    test_period: list[str],
+    *,
+    history_days: int = DEFAULT_HISTORY_DAYS,
+    analyst: pd.DataFrame | None = None,
+    max_train_rows: int = 150_000,
+    max_test_rows: int = 100_000,
+    seed: int = RANDOM_STATE,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, SampledData]:
+    """What :func:`training_data` gives, as a bounded stratified sample per use case, read a day at a time:
+    every labelled and high-risk event, and seeded uniform samples of the rule hits and of the rest
+    (:mod:`trailguard.model.sampling`), at most ``max_train_rows`` from the days before ``test_period`` and
+    ``max_test_rows`` from those days. Memory: the samples plus one day, whatever the number of days."""
+    if analyst is None:
+        analyst = read_labels(store.root)
+    testing = set(test_period)
+    out = {
+        uc: SampledData(
+            StratifiedReservoir(max_train_rows, seed),
+            StratifiedReservoir(max_test_rows, seed),
+            list(test_period),
+        )
+        for uc in USE_CASES
+    }
+    for n, (day, frame, targets, sources) in enumerate(
+        _labelled_days(store, days, history_days, analyst, progress), start=1
+    ):
+        use_case = frame["use_case"].to_numpy()
+        for uc in USE_CASES:
+            rows = np.flatnonzero(use_case == uc)
+            if not len(rows):
+                continue
+            reservoir = out[uc].test if day in testing else out[uc].train
+            ids = frame["eventID"].to_numpy()[rows]
+            admit = reservoir.offer(day, ids, targets[rows], sources[rows])
+            mask = np.zeros(len(frame), dtype=bool)
+            mask[rows[admit]] = True
+            reservoir.add(_use_case_rows(frame, targets, sources, day, uc, mask))
+        del frame
+        log.info(
+            "training sample: day %s (%d/%d), %s",
+            day,
+            n,
+            len(days),
+            "; ".join(
+                f"{uc} {sum(d.train.seen.values()) + sum(d.test.seen.values()):,} rows seen, "
+                f"{d.train.rows_held + d.test.rows_held:,} kept"
+                for uc, d in out.items()
+            ),
+        )
+    return out
 
 
 def stratified_sample(
@@ -946,23 +1061,29 @@ def train(
     experiment: str = "trailguard",
     test_days: int | None = None,
     min_history_days: int = 7,
-    max_train_rows: int = 150_000,
-    max_test_rows: int = 100_000,
+    max_train_rows: int | None = None,
+    max_test_rows: int | None = None,
     use_cases: tuple[str, ...] = USE_CASES,
     threads: int = 1,
     progress: Callable[[str], None] | None = None,
     min_events: int | None = None,
     min_days: int | None = None,
     network: bool = True,
+    seed: int | None = None,
+    sampling: str = "stream",
 ) -> TrainResult:
     """Train, compare and register the risk models of each use case on the ``history_days`` days up to
     ``until`` (default: the newest day in the store).
 
     Days with fewer than ``min_history_days`` days of history before them are left out (every
     behaviour looks new there), unless that would leave fewer than two days. The newest ``test_days``
-    (default: a fifth, at least one) are the time split's test set. Training rows are a stratified
-    sample of at most ``max_train_rows`` (:func:`stratified_sample`), the test set's one of at most
-    ``max_test_rows`` (its metrics weighted to stand for every test event); both are logged as params.
+    (default: a fifth, at least one) are the time split's test set. The days are read one at a time
+    into a bounded stratified sample (:func:`sample_training_data`): every labelled and high-risk event,
+    and seeded uniform samples of the rest, at most ``max_train_rows`` rows from the older days and
+    ``max_test_rows`` from the test days (defaults: the settings TRAILGUARD_TRAIN_MAX_ROWS /
+    _MAX_TEST_ROWS / _SEED), so memory does not grow with the number of days; metrics are weighted to
+    stand for every event, and the sampling is logged (params and metrics). ``sampling="full"`` is the
+    former way, every day in memory before sampling (:func:`training_data`), kept for comparison.
     A use case with fewer than ``min_events`` events or on fewer than ``min_days`` days (default: the
     settings TRAILGUARD_TRAIN_MIN_EVENTS / _MIN_DAYS) is not fitted: its result says what it lacks and that
     the cold-start scorer scores it meanwhile; the other use cases are trained all the same.
@@ -975,10 +1096,17 @@ def train(
 
     from trailguard.store.settings import load_settings
 
-    if min_events is None or min_days is None:
-        settings = load_settings()
-        min_events = settings.train_min_events if min_events is None else min_events
-        min_days = settings.train_min_days if min_days is None else min_days
+    if sampling not in ("stream", "full"):
+        raise ValueError(f"sampling must be 'stream' or 'full', not {sampling!r}")
+    settings = load_settings()
+    min_events = settings.train_min_events if min_events is None else min_events
+    min_days = settings.train_min_days if min_days is None else min_days
+    limits = SampleLimits(
+        max_train_rows=settings.train_max_rows if max_train_rows is None else max_train_rows,
+        max_test_rows=settings.train_max_test_rows if max_test_rows is None else max_test_rows,
+        seed=settings.train_seed if seed is None else seed,
+        sampling=sampling,
+    )
     with threadpool_limits(limits=threads, user_api="openmp"), mlflow_tracking():
         result = _train(
             store,
@@ -988,8 +1116,7 @@ def train(
             experiment,
             test_days,
             min_history_days,
-            max_train_rows,
-            max_test_rows,
+            limits,
             use_cases,
             progress,
             max(1, min_events),
@@ -1022,6 +1149,24 @@ def _train_network(
             log.info("%s", line)
 
 
+@dataclass(frozen=True)
+class SampleLimits:
+    """How training samples: row caps (older days, test days), the seed, and ``stream`` (day by day, a
+    bounded sample) or ``full`` (every day in memory first)."""
+
+    max_train_rows: int = 150_000
+    max_test_rows: int = 100_000
+    seed: int = RANDOM_STATE
+    sampling: str = "stream"
+
+
+def _test_day_count(days: int, test_days: int | None) -> int:
+    """How many of the newest days are the time split's test days: ``test_days``, else a fifth (at least
+    one), always leaving a day to train on."""
+    k = test_days or max(1, round(days * 0.2))
+    return max(0, min(k, days - 1))
+
+
 def _train(
     store: EventStore,
     until: date | None,
@@ -1030,8 +1175,7 @@ def _train(
     experiment: str,
     test_days: int | None,
     min_history_days: int,
-    max_train_rows: int,
-    max_test_rows: int,
+    limits: SampleLimits,
     use_cases: tuple[str, ...],
     progress: Callable[[str], None] | None,
     min_events: int = 30,
@@ -1062,22 +1206,48 @@ def _train(
         last,
         len(analyst),
     )
-    data = training_data(store, eligible, history_days, analyst, progress)
+    data: dict[str, pd.DataFrame] = {}
+    sampled: dict[str, SampledData] = {}
+    if limits.sampling == "full":
+        data = training_data(store, eligible, history_days, analyst, progress)
+    else:
+        k = _test_day_count(len(eligible), test_days)
+        sampled = sample_training_data(
+            store,
+            eligible,
+            eligible[len(eligible) - k :] if k else [],
+            history_days=history_days,
+            analyst=analyst,
+            max_train_rows=limits.max_train_rows,
+            max_test_rows=limits.max_test_rows,
+            seed=limits.seed,
+            progress=progress,
+        )
     result.timings["data"] = time.perf_counter() - started
 
     for uc in use_cases:
         uc_started = time.perf_counter()
         frame = data.get(uc, pd.DataFrame())
-        res = UseCaseResult(uc, rows=len(frame))
+        if limits.sampling == "full":
+            by_day = frame["day"].value_counts().to_dict() if len(frame) else {}
+        else:
+            by_day = sampled[uc].rows_by_day
+        rows = int(sum(by_day.values()))
+        res = UseCaseResult(uc, rows=rows)
         result.use_cases[uc] = res
-        days = sorted(frame["day"].unique()) if len(frame) else []
-        if len(frame) < min_events or len(days) < min_days:
-            res.skipped = skip_reason(len(frame), len(days), min_events, min_days)
+        days = sorted(by_day)
+        if rows < min_events or len(days) < min_days:
+            res.skipped = skip_reason(rows, len(days), min_events, min_days)
             continue
-        k = test_days or max(1, round(len(days) * 0.2))
-        k = min(k, len(days) - 1)
+        k = _test_day_count(len(days), test_days)
         res.test_days, res.train_days = days[-k:], days[:-k]
-        _train_use_case(res, frame, experiment_id, last, history_days, max_train_rows, max_test_rows)
+        sets = (
+            _sets_from_frame(frame, res, limits)
+            if limits.sampling == "full"
+            else _sets_from_sample(sampled.pop(uc), res)
+        )
+        del frame
+        _train_use_case(res, sets, experiment_id, last, history_days)
         res.seconds = result.timings[uc] = time.perf_counter() - uc_started
     mark_training(root, analyst_labels=len(analyst), until=last)
     result.seconds = time.perf_counter() - started
@@ -1104,30 +1274,107 @@ def _minus(day: str, days: int) -> str:
     return (date.fromisoformat(day) - timedelta(days=days)).isoformat()
 
 
+DETECTOR_ROWS = 20_000  # a uniform sample of the training days' events: what the detector learns as usual
+
+
+@dataclass
+class TrainingSets:
+    """What one use case's training takes: training rows (older days) and test rows (newest days), each
+    with weights (how many events a row stands for), the detector's uniform sample, the rows of the
+    paper's random split, and the sampling's params and metrics for MLflow."""
+
+    train: pd.DataFrame
+    train_weights: np.ndarray
+    test: pd.DataFrame
+    test_weights: np.ndarray
+    detector: pd.DataFrame
+    all_rows: pd.DataFrame
+    all_weights: np.ndarray
+    test_events: int
+    params: dict[str, Any]
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def _sets_from_frame(frame: pd.DataFrame, res: UseCaseResult, limits: SampleLimits) -> TrainingSets:
+    """The former way: every event of the window in ``frame``, sampled now."""
+    is_test = frame["day"].isin(res.test_days).to_numpy()
+    train_all, test_all = frame[~is_test], frame[is_test]
+    train_rows, weights, sample_info = stratified_sample(train_all, limits.max_train_rows, seed=limits.seed)
+    # the test days are scored on a sample too: every informative event, the routine ones weighted
+    test, w_test, test_info = stratified_sample(test_all, limits.max_test_rows, seed=limits.seed)
+    detector = train_all.sample(n=min(len(train_all), DETECTOR_ROWS), random_state=limits.seed)
+    all_rows, all_weights, _ = stratified_sample(frame, limits.max_train_rows, seed=limits.seed)
+    return TrainingSets(
+        train_rows,
+        weights,
+        test,
+        w_test,
+        detector,
+        all_rows,
+        all_weights,
+        len(test_all),
+        {
+            "sampling": "full",
+            "targets_from_analyst": int(frame["target_source"].eq("analyst").sum()),
+            "targets_from_rules": int(frame["target_source"].eq("rules").sum()),
+            **sample_info,
+            **{f"test_{k}": v for k, v in test_info.items()},
+        },
+    )
+
+
+def _sets_from_sample(data: SampledData, res: UseCaseResult) -> TrainingSets:
+    """Day by day: the bounded samples of :func:`sample_training_data`, split at this use case's test
+    days (the days read as test days unless the use case had no events on some of them: rows keep the
+    weight of the sample they were drawn in)."""
+    rows = data.rows()
+    is_test = rows["day"].isin(res.test_days).to_numpy()
+    weights = rows[WEIGHT].to_numpy(float)
+    train_rows, test = rows[~is_test], rows[is_test]
+    detector = train_rows[train_rows[KEY].to_numpy() < data.train.uniform_threshold(DETECTOR_ROWS)]
+    if len(detector) < min(len(train_rows), 1000):  # a tiny cap: the detector takes what there is
+        detector = train_rows.sample(n=min(len(train_rows), DETECTOR_ROWS), random_state=data.train.seed)
+    sources = data.train.seen_by_source + data.test.seen_by_source
+    params: dict[str, Any] = {
+        "sampling": "stream",
+        "targets_from_analyst": sources["analyst"],
+        "targets_from_rules": sources["rules"],
+        **data.train.info("sample"),
+        **data.test.info("test_sample"),
+    }
+    counted = ("_rows_seen", "_rows_kept", "_fraction", "_peak_rows_held")
+    return TrainingSets(
+        train_rows,
+        weights[~is_test],
+        test,
+        weights[is_test],
+        detector,
+        rows,
+        weights,
+        sum(n for day, n in data.rows_by_day.items() if day in set(res.test_days)),
+        params,
+        {k: float(v) for k, v in params.items() if k.endswith(counted)},
+    )
+
+
 def _train_use_case(
     res: UseCaseResult,
-    frame: pd.DataFrame,
+    sets: TrainingSets,
     experiment_id: str,
     until: str,
     history_days: int,
-    max_train_rows: int,
-    max_test_rows: int,
 ) -> None:
     import mlflow
 
     fs = FEATURE_SETS[res.use_case]
     columns = fs.columns
-    is_test = frame["day"].isin(res.test_days).to_numpy()
-    train_all, test_all = frame[~is_test], frame[is_test]
-    train_rows, weights, sample_info = stratified_sample(train_all, max_train_rows)
-    # the test days are scored on a sample too: every informative event, the routine ones weighted
-    test, w_test, test_info = stratified_sample(test_all, max_test_rows)
-    res.train_rows, res.test_rows = len(train_rows), len(test_all)
+    train_rows, weights, test, w_test = sets.train, sets.train_weights, sets.test, sets.test_weights
+    res.train_rows, res.test_rows = len(train_rows), sets.test_events
     X_test, y_test, d_test = test[list(columns)], test["target"].to_numpy(float), test["day"].to_numpy()
-    detector_rows = train_all.sample(n=min(len(train_all), 20_000), random_state=RANDOM_STATE)[list(columns)]
+    detector_rows = sets.detector[list(columns)]
 
     # the paper's random 70/30 split over the (sampled) window
-    all_rows, all_weights, _ = stratified_sample(frame, max_train_rows)
+    all_rows, all_weights = sets.all_rows, sets.all_weights
     rng = np.random.default_rng(RANDOM_STATE)
     in_train = rng.random(len(all_rows)) < 0.7
     r_train, r_test = all_rows[in_train], all_rows[~in_train]
@@ -1141,18 +1388,17 @@ def _train_use_case(
         "test_days": _span(res.test_days),
         "high_risk_threshold": HIGH_RISK,
         "default_target": DEFAULT_TARGET,
-        "targets_from_analyst": int(frame["target_source"].eq("analyst").sum()),
-        "targets_from_rules": int(frame["target_source"].eq("rules").sum()),
         "random_split": "70/30 random rows (paper)",
         "time_split": "older days train, newest days test",
-        **sample_info,
-        **{f"test_{k}": v for k, v in test_info.items()},
+        **sets.params,
     }
     name = MODEL_NAMES[res.use_case]
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"{res.use_case} {until}") as parent:
         res.parent_run_id = parent.info.run_id
         mlflow.set_tags({"trailguard.use_case": res.use_case, "trailguard.until": until})
         mlflow.log_params(common_params)
+        if sets.metrics:
+            mlflow.log_metrics(sets.metrics)
 
         detector = RiskModel(None, detector_pipeline(fs), columns)
         fit_detector(detector, detector_rows)

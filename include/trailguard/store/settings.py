@@ -43,6 +43,11 @@ class Settings:
     # what training needs before it fits a use case's models (below: that use case is scored cold-start)
     train_min_events: int = 30
     train_min_days: int = 2
+    # training reads day by day into a bounded sample: at most this many rows from the older days and
+    # from the test days (every labelled and high-risk event on top), drawn with this seed
+    train_max_rows: int = 150_000
+    train_max_test_rows: int = 100_000
+    train_seed: int = 42
     # the cold-start scorer: how many days before the day its detector learns from, and how few events
     # are too few for a detector at all (rules and rarity only then)
     coldstart_fit_days: int = 7
@@ -137,6 +142,9 @@ def load_settings(**overrides: object) -> Settings:
         or _served(env.get("MLFLOW_TRACKING_URI", "")),
         "train_min_events": max(1, _int("TRAILGUARD_TRAIN_MIN_EVENTS", 30)),
         "train_min_days": max(2, _int("TRAILGUARD_TRAIN_MIN_DAYS", 2)),
+        "train_max_rows": max(100, _int("TRAILGUARD_TRAIN_MAX_ROWS", 150_000)),
+        "train_max_test_rows": max(100, _int("TRAILGUARD_TRAIN_MAX_TEST_ROWS", 100_000)),
+        "train_seed": _int("TRAILGUARD_TRAIN_SEED", 42),
         "coldstart_fit_days": max(0, _int("TRAILGUARD_COLDSTART_FIT_DAYS", 7)),
         "coldstart_min_events": max(2, _int("TRAILGUARD_COLDSTART_MIN_EVENTS", 10)),
         "ingest_max_file_bytes": max(1, _int("TRAILGUARD_INGEST_MAX_FILE_BYTES", 256 * 1024 * 1024)),
