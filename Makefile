@@ -91,13 +91,31 @@ clean: ## remove the demo output and Airflow's local state (keeps .venv)
 # The local stack on 127.0.0.1 (scripts/stack.py): Airflow (LocalExecutor, SQLite), MLflow server, mail catcher.
 # Ports: TRAILGUARD_AIRFLOW_PORT (8080), TRAILGUARD_MLFLOW_PORT (5000), TRAILGUARD_SMTP_PORT (1025),
 # TRAILGUARD_MAIL_UI_PORT (8025). Data: TRAILGUARD_DATA (default demo/data). PIDs and logs: .run/
-.PHONY: up down status
+.PHONY: up down status up-scale scale-deps test-scale
 up: ## start Airflow, MLflow and a mail catcher in the background (demo data by default)
 	@test -x $(BIN)/airflow || $(MAKE) install
 	@PATH=$(BIN):$$PATH $(BIN)/python scripts/stack.py up
 
-down: ## stop everything `make up` started
-	@$(BIN)/python scripts/stack.py down
+down: ## stop everything `make up` and `make up-scale` started, and check that nothing is left
+	@$(BIN)/python scripts/stack_scale.py down
 
-status: ## show what `make up` started and whether it is healthy
-	@$(BIN)/python scripts/stack.py status
+status: ## show what `make up`/`make up-scale` started, whether it is healthy, which worker ran what
+	@$(BIN)/python scripts/stack_scale.py status
+
+# The scale-out stack (scripts/stack_scale.py): docker-compose.yaml's profile `celery` without Docker.
+# PostgreSQL 15 and Redis (Debian), a moto S3 server holding the data root s3://trailguard/data, MLflow on
+# Postgres with artifacts in S3, Airflow with CeleryExecutor and two Celery workers. Ports as `make up`,
+# plus TRAILGUARD_POSTGRES_PORT (5433), TRAILGUARD_REDIS_PORT (6380), TRAILGUARD_S3_PORT (9000).
+# State, PIDs and logs: .run/scale/
+scale-deps: ## install PostgreSQL and Redis (Debian packages; as root) for make up-scale
+	@if [ -x /usr/lib/postgresql/15/bin/postgres ] && command -v redis-server >/dev/null; then exit 0; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing postgresql and redis-server (apt) for make up-scale"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server postgresql >/dev/null; \
+	else echo "make up-scale needs PostgreSQL 15 and Redis: as root run apt-get install -y redis-server postgresql"; exit 1; fi
+
+up-scale: install-test scale-deps ## the scale-out stack: Postgres, Redis, S3 (moto), MLflow, Airflow + 2 Celery workers
+	@PATH=$(BIN):$$PATH $(BIN)/python scripts/stack_scale.py up
+
+test-scale: install-test ## the scale-out stack end to end (tests/test_stack_scale.py, about 15 minutes)
+	PATH=$(BIN):$$PATH $(BIN)/python -m pytest -m scale tests/test_stack_scale.py

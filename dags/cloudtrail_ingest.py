@@ -16,7 +16,9 @@ validates every day it touched with the data-quality suite.
   `stage_partitions` is mapped over them (at most `TRAILGUARD_INGEST_MAX_TASKS`, default 32, partitions
   grouped by size), so a Celery or Kubernetes executor spreads the reading over its workers; each writes
   staged parquet parts under the shared data root. `commit_events` then moves them into the store in one
-  place, dropping eventIDs already stored, and records the manifest.
+  place, dropping eventIDs already stored, and records the manifest. Commits take turns on any worker
+  and with `trailguard ingest`: a lock file in a local root, a lease object in the bucket
+  (`_locks/commit.json`, a conditional write) for an `s3://` root.
 * **Evidence integrity**: `verify_integrity` validates the window's CloudTrail digest files (RSA signatures,
   the chain, each listed log file's SHA-256 against what ingestion read) and records delivery gaps in
   `integrity/date=D/` for each delivery day; keys from `TRAILGUARD_INTEGRITY_KEYS` (a folder) or
@@ -218,7 +220,7 @@ def _source_uri(params: dict, dag_run=None) -> str:
             "no CloudTrail source: set the run's 'source' Param, the Variable trailguard_source "
             "or TRAILGUARD_SOURCE (a folder, s3://bucket/prefix or cloudwatch://log-group)"
         )
-        if dag_run is not None and str(getattr(dag_run, "run_type", "")).endswith("scheduled"):
+        if getattr(dag_run, "run_type", None) == "scheduled":  # a str enum: equal to its value, not its str()
             raise AirflowSkipException(message)
         raise AirflowFailException(message)
     return uri

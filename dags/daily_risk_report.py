@@ -15,6 +15,9 @@ security team.
   as `report.eml` beside the report in `reports/YYYY-MM-DD/`. The report is never lost.
 * A day whose data-quality check failed critically is not scored: the run skips with the reason. So does
   a day with no events at all (e.g. the first scheduled run after unpausing, before any ingest).
+* **Network** (`score_flows`): the day's VPC Flow Logs, when ingested (`flowlogs_ingest`), are scored by
+  the network detections and the `network_flow` champion; the report tells them as stories per instance,
+  joined to the CloudTrail findings of the same instance (its role's calls, its security groups).
 * **Automation** (`notify_findings`): the day's findings go to the destinations in the Variable
   `trailguard_notify_destinations` (SNS, EventBridge, Lambda, Slack, a signed webhook), each finding to
   each destination once; `respond/date=D/sent.json` records what went where.
@@ -154,6 +157,23 @@ def daily_risk_report():
         return total
 
     @task
+    def score_flows(day: str) -> dict:
+        """The day's VPC Flow Logs, when there are any: network detections plus the network_flow champion of
+        the moment, each finding joined to its instance and role from CloudTrail (the report's network
+        stories read them)."""
+        from trailguard.flows.ingestion import FlowStore
+        from trailguard.model.network import score_network_day
+        from trailguard.store.settings import load_settings
+
+        root = load_settings().data_path
+        if not FlowStore(root).partition_files(day):
+            print(f"{day}: no flow logs in the store, no network findings")
+            return {"date": day, "findings": 0}
+        findings, note = score_network_day(root, day)
+        print(f"{day}: {len(findings)} network findings ({note})")
+        return {"date": day, "findings": len(findings)}
+
+    @task
     def build_report(day: str, scored: list[dict], params: dict) -> dict:
         from trailguard.report.daily import build_report as build
         from trailguard.store.settings import load_settings
@@ -246,6 +266,7 @@ def daily_risk_report():
     day = check_partition()
     scored = score_partitions.expand(partitions=plan_scoring(day))
     built = build_report(day, scored)
+    score_flows(day) >> built
     send_report(built)
     notify_findings(built)
 

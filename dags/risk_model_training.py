@@ -7,6 +7,9 @@ unsupervised detector for what nobody labelled. Every candidate is an MLflow run
 feature importances, the model); the best is registered and gets the alias `champion` only when it beats
 the current champion on the same held-out days, otherwise `challenger`.
 
+* **Network**: when VPC Flow Logs are in the store, the `network_flow` use case too (one row per interface
+  and day; an isolation forest, and supervised models where analysts' labels or detections give targets),
+  registered as `trailguard-network-flow` through the same champion gate.
 * **When**: weekly (Monday 03:00 UTC), on demand, and when analysts add labels (`trailguard_labels`
   Asset) - then only once at least `min_new_labels` decisions arrived since the last training.
 * **Params**: `until` (last day of training data, default: yesterday), `history_days`, `min_new_labels`.

@@ -138,6 +138,8 @@ class Service:
     env: dict[str, str]
     ports: dict[str, int]  # the environment variable that chooses it -> port
     healthy: Callable[[], bool]
+    user: str | None = None  # run as this user (PostgreSQL refuses root)
+    stop_signal: signal.Signals = signal.SIGTERM  # what asks it to stop (PostgreSQL: SIGINT, fast shutdown)
 
 
 # -- health probes ----------------------------------------------------------------------------------------
@@ -230,6 +232,28 @@ def airflow_environment(cfg: Config) -> dict[str, str]:
     return env
 
 
+def mail_catcher(cfg: Config, env: dict[str, str]) -> Service:
+    """The mail catcher (``smtp_catcher.py``): SMTP on ``smtp_port``, its page on ``mail_ui_port``."""
+    return Service(
+        "smtp",
+        [
+            sys.executable,
+            str(PROJECT / "scripts" / "smtp_catcher.py"),
+            "--host",
+            "127.0.0.1",
+            "--smtp-port",
+            str(cfg.smtp_port),
+            "--ui-port",
+            str(cfg.mail_ui_port),
+            "--mail-dir",
+            str(cfg.mail_dir),
+        ],
+        env,
+        {"TRAILGUARD_SMTP_PORT": cfg.smtp_port, "TRAILGUARD_MAIL_UI_PORT": cfg.mail_ui_port},
+        lambda: _port_open(cfg.smtp_port) and _http_ok(f"{cfg.mail_ui_url}/health") is not None,
+    )
+
+
 def services(cfg: Config) -> list[Service]:
     """In start order; ``down`` stops them in reverse."""
     quiet = {"MLFLOW_ENABLE_TELEMETRY": "false", "DO_NOT_TRACK": "true", "GX_ANALYTICS_ENABLED": "false"}
@@ -239,24 +263,7 @@ def services(cfg: Config) -> list[Service]:
     health = AirflowHealth(cfg.airflow_url)
     af = str(BIN / "airflow")
     return [
-        Service(
-            "smtp",
-            [
-                sys.executable,
-                str(PROJECT / "scripts" / "smtp_catcher.py"),
-                "--host",
-                "127.0.0.1",
-                "--smtp-port",
-                str(cfg.smtp_port),
-                "--ui-port",
-                str(cfg.mail_ui_port),
-                "--mail-dir",
-                str(cfg.mail_dir),
-            ],
-            base,
-            {"TRAILGUARD_SMTP_PORT": cfg.smtp_port, "TRAILGUARD_MAIL_UI_PORT": cfg.mail_ui_port},
-            lambda: _port_open(cfg.smtp_port) and _http_ok(f"{cfg.mail_ui_url}/health") is not None,
-        ),
+        mail_catcher(cfg, base),
         Service(
             "mlflow",
             [
@@ -382,6 +389,9 @@ def start(cfg: Config, service: Service) -> psutil.Process:
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # own session and process group: stoppable as one
+            user=service.user,
+            group=service.user,  # its own group too, none of ours
+            extra_groups=[] if service.user else None,
         )
     tmp = pid_file(cfg, service.name).with_suffix(".pid.tmp")
     tmp.write_text(f"{popen.pid}\n")
@@ -389,7 +399,12 @@ def start(cfg: Config, service: Service) -> psutil.Process:
     return psutil.Process(popen.pid)
 
 
-def stop(cfg: Config, names: list[str] | None = None, grace: float = 30.0) -> list[psutil.Process]:
+def stop(
+    cfg: Config,
+    names: list[str] | None = None,
+    grace: float = 30.0,
+    catalogue: list[Service] | None = None,
+) -> list[psutil.Process]:
     """Stop services the way an init system does: SIGTERM to each service's main process, which stops its
     own children; once it is gone, SIGTERM to whatever is left of its process group and session; after
     ``grace`` seconds, SIGKILL to everything left.
@@ -397,9 +412,10 @@ def stop(cfg: Config, names: list[str] | None = None, grace: float = 30.0) -> li
     Signalling a whole group at once is what not to do first: the scheduler's LocalExecutor workers,
     killed under it, leave it waiting for them forever. Returns the processes still alive afterwards
     (empty when all is well). Without ``names``: every service, plus any process still carrying this
-    stack's marker (left over from an earlier run).
+    stack's marker (left over from an earlier run). ``catalogue``: the services of another stack built on
+    these helpers (``stack_scale.py``), in start order.
     """
-    wanted = [s for s in reversed(services(cfg)) if names is None or s.name in names]
+    wanted = [s for s in reversed(catalogue or services(cfg)) if names is None or s.name in names]
     leaders = {s.name: p for s in wanted if (p := running(cfg, s)) is not None}
     sessions = {p.pid for p in leaders.values()}  # each started with a new session: its id is its PID
 
@@ -438,7 +454,10 @@ def stop(cfg: Config, names: list[str] | None = None, grace: float = 30.0) -> li
     if not targets:
         return []
     log.info("stopping %s (%d processes)", ", ".join(leaders) or "leftovers", len(targets))
-    send(list(leaders.values()) + orphans_of(None, targets), signal.SIGTERM)
+    signals = {s.name: s.stop_signal for s in wanted}
+    for name, leader in leaders.items():
+        send([leader], signals[name])
+    send(orphans_of(None, targets), signal.SIGTERM)
     cleaned: set[int] = set()
     deadline = time.monotonic() + grace
     while (targets := members()) and time.monotonic() < deadline:

@@ -64,3 +64,55 @@ def test_every_env_var_documented():
     compose = (PROJECT / "docker-compose.yaml").read_text()
     for name in set(re.findall(r"(?<!\$)\$\{([A-Z0-9_]+)", compose)):
         assert name in documented, f"{name} is used in docker-compose.yaml but not in .env.example"
+
+
+def test_profile_celery_is_what_make_up_scale_runs():
+    """The compose file keeps make up-scale's services, variables and versions (scripts/stack_scale.py
+    declares the correspondence; the versions that run here are checked when installed)."""
+    import sys
+
+    sys.path.insert(0, str(PROJECT / "scripts"))
+    import stack_scale
+
+    services = _compose()["services"]
+    cfg = stack_scale.ScaleConfig.from_env()
+    here = {s.name: s for s in stack_scale.services(cfg)}
+    assert set(here) == {c.here for c in stack_scale.COMPOSE}, "a service of make up-scale has no counterpart"
+    moto = re.search(r"^moto==(\S+)", (PROJECT / "requirements-test.lock").read_text(), re.M).group(1)
+    for counterpart in stack_scale.COMPOSE:
+        spec = services.get(counterpart.compose)
+        assert spec is not None, (
+            f"{counterpart.compose} (make up-scale's {counterpart.here}) is not in compose"
+        )
+        if counterpart.image:
+            assert spec["image"] == counterpart.image.format(moto=moto), counterpart
+        else:  # the project's image: the locked Airflow and everything else (test_image_matches_locked_airflow)
+            assert spec["image"].startswith("trailguard-airflow:"), counterpart
+            command = spec["command"] if isinstance(spec["command"], str) else " ".join(spec["command"])
+            assert " ".join(command.split()).startswith(counterpart.command), (counterpart, command)
+    for name in ("redis", "moto", "airflow-worker"):
+        assert services[name]["profiles"] == ["celery"], name
+    assert services["airflow-worker"]["deploy"]["replicas"] == stack_scale.WORKERS
+    assert "postgres" in " ".join(here["mlflow"].cmd) and "postgresql" in services["mlflow"]["command"]
+    assert "--serve-artifacts" in here["mlflow"].cmd and "--serve-artifacts" in services["mlflow"]["command"]
+
+    compose_env = _compose()["x-airflow-common"]["environment"]
+    scale_env = stack_scale.scale_environment(cfg)
+    for name in stack_scale.SHARED_VARIABLES:
+        assert name in compose_env, f"{name} is set by make up-scale but not in compose"
+        assert name in scale_env, f"{name} is in compose but make up-scale does not set it"
+    for name in ("AIRFLOW__CORE__AUTH_MANAGER", "AIRFLOW__CORE__HOSTNAME_CALLABLE"):
+        assert compose_env[name] == scale_env[name], name
+    assert compose_env["AIRFLOW__CELERY__WORKER_CONCURRENCY"].endswith(
+        f":-{stack_scale.WORKER_CONCURRENCY}}}"
+    )
+    assert "CeleryExecutor" == scale_env["AIRFLOW__CORE__EXECUTOR"]
+    documented = (PROJECT / ".env.example").read_text()
+    for name in stack_scale.ENV_FILE_VARIABLES:
+        assert name in scale_env or name in here["mlflow"].env, name
+        assert re.search(rf"^#?\s*{name}=", documented, re.M), f"{name} is not in .env.example"
+
+    installed = stack_scale.installed_versions()
+    declared = {"postgres": stack_scale.PG_VERSION, "redis": stack_scale.REDIS_VERSION, "moto": moto}
+    for name, version in installed.items():
+        assert version == declared[name], f"{name} {version} runs here, compose declares {declared[name]}"

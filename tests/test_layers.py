@@ -20,7 +20,7 @@ LAYERS = {
     "detect": 2,
     "model": 3,
     "findings": 3.5,  # correlation of scored events, between the model and the report
-    "flows": 3,
+    "flows": 2.5,  # VPC Flow Logs: reads store, ingest, quality; the network model (model) and findings read it
     "report": 4,
     "explore": 5,
     "respond": 5,

@@ -157,16 +157,11 @@ def cmd_repair(args: argparse.Namespace, settings: Settings) -> int:
 def _ingest_flows(args: argparse.Namespace, settings: Settings) -> int:
     """``ingest --kind flows``: VPC Flow Log files into ``flows/date=D/``."""
     from trailguard.flows.ingestion import ingest_flows
-    from trailguard.ingest.sources import open_source
+    from trailguard.flows.logs import FlowLimits
+    from trailguard.flows.sources import open_flow_source
 
-    if args.source.startswith("cloudwatch://"):
-        print(
-            "--kind flows reads a folder or s3://bucket/prefix; CloudWatch Logs delivery is not supported yet",
-            file=sys.stderr,
-        )
-        return 2
     try:
-        source = open_source(args.source, service="vpcflowlogs")
+        source = open_flow_source(args.source, log_format=settings.flow_log_format)
     except (ValueError, FileNotFoundError) as exc:
         print(f"cannot read the source: {exc}", file=sys.stderr)
         return 2
@@ -180,12 +175,24 @@ def _ingest_flows(args: argparse.Namespace, settings: Settings) -> int:
             batch_records=max(settings.ingest_batch_records, 1),
             workers=_ingest_workers(args.workers, settings.ingest_workers),
             progress=update,
+            limits=FlowLimits.from_settings(settings),
         )
     finally:
         close()
     _emit(args, summary.as_dict(), summary.lines())
-    if summary.objects_ingested + summary.objects_quarantined == 0 and summary.objects_already_ingested == 0:
-        print("no flow log files found: check --source (keys .../vpcflowlogs/...log.gz)", file=sys.stderr)
+    pending = summary.objects_skipped - summary.objects_already_ingested
+    if args.source.startswith("cloudwatch://") and pending and not summary.objects_ingested:
+        print(
+            f"{pending} hour(s) of the log group still receiving events: a later run reads them",
+            file=sys.stderr,
+        )
+    elif (
+        summary.objects_ingested + summary.objects_quarantined == 0 and summary.objects_already_ingested == 0
+    ):
+        print(
+            "no flow log files found: check --source (keys .../vpcflowlogs/....log.gz or .log.parquet, or cloudwatch://log-group)",
+            file=sys.stderr,
+        )
     elif summary.objects_quarantined or summary.quarantined:
         print(
             f"rejected files and lines are kept with their reasons under {settings.data_path / 'quarantine' / 'flows'}",
@@ -195,9 +202,11 @@ def _ingest_flows(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_flows(args: argparse.Namespace, settings: Settings) -> int:
-    """Validate a day of flows and run the network detections on it."""
-    from trailguard.flows.detect import score_flows
+    """Validate a day of flows and score it: the network detections plus the network_flow champion when
+    there is one, each finding joined to its instance and role from CloudTrail (as the DAGs do)."""
+    from trailguard.flows.detect import scores_dir
     from trailguard.flows.quality import validate_flows
+    from trailguard.model.network import score_network_day
 
     document = validate_flows(settings.data_path, args.date)
     if document["critical_failed"]:
@@ -206,13 +215,15 @@ def cmd_flows(args: argparse.Namespace, settings: Settings) -> int:
             file=sys.stderr,
         )
         return 1
-    findings, path = score_flows(settings.data_path, args.date)
+    findings, note = score_network_day(settings.data_path, args.date)
+    path = scores_dir(settings.data_path, args.date) / "scores.parquet"
     lines = [
         f"flows {args.date}: quality {document['status']}, {document['rows_passed']} records, "
-        f"{len(findings)} findings -> {path}"
+        f"{len(findings)} findings ({note}) -> {path}"
     ]
     lines += [
-        f"{row.risk_score:5.0f}  {row.attack_technique:<10} {row.detection:<34} {row.reasons}"
+        f"{row.risk_score:5.0f}  {row.attack_technique or '-':<10} {row.detection:<34} "
+        f"{row.instance_id or '-'} {row.role or '-'}  {row.reasons}"
         for row in findings.head(args.top_k).itertuples()
     ]
     _emit(
@@ -638,7 +649,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--kind",
         choices=("cloudtrail", "flows"),
         default="cloudtrail",
-        help="what the source holds: CloudTrail logs (default) or VPC Flow Logs (.../vpcflowlogs/...log.gz)",
+        help="what the source holds: CloudTrail logs (default) or VPC Flow Logs (.../vpcflowlogs/...log.gz or .log.parquet, cloudwatch://group)",
     )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_ingest)

@@ -20,6 +20,9 @@ EVENTS = Asset(uri="trailguard://events", name="trailguard_events")
 VALIDATED_EVENTS = Asset(uri="trailguard://events-validated", name="trailguard_validated_events")
 LABELS = Asset(uri="trailguard://labels", name="trailguard_labels")
 MODELS = Asset(uri="trailguard://models", name="trailguard_models")
+FLOWS = Asset(
+    uri="trailguard://flows", name="trailguard_flows"
+)  # a day of VPC flow records stored and scored
 
 # Every task: retries with backoff for transient faults (SMTP, throttling, a busy store); configuration
 # errors raise AirflowFailException and are not retried; a task that failed for good alerts the team.

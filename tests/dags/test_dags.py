@@ -27,7 +27,13 @@ def test_dag_folder_imports_without_errors(dagbag):
     assert "cloudtrail_ingest" in dagbag.dag_ids
 
 
-CONTRACT_DAGS = {"cloudtrail_ingest", "daily_risk_report", "risk_model_training", "record_analyst_label"}
+CONTRACT_DAGS = {
+    "cloudtrail_ingest",
+    "daily_risk_report",
+    "risk_model_training",
+    "record_analyst_label",
+    "flowlogs_ingest",
+}
 
 
 def test_the_contract_dags_exist(dagbag):
@@ -46,6 +52,9 @@ def test_schedules_and_asset_wiring(dagbag):
         return {o.uri.rstrip("/") for task in dag.tasks for o in task.outlets if hasattr(o, "uri")}
 
     assert {"trailguard://events", "trailguard://events-validated"} <= outlets(ingest)
+    flows = dagbag.get_dag("flowlogs_ingest")
+    assert flows.timetable.expression == "0 * * * *"  # @hourly, beside the CloudTrail ingest
+    assert "trailguard://flows" in outlets(flows)
     assert "trailguard://labels" in outlets(label)
     assert "trailguard://models" in outlets(training)
     for dag, cron, asset in ((report, "0 6 * * *", "trailguard://events-validated"),

@@ -14,6 +14,7 @@ from trailguard.detect.catalogue import (
     TECHNIQUE_TACTICS,
     catalogue,
     frame_rule_ids,
+    network_rule_ids,
     reason_pattern,
     render_markdown,
     render_text,
@@ -28,16 +29,18 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs" / "detections.md"
 WINDOWS = window_rule_ids()
 FRAMES = frame_rule_ids()
+NETWORK = network_rule_ids()
 
 
 @pytest.fixture(autouse=True)
 def sample_threat_list(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
     """ip_on_threat_list's cases need a list: one naming the documentation address its firing case uses."""
+    from trailguard.detect.network import LISTED_PEER
     from trailguard.detect.rules.initial_access import LISTED_SAMPLE_IP
     from trailguard.intel import reputation
 
     path = tmp_path_factory.mktemp("intel") / "catalogue-sample.txt"
-    path.write_text(f"{LISTED_SAMPLE_IP}\n")
+    path.write_text(f"{LISTED_SAMPLE_IP}\n{LISTED_PEER}\n")
     monkeypatch.setenv("TRAILGUARD_THREAT_LISTS", f"catalogue-sample={path}")
     reputation.load_lists.cache_clear()
     yield
@@ -56,6 +59,10 @@ def _frame(case: Case) -> pd.DataFrame:
 
 def reasons_of(detection: Detection, case: Case) -> list[str]:
     """The reasons ``detection`` gives on the case's records (none: it stays silent)."""
+    if detection.rule_id in NETWORK:  # flow records, through the flows wing's detections
+        from trailguard.flows.detect import case_reasons
+
+        return case_reasons(detection.rule_id, case.records)
     if detection.rule_id in WINDOWS:
         (rule,) = [w for w in WINDOW_RULES if detection in w.detections]
         return [reason for _, d, reason in window_hits(_frame(case), rule) if d.rule_id == detection.rule_id]
@@ -102,8 +109,8 @@ def test_detection_record_is_complete(detection: Detection) -> None:
 def test_catalogue_ids_are_unique() -> None:
     ids = [d.rule_id for d in catalogue()]
     assert (
-        len(ids) == len(set(ids)) and len(ids) == 74 + 6 + 8 + 8
-    )  # + issue 16: 8 per-event and 8 frame rules
+        len(ids) == len(set(ids)) and len(ids) == 74 + 6 + 8 + 8 + 9
+    )  # + issue 16: 8 per-event and 8 frame rules; + issue 20: 9 network detections
 
 
 def test_docs_detections_md_is_current() -> None:

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from trailguard.detect import engine, samples
-from trailguard.detect.catalogue import catalogue, frame_rule_ids, window_rule_ids
+from trailguard.detect.catalogue import catalogue, frame_rule_ids, network_rule_ids, window_rule_ids
 from trailguard.detect.engine import RULES, evaluate_event, label_events
 from trailguard.detect.event import Event
 from trailguard.detect.samples import ACCOUNT, ALICE, DENIED, ROOT, sg_ingress
@@ -42,7 +42,7 @@ def fired(event_row: dict[str, Any]) -> dict[str, str]:
 
 def case_rows() -> list[dict[str, Any]]:
     """Every per-event rule's own cases (firing and near misses), normalised: the catalogue's events."""
-    windows = window_rule_ids() | frame_rule_ids()
+    windows = window_rule_ids() | frame_rule_ids() | network_rule_ids()  # cases of several records, or flows
     return [
         normalise.normalise(dict(record), "test")
         for detection in catalogue()

@@ -57,8 +57,8 @@ def test_ingest_kind_flows_then_rerun(tmp_path, capsys):
 
 def test_usage_errors_are_one_line(tmp_path, capsys):
     data = str(tmp_path / "data")
-    assert cli.main(["--data", data, "ingest", "--source", "cloudwatch://g", "--kind", "flows"]) == 2
-    assert "not supported yet" in capsys.readouterr().err
+    assert cli.main(["--data", data, "ingest", "--source", "cloudwatch://", "--kind", "flows"]) == 2
+    assert capsys.readouterr().err.startswith("cannot read the source: no log group")
     assert cli.main(["--data", data, "ingest", "--source", str(tmp_path / "missing"), "--kind", "flows"]) == 2
     assert capsys.readouterr().err.startswith("cannot read the source")
 

@@ -152,3 +152,33 @@ def test_score_flows_writes_score_rows_and_rewrites_on_rerun(tmp_path):
     )
     assert out["eventID"].tolist() == again["eventID"].tolist()
     assert len(list(path.parent.glob("*.parquet"))) == 1
+
+
+def test_threat_list_peer_names_the_list_and_its_date():
+    from trailguard.intel.reputation import parse_list
+
+    lists = (parse_list("vendor-feed", b"198.51.100.0/24\n", updated="2026-11-30"),)
+    rows = [flow(HOST, "198.51.100.9", 50000 + i, 443) for i in range(3)] + [
+        flow("198.51.100.20", HOST, 50000, 22)
+    ]
+    out = detect(prepare(pa.Table.from_pylist(rows, schema=_SCHEMA)), threat_lists=lists)
+    listed = out[out["detection"] == "flow_peer_on_threat_list"].sort_values("risk_score", ascending=False)
+    assert listed["reasons"].tolist() == [
+        f"{ENI} ({HOST}) sent to 198.51.100.9, on threat list 'vendor-feed' of 2026-11-30: 3 flows, 2,400 bytes",
+        f"{ENI} ({HOST}) accepted from 198.51.100.20, on threat list 'vendor-feed' of 2026-11-30: 1 flows, 800 bytes",
+    ]
+    assert listed["attack_technique"].tolist() == ["T1071", "T1071"] and listed["risk_score"].tolist() == [
+        80,
+        70,
+    ]
+    unlisted = [flow(HOST, "192.0.2.9", 50000, 443)]
+    assert "flow_peer_on_threat_list" not in set(
+        detect(prepare(pa.Table.from_pylist(unlisted, schema=_SCHEMA)), threat_lists=lists)["detection"]
+    )
+
+
+def test_tor_exit_accepted_inbound_only():
+    from trailguard.detect.network import TOR_EXIT
+
+    assert fired([flow(TOR_EXIT, HOST, 50000, 443)]) == ["flow_tor_exit_inbound"]
+    assert fired([flow(TOR_EXIT, HOST, 50000, 443, action="REJECT")]) == []

@@ -187,3 +187,36 @@ def test_an_s3_data_root_holds_the_same_layout(moto_server, tmp_path):
     )
     tops = {k.split("/")[0] + "/" + k.split("/")[1] for k in keys}
     assert tops == {"flows/date=2026-01-01", "flows/date=2026-01-02", "manifest/flows", "quarantine/flows"}
+
+
+def test_flow_ingests_on_several_machines_are_kept_apart_by_a_lease_in_the_bucket(moto_server, tmp_path):
+    """On an s3:// root the flows' lock is the lease _locks/flows.json in the bucket (a local lock file
+    would keep apart only the runs of one machine): a run waits for another machine's live lease, bounded
+    by TRAILGUARD_COMMIT_WAIT_SECONDS, then fails naming it, having written nothing."""
+    import boto3
+    import s3fs
+    from trailguard.store.lease import LeaseTimeout
+
+    owner = {
+        "owner": "x",
+        "host": "other-host",
+        "pid": 7,
+        "purpose": "flow ingest s3://x",
+        "lease_seconds": 600,
+    }
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AWS_ENDPOINT_URL", moto_server)
+        patch.setenv("TRAILGUARD_COMMIT_WAIT_SECONDS", "0.5")
+        s3fs.S3FileSystem.clear_instance_cache()
+        client = boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1")
+        client.create_bucket(Bucket="flows-leased")
+        client.put_object(
+            Bucket="flows-leased", Key="root/_locks/flows.json", Body=json.dumps(owner).encode()
+        )
+        try:
+            with pytest.raises(LeaseTimeout, match=r"the flows lease .* held by pid 7 on other-host"):
+                ingest_flows(LocalFolderSource(_logs(tmp_path)), "s3://flows-leased/root")
+            keys = [o["Key"] for o in client.list_objects_v2(Bucket="flows-leased").get("Contents", [])]
+        finally:
+            s3fs.S3FileSystem.clear_instance_cache()
+    assert keys == ["root/_locks/flows.json"]

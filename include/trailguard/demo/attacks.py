@@ -200,7 +200,10 @@ def _open_ssh(gen: DayTraffic, t: int) -> None:
     user = rng.choice([u for u in USERS if u.profile in ("ops", "dev") and "prod" in u.envs])
     account = ACCOUNT["prod"]
     actor = cli_actor(user, account)
-    region = rng.choice(("us-east-1", "eu-west-1"))
+    # the debug group belongs to a web server in us-east-1 (demo.flows.DEBUG_GROUP, the brute force's way in);
+    # the draw stays so the rest of the day's stream is as before
+    rng.choice(("us-east-1", "eu-west-1"))
+    region = "us-east-1"
     gen.call(actor, "ec2:DescribeSecurityGroups", t, region=region)  # the look-up before is routine
     params = ingress_rule("0.0.0.0/0", 22, "temp debug", group="sg-0e5a7c9b1d3f24680", v6=gen.occurrence % 2 == 1)
     rule = {

@@ -8,10 +8,17 @@ on the dev account, the default v2 format elsewhere), gzipped.
 
 Attacks, on the days their CloudTrail counterparts happen (``attacks.SCENARIOS``):
 
-* ``ssh_brute_force`` (T1110): after ``security_group_open_ssh`` opens port 22 to the world, an attacker
-  address hammers SSH on a prod web server through it, and the group lets it in;
-* ``data_exfiltration`` (T1048): on ``secrets_bulk_read`` days (the web server's stolen credentials), the
-  same instance sends about 1.5 GB to an attacker address over HTTPS.
+* ``ssh_brute_force`` (T1110): after ``security_group_open_ssh`` opens port 22 of ``DEBUG_GROUP`` to the
+  world, an attacker address hammers SSH on the prod web server in that group (us-east-1) through it, and
+  the group lets it in;
+* ``data_exfiltration`` (T1048): on ``secrets_bulk_read`` days (the credentials of web server 0 in
+  us-east-1, its role session used from outside AWS), the same instance sends about 1.5 GB to an attacker
+  address over HTTPS.
+
+CloudTrail context (what the join to CloudTrail finds): every instance's ``RunInstances`` on the demo's
+first day (:func:`launch_instances`, written by the CloudTrail generator) names its interface, groups and
+instance profile; the instances' own calls run as ``assumed-role/<role>/<instance-id>``. The prod
+account's records are v2 (no ``instance-id``): only CloudTrail tells whose interface it is.
 
 Ground truth: ``flows_ground_truth.csv`` (date, scenario, detection, attack_technique, interface_id,
 instance_id, peer).
@@ -28,7 +35,7 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 from trailguard.demo.organisation import ACCOUNT, INSTANCE_GROUPS, REGIONS
-from trailguard.demo.traffic import _private_ip, stable_hex
+from trailguard.demo.traffic import DayTraffic, _private_ip, stable_hex
 from trailguard.flows.logs import DEFAULT_FORMAT, flow_log_key, format_flow_file
 
 V2 = DEFAULT_FORMAT.split()
@@ -43,9 +50,16 @@ V5 = V2 + [
     "flow-direction",
 ]
 AWS_ENDPOINTS = ("52.94.236.248", "54.239.28.85", "3.5.29.160", "52.216.138.45")
-TRUTH_COLUMNS = ("date", "scenario", "detection", "attack_technique", "interface_id", "instance_id", "peer")
+TRUTH_COLUMNS = ("date", "scenario", "detection", "attack_technique", "interface_id", "instance_id", "peer",
+                 "role", "cloudtrail_scenario")
 BRUTE_SOURCE = "45.146.164.110"
 EXFIL_PEER = "95.217.120.33"
+
+
+# the group ``security_group_open_ssh`` opens port 22 of to the world ("temp debug"): one prod web server in
+# us-east-1 (the brute force's target) carries it beside its role's group
+DEBUG_GROUP = "sg-0e5a7c9b1d3f24680"
+DEBUG_HOST = ("web-server-role", "us-east-1", 1)
 
 
 @dataclass(frozen=True)
@@ -59,22 +73,69 @@ class Host:
     address: str
     vpc: str
     subnet: str
+    groups: tuple[str, ...] = ()
 
 
 def hosts() -> list[Host]:
-    """The demo's instances with their interface and address (the same ids CloudTrail's records carry)."""
+    """The demo's instances with their interface, address and security groups (the same ids CloudTrail's
+    records carry: their RunInstances on the first day, their role sessions every day)."""
     out = []
     for g in INSTANCE_GROUPS:
         account = ACCOUNT[g.env]
         ri = REGIONS.index(g.region)
         for i in range(g.count):
             instance = "i-0" + stable_hex(account.id, g.role, g.region, str(i), length=16)
+            groups = ("sg-0" + stable_hex(account.id, g.role, g.region, "sg", length=16),)
+            if (g.role, g.region, i) == DEBUG_HOST and g.env == "prod":
+                groups += (DEBUG_GROUP,)
             out.append(Host(
                 account.id, g.env, g.region, g.role, instance, "eni-0" + stable_hex(instance, "eni", length=16),
                 _private_ip(account, ri, i % 8, 11 + (i * 37) % 240), "vpc-0" + stable_hex(account.id, g.region, length=16),
-                "subnet-0" + stable_hex(account.id, g.region, str(i % 8), length=16),
+                "subnet-0" + stable_hex(account.id, g.region, str(i % 8), length=16), groups,
             ))  # fmt: skip
     return out
+
+
+LAUNCHED_BY = {"prod": "bob", "dev": "bob", "security": "erin"}  # terraform / the security team's CLI
+
+
+def launch_instances(gen: DayTraffic) -> None:
+    """The demo's instances as CloudTrail saw them start: one ``RunInstances`` per instance group on the
+    demo's first day, answering with each instance's interface, address, groups and instance profile
+    (what :mod:`trailguard.flows.context` joins flow records to)."""
+    from trailguard.demo.organisation import USERS
+    from trailguard.demo.traffic import cli_actor
+
+    by_group: dict[tuple[str, str, str], list[Host]] = defaultdict(list)
+    for host in hosts():
+        by_group[(host.env, host.role, host.region)].append(host)
+    for n, ((env, role, region), members) in enumerate(by_group.items()):
+        account = ACCOUNT[env]
+        user = next(u for u in USERS if u.name == LAUNCHED_BY[env])
+        profile = {"arn": f"arn:aws:iam::{account.id}:instance-profile/{role}",
+                   "id": "AIPA" + stable_hex(account.id, role, "profile", length=17).upper()}  # fmt: skip
+        items = []
+        for i, h in enumerate(members):
+            groups = {"items": [{"groupId": g, "groupName": g} for g in h.groups]}
+            items.append({
+                "instanceId": h.instance, "imageId": "ami-0c7217cdde317cfec", "instanceState": {"code": 0, "name": "pending"},
+                "privateIpAddress": h.address, "subnetId": h.subnet, "vpcId": h.vpc, "amiLaunchIndex": i,
+                "instanceType": "m7i.large", "groupSet": groups, "iamInstanceProfile": profile,
+                "networkInterfaceSet": {"items": [{
+                    "networkInterfaceId": h.interface, "subnetId": h.subnet, "vpcId": h.vpc, "ownerId": account.id,
+                    "status": "in-use", "privateIpAddress": h.address, "groupSet": groups,
+                    "attachment": {"attachmentId": "eni-attach-0" + stable_hex(h.interface, length=16),
+                                   "deviceIndex": 0, "status": "attaching", "deleteOnTermination": True},
+                }]},
+            })  # fmt: skip
+        gen.call(
+            cli_actor(user, account), "ec2:RunInstances", 8 * 3600 + 300 * n, region=region,
+            params={"instancesSet": {"items": [{"imageId": "ami-0c7217cdde317cfec", "minCount": len(members),
+                                                "maxCount": len(members)}]}, "instanceType": "m7i.large",
+                    "iamInstanceProfile": {"name": role}, "groupSet": {"items": [{"groupId": g} for g in members[0].groups]}},
+            response={"reservationId": "r-0" + stable_hex(account.id, role, region, "r", length=16),
+                      "ownerId": account.id, "groupSet": {}, "instancesSet": {"items": items}},
+        )  # fmt: skip
 
 
 def _client(rng: random.Random) -> str:
@@ -175,7 +236,7 @@ def write_flow_logs(out_dir: Path | str, dates: list[date], seed: int = 7) -> li
     by_name = {s.name: s for s in SCENARIOS}
     scenario_days = _scenario_days(dates)
     web = next(h for h in all_hosts if h.role == "web-server-role" and h.region == "us-east-1")
-    target = [h for h in all_hosts if h.role == "web-server-role" and h.region == "us-east-1"][1]
+    target = next(h for h in all_hosts if DEBUG_GROUP in h.groups)
     truth: list[dict] = []
     for day in dates:
         rng = random.Random(f"{seed}|flows|{day.isoformat()}")
@@ -188,12 +249,14 @@ def write_flow_logs(out_dir: Path | str, dates: list[date], seed: int = 7) -> li
                 rows += _brute_force(host, day, by_name["security_group_open_ssh"].hour, rng)
                 truth.append({"date": day.isoformat(), "scenario": "ssh_brute_force",
                               "detection": "flow_remote_access_brute_force", "attack_technique": "T1110",
-                              "interface_id": host.interface, "instance_id": host.instance, "peer": BRUTE_SOURCE})  # fmt: skip
+                              "interface_id": host.interface, "instance_id": host.instance, "peer": BRUTE_SOURCE,
+                              "role": host.role, "cloudtrail_scenario": "security_group_open_ssh"})  # fmt: skip
             if host == web and "secrets_bulk_read" in happening:
                 rows += _exfiltration(host, day, by_name["secrets_bulk_read"].hour, rng)
                 truth.append({"date": day.isoformat(), "scenario": "data_exfiltration",
                               "detection": "flow_exfiltration_volume", "attack_technique": "T1048",
-                              "interface_id": host.interface, "instance_id": host.instance, "peer": EXFIL_PEER})  # fmt: skip
+                              "interface_id": host.interface, "instance_id": host.instance, "peer": EXFIL_PEER,
+                              "role": host.role, "cloudtrail_scenario": "secrets_bulk_read"})  # fmt: skip
             for row in rows:
                 common = {"version": 5 if host.env == "dev" else 2, "account-id": host.account,
                           "interface-id": host.interface, "vpc-id": host.vpc, "subnet-id": host.subnet,

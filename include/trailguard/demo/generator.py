@@ -133,6 +133,8 @@ def generate(
     for day, target in zip(dates, targets, strict=True):
         gen = DayTraffic(seed, day, templates)
         normal_traffic(gen, target)
+        if day == dates[0]:
+            _launch_instances(gen, seed)
         for scenario, occurrence in occurrences.get(day, ()):
             gen.scenario, gen.occurrence = scenario, occurrence
             scenario.build(gen, gen.attack_start(scenario))
@@ -168,6 +170,19 @@ def generate(
         attacks=len(truth),
         ground_truth=out / "ground_truth.csv",
     )
+
+def _launch_instances(gen: DayTraffic, seed: int) -> None:
+    """The instances' RunInstances (their interfaces, for the join of flow logs to CloudTrail), from a
+    stream of their own: the day's other records stay as they were without them."""
+    from trailguard.demo.flows import launch_instances
+
+    launches = DayTraffic(seed, gen.day, {})
+    launches.rng = random.Random(f"trailguard-demo:{seed}:{gen.day.isoformat()}:launches")
+    launch_instances(launches)
+    for key, items in launches.buckets.items():
+        gen.buckets[key].extend(items)
+    gen.count += launches.count
+
 
 def _scenario_days(dates: list[date]) -> dict[date, list[tuple[Scenario, int]]]:
     """Each scenario on the last day (occurrence 0) and on its earlier days that fall inside the range."""

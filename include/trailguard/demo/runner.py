@@ -128,7 +128,8 @@ def _say(text: str = "") -> None:
 
 
 def run_demo(data_root: Path, logs: Path, *, events: int | None = None) -> int:
-    """Generate the demo logs (once), then ingest+validate, train and report through the real DAGs."""
+    """Generate the demo logs (once; CloudTrail and VPC Flow Logs), then ingest+validate both, train and
+    report through the real DAGs."""
     from datetime import date, timedelta
 
     from trailguard.demo import generator
@@ -144,8 +145,15 @@ def run_demo(data_root: Path, logs: Path, *, events: int | None = None) -> int:
         generated = generator.generate(logs, events=events)
         _say(f"  {generated.files} files, {generated.records} records, {generated.attacks} attack events, "
              f"{generated.bad_files} broken files on purpose")
+        (logs / "flows_ground_truth.csv").unlink(missing_ok=True)  # the flow logs go with these logs
     info = json.loads(summary_file.read_text())
     first, last = date.fromisoformat(info["start"]), date.fromisoformat(info["end"])
+    if not (logs / "flows_ground_truth.csv").exists():
+        from trailguard.demo.flows import demo_dates, write_flow_logs
+
+        _say(f"generating demo VPC Flow Logs in {logs} ...")
+        truth = write_flow_logs(logs, demo_dates(last, (last - first).days + 1))
+        _say(f"  {len(truth)} network attacks on the instances (ground truth: {logs / 'flows_ground_truth.csv'})")
 
     env = airflow_env(data_root)
     env["TRAILGUARD_INTEGRITY_KEYS"] = str(logs / info.get("public_keys", "cloudtrail-public-keys"))
@@ -159,6 +167,10 @@ def run_demo(data_root: Path, logs: Path, *, events: int | None = None) -> int:
                     {"source": str(logs / "AWSLogs"), "start": first.isoformat(),
                      "end": (last + timedelta(days=1)).isoformat()},
                     "ingest and validate the demo logs"),
+            DagStep("flowlogs_ingest", last.isoformat(),
+                    {"source": str(logs / "AWSLogs"), "start": first.isoformat(),
+                     "end": (last + timedelta(days=1)).isoformat()},
+                    "ingest, validate and score the demo's VPC Flow Logs"),
             DagStep("risk_model_training", last.isoformat(), {"until": (last - timedelta(days=1)).isoformat()},
                     "train the risk models on every day before the last"),
             DagStep("daily_risk_report", last.isoformat(),
@@ -211,6 +223,8 @@ def _step_summary(dag_id: str, data_root: Path, last: object) -> list[str]:
 
     if dag_id == "cloudtrail_ingest":
         return summaries.ingest_lines(data_root) + summaries.quality_lines(data_root) + summaries.integrity_lines(data_root)
+    if dag_id == "flowlogs_ingest":
+        return summaries.flows_lines(data_root)
     if dag_id == "risk_model_training":
         return summaries.training_lines(data_root)
     if dag_id == "daily_risk_report":

@@ -23,7 +23,12 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from trailguard.detect.catalogue import TACTICS
+from trailguard.detect.network import NETWORK_DETECTIONS
 from trailguard.flows.ingestion import FlowStore
+from trailguard.flows.logs import FLOW_SCHEMA
+from trailguard.intel.networks import TOR, origin_of, snapshot_date
+from trailguard.intel.reputation import ThreatList, configured_lists, matches
 from trailguard.store import fs
 from trailguard.store.events import day_text
 from trailguard.store.fs import DataPath, as_path
@@ -71,25 +76,11 @@ class FlowDetection:
     runbook: str
 
 
+# the metadata, reason templates and cases are the catalogue's (trailguard.detect.network)
 DETECTIONS = {
-    d.id: d
-    for d in (
-        FlowDetection("flow_remote_access_from_internet", "SSH/RDP accepted from the internet", "Lateral Movement",
-                      "T1021", 60, "Who opened the port (AuthorizeSecurityGroupIngress)? Close it; check the host's auth log."),
-        FlowDetection("flow_remote_access_brute_force", "SSH/RDP brute force from the internet", "Credential Access",
-                      "T1110", 85, "Block the source; check the host for a successful login after the burst."),
-        FlowDetection("flow_scan_fanout", "One address opening connections to many hosts or ports", "Discovery",
-                      "T1046", 70, "Is this a scanner you run? If not, isolate the instance and check its processes."),
-        FlowDetection("flow_rejected_burst", "Burst of rejected flows from one address", "Discovery",
-                      "T1046", 40, "Usually internet noise; worry when the same source later gets ACCEPT."),
-        FlowDetection("flow_mining_pool_port", "Traffic to a mining-pool port on the internet", "Impact",
-                      "T1496", 75, "Look for xmrig-like processes; check who launched the instance and when."),
-        FlowDetection("flow_exfiltration_volume", "Bytes out to the internet far above the interface's usual", "Exfiltration",
-                      "T1048", 80, "Which process sent it, to whom? Check the instance role's recent S3/KMS calls."),
-        FlowDetection("flow_beaconing", "Periodic small flows to one internet peer", "Command and Control",
-                      "T1071", 65, "Look up the peer; find the process holding the connection on the host."),
-    )
-}  # fmt: skip
+    d.rule_id: FlowDetection(d.rule_id, d.title, TACTICS[d.tactic][1], d.technique, d.score, d.runbook)
+    for d in NETWORK_DETECTIONS
+}
 
 SCORE_COLUMNS = (
     "eventID", "eventTime", "use_case", "risk_score", "reasons", "attack_technique", "model_name", "model_version",
@@ -129,10 +120,14 @@ def prepare(table: pa.Table) -> pd.DataFrame:
 
 
 def detect(
-    frame: pd.DataFrame, history: pd.DataFrame | None = None, remote_seen: set[tuple[str, int]] | None = None
+    frame: pd.DataFrame,
+    history: pd.DataFrame | None = None,
+    remote_seen: set[tuple[str, int]] | None = None,
+    threat_lists: tuple[ThreatList, ...] | None = None,
 ) -> pd.DataFrame:
     """Every finding of a prepared day; ``history`` has ``interface_id, day, bytes`` (outbound per day),
-    ``remote_seen`` the (interface, port) pairs that accepted SSH/RDP from the internet on earlier days."""
+    ``remote_seen`` the (interface, port) pairs that accepted SSH/RDP from the internet on earlier days,
+    ``threat_lists`` the lists peers are checked against (default: the configured ones)."""
     found = [
         _remote_access(frame, remote_seen or set()),
         _scan_fanout(frame),
@@ -140,6 +135,8 @@ def detect(
         _mining_pool(frame),
         _exfiltration(frame, history),
         _beaconing(frame),
+        _listed_peers(frame, configured_lists() if threat_lists is None else threat_lists),
+        _tor_inbound(frame),
     ]
     found = [f for f in found if len(f)]
     if not found:
@@ -269,6 +266,10 @@ def _exfiltration(frame: pd.DataFrame, history: pd.DataFrame | None) -> pd.DataF
     top = rows.groupby(["interface_id", "dstaddr"])["bytes"].sum().reset_index()
     top = top.sort_values("bytes", ascending=False).drop_duplicates("interface_id").set_index("interface_id")
     out["dstaddr"] = out["interface_id"].map(top["dstaddr"])
+    # the finding starts when the volume to its main peer does (a story orders it among CloudTrail's events)
+    began = rows.groupby(["interface_id", "dstaddr"])["start"].min()
+    out["eventTime"] = [began.get((eni, dst), t) for eni, dst, t in zip(out["interface_id"], out["dstaddr"],
+                                                                       out["eventTime"], strict=True)]  # fmt: skip
     if history is not None and len(history):
         stats = history.groupby("interface_id")["bytes"].agg(["median", "size"])
         out["usual"] = out["interface_id"].map(stats["median"])
@@ -276,7 +277,8 @@ def _exfiltration(frame: pd.DataFrame, history: pd.DataFrame | None) -> pd.DataF
     else:
         out["usual"], out["days"] = np.nan, 0
     known = out["days"] >= EXFIL_MIN_HISTORY
-    ratio = out["bytes"] / out["usual"].clip(lower=1)
+    # float64: with no history "usual" is NaN, and a nullable ratio would make np.where raise
+    ratio = out["bytes"].astype("float64") / out["usual"].astype("float64").clip(lower=1)
     fires = (out["bytes"] >= EXFIL_MIN_BYTES) & np.where(
         known, ratio >= EXFIL_RATIO, out["bytes"] >= EXFIL_NO_HISTORY_BYTES
     )
@@ -321,6 +323,85 @@ def _beaconing(frame: pd.DataFrame) -> pd.DataFrame:
                        f"{gaps.mean() / 60:.1f} min (jitter {cv:.0%}), median {median:.0f} bytes",
         })  # fmt: skip
     return pd.DataFrame(found)
+
+
+def _peers(frame: pd.DataFrame) -> pd.DataFrame:
+    """The day's flows with the internet from our side: ``local``/``peer`` addresses, ``outbound`` or not.
+    Outbound flows count whatever the security group said (an instance trying to reach a peer matters);
+    inbound ones only when accepted."""
+    outbound = frame[frame["outbound"]].assign(local=lambda f: f["srcaddr"], peer=lambda f: f["dstaddr"])
+    inbound = frame[frame["inbound"] & frame["accepted"]]
+    inbound = inbound.assign(local=inbound["dstaddr"], peer=inbound["srcaddr"])
+    return pd.concat([outbound, inbound], ignore_index=True)
+
+
+def _by_peer(rows: pd.DataFrame, decide: dict[str, str]) -> pd.DataFrame:
+    """Flows whose peer has a verdict, one row per interface, local address, peer and direction."""
+    rows = rows[rows["peer"].isin(list(decide))]
+    if rows.empty:
+        return rows
+    out = _first(rows, ["interface_id", "local", "peer", "outbound"], port=("dstport", "first"))
+    out["verdict"] = out["peer"].map(decide)
+    out["srcaddr"] = np.where(out["outbound"], out["local"], out["peer"])
+    out["dstaddr"] = np.where(out["outbound"], out["peer"], out["local"])
+    out["dstport"] = out["port"]
+    return out
+
+
+def _listed_peers(frame: pd.DataFrame, lists: tuple[ThreatList, ...]) -> pd.DataFrame:
+    """Flows with a peer on a threat list (each distinct peer looked up once)."""
+    if not lists or frame.empty:
+        return frame.iloc[:0]
+    rows = _peers(frame)
+    named = {threat.name: threat for threat in lists}
+    decide = {}
+    for peer in pd.unique(rows["peer"].dropna()):
+        found = matches(peer, lists)
+        if found:
+            decide[peer] = ", ".join(
+                f"'{name}'" + (f" ({label[:60]})" if label else "")
+                + f" of {named[name].updated or 'unknown date'}"
+                for name, label in found
+            )  # fmt: skip
+    out = _by_peer(rows, decide)
+    if out.empty:
+        return out
+    out["detection"] = "flow_peer_on_threat_list"
+    out["risk_score"] = np.where(out["outbound"], 80, 70)
+    out["reasons"] = [
+        f"{eni} ({local}) {'sent to' if o else 'accepted from'} {peer}, on threat list {v}: {n} flows, {b:,} bytes"
+        for eni, local, peer, o, v, n, b in zip(out["interface_id"], out["local"], out["peer"], out["outbound"],
+                                                out["verdict"], out["flows"], out["bytes"], strict=True)
+    ]  # fmt: skip
+    return out.drop(columns=["local", "peer", "outbound", "verdict", "port"])
+
+
+def _tor_inbound(frame: pd.DataFrame) -> pd.DataFrame:
+    """Connections accepted from Tor exit nodes (the shipped network data; each distinct address once)."""
+    rows = frame[frame["inbound"] & frame["accepted"]]
+    if rows.empty:
+        return rows
+    rows = rows.assign(local=rows["dstaddr"], peer=rows["srcaddr"])
+    decide = {p: "tor" for p in pd.unique(rows["peer"].dropna()) if origin_of(str(p)).kind == TOR}
+    out = _by_peer(rows, decide)
+    if out.empty:
+        return out
+    dated = snapshot_date()
+    out["detection"], out["risk_score"] = "flow_tor_exit_inbound", 70
+    out["reasons"] = [
+        f"{eni} ({local}) accepted {n} flows from Tor exit {peer} on port {port} (network data of {dated})"
+        for eni, local, peer, n, port in zip(out["interface_id"], out["local"], out["peer"], out["flows"],
+                                             out["dstport"], strict=True)
+    ]  # fmt: skip
+    return out.drop(columns=["local", "peer", "outbound", "verdict", "port"])
+
+
+def case_reasons(rule_id: str, records: list[dict] | tuple[dict, ...]) -> list[str]:
+    """The reasons detection ``rule_id`` gives on a catalogue case's flow records (none: it stays silent)."""
+    schema = pa.schema([f for f in FLOW_SCHEMA if f.name != "source_key"])
+    table = pa.Table.from_pylist([dict(r) for r in records], schema=schema)
+    found = detect(prepare(table))
+    return found.loc[found["detection"] == rule_id, "reasons"].tolist()
 
 
 # -- a day from the store ----------------------------------------------------------------------------------

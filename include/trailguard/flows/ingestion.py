@@ -18,7 +18,6 @@ import json
 import logging
 import time
 import uuid
-import zlib
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -31,7 +30,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from trailguard.flows.logs import FLOW_SCHEMA, DecodedFlows, FlowFileError, is_flow_log_key, read_flow_text
+from trailguard.flows.logs import (
+    FLOW_SCHEMA,
+    PARQUET_MAGIC,
+    DecodedFlows,
+    FlowFileError,
+    FlowLimits,
+    is_flow_log_key,
+    read_flow_parquet,
+    read_flow_text,
+)
+from trailguard.ingest.limits import INFLATE_ERRORS, LimitError, gunzip
 from trailguard.ingest.sources import Source, SourceObject
 from trailguard.store import fs
 from trailguard.store.events import (
@@ -43,16 +52,8 @@ from trailguard.store.events import (
 )
 from trailguard.store.fs import DataPath, as_path, read_parquet, visible_files
 
-try:  # ISA-L inflates about twice as fast as zlib
-    from isal.igzip import decompress as _gunzip
-    from isal.isal_zlib import error as _inflate_error
-except ImportError:  # pragma: no cover
-    from gzip import decompress as _gunzip
-    from zlib import error as _inflate_error
-
 log = logging.getLogger(__name__)
 
-MAX_OBJECT_BYTES = 512 * 1024 * 1024  # gunzipped; AWS rolls a flow log file over long before this
 # A dictionary only for the columns with few values (accounts, interfaces, actions, statuses, the VPC
 # fields, the service port): addresses, ephemeral ports, counts and times are nearly unique per row, where
 # a dictionary is wasted work (measured: a quarter of the writing time, for files 12% smaller); snappy is
@@ -192,38 +193,53 @@ class _Outcome:
     data: bytes | None = None
 
 
-def decode_flow_object(key: str, data: bytes) -> DecodedFlows:
-    """One flow log file's bytes (gzipped or plain text) as records; FlowFileError when unreadable."""
+def decode_flow_object(key: str, data: bytes, limits: FlowLimits | None = None) -> DecodedFlows:
+    """One flow log file's bytes as records, its format told from its content, not its name: gzip (then
+    what it holds), Parquet (``PAR1`` at both ends) or text with a header line. FlowFileError when it is
+    none of them, or cannot be read."""
+    limits = limits or FlowLimits()
     if not data:
         raise FlowFileError("empty file (0 bytes)")
     if data[:2] == b"\x1f\x8b":
         try:
-            data = _gunzip(data)
-        except (OSError, EOFError, zlib.error, _inflate_error) as exc:
+            data = gunzip(data, limits.max_file_bytes)
+        except LimitError as exc:
+            raise FlowFileError(
+                f"gunzipped, it {exc}".replace("TRAILGUARD_INGEST_", "TRAILGUARD_FLOW_")
+            ) from exc
+        except INFLATE_ERRORS as exc:
             raise FlowFileError(f"not a readable gzip file: {exc}") from exc
-        if len(data) > MAX_OBJECT_BYTES:
-            raise FlowFileError(f"gunzipped size {len(data)} bytes is over the {MAX_OBJECT_BYTES} byte limit")
-    return read_flow_text(key, data)
+        if not data:
+            raise FlowFileError("empty file (a gzip of 0 bytes)")
+    elif len(data) > limits.max_file_bytes:
+        raise FlowFileError(
+            f"{len(data):,} bytes, over the {limits.max_file_bytes:,}-byte limit (TRAILGUARD_FLOW_MAX_FILE_BYTES)"
+        )
+    if data[:4] == PARQUET_MAGIC:
+        if data[-4:] != PARQUET_MAGIC:
+            raise FlowFileError("a Parquet file cut short (no PAR1 footer): truncated in transfer?")
+        return read_flow_parquet(key, data, limits)
+    return read_flow_text(key, data, limits)
 
 
-def _read(obj: SourceObject) -> _Outcome:
+def _read(obj: SourceObject, limits: FlowLimits) -> _Outcome:
     data = obj.fetch()
     try:
-        return _Outcome(obj, "ingested", decoded=decode_flow_object(obj.key, data))
+        return _Outcome(obj, "ingested", decoded=decode_flow_object(obj.key, data, limits))
     except FlowFileError as exc:
         return _Outcome(obj, "quarantined", reason=str(exc), data=data)
 
 
-def _read_ahead(objects: Iterator[SourceObject], workers: int) -> Iterator[_Outcome]:
+def _read_ahead(objects: Iterator[SourceObject], workers: int, limits: FlowLimits) -> Iterator[_Outcome]:
     """Outcomes in listing order, ``workers`` threads reading a few objects ahead."""
     if workers <= 1:
         for obj in objects:
-            yield _read(obj)
+            yield _read(obj, limits)
         return
     with ThreadPoolExecutor(workers, thread_name_prefix="flows") as pool:
         pending: deque[Future[_Outcome]] = deque()
         for obj in objects:
-            pending.append(pool.submit(_read, obj))
+            pending.append(pool.submit(_read, obj, limits))
             if len(pending) >= 2 * workers:
                 yield pending.popleft().result()
         while pending:
@@ -240,23 +256,37 @@ def ingest_flows(
     batch_records: int = 250_000,
     workers: int = 1,
     progress: Callable[[int, int], None] | None = None,
+    limits: FlowLimits | None = None,
 ) -> FlowIngestSummary:
-    """Ingest every flow log file the source lists (within ``start``..``end`` by delivery date)."""
+    """Ingest every flow log file the source lists (within ``start``..``end`` by delivery date); ``limits``
+    bound what one file may take (default :class:`FlowLimits`)."""
     store = FlowStore(as_path(data_root))
-    with _lock(store):
-        return _ingest(source, store, start, end, batch_records, workers, progress)
+    with _lock(store, f"flow ingest {source.uri}"):
+        return _ingest(source, store, start, end, batch_records, workers, progress, limits or FlowLimits())
 
 
 @contextmanager
-def _lock(store: FlowStore) -> Iterator[None]:
-    """One flow ingest at a time per data root on this machine (a run finishes the journals of a crashed one)."""
+def _lock(store: FlowStore, purpose: str = "flow ingest") -> Iterator[None]:
+    """One flow ingest at a time per data root (a run finishes the journals of a crashed one): a lock file
+    in a local root; on an ``s3://`` root the lease ``_locks/flows.json`` in the bucket, as the event
+    store's commit, so that runs on several machines are kept apart too."""
+    if fs.is_remote(store.root):
+        from trailguard.store.lease import held
+        from trailguard.store.settings import load_settings
+
+        settings = load_settings()
+        with held(
+            store.root,
+            "flows",
+            purpose,
+            lease_seconds=settings.commit_lease_seconds,
+            wait_seconds=settings.commit_wait_seconds,
+        ):
+            yield
+        return
     import fcntl
 
-    path = (
-        fs.lock_file(store.root).with_name(".flows.lock")
-        if not fs.is_remote(store.root)
-        else fs.lock_file(store.root).with_suffix(".flows")
-    )
+    path = fs.lock_file(store.root).with_name(".flows.lock")
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+b") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
@@ -274,6 +304,7 @@ def _ingest(
     batch_records: int,
     workers: int,
     progress: Callable[[int, int], None] | None,
+    limits: FlowLimits,
 ) -> FlowIngestSummary:
     run_id = new_run_id()
     summary = FlowIngestSummary(source=source.uri, run_id=run_id)
@@ -300,7 +331,7 @@ def _ingest(
             yield obj
 
     try:
-        for outcome in _read_ahead(wanted(), workers):
+        for outcome in _read_ahead(wanted(), workers, limits):
             if outcome.status == "quarantined":
                 store.quarantine_object(outcome.obj.key, outcome.data or b"", outcome.reason or "", run_id)
                 summary.objects_quarantined += 1

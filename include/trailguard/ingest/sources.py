@@ -18,8 +18,9 @@ from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
 
-# .../CloudTrail/<region>/YYYY/MM/DD/... as AWS writes it
-_KEY_DATE = re.compile(r"/(\d{4})/(\d{2})/(\d{2})/")
+# .../CloudTrail/<region>/YYYY/MM/DD/... as AWS writes it (and .../year=YYYY/month=MM/day=DD/..., the
+# Hive-compatible prefixes a VPC flow log may be delivered with)
+_KEY_DATE = re.compile(r"/(?:year=)?(\d{4})/(?:month=)?(\d{2})/(?:day=)?(\d{2})/")
 SKIP_MARKERS = ("CloudTrail-Digest/", "CloudTrail-Insight/", "CloudTrail-Insights/")
 # CloudTrail's own files, and evidence as others export it (NDJSON from SIEMs, Athena, CloudTrail Lake)
 LOG_SUFFIXES = (".json", ".json.gz", ".ndjson", ".ndjson.gz", ".jsonl", ".jsonl.gz")
@@ -472,6 +473,10 @@ def open_source(
     if uri.startswith("s3://"):
         return S3Source(uri, client, service=service)
     if uri.startswith("cloudwatch://"):
+        if service != "CloudTrail":  # its messages are not CloudTrail records: the flows wing reads them
+            raise ValueError(
+                f"a CloudWatch Logs group of {service} is read by trailguard.flows.sources.open_flow_source"
+            )
         return CloudWatchLogsSource(uri, client)
     if "://" in uri:
         raise ValueError(

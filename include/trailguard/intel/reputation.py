@@ -25,6 +25,7 @@ import json
 import logging
 import re
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
 from trailguard.intel.networks import parse_ip
@@ -49,13 +50,16 @@ class ThreatList:
     source: str
     entries: int = 0
     rejected: int = 0
+    updated: str = ""  # the list's date (YYYY-MM-DD: its file's last change), "" when not known
     _starts: dict[int, list[int]] = field(default_factory=dict)
     _ends: dict[int, list[int]] = field(default_factory=dict)
     _labels: dict[int, list[str]] = field(default_factory=dict)
     _reach: dict[int, list[int]] = field(default_factory=dict)  # the largest end up to each entry
 
     @classmethod
-    def build(cls, name: str, source: str, items: list[tuple[str, str]], rejected: int) -> ThreatList:
+    def build(
+        cls, name: str, source: str, items: list[tuple[str, str]], rejected: int, updated: str = ""
+    ) -> ThreatList:
         spans: dict[int, list[tuple[int, int, str]]] = {4: [], 6: []}
         for text, label in items:
             try:
@@ -67,7 +71,13 @@ class ThreatList:
             spans[network.version].append(
                 (int(network.network_address), int(network.broadcast_address), label)
             )
-        out = cls(name=name, source=source, entries=len(spans[4]) + len(spans[6]), rejected=rejected)
+        out = cls(
+            name=name,
+            source=source,
+            entries=len(spans[4]) + len(spans[6]),
+            rejected=rejected,
+            updated=updated,
+        )
         for version, values in spans.items():
             values.sort()
             out._starts[version] = [s for s, _, _ in values]
@@ -93,7 +103,7 @@ class ThreatList:
         return None
 
 
-def parse_list(name: str, data: bytes, source: str = "") -> ThreatList:
+def parse_list(name: str, data: bytes, source: str = "", updated: str = "") -> ThreatList:
     """A list from its bytes; the format is recognised from the content (module docstring)."""
     text = data.decode("utf-8-sig", errors="replace")
     head = text.lstrip()[:1]
@@ -112,7 +122,7 @@ def parse_list(name: str, data: bytes, source: str = "") -> ThreatList:
         rejected = 0
     if not items:
         raise ThreatListError(f"threat list {name} ({source or 'bytes'}): no address or network found")
-    return ThreatList.build(name, source, items, rejected)
+    return ThreatList.build(name, source, items, rejected, updated)
 
 
 def _stix(name: str, text: str) -> tuple[list[tuple[str, str]], int]:
@@ -193,7 +203,8 @@ def load_list(spec: str) -> ThreatList:
     name, location = _spec(spec)
     try:
         path = as_path(location)
-        size = path.stat().st_size
+        stat = path.stat()
+        size = stat.st_size
         if size > MAX_LIST_BYTES:
             raise ThreatListError(
                 f"threat list {name} ({location}): {size:,} bytes, more than {MAX_LIST_BYTES:,}"
@@ -203,11 +214,22 @@ def load_list(spec: str) -> ThreatList:
         raise
     except (OSError, ValueError) as exc:
         raise ThreatListError(f"threat list {name} ({location}) cannot be read: {exc}") from exc
-    threat = parse_list(name, data, location)
+    threat = parse_list(name, data, location, _changed(stat))
     log.info(
         "threat list %s: %d entries (%d rejected) from %s", name, threat.entries, threat.rejected, location
     )
     return threat
+
+
+def _changed(stat: Any) -> str:
+    """The day a list's file last changed (local mtime, S3 LastModified), "" when the store does not say."""
+    try:
+        moment = getattr(stat, "st_mtime", None)
+        if moment:
+            return datetime.fromtimestamp(float(moment), tz=timezone.utc).date().isoformat()
+    except (TypeError, ValueError, OSError, OverflowError):
+        pass
+    return ""
 
 
 @functools.lru_cache(maxsize=8)

@@ -78,7 +78,12 @@ from trailguard.store.fs import DataPath, is_remote
 
 log = logging.getLogger(__name__)
 
-MODEL_NAMES = {CONSOLE_LOGIN: "trailguard-console-login", API_CALL: "trailguard-api-call"}
+NETWORK_FLOW = "network_flow"  # VPC Flow Logs: trained by trailguard.model.network, registered the same way
+MODEL_NAMES = {
+    CONSOLE_LOGIN: "trailguard-console-login",
+    API_CALL: "trailguard-api-call",
+    NETWORK_FLOW: "trailguard-network-flow",
+}
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 HIGH_RISK = 70  # a target at or above this is a high-risk event (what the daily email must surface)
@@ -653,7 +658,8 @@ class TrainResult:
                 out.append(f"{uc}: skipped - {res.skipped}")
                 continue
             out.append(
-                f"{uc}: {res.rows} events, train {res.train_rows} ({_span(res.train_days)}), "
+                f"{uc}: {res.rows} {'interface-days' if uc == NETWORK_FLOW else 'events'}, "
+                f"train {res.train_rows} ({_span(res.train_days)}), "
                 f"test {res.test_rows} ({_span(res.test_days)}), {res.seconds:.1f}s"
             )
             out.append(
@@ -947,6 +953,7 @@ def train(
     progress: Callable[[str], None] | None = None,
     min_events: int | None = None,
     min_days: int | None = None,
+    network: bool = True,
 ) -> TrainResult:
     """Train, compare and register the risk models of each use case on the ``history_days`` days up to
     ``until`` (default: the newest day in the store).
@@ -959,6 +966,8 @@ def train(
     A use case with fewer than ``min_events`` events or on fewer than ``min_days`` days (default: the
     settings TRAILGUARD_TRAIN_MIN_EVENTS / _MIN_DAYS) is not fitted: its result says what it lacks and that
     the cold-start scorer scores it meanwhile; the other use cases are trained all the same.
+    With ``network`` and flow logs in the data root, the ``network_flow`` use case is trained too
+    (:func:`trailguard.model.network.train_network`: interface-days instead of events, the same gate).
     ``threads`` caps OpenMP (gradient boosting): on a small box shared with Airflow, OpenMP threads waiting for a busy core cost far more
     than they save.
     """
@@ -971,7 +980,7 @@ def train(
         min_events = settings.train_min_events if min_events is None else min_events
         min_days = settings.train_min_days if min_days is None else min_days
     with threadpool_limits(limits=threads, user_api="openmp"), mlflow_tracking():
-        return _train(
+        result = _train(
             store,
             until,
             history_days,
@@ -986,6 +995,31 @@ def train(
             max(1, min_events),
             max(2, min_days),
         )
+        if network:
+            _train_network(result, store.root, until, history_days, tracking_uri, experiment, test_days,
+                           max(1, min_events), max(2, min_days))  # fmt: skip
+        return result
+
+
+def _train_network(
+    result: TrainResult, root: DataPath, until: date | None, history_days: int, tracking_uri: str | None,
+    experiment: str, test_days: int | None, min_events: int, min_days: int,
+) -> None:  # fmt: skip
+    """The network_flow use case beside the CloudTrail ones, when the data root holds flow logs."""
+    from trailguard.model.network import train_network
+
+    started = time.perf_counter()
+    res = train_network(root, until=until.isoformat() if until else None, history_days=history_days,
+                        tracking_uri=tracking_uri, experiment=experiment, test_days=test_days,
+                        min_rows=min_events, min_days=min_days)  # fmt: skip
+    if res is None:
+        return
+    result.use_cases[NETWORK_FLOW] = res
+    result.timings[NETWORK_FLOW] = time.perf_counter() - started
+    result.seconds += result.timings[NETWORK_FLOW]
+    for line in result.lines():
+        if line.startswith(NETWORK_FLOW) or line.startswith(f"  {MODEL_NAMES[NETWORK_FLOW]}"):
+            log.info("%s", line)
 
 
 def _train(

@@ -41,6 +41,7 @@ from trailguard.findings.baseline import (
 )
 from trailguard.findings.correlate import DayFindings, correlate, read_identities
 from trailguard.findings.files import findings_document, write_findings
+from trailguard.findings.network import NETWORK_MIN_SCORE, network_section, story_lines
 from trailguard.findings.suppress import Suppression, active_suppressions, suppressed_events
 from trailguard.integrity.findings import integrity_section
 from trailguard.integrity.findings import text_lines as integrity_text_lines
@@ -440,6 +441,7 @@ class Report:
     integrity: dict[str, Any] | None = (
         None  # trailguard.integrity.findings.integrity_section: its own section
     )
+    network: dict[str, Any] | None = None  # trailguard.findings.network.network_section: stories per instance
     _files: dict[str, DataPath] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -493,6 +495,7 @@ class Report:
             "models": self.models,
             "quality": self.quality,
             "integrity": self.integrity,
+            "network": self.network,
             "feedback_hint": self.feedback_hint,
             "usual": self.usual,
             "files": {kind: path.name for kind, path in self._files.items()},
@@ -531,6 +534,8 @@ class Report:
         out += [f"  {line}" for line in _summary_lines(self)[1:]]
         if self.integrity:
             out += [f"  {line}" for line in integrity_text_lines(self.integrity, self.day)[1:]]
+        if self.network is not None:
+            out += [f"  {line}" for line in story_lines(self.network, limit=5)]
         for row in self.top_events.to_dict("records"):
             reasons = "; ".join(_reasons(row.get("reasons"), limit=3)) or "-"
             out.append(f"  #{row['rank']:<3} {_finding_score(row):>6}  {_title(row)}  "
@@ -582,6 +587,7 @@ def build_report(
         feedback_hint=feedback_hint,
         usual=usual,
         integrity=integrity_section(data_root, day_text),
+        network=_network(data_root, day_text, findings, top),
     )
     write_bytes_atomic(report.chart_png, report.chart_path)
     write_bytes_atomic(report.csv_bytes(), report.csv_path)
@@ -598,6 +604,24 @@ def build_report(
         write_findings(data_root, document)
     log.info("%s: report of %d findings written to %s", day_text, len(top), report.folder)
     return report
+
+
+def _network(
+    data_root: DataPath, day_text: str, findings: Findings, top: pd.DataFrame
+) -> dict[str, Any] | None:
+    """The network section: the day's flow findings as stories per instance, joined to CloudTrail (the
+    scored events with their finding, and the reported findings' ranks, name the CloudTrail side)."""
+    scored = None
+    if findings.day is not None and len(findings.day.events):
+        events = findings.day.events
+        scored = pd.DataFrame({
+            "eventID": events["eventID"].astype(str).to_numpy(), "risk_score": events["risk_score"].to_numpy(),
+            "finding_id": findings.day.table["finding_id"].to_numpy()[events["finding"].to_numpy()],
+        })  # fmt: skip
+    ranks = {
+        str(f): int(r) for f, r in zip(top["finding_id"], top["rank"], strict=True) if isinstance(f, str)
+    }
+    return network_section(data_root, day_text, scored, ranks)
 
 
 def _identities(data_root: DataPath, day_text: str) -> pd.DataFrame | None:
@@ -642,6 +666,7 @@ def load_report(data_root: DataPath | str, day: date | str) -> Report:
         feedback_hint=document.get("feedback_hint"),
         usual=document.get("usual") or {},
         integrity=document.get("integrity"),
+        network=document.get("network"),
     )
 
 
@@ -826,6 +851,8 @@ def _text_context(report: Report, notice: Notice | None, new: frozenset[str]) ->
         "integrity": integrity_text_lines(report.integrity, report.day)[1:]
         if report.integrity and (report.integrity["findings"] or report.integrity["gaps"]) else [],
         "rows": rows,
+        "network": [clean_text(line, 1000) for line in story_lines(report.network, limit=20)]
+        if report.network is not None else [],
         "feedback": _feedback_lines(report),
         "suppressed": int(report.summary.get("suppressed", 0)),
         "folder": str(report.folder),
@@ -934,6 +961,7 @@ def _html_context(
             "attached": for_email and report.quality_page is not None,
         },
         "integrity": _integrity_context(report),
+        "network": _network_context(report.network),
         "rows": _html_rows(report, new),
         "top_k": s.get("top_k"),
         "min_score": s.get("min_score"),
@@ -957,6 +985,28 @@ def _html_context(
         "suppressed": int(s.get("suppressed", 0)),
         "folder": str(report.folder),
     }  # fmt: skip
+
+
+def _network_context(section: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The network section's stories as text (every value cleaned; links only to ATT&CK)."""
+    if section is None:
+        return None
+    stories = []
+    for s in section.get("stories", []):
+        background, colour = _badge(float(s["score"]))
+        stories.append({
+            "rank": s["rank"], "score": f"{s['score']:.1f}", "badge_bg": background, "badge_fg": colour,
+            "title": clean_text(s["title"], 300), "context": clean_text(s["context"], 600), "joined": bool(s["joined"]),
+            "techniques": [(clean_text(t, 40), technique_url(t)) for t in s.get("techniques", []) if technique_url(t)],
+            "timeline": [{
+                "time": clean_text(e["time"], 40), "source": clean_text(e["source"], 40), "score": f"{e['score']:.1f}",
+                "what": clean_text(e["what"], 600), "event_id": clean_text(e["event_id"], 100),
+                "how": clean_text(e.get("how"), 200) if e["source"] == "CloudTrail" else None,
+                "finding": (f"#{e['rank']}" if e.get("rank") else clean_text(e.get("finding_id"), 40)) if e.get("finding_id") else None,
+            } for e in s["timeline"]],
+        })  # fmt: skip
+    return {"stories": stories, "header": clean_text(story_lines(section, limit=0)[0], 600),
+            "min_score": f"{NETWORK_MIN_SCORE:g}"}  # fmt: skip
 
 
 def _integrity_context(report: Report) -> dict[str, Any]:

@@ -68,6 +68,20 @@ def save_training_summary(data_root: DataPath, result: object) -> DataPath:
     return write_bytes_atomic(json.dumps(document, indent=2, default=str).encode(), path)
 
 
+def flows_lines(data_root: DataPath) -> list[str]:
+    """The flow store's days and each day's network findings (from ``flows_scores/``)."""
+    from trailguard.findings.network import read_flow_scores
+    from trailguard.flows.ingestion import FlowStore
+
+    days = FlowStore(as_path(data_root)).dates()
+    if not days:
+        return ["flows: none stored"]
+    found = {d: read_flow_scores(data_root, d) for d in days}
+    high = {d: int((f["risk_score"] >= 70).sum()) for d, f in found.items() if f is not None}
+    return [f"flows: {len(days)} days ({days[0]} .. {days[-1]}), {sum(1 for f in found.values() if f is not None)} scored; "
+            f"days with network findings >= 70: " + (", ".join(f"{d} ({n})" for d, n in high.items() if n) or "none")]  # fmt: skip
+
+
 def training_lines(data_root: DataPath) -> list[str]:
     path = data_root / "models" / "last_training.json"
     if not path.exists():

@@ -5,6 +5,12 @@ store, ``manifest/objects/*.parquet`` (every source object seen), ``quarantine/`
 each with its reason). Every file is written atomically: locally a temporary name in the same folder, then a
 rename; on S3 (an ``s3://bucket/prefix`` root, see :mod:`trailguard.fs`) one PUT of the whole object.
 
+Parts are committed by one committer at a time (:meth:`EventStore.commit_lock`): a ``lockf`` lock on a
+local root; on an S3 root a lease object in the bucket taken with a conditional write
+(:mod:`trailguard.store.lease`), so committers on machines that share nothing but the bucket (Airflow
+workers of any executor, the command line) are kept apart. What decides that an event is already stored
+is read after the lock is taken.
+
 Deduplication keeps, for each day a run touches, a sorted index of 16-byte keys of the day's eventIDs (see
 :func:`id_keys`): 16 MB per million stored events (plus about as much again, briefly, while a batch is
 merged in), read once from the partition's eventID column and then kept up to date, never reread per
@@ -35,7 +41,10 @@ from trailguard.store import fs
 from trailguard.store.fs import DataPath, as_path, parquet_file, read_parquet, visible_files
 from trailguard.store.fs import atomic_path as atomic_path
 from trailguard.store.fs import write_bytes_atomic as write_bytes_atomic
+from trailguard.store.lease import Lease
+from trailguard.store.lease import held as hold_lease
 from trailguard.store.schema import EVENT_SCHEMA
+from trailguard.store.settings import load_settings
 
 log = logging.getLogger(__name__)
 
@@ -298,7 +307,11 @@ class EventStore:
 
     root: DataPath
     index_budget_bytes: int = 1 << 30
+    # an s3:// root's commit lease: how long it lasts unrenewed, how long to wait for it (None: settings)
+    lease_seconds: float | None = None
+    lease_wait_seconds: float | None = None
     _indexes: OrderedDict[str, KeyIndex] = field(default_factory=OrderedDict, repr=False)
+    _lease: Lease | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.root = as_path(self.root)
@@ -445,6 +458,7 @@ class EventStore:
         Deduplicates by eventID within the batch (the first row stays) and against the day's partition;
         writes one new part file per touched day, atomically.
         """
+        self.check_commit_lock()
         if table.num_rows == 0:
             return table, 0
         keys, order = sort_keys(id_keys(table.column("eventID")))
@@ -511,6 +525,7 @@ class EventStore:
         ``on_dropped(rows)`` sees the rows dropped as duplicates, once the kept ones are in place (so that a
         changed record under a known eventID can be kept apart, not lost).
         """
+        self.check_commit_lock()
         if ids is None:
             ids = StagedIds.of(read_parquet(staged, columns=["eventID", "source_key"], schema=EVENT_SCHEMA))
         keys = ids.keys
@@ -538,24 +553,58 @@ class EventStore:
 
     @contextmanager
     def commit_lock(self, purpose: str = "commit") -> Iterator[None]:
-        """Held while parts are committed, so two committers on one machine never race on a day's index.
+        """Held while parts are committed, so that two committers never race on a day's index, and what
+        decides "already stored" (each day's eventIDs, the stages left) is read after it is taken.
 
-        A POSIX record lock (``lockf``): the kernel drops it when its process dies, however it dies, and
-        worker processes forked while it is held do not inherit it (an ``flock`` they would: workers left
-        alive by a ``kill -9`` of their parent held it for ever). The lock file records its owner (pid,
-        host, start, purpose): a waiting run says what it waits for, and a run that finds the record of an
-        owner that is gone says it takes over.
+        A local root: a POSIX record lock (``lockf``): the kernel drops it when its process dies, however
+        it dies, and worker processes forked while it is held do not inherit it (an ``flock`` they would:
+        workers left alive by a ``kill -9`` of their parent held it for ever). The lock file records its
+        owner (pid, host, start, purpose): a waiting run says what it waits for, and a run that finds the
+        record of an owner that is gone says it takes over.
 
-        (Runs on several machines commit through one Airflow task at a time: the DAG's max_active_runs=1.
-        For an S3 root the lock file is local: see :func:`trailguard.fs.lock_file`.)
+        An ``s3://`` root: a lease object in the bucket (``_locks/commit.json``, see
+        :mod:`trailguard.store.lease`), created with a conditional write and renewed while held, so that
+        committers on machines sharing nothing but the bucket are kept apart, from Airflow or the CLI.
         """
+        with _THREAD_LOCKS.setdefault(str(self.root), threading.Lock()):
+            if fs.is_remote(self.root):
+                with self._commit_lease(purpose):
+                    yield
+            else:
+                with self._local_commit_lock(purpose):
+                    yield
+
+    @contextmanager
+    def _commit_lease(self, purpose: str) -> Iterator[None]:
+        lease_seconds, wait_seconds = self.lease_seconds, self.lease_wait_seconds
+        if lease_seconds is None or wait_seconds is None:
+            settings = load_settings()
+            lease_seconds = settings.commit_lease_seconds if lease_seconds is None else lease_seconds
+            wait_seconds = settings.commit_wait_seconds if wait_seconds is None else wait_seconds
+        with hold_lease(
+            self.root, "commit", purpose, lease_seconds=lease_seconds, wait_seconds=wait_seconds
+        ) as held:
+            self._lease = held
+            try:
+                self._indexes.clear()  # another machine may have committed since: read the days again
+                yield
+            finally:
+                self._lease = None
+
+    def check_commit_lock(self) -> None:
+        """Before a write of a commit: raises when the S3 lease it holds was lost (see lease.LeaseLost)."""
+        if self._lease is not None:
+            self._lease.check()
+
+    @contextmanager
+    def _local_commit_lock(self, purpose: str) -> Iterator[None]:
         import fcntl
         import os
         import socket
 
         lock = fs.lock_file(self.root)
         lock.parent.mkdir(parents=True, exist_ok=True)
-        with _THREAD_LOCKS.setdefault(str(lock), threading.Lock()), open(lock, "a+b") as handle:
+        with open(lock, "a+b") as handle:
             try:
                 fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
@@ -658,6 +707,7 @@ class EventStore:
         return hashes
 
     def write_manifest(self, entries: list[dict], run_id: str) -> None:
+        self.check_commit_lock()
         if not entries:
             return
         table = pa.Table.from_pylist(entries, schema=MANIFEST_SCHEMA)
@@ -725,7 +775,7 @@ class EventStore:
         return pa.concat_tables([read_parquet(f, schema=REJECTED_RECORD_SCHEMA) for f in files])
 
 
-# POSIX record locks keep processes apart, not the threads of one process: those take this lock first
+# POSIX record locks and S3 leases keep processes apart, not the threads of one process: those take this first
 _THREAD_LOCKS: dict[str, threading.Lock] = {}
 
 

@@ -205,9 +205,9 @@ def written_locally(folder: DataPath, last: str | None = None) -> Iterator[Path]
 
 
 def lock_file(root: DataPath) -> Path:
-    """The file a process locks while it commits into ``root``: inside a local root; for an S3 root a
-    local file named after it (S3 has no locks: committers on other machines are kept apart by running
-    the commit as one Airflow task at a time)."""
+    """The file a process locks while it commits into a local ``root`` (inside it). For an S3 root a local
+    file named after it, which keeps apart only the processes of one machine: the event store's commit
+    holds a lease in the bucket instead (:mod:`trailguard.store.lease`)."""
     if not is_remote(root):
         return root / ".commit.lock"
     name = uuid.uuid5(uuid.NAMESPACE_URL, str(root)).hex

@@ -36,6 +36,7 @@ class Settings:
     freshness_hours: float = 24.0
     freshness_lookback_days: int = 7
     source: str | None = None  # the CloudTrail source the DAGs and `trailguard verify` read by default
+    flows_source: str | None = None  # the VPC Flow Logs source of the flowlogs_ingest DAG
     integrity_keys: str | None = None  # folder of CloudTrail public keys; empty: cloudtrail:ListPublicKeys
     threat_lists: tuple[str, ...] = ()
     mlflow_ui_url: str | None = None
@@ -49,6 +50,17 @@ class Settings:
     ingest_max_file_bytes: int = 256 * 1024 * 1024
     ingest_max_records_per_file: int = 200_000
     ingest_max_record_bytes: int = 8 * 1024 * 1024
+    # VPC Flow Logs (trailguard.flows.logs.FlowLimits): the field list of CloudWatch Logs messages and of
+    # text without a header; the CSV block each parsing thread holds; a file's size gunzipped; a Parquet
+    # file's rows
+    flow_log_format: str | None = None
+    flow_block_bytes: int = 1024 * 1024
+    flow_max_file_bytes: int = 512 * 1024 * 1024
+    flow_max_records_per_file: int = 10_000_000
+    # an s3:// data root: how long the commit lease lasts without renewal (renewed every third of it), and
+    # how long a committer waits for a lease another one holds before it fails naming the holder
+    commit_lease_seconds: float = 60.0
+    commit_wait_seconds: float = 3600.0
 
     @property
     def data_path(self) -> DataPath:
@@ -116,6 +128,7 @@ def load_settings(**overrides: object) -> Settings:
         "freshness_hours": _float("TRAILGUARD_FRESHNESS_HOURS", 24.0),
         "freshness_lookback_days": max(1, _int("TRAILGUARD_FRESHNESS_LOOKBACK_DAYS", 7)),
         "source": env.get("TRAILGUARD_SOURCE", "").strip() or None,
+        "flows_source": env.get("TRAILGUARD_FLOWS_SOURCE", "").strip() or None,
         "integrity_keys": env.get("TRAILGUARD_INTEGRITY_KEYS", "").strip() or None,
         "threat_lists": tuple(
             s.strip() for s in env.get("TRAILGUARD_THREAT_LISTS", "").split(",") if s.strip()
@@ -129,6 +142,19 @@ def load_settings(**overrides: object) -> Settings:
         "ingest_max_file_bytes": max(1, _int("TRAILGUARD_INGEST_MAX_FILE_BYTES", 256 * 1024 * 1024)),
         "ingest_max_records_per_file": max(1, _int("TRAILGUARD_INGEST_MAX_RECORDS_PER_FILE", 200_000)),
         "ingest_max_record_bytes": max(1, _int("TRAILGUARD_INGEST_MAX_RECORD_BYTES", 8 * 1024 * 1024)),
+        "flow_log_format": " ".join(
+            env.get("TRAILGUARD_FLOW_LOG_FORMAT", "")
+            .replace("$", "")
+            .replace("{", "")
+            .replace("}", "")
+            .split()
+        )
+        or None,
+        "flow_block_bytes": max(64 * 1024, _int("TRAILGUARD_FLOW_BLOCK_BYTES", 1024 * 1024)),
+        "flow_max_file_bytes": max(1, _int("TRAILGUARD_FLOW_MAX_FILE_BYTES", 512 * 1024 * 1024)),
+        "flow_max_records_per_file": max(1, _int("TRAILGUARD_FLOW_MAX_RECORDS_PER_FILE", 10_000_000)),
+        "commit_lease_seconds": max(1.0, _float("TRAILGUARD_COMMIT_LEASE_SECONDS", 60.0)),
+        "commit_wait_seconds": max(0.0, _float("TRAILGUARD_COMMIT_WAIT_SECONDS", 3600.0)),
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
     return Settings(**values)  # type: ignore[arg-type]
