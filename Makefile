@@ -15,11 +15,11 @@ export GX_ANALYTICS_ENABLED := false
 export MLFLOW_ENABLE_TELEMETRY := false
 export DO_NOT_TRACK := true
 
-.PHONY: help install install-test chromium airflow-db demo test test-fast lint fmt lock bench clean
+.PHONY: help install install-test chromium airflow-db demo test test-e2e test-fast lint fmt lock bench clean
 .DEFAULT_GOAL := help
 
 help: ## show the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Python 3.11 not found: install it or run make PYTHON=/path/to/python3.11"; exit 1; }
@@ -58,11 +58,17 @@ airflow-db: $(AIRFLOW_HOME)/.migrated ## create Airflow's SQLite metadata DB und
 demo: install airflow-db ## run the whole pipeline on generated demo data through the real DAGs
 	PATH=$(BIN):$$PATH $(BIN)/trailguard --data $(CURDIR)/demo/data demo --logs $(CURDIR)/demo/logs
 
-test: install-test ## run the test suite
-	PATH=$(BIN):$$PATH $(BIN)/python -m pytest
+# The suites (README "Development"): `make test` is everything but the suites that start a whole stack;
+# those run with `make test-e2e` (make up's stack, in chromium too) and `make test-scale` (make up-scale's);
+# CI's .ci/run runs all three. PYTEST_ARGS adds options, e.g. make test PYTEST_ARGS="-x tests/model".
+test: install-test ## the test suite, but for the whole-stack suites (test-e2e, test-scale): about 8 minutes
+	PATH=$(BIN):$$PATH $(BIN)/python -m pytest -m "not e2e and not scale" $(PYTEST_ARGS)
+
+test-e2e: install-test ## the end-to-end suites: make up's stack driven through its REST API and in chromium
+	PATH=$(BIN):$$PATH $(BIN)/python -m pytest -m "e2e and not scale" $(PYTEST_ARGS)
 
 test-fast: install-test ## the fast tests only (no DAG runs or servers)
-	PATH=$(BIN):$$PATH $(BIN)/python -m pytest -m "not slow"
+	PATH=$(BIN):$$PATH $(BIN)/python -m pytest -m "not slow and not e2e and not scale" $(PYTEST_ARGS)
 
 lint: install-test ## ruff check (with Airflow's AIR rules) and ruff format --check over the whole tree
 	$(BIN)/ruff check .
