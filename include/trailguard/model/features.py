@@ -912,6 +912,14 @@ def _profile_fresh(store: EventStore, day: str, fingerprint: str) -> bool:
     return meta.get(b"trailguard.fingerprint", b"").decode() == fingerprint
 
 
+def profile_fresh(store: EventStore, day: date | str, enricher: Enricher | None = None) -> bool:
+    """Whether ``day``'s stored profile is that of its events now (features of a part of the day need it:
+    only a whole day's features write it)."""
+    enricher = enricher or enrich.default_enricher()
+    key = _as_date(day).isoformat()
+    return _profile_fresh(store, key, _fingerprint(store, key, enricher))
+
+
 def _write_profile(store: EventStore, day: str, profile: pa.Table, fingerprint: str) -> None:
     table = profile.replace_schema_metadata({b"trailguard.fingerprint": fingerprint.encode()})
     write_parquet_atomic(table, profile_path(store, day))
