@@ -32,8 +32,17 @@ from __future__ import annotations
 import os
 from datetime import datetime, timedelta
 
-from airflow.sdk import Param, dag, get_current_context, task
-from trailguard_airflow import DEFAULT_ARGS, EVENTS, VALIDATED_EVENTS, aws_client_factory, optional_day
+from airflow.sdk import dag, get_current_context, task
+from trailguard_airflow import (
+    DEFAULT_ARGS,
+    EVENTS,
+    VALIDATED_EVENTS,
+    aws_client_factory,
+    ingest_params,
+    ingest_source,
+    ingest_window,
+    source_client,
+)
 
 
 @dag(
@@ -44,29 +53,10 @@ from trailguard_airflow import DEFAULT_ARGS, EVENTS, VALIDATED_EVENTS, aws_clien
     default_args=DEFAULT_ARGS,
     doc_md=__doc__,
     tags=["trailguard", "ingest"],
-    params={
-        "source": Param(
-            None,
-            type=["null", "string"],
-            title="Source",
-            description="Folder, s3://bucket/prefix or cloudwatch://log-group. Empty: the Variable "
-            "trailguard_source or the TRAILGUARD_SOURCE environment variable.",
-        ),
-        "start": Param(
-            None,
-            type=["null", "string"],
-            format="date",
-            title="First delivery date",
-            description="YYYY-MM-DD (UTC). Empty: yesterday.",
-        ),
-        "end": Param(
-            None,
-            type=["null", "string"],
-            format="date",
-            title="Last delivery date",
-            description="YYYY-MM-DD (UTC). Empty: the run's day.",
-        ),
-    },
+    params=ingest_params(
+        "Folder, s3://bucket/prefix or cloudwatch://log-group. Empty: the Variable trailguard_source or the "
+        "TRAILGUARD_SOURCE environment variable."
+    ),
 )
 def cloudtrail_ingest():
     @task
@@ -205,25 +195,15 @@ def cloudtrail_ingest():
 
 
 def _source_uri(params: dict, dag_run=None) -> str:
-    """The run's source: the Param, else the Variable, else the environment. Without one, a scheduled run
-    (the DAG was unpaused before a source was set) skips with the reason; a triggered run fails, unretried."""
-    from airflow.sdk import Variable
-    from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
-
-    uri = (
-        params.get("source")
-        or Variable.get("trailguard_source", default=None)
-        or os.environ.get("TRAILGUARD_SOURCE")
+    """The run's source: the Param, else the Variable, else the environment (see ``ingest_source``)."""
+    return ingest_source(
+        params,
+        dag_run,
+        variable="trailguard_source",
+        default=os.environ.get("TRAILGUARD_SOURCE"),
+        missing="no CloudTrail source: set the run's 'source' Param, the Variable trailguard_source "
+        "or TRAILGUARD_SOURCE (a folder, s3://bucket/prefix or cloudwatch://log-group)",
     )
-    if not uri:
-        message = (
-            "no CloudTrail source: set the run's 'source' Param, the Variable trailguard_source "
-            "or TRAILGUARD_SOURCE (a folder, s3://bucket/prefix or cloudwatch://log-group)"
-        )
-        if getattr(dag_run, "run_type", None) == "scheduled":  # a str enum: equal to its value, not its str()
-            raise AirflowSkipException(message)
-        raise AirflowFailException(message)
-    return uri
 
 
 def _store():
@@ -238,14 +218,8 @@ def _open(params: dict, dag_run):
     from trailguard.ingest.sources import open_source
 
     uri = _source_uri(params, dag_run)
-    end = optional_day(params.get("end")) or dag_run.run_after.date()
-    start = optional_day(params.get("start")) or end - timedelta(days=1)
-    aws = None
-    if uri.startswith("s3://"):
-        aws = aws_client_factory()("s3")
-    elif uri.startswith("cloudwatch://"):
-        aws = aws_client_factory()("logs")
-    return open_source(uri, aws), _store(), start, end
+    start, end = ingest_window(params, dag_run)
+    return open_source(uri, source_client(uri)), _store(), start, end
 
 
 cloudtrail_ingest()

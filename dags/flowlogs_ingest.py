@@ -20,10 +20,10 @@ joined to the instance and role CloudTrail knows for its interface (`flows_score
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 
-from airflow.sdk import Param, dag, get_current_context, task
-from trailguard_airflow import DEFAULT_ARGS, FLOWS, aws_client_factory, optional_day
+from airflow.sdk import dag, get_current_context, task
+from trailguard_airflow import DEFAULT_ARGS, FLOWS, ingest_params, ingest_source, ingest_window, source_client
 
 
 @dag(
@@ -34,29 +34,10 @@ from trailguard_airflow import DEFAULT_ARGS, FLOWS, aws_client_factory, optional
     default_args=DEFAULT_ARGS,
     doc_md=__doc__,
     tags=["trailguard", "ingest", "flows"],
-    params={
-        "source": Param(
-            None,
-            type=["null", "string"],
-            title="Source",
-            description="Folder or s3://bucket/prefix. Empty: the Variable trailguard_flows_source or the "
-            "TRAILGUARD_FLOWS_SOURCE environment variable.",
-        ),
-        "start": Param(
-            None,
-            type=["null", "string"],
-            format="date",
-            title="First delivery date",
-            description="YYYY-MM-DD (UTC). Empty: yesterday.",
-        ),
-        "end": Param(
-            None,
-            type=["null", "string"],
-            format="date",
-            title="Last delivery date",
-            description="YYYY-MM-DD (UTC). Empty: the run's day.",
-        ),
-    },
+    params=ingest_params(
+        "Folder, s3://bucket/prefix or cloudwatch://log-group of flow logs. Empty: the Variable "
+        "trailguard_flows_source or the TRAILGUARD_FLOWS_SOURCE environment variable."
+    ),
 )
 def flowlogs_ingest():
     @task
@@ -129,30 +110,18 @@ def _open(params: dict, dag_run, settings):
 
     A folder, ``s3://bucket/prefix`` or a CloudWatch Logs group of flow logs (``cloudwatch://group``, read
     in the format of ``TRAILGUARD_FLOW_LOG_FORMAT``)."""
-    from airflow.sdk import Variable
-    from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
     from trailguard.flows.sources import open_flow_source
 
-    uri = (
-        params.get("source") or Variable.get("trailguard_flows_source", default=None) or settings.flows_source
+    uri = ingest_source(
+        params,
+        dag_run,
+        variable="trailguard_flows_source",
+        default=settings.flows_source,
+        missing="no VPC Flow Logs source: set the run's 'source' Param, the Variable trailguard_flows_source "
+        "or TRAILGUARD_FLOWS_SOURCE (a folder, s3://bucket/prefix or cloudwatch://log-group)",
     )
-    if not uri:
-        message = (
-            "no VPC Flow Logs source: set the run's 'source' Param, the Variable trailguard_flows_source or "
-            "TRAILGUARD_FLOWS_SOURCE (a folder or s3://bucket/prefix)"
-        )
-        if getattr(dag_run, "run_type", None) == "scheduled":  # a str enum: equal to its value, not its str()
-            raise AirflowSkipException(message)
-        raise AirflowFailException(message)
-    end = optional_day(params.get("end")) or dag_run.run_after.date()
-    start = optional_day(params.get("start")) or end - timedelta(days=1)
-    if uri.startswith("s3://"):
-        aws = aws_client_factory()("s3")
-    elif uri.startswith("cloudwatch://"):
-        aws = aws_client_factory()("logs")
-    else:
-        aws = None
-    return open_flow_source(uri, aws, log_format=settings.flow_log_format), start, end
+    start, end = ingest_window(params, dag_run)
+    return open_flow_source(uri, source_client(uri), log_format=settings.flow_log_format), start, end
 
 
 flowlogs_ingest()

@@ -10,7 +10,7 @@ import logging
 from datetime import date, timedelta
 from typing import Any
 
-from airflow.sdk import Asset
+from airflow.sdk import Asset, Param
 
 from trailguard_airflow.respond import FailureNotifier
 
@@ -48,6 +48,58 @@ def run_day(context: dict[str, Any], param: str = "date", offset_days: int = 0) 
 
 def optional_day(value: Any) -> date | None:
     return date.fromisoformat(str(value)) if value else None
+
+
+def ingest_params(source_description: str) -> dict[str, Param]:
+    """The Params of an ingest DAG: its source and the window of delivery dates it reads."""
+    return {
+        "source": Param(None, type=["null", "string"], title="Source", description=source_description),
+        "start": Param(
+            None,
+            type=["null", "string"],
+            format="date",
+            title="First delivery date",
+            description="YYYY-MM-DD (UTC). Empty: yesterday.",
+        ),
+        "end": Param(
+            None,
+            type=["null", "string"],
+            format="date",
+            title="Last delivery date",
+            description="YYYY-MM-DD (UTC). Empty: the run's day.",
+        ),
+    }
+
+
+def ingest_source(params: dict, dag_run: Any, *, variable: str, default: str | None, missing: str) -> str:
+    """An ingest run's source: the Param, else the Variable ``variable``, else ``default`` (the environment).
+    Without one, a scheduled run (the DAG was unpaused before a source was set) skips with ``missing``; a
+    triggered run fails with it, unretried."""
+    from airflow.sdk import Variable
+    from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+    uri = params.get("source") or Variable.get(variable, default=None) or default
+    if not uri:
+        if getattr(dag_run, "run_type", None) == "scheduled":  # a str enum: equal to its value, not its str()
+            raise AirflowSkipException(missing)
+        raise AirflowFailException(missing)
+    return uri
+
+
+def ingest_window(params: dict, dag_run: Any) -> tuple[date, date]:
+    """(start, end) delivery dates of an ingest run: the Params, else the day before the run's and the run's."""
+    end = optional_day(params.get("end")) or dag_run.run_after.date()
+    start = optional_day(params.get("start")) or end - timedelta(days=1)
+    return start, end
+
+
+def source_client(uri: str) -> Any:
+    """The boto3 client a source URI reads through (S3 or CloudWatch Logs); None for a local folder."""
+    if uri.startswith("s3://"):
+        return aws_client_factory()("s3")
+    if uri.startswith("cloudwatch://"):
+        return aws_client_factory()("logs")
+    return None
 
 
 class AwsConnectionError(RuntimeError):
