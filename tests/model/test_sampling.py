@@ -235,3 +235,56 @@ def test_of_a_day_larger_than_the_cap_only_what_can_stay_is_admitted():
         part = keys[keys["stratum"] == name]
         smallest = set(part.nsmallest((sample["_stratum"] == name).sum(), "key")["eventID"])
         assert smallest == set(sample.loc[sample["_stratum"] == name, "eventID"])
+
+
+def test_a_day_built_in_pieces_gives_the_same_features_and_sample_as_the_whole_day(labelled_store):
+    """Training builds a large day's features a piece (whole account x region partitions) at a time: the
+    features and the seeded sample are those of the whole day, and each piece's frame is gone once the
+    next one is built."""
+    import weakref
+
+    from trailguard.model.features import load_rule_events, profile_fresh
+    from trailguard.model.labels import read_labels
+    from trailguard.model.training import (
+        _labelled_days,
+        day_pieces,
+        sample_training_data,
+        training_data,
+    )
+
+    store = labelled_store
+    days = store.dates()
+    whole = training_data(store, days, piece_events=None)  # whole days: also stores each day's profile
+    assert all(profile_fresh(store, day) for day in days)
+    events = load_rule_events(store, days[2], ("recipientAccountId", "userIdentity.accountId", "awsRegion"))
+    pieces = day_pieces(events, 150)
+    assert len(pieces) > 2
+    assert (np.sum(pieces, axis=0) == 1).all()  # every event in exactly one piece
+    account = events["recipientAccountId"].fillna(events["userIdentity.accountId"]).to_numpy()
+    region = events["awsRegion"].to_numpy()
+    for rows in pieces:  # a partition is never split between pieces
+        inside = set(zip(account[rows], region[rows], strict=True))
+        outside = set(zip(account[~rows], region[~rows], strict=True))
+        assert not inside & outside
+    assert len(day_pieces(events, len(events))) == 1
+
+    in_pieces = {}
+    seen_frames = []
+    for day, frame, targets, sources in _labelled_days(store, days, 30, read_labels(store.root), None, 150):
+        assert len(frame) == len(targets) == len(sources)
+        seen_frames.append(weakref.ref(frame))
+        in_pieces.setdefault(day, 0)
+        in_pieces[day] += 1
+        del frame
+        assert all(ref() is None for ref in seen_frames[:-1])  # earlier pieces and days are freed
+    assert max(in_pieces.values()) > 2
+    pieced = training_data(store, days, piece_events=150)
+    for uc in whole:
+        pd.testing.assert_frame_equal(pieced[uc], whole[uc])
+
+    kwargs = dict(max_train_rows=400, max_test_rows=150, seed=5)
+    one = sample_training_data(store, days, days[-1:], piece_events=None, **kwargs)
+    many = sample_training_data(store, days, days[-1:], piece_events=150, **kwargs)
+    for uc in one:
+        assert many[uc].rows_by_day == one[uc].rows_by_day
+        pd.testing.assert_frame_equal(many[uc].rows(), one[uc].rows())

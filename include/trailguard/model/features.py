@@ -912,6 +912,14 @@ def _profile_fresh(store: EventStore, day: str, fingerprint: str) -> bool:
     return meta.get(b"trailguard.fingerprint", b"").decode() == fingerprint
 
 
+def profile_fresh(store: EventStore, day: date | str, enricher: Enricher | None = None) -> bool:
+    """Whether ``day``'s stored profile is that of its events now (features of a part of the day need it:
+    only a whole day's features write it)."""
+    enricher = enricher or enrich.default_enricher()
+    key = _as_date(day).isoformat()
+    return _profile_fresh(store, key, _fingerprint(store, key, enricher))
+
+
 def _write_profile(store: EventStore, day: str, profile: pa.Table, fingerprint: str) -> None:
     table = profile.replace_schema_metadata({b"trailguard.fingerprint": fingerprint.encode()})
     write_parquet_atomic(table, profile_path(store, day))
@@ -960,8 +968,10 @@ def load_day_events(store: EventStore, day: date | str, columns: Iterable[str] |
     Columns are made one Arrow chunk each: a partition has a chunk per ingest file, and every row
     selection on a many-chunk column copies the whole column first (seconds on a million events).
     """
-    table = store.read_partition(_as_date(day).isoformat(), columns=columns)
-    return table.combine_chunks().to_pandas()
+    table = store.read_partition(_as_date(day).isoformat(), columns=columns).combine_chunks()
+    # the chunked table is gone once combined, and each column's Arrow buffers as soon as it is converted:
+    # a day is whole in memory about once, not three times (chunks, combined, pandas)
+    return table.to_pandas(split_blocks=True, self_destruct=True)
 
 
 def read_rows(store: EventStore, day: date | str, columns: Iterable[str], mask: np.ndarray) -> pa.Table:

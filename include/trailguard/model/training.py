@@ -71,6 +71,7 @@ from trailguard.model.features import (
     add_rule_score,
     load_day_features,
     load_rule_events,
+    profile_fresh,
 )
 from trailguard.model.labels import DEFAULT_TARGET, mark_training, read_labels, targets_and_sources
 from trailguard.model.mlflow_store import relocate_local_store
@@ -516,6 +517,47 @@ def model_input(frame: pd.DataFrame, fs: FeatureSet) -> pd.DataFrame:
 
 
 TRAIN_ADDRESS_CACHE = 200_000  # addresses whose GeoIP answer training remembers across days
+PIECE_EVENTS = (
+    250_000  # a larger day's features are built a piece (of whole account x region parts) at a time
+)
+
+
+def release_memory() -> None:
+    """Give the memory freed by a day back to the system: collect cycles, empty pyarrow's pool of freed
+    blocks and trim glibc's heap (its arenas keep freed pages otherwise, and the next day's frames land on
+    fragments of them: the process grew by 100-300 MB a day with 1M-event days)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    pa.default_memory_pool().release_unused()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+def day_pieces(events: pd.DataFrame, max_events: int) -> list[np.ndarray]:
+    """Boolean masks over ``events`` that split them into pieces of whole account x region partitions
+    (as scoring splits a day), each of at most ``max_events`` events unless one partition is larger; one
+    mask of every row when the day fits. A principal's events stay in one piece (a principal belongs to
+    an account), so each piece's features are worked out on its own principals only."""
+    if len(events) <= max_events:
+        return [np.ones(len(events), dtype=bool)]
+    from trailguard.model.scoring import _partition_keys
+
+    accounts, regions = _partition_keys(events)
+    codes, parts = pd.factorize(pd.Series(accounts, dtype=object) + "\x00" + regions, sort=True)
+    sizes = np.bincount(codes, minlength=len(parts))
+    piece_of = np.empty(len(parts), dtype=np.int64)
+    piece, filled = 0, 0
+    for part, size in enumerate(sizes):
+        if filled and filled + size > max_events:
+            piece, filled = piece + 1, 0
+        piece_of[part] = piece
+        filled += int(size)
+    pieces = piece_of[codes]
+    return [pieces == p for p in range(piece + 1)]
 
 
 def _labelled_days(
@@ -524,10 +566,16 @@ def _labelled_days(
     history_days: int,
     analyst: pd.DataFrame,
     progress: Callable[[str], None] | None = None,
+    piece_events: int | None = PIECE_EVENTS,
 ) -> Iterator[tuple[str, pd.DataFrame, np.ndarray, np.ndarray]]:
     """Day by day: the day, its features (with the rule score), and each event's target and the target's
     source. Only the columns features and rules read; history comes from the days' profiles (compact
-    per-principal counts), so a day costs the same whatever the number of days before it."""
+    per-principal counts), so a day costs the same whatever the number of days before it.
+
+    A day of more than ``piece_events`` events (None: no limit) whose profile is already stored comes in
+    pieces (:func:`day_pieces`; several tuples with the same day): the rules label the whole day once, the
+    features are built a piece at a time, the same as the whole day's (organisation-wide counts still
+    count the whole day). The memory of a day is then its small columns and one piece's features."""
     from trailguard.detect.engine import label_events
     from trailguard.model.enrich import Enricher, default_enricher
 
@@ -535,20 +583,28 @@ def _labelled_days(
     # that memory grows day after day, so training keeps its own, smaller memory of them
     enricher = Enricher(default_enricher().geo, cache_limit=TRAIN_ADDRESS_CACHE)
     for day in days:
-        events = load_rule_events(store, day)
+        events = load_rule_events(store, day, ("recipientAccountId", "userIdentity.accountId", "awsRegion"))
         if events.empty:
             continue
         add_rule_details(store, day, events)
         lf = label_events(events)
         targets, sources = targets_and_sources(events, lf, analyst)
-        lf = lf[["lf_score"]]
+        targets, sources, lf = targets.to_numpy(), sources.to_numpy(), lf[["lf_score"]]
+        pieces = (
+            day_pieces(events, piece_events)
+            if piece_events is not None and profile_fresh(store, day, enricher)
+            else [None]
+        )
         # the rules are done: features read only their own columns, the rest of the day's frame can go
         events = events[[c for c in DAY_COLUMNS if c in events.columns]]
-        frame = load_day_features(store, day, history_days, enricher=enricher, events=events)
-        add_rule_score(frame, lf)
-        del events, lf
-        yield day, frame, targets.to_numpy(), sources.to_numpy()
-        del frame, targets, sources  # not alive while the next day is read
+        for rows in pieces:
+            frame = load_day_features(store, day, history_days, enricher=enricher, events=events, rows=rows)
+            add_rule_score(frame, lf)
+            picked = slice(None) if rows is None else rows
+            yield day, frame, targets[picked], sources[picked]
+            del frame  # not alive while the next piece is built
+        del events, lf, targets, sources
+        release_memory()
         if progress:
             progress(day)
 
@@ -572,6 +628,7 @@ def training_data(
     history_days: int = DEFAULT_HISTORY_DAYS,
     analyst: pd.DataFrame | None = None,
     progress: Callable[[str], None] | None = None,
+    piece_events: int | None = PIECE_EVENTS,
 ) -> dict[str, pd.DataFrame]:
     """Model columns, target, target source, eventID and day of every event of ``days``, per use case
     (other event types dropped). ``analyst``: the label store's latest decisions (read when None).
@@ -582,7 +639,9 @@ def training_data(
     if analyst is None:
         analyst = read_labels(store.root)
     parts: dict[str, list[pd.DataFrame]] = {uc: [] for uc in USE_CASES}
-    for day, frame, targets, sources in _labelled_days(store, days, history_days, analyst, progress):
+    for day, frame, targets, sources in _labelled_days(
+        store, days, history_days, analyst, progress, piece_events
+    ):
         for uc in USE_CASES:
             mask = frame["use_case"].eq(uc).to_numpy()
             if mask.any():
@@ -632,11 +691,14 @@ def sample_training_data(
     max_test_rows: int = 100_000,
     seed: int = RANDOM_STATE,
     progress: Callable[[str], None] | None = None,
+    piece_events: int | None = PIECE_EVENTS,
 ) -> dict[str, SampledData]:
     """What :func:`training_data` gives, as a bounded stratified sample per use case, read a day at a time:
     every labelled and high-risk event, and seeded uniform samples of the rule hits and of the rest
     (:mod:`trailguard.model.sampling`), at most ``max_train_rows`` from the days before ``test_period`` and
-    ``max_test_rows`` from those days. Memory: the samples plus one day, whatever the number of days."""
+    ``max_test_rows`` from those days. Memory: the samples plus one day (its small columns and the
+    features of at most ``piece_events`` of its events: see :func:`_labelled_days`), whatever the number
+    of days; the sample is the same whatever ``piece_events``."""
     if analyst is None:
         analyst = read_labels(store.root)
     testing = set(test_period)
@@ -648,9 +710,11 @@ def sample_training_data(
         )
         for uc in USE_CASES
     }
-    for n, (day, frame, targets, sources) in enumerate(
-        _labelled_days(store, days, history_days, analyst, progress), start=1
+    read: set[str] = set()
+    for day, frame, targets, sources in _labelled_days(
+        store, days, history_days, analyst, progress, piece_events
     ):
+        read.add(day)
         use_case = frame["use_case"].to_numpy()
         for uc in USE_CASES:
             rows = np.flatnonzero(use_case == uc)
@@ -666,7 +730,7 @@ def sample_training_data(
         log.info(
             "training sample: day %s (%d/%d), %s",
             day,
-            n,
+            len(read),
             len(days),
             "; ".join(
                 f"{uc} {sum(d.train.seen.values()) + sum(d.test.seen.values()):,} rows seen, "
