@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 
@@ -630,23 +630,28 @@ def build_features(
     return features
 
 
-def _build(
-    day: pd.DataFrame,
-    history: pd.DataFrame | History | None,
-    enricher: Enricher,
-    rows: np.ndarray | None = None,
-) -> tuple[pd.DataFrame, pa.Table | None]:
-    """Features plus the day's own profile (cached for the days after it; None when ``rows`` picks a
-    part of the day). Rows stay in the caller's order; only integer codes are put in time order, for the
-    causal counts.
+@dataclass
+class _DayContext:
+    """What every part of a day's features shares, worked out once for the whole day: the history's
+    profile by dimension, each event's dimensions and time order, and the organisation-wide counts (every
+    event of the day counts in them, whatever rows are asked for)."""
 
-    Every feature belongs to one principal's events, except the organisation-wide counts: with ``rows``
-    those still count the whole day, and the rest is worked out on the events of the principals of
-    ``rows`` only (a part of a day, account x region, holds a part of the principals).
-    """
-    started = time.perf_counter()
-    if len(day) == 0 or (rows is not None and not np.any(rows)):
-        return _empty_features(), None if rows is not None else _empty_profile()
+    day: pd.DataFrame
+    history: History
+    profile: dict[str, pa.Table]
+    dims: pd.DataFrame
+    times: pd.Series
+    t_us: np.ndarray
+    tie: np.ndarray
+    order: np.ndarray
+    day_start: pd.Timestamp
+    org_out: dict[str, np.ndarray]
+    org_parts: dict[str, pd.DataFrame]
+
+
+def _day_context(
+    day: pd.DataFrame, history: pd.DataFrame | History | None, enricher: Enricher
+) -> _DayContext:
     times = _event_times(day)
     t_us = _micros(times)
     tie = _tiebreak(day)
@@ -679,6 +684,34 @@ def _build(
                 "count": np.bincount(v_codes, minlength=len(v_text)),
             }
         )
+    return _DayContext(day, history, profile, dims, times, t_us, tie, order, day_start, org_out, org_parts)
+
+
+def _build(
+    day: pd.DataFrame,
+    history: pd.DataFrame | History | None,
+    enricher: Enricher,
+    rows: np.ndarray | None = None,
+    context: _DayContext | None = None,
+) -> tuple[pd.DataFrame, pa.Table | None]:
+    """Features plus the day's own profile (cached for the days after it; None when ``rows`` picks a
+    part of the day). Rows stay in the caller's order; only integer codes are put in time order, for the
+    causal counts.
+
+    Every feature belongs to one principal's events, except the organisation-wide counts: with ``rows``
+    those still count the whole day, and the rest is worked out on the events of the principals of
+    ``rows`` only (a part of a day, account x region, holds a part of the principals). ``context``: the
+    day's :class:`_DayContext` when several parts of one day are built (``day`` and ``history`` are then
+    its own), so that the whole day's share of the work is done once.
+    """
+    started = time.perf_counter()
+    if len(day) == 0 or (rows is not None and not np.any(rows)):
+        return _empty_features(), None if rows is not None else _empty_profile()
+    ctx = context if context is not None else _day_context(day, history, enricher)
+    history, profile, dims, times = ctx.history, ctx.profile, ctx.dims, ctx.times
+    t_us, tie, order, day_start = ctx.t_us, ctx.tie, ctx.order, ctx.day_start
+    org_out, org_parts = ctx.org_out, ctx.org_parts
+    n = len(day)
 
     # per principal: the events of the principals asked for
     if rows is not None:
@@ -1051,6 +1084,21 @@ def load_day_features(
     profile is cached for the following days). ``rows``: a boolean mask over those events; only their
     features, the same as in the whole day's (see :func:`build_features`).
     """
+    return next(iter_day_features(store, day, history_days, enricher=enricher, events=events, pieces=[rows]))
+
+
+def iter_day_features(
+    store: EventStore,
+    day: date | str,
+    history_days: int = DEFAULT_HISTORY_DAYS,
+    *,
+    enricher: Enricher | None = None,
+    events: pd.DataFrame | None = None,
+    pieces: Iterable[np.ndarray | None] = (None,),
+) -> Iterator[pd.DataFrame]:
+    """:func:`load_day_features` for each of ``pieces`` (boolean masks over the whole day's events, None
+    for all of them) in turn: the history is read, and the whole day's share of the work done, once for
+    all of them. A piece's frame is built when the previous one has been taken."""
     enricher = enricher or enrich.default_enricher()
     key = _as_date(day).isoformat()
     started = time.perf_counter()
@@ -1059,18 +1107,25 @@ def load_day_features(
     loaded = time.perf_counter()
     if events is None:
         events = load_day_events(store, key, columns=DAY_COLUMNS)
-    features, profile = _build(events, history, enricher, rows)
-    if profile is not None and len(events) and not _profile_fresh(store, key, fingerprint):
-        _write_profile(store, key, profile, fingerprint)
-    log.info(
-        "features %s: %d events, %d history days (%.2fs history, %.2fs total)",
-        key,
-        len(features),
-        len(history.days),
-        loaded - started,
-        time.perf_counter() - started,
-    )
-    return features
+    context = _day_context(events, history, enricher) if len(events) else None
+    shared = time.perf_counter()
+    del history
+    for rows in pieces:
+        piece_started = time.perf_counter()
+        features, profile = _build(events, None, enricher, rows, context)
+        if profile is not None and len(events) and not _profile_fresh(store, key, fingerprint):
+            _write_profile(store, key, profile, fingerprint)
+        log.info(
+            "features %s: %d events, %d history days (%.2fs history, %.2fs the whole day's part, %.2fs these)",
+            key,
+            len(features),
+            len(context.history.days) if context else 0,
+            loaded - started,
+            shared - loaded,
+            time.perf_counter() - piece_started,
+        )
+        yield features
+        del features, profile
 
 
 def _as_date(day: date | str) -> date:

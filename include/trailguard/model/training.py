@@ -69,7 +69,7 @@ from trailguard.model.features import (
     FeatureSet,
     add_rule_details,
     add_rule_score,
-    load_day_features,
+    iter_day_features,
     load_rule_events,
     profile_fresh,
 )
@@ -520,6 +520,7 @@ TRAIN_ADDRESS_CACHE = 200_000  # addresses whose GeoIP answer training remembers
 PIECE_EVENTS = (
     250_000  # a larger day's features are built a piece (of whole account x region parts) at a time
 )
+RELEASE_AFTER_EVENTS = 50_000  # after a day this large, its memory is handed back (release_memory)
 
 
 def release_memory() -> None:
@@ -597,14 +598,16 @@ def _labelled_days(
         )
         # the rules are done: features read only their own columns, the rest of the day's frame can go
         events = events[[c for c in DAY_COLUMNS if c in events.columns]]
-        for rows in pieces:
-            frame = load_day_features(store, day, history_days, enricher=enricher, events=events, rows=rows)
+        large = len(events) > RELEASE_AFTER_EVENTS
+        frames = iter_day_features(store, day, history_days, enricher=enricher, events=events, pieces=pieces)
+        for rows, frame in zip(pieces, frames, strict=True):
             add_rule_score(frame, lf)
             picked = slice(None) if rows is None else rows
             yield day, frame, targets[picked], sources[picked]
             del frame  # not alive while the next piece is built
-        del events, lf, targets, sources
-        release_memory()
+        del events, lf, targets, sources, frames
+        if large:
+            release_memory()
         if progress:
             progress(day)
 
