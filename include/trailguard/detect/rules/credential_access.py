@@ -277,6 +277,11 @@ _INSTANCE = {"type": "AssumedRole", "arn": f"arn:aws:sts::{ACCOUNT}:assumed-role
              "accountId": ACCOUNT, "principalId": "AROAEXAMPLE:i-0382ede3231f87fc1"}  # fmt: skip
 
 
+def _present(values: pd.Series) -> np.ndarray:
+    """Rows where a field holds something other than null or empty text (what ``Event.text`` reads as "")."""
+    return (values.notna() & values.astype("str").ne("")).to_numpy(dtype=bool)
+
+
 def _instance_rows(df: pd.DataFrame) -> np.ndarray:
     """Rows made with an EC2 instance profile's credentials: a role session named after the instance."""
     if "userIdentity.arn" not in df:
@@ -344,8 +349,11 @@ def instance_credentials_outside_aws(df: pd.DataFrame) -> list[tuple[int, str]]:
     ],
 )  # fmt: skip
 def instance_credentials_other_account(df: pd.DataFrame) -> list[tuple[int, str]]:
+    # only calls through a VPC endpoint can fire: look at those rows alone (a day has millions of others;
+    # the endpoint's account is not a column, each of those rows reads it from its record)
+    through = _present(df["vpcEndpointId"]) if "vpcEndpointId" in df else True
     hits = []
-    for position in np.flatnonzero(_instance_rows(df)):
+    for position in np.flatnonzero(_instance_rows(df) & through):
         event = Event(df.iloc[int(position)].to_dict())
         endpoint_account = event.text("vpcEndpointAccountId")
         if endpoint_account and endpoint_account != event.account and event.text("vpcEndpointId"):
