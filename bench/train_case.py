@@ -50,6 +50,7 @@ def train_case(data: str, tracking_uri: str, sampling: str, until: str | None) -
             "rows": res.rows,
             "train_rows": res.train_rows,
             "test_rows": res.test_rows,
+            "test_sample_rows": res.test_sample_rows,
             "test_days": res.test_days,
             "best": res.best,
             "skipped": res.skipped,

@@ -449,6 +449,8 @@ def test_training_day_by_day_matches_the_former_way_and_logs_its_sampling(demo, 
     for uc, res in first.use_cases.items():
         other = full.use_cases[uc]
         assert (res.rows, res.train_rows, res.test_rows) == (other.rows, other.train_rows, other.test_rows)
+        # test_rows: the test days' events; test_sample_rows: the rows measured (all of them: the demo fits)
+        assert res.test_sample_rows == res.test_rows == other.test_sample_rows
         for name in ("paper_linear_regression", "ridge", "hist_gradient_boosting"):
             assert res.candidates[name].average_precision == pytest.approx(
                 other.candidates[name].average_precision, abs=0.01

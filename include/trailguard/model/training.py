@@ -803,8 +803,9 @@ class ChampionDecision:
 class UseCaseResult:
     use_case: str
     rows: int = 0
-    train_rows: int = 0
-    test_rows: int = 0
+    train_rows: int = 0  # rows trained on (the sample)
+    test_rows: int = 0  # events of the test days (what the test metrics stand for)
+    test_sample_rows: int = 0  # rows of the test days' sample the metrics were measured on
     train_days: list[str] = field(default_factory=list)
     test_days: list[str] = field(default_factory=list)
     candidates: dict[str, CandidateResult] = field(default_factory=dict)
@@ -1436,7 +1437,7 @@ def _train_use_case(
     fs = FEATURE_SETS[res.use_case]
     columns = fs.columns
     train_rows, weights, test, w_test = sets.train, sets.train_weights, sets.test, sets.test_weights
-    res.train_rows, res.test_rows = len(train_rows), sets.test_events
+    res.train_rows, res.test_rows, res.test_sample_rows = len(train_rows), sets.test_events, len(test)
     X_test, y_test, d_test = test[list(columns)], test["target"].to_numpy(float), test["day"].to_numpy()
     detector_rows = sets.detector[list(columns)]
 
