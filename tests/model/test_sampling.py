@@ -238,12 +238,12 @@ def test_of_a_day_larger_than_the_cap_only_what_can_stay_is_admitted():
 
 
 def test_a_day_built_in_pieces_gives_the_same_features_and_sample_as_the_whole_day(labelled_store):
-    """Training builds a large day's features a piece (whole account x region partitions) at a time: the
+    """Training builds a large day's features a piece (of whole principals) at a time: the
     features and the seeded sample are those of the whole day, and each piece's frame is gone once the
     next one is built."""
     import weakref
 
-    from trailguard.model.features import load_rule_events, profile_fresh
+    from trailguard.model.features import load_rule_events, principal_of, profile_fresh
     from trailguard.model.labels import read_labels
     from trailguard.model.training import (
         _labelled_days,
@@ -256,16 +256,13 @@ def test_a_day_built_in_pieces_gives_the_same_features_and_sample_as_the_whole_d
     days = store.dates()
     whole = training_data(store, days, piece_events=None)  # whole days: also stores each day's profile
     assert all(profile_fresh(store, day) for day in days)
-    events = load_rule_events(store, days[2], ("recipientAccountId", "userIdentity.accountId", "awsRegion"))
+    events = load_rule_events(store, days[2])
     pieces = day_pieces(events, 150)
     assert len(pieces) > 2
     assert (np.sum(pieces, axis=0) == 1).all()  # every event in exactly one piece
-    account = events["recipientAccountId"].fillna(events["userIdentity.accountId"]).to_numpy()
-    region = events["awsRegion"].to_numpy()
-    for rows in pieces:  # a partition is never split between pieces
-        inside = set(zip(account[rows], region[rows], strict=True))
-        outside = set(zip(account[~rows], region[~rows], strict=True))
-        assert not inside & outside
+    principal = principal_of(events).to_numpy()
+    for rows in pieces:  # a principal is never split between pieces
+        assert not set(principal[rows]) & set(principal[~rows])
     assert len(day_pieces(events, len(events))) == 1
 
     in_pieces = {}

@@ -71,6 +71,7 @@ from trailguard.model.features import (
     add_rule_score,
     iter_day_features,
     load_rule_events,
+    principal_of,
     profile_fresh,
 )
 from trailguard.model.labels import DEFAULT_TARGET, mark_training, read_labels, targets_and_sources
@@ -539,23 +540,20 @@ def release_memory() -> None:
 
 
 def day_pieces(events: pd.DataFrame, max_events: int) -> list[np.ndarray]:
-    """Boolean masks over ``events`` that split them into pieces of whole account x region partitions
-    (as scoring splits a day), each of at most ``max_events`` events unless one partition is larger; one
-    mask of every row when the day fits. A principal's events stay in one piece (a principal belongs to
-    an account), so each piece's features are worked out on its own principals only."""
+    """Boolean masks over ``events`` that split them into pieces of whole principals, each of at most
+    ``max_events`` events unless one principal has more; one mask of every row when the day fits. Every
+    per-principal feature of a piece is then worked out on the piece's own rows (no other principal's
+    events need building), and only the organisation-wide counts look at the whole day."""
     if len(events) <= max_events:
         return [np.ones(len(events), dtype=bool)]
-    from trailguard.model.scoring import _partition_keys
-
-    accounts, regions = _partition_keys(events)
-    codes, parts = pd.factorize(pd.Series(accounts, dtype=object) + "\x00" + regions, sort=True)
-    sizes = np.bincount(codes, minlength=len(parts))
-    piece_of = np.empty(len(parts), dtype=np.int64)
+    codes, _ = pd.factorize(principal_of(events), sort=True)
+    sizes = np.bincount(codes)
+    piece_of = np.empty(len(sizes), dtype=np.int64)
     piece, filled = 0, 0
-    for part, size in enumerate(sizes):
+    for principal, size in enumerate(sizes):
         if filled and filled + size > max_events:
             piece, filled = piece + 1, 0
-        piece_of[part] = piece
+        piece_of[principal] = piece
         filled += int(size)
     pieces = piece_of[codes]
     return [pieces == p for p in range(piece + 1)]
@@ -574,7 +572,7 @@ def _labelled_days(
     per-principal counts), so a day costs the same whatever the number of days before it.
 
     A day of more than ``piece_events`` events (None: no limit) whose profile is already stored comes in
-    pieces (:func:`day_pieces`; several tuples with the same day): the rules label the whole day once, the
+    pieces of whole principals (:func:`day_pieces`; several tuples with the same day): the rules label the whole day once, the
     features are built a piece at a time, the same as the whole day's (organisation-wide counts still
     count the whole day). The memory of a day is then its small columns and one piece's features."""
     from trailguard.detect.engine import label_events
@@ -584,7 +582,7 @@ def _labelled_days(
     # that memory grows day after day, so training keeps its own, smaller memory of them
     enricher = Enricher(default_enricher().geo, cache_limit=TRAIN_ADDRESS_CACHE)
     for day in days:
-        events = load_rule_events(store, day, ("recipientAccountId", "userIdentity.accountId", "awsRegion"))
+        events = load_rule_events(store, day)
         if events.empty:
             continue
         add_rule_details(store, day, events)
@@ -599,12 +597,16 @@ def _labelled_days(
         # the rules are done: features read only their own columns, the rest of the day's frame can go
         events = events[[c for c in DAY_COLUMNS if c in events.columns]]
         large = len(events) > RELEASE_AFTER_EVENTS
+        if large:  # the rule columns' blocks, freed, back to the system before the features are built
+            pa.default_memory_pool().release_unused()
         frames = iter_day_features(store, day, history_days, enricher=enricher, events=events, pieces=pieces)
         for rows, frame in zip(pieces, frames, strict=True):
             add_rule_score(frame, lf)
             picked = slice(None) if rows is None else rows
             yield day, frame, targets[picked], sources[picked]
             del frame  # not alive while the next piece is built
+            if large:
+                pa.default_memory_pool().release_unused()
         del events, lf, targets, sources, frames
         if large:
             release_memory()
