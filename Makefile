@@ -118,4 +118,4 @@ up-scale: install-test scale-deps ## the scale-out stack: Postgres, Redis, S3 (m
 	@PATH=$(BIN):$$PATH $(BIN)/python scripts/stack_scale.py up
 
 test-scale: install-test ## the scale-out stack end to end (tests/test_stack_scale.py, about 15 minutes)
-	PATH=$(BIN):$$PATH $(BIN)/python -m pytest -m scale tests/test_stack_scale.py
+	PATH=$(BIN):$$PATH $(BIN)/python -m pytest -m scale tests/test_stack_scale.py $(PYTEST_ARGS)
