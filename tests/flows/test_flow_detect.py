@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
-
 import pandas as pd
 import pyarrow as pa
 import pytest
+from trailguard.detect.network import ENI, HOST, flow  # the catalogue cases' flow records
 from trailguard.flows.detect import DETECTIONS, detect, internal, prepare, score_flows
 from trailguard.flows.logs import FLOW_SCHEMA
 
-T0 = datetime(2026, 1, 1, 8, tzinfo=timezone.utc)
-ENI, HOST = "eni-0web", "10.0.1.5"
 _SCHEMA = pa.schema([f for f in FLOW_SCHEMA if f.name != "source_key"])
-
-
-def flow(src, dst, sport, dport, *, action="ACCEPT", nbytes=800, minute=0.0, eni=ENI, status="OK"):
-    start = T0 + timedelta(minutes=minute)
-    return {
-        "version": 2, "account_id": "111122223333", "interface_id": eni, "srcaddr": src, "dstaddr": dst,
-        "srcport": sport, "dstport": dport, "protocol": 6, "packets": 5, "bytes": nbytes, "start": start,
-        "end": start + timedelta(seconds=60), "action": action, "log_status": status, "instance_id": "i-0web",
-    }  # fmt: skip
 
 
 def findings(rows, history=None, seen=None) -> pd.DataFrame:
