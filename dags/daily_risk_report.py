@@ -32,7 +32,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, get_current_context, task
-from trailguard_airflow import DEFAULT_ARGS, VALIDATED_EVENTS, run_day, smtp_settings
+from trailguard_airflow import DEFAULT_ARGS, VALIDATED_EVENTS, date_param, run_day, smtp_settings
 
 
 @dag(
@@ -46,13 +46,7 @@ from trailguard_airflow import DEFAULT_ARGS, VALIDATED_EVENTS, run_day, smtp_set
     doc_md=__doc__,
     tags=["trailguard", "report"],
     params={
-        "date": Param(
-            None,
-            type=["null", "string"],
-            format="date",
-            title="Day to report",
-            description="YYYY-MM-DD (UTC). Empty: the day before the run.",
-        ),
+        "date": date_param("Day to report", "YYYY-MM-DD (UTC). Empty: the day before the run."),
         "top_k": Param(
             20,
             type="integer",

@@ -21,7 +21,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
-from trailguard_airflow import DEFAULT_ARGS, LABELS, MODELS, run_day
+from trailguard_airflow import DEFAULT_ARGS, LABELS, MODELS, date_param, run_day
 
 
 @dag(
@@ -33,12 +33,8 @@ from trailguard_airflow import DEFAULT_ARGS, LABELS, MODELS, run_day
     doc_md=__doc__,
     tags=["trailguard", "ml"],
     params={
-        "until": Param(
-            None,
-            type=["null", "string"],
-            format="date",
-            title="Train on data until",
-            description="Last day of training data, YYYY-MM-DD (UTC). Empty: yesterday.",
+        "until": date_param(
+            "Train on data until", "Last day of training data, YYYY-MM-DD (UTC). Empty: yesterday."
         ),
         "history_days": Param(30, type="integer", minimum=1, maximum=365, title="Days of history"),
         "min_new_labels": Param(

@@ -50,24 +50,17 @@ def optional_day(value: Any) -> date | None:
     return date.fromisoformat(str(value)) if value else None
 
 
+def date_param(title: str, description: str) -> Param:
+    """An optional day Param: empty, or YYYY-MM-DD (the form's date picker)."""
+    return Param(None, type=["null", "string"], format="date", title=title, description=description)
+
+
 def ingest_params(source_description: str) -> dict[str, Param]:
     """The Params of an ingest DAG: its source and the window of delivery dates it reads."""
     return {
         "source": Param(None, type=["null", "string"], title="Source", description=source_description),
-        "start": Param(
-            None,
-            type=["null", "string"],
-            format="date",
-            title="First delivery date",
-            description="YYYY-MM-DD (UTC). Empty: yesterday.",
-        ),
-        "end": Param(
-            None,
-            type=["null", "string"],
-            format="date",
-            title="Last delivery date",
-            description="YYYY-MM-DD (UTC). Empty: the run's day.",
-        ),
+        "start": date_param("First delivery date", "YYYY-MM-DD (UTC). Empty: yesterday."),
+        "end": date_param("Last delivery date", "YYYY-MM-DD (UTC). Empty: the run's day."),
     }
 
 
