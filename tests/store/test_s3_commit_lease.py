@@ -26,6 +26,7 @@ from trailguard.store.events import EventStore
 from trailguard.store.fs import as_path
 
 from tests.ingest.test_ingest import record
+from tests.store.s3 import keys_below, moto_bucket
 
 BUCKET = "trailguard-lease"
 LEASE_KEY = "_locks/commit.json"
@@ -33,23 +34,12 @@ LEASE_KEY = "_locks/commit.json"
 
 @pytest.fixture(scope="module")
 def s3(moto_server):
-    """The moto server as the S3 endpoint of the whole standard chain (AWS_ENDPOINT_URL), one bucket;
-    child processes inherit the environment."""
-    import boto3
-    import s3fs
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("AWS_ENDPOINT_URL", moto_server)
-        s3fs.S3FileSystem.clear_instance_cache()
-        client = boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1")
-        client.create_bucket(Bucket=BUCKET)
+    with moto_bucket(moto_server, BUCKET) as client:
         yield client
-        s3fs.S3FileSystem.clear_instance_cache()
 
 
 def keys_under(client, prefix: str) -> list[str]:
-    pages = client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix + "/")
-    return sorted(o["Key"][len(prefix) + 1 :] for page in pages for o in page.get("Contents", []))
+    return keys_below(client, BUCKET, prefix)
 
 
 def write_file(folder: Path, day: int, name: str, ids: list[str]) -> None:

@@ -28,28 +28,19 @@ from trailguard.store.fs import (
 )
 from trailguard.store.settings import ConfigError, load_settings
 
+from tests.store.s3 import keys_below, moto_bucket
+
 BUCKET = "trailguard-data"
 
 
 @pytest.fixture(scope="module")
 def s3(moto_server):
-    """The moto server as the S3 endpoint of the whole standard chain (AWS_ENDPOINT_URL), one bucket."""
-    import boto3
-    import s3fs
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("AWS_ENDPOINT_URL", moto_server)
-        s3fs.S3FileSystem.clear_instance_cache()  # no filesystem made before the endpoint was set
-        client = boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1")
-        client.create_bucket(Bucket=BUCKET)
+    with moto_bucket(moto_server, BUCKET) as client:
         yield client
-        s3fs.S3FileSystem.clear_instance_cache()
 
 
 def keys_under(client, prefix: str) -> list[str]:
-    """Every object key below ``prefix/``, relative to it."""
-    pages = client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix + "/")
-    return sorted(o["Key"][len(prefix) + 1 :] for page in pages for o in page.get("Contents", []))
+    return keys_below(client, BUCKET, prefix)
 
 
 # -- fast: the filesystem layer ------------------------------------------------------------------------------
