@@ -33,7 +33,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -518,7 +519,15 @@ def prepare_airflow(cfg: Config, env: dict[str, str]) -> None:
         return
     cfg.airflow_home.mkdir(parents=True, exist_ok=True)
     log.info("creating Airflow's metadata DB in %s (once)", cfg.airflow_home)
-    with (cfg.run_dir / "airflow-db-migrate.log").open("wb") as out:
+    migrate_db(cfg.run_dir, env)
+    marker.touch()
+
+
+def migrate_db(run_dir: Path, env: dict[str, str]) -> None:
+    """``airflow db migrate`` on the metadata DB ``env`` names, its output in ``run_dir``'s
+    airflow-db-migrate.log (named by the error when it fails)."""
+    logfile = run_dir / "airflow-db-migrate.log"
+    with logfile.open("wb") as out:
         result = subprocess.run(
             [str(BIN / "airflow"), "db", "migrate"],
             env=env,
@@ -527,8 +536,7 @@ def prepare_airflow(cfg: Config, env: dict[str, str]) -> None:
             stderr=subprocess.STDOUT,
         )
     if result.returncode != 0:
-        raise StackError("airflow db migrate failed", cfg.run_dir / "airflow-db-migrate.log")
-    marker.touch()
+        raise StackError("airflow db migrate failed", logfile)
 
 
 def prepare_data(cfg: Config) -> str | None:
@@ -673,6 +681,17 @@ def down(cfg: Config) -> int:
     return 0
 
 
+def service_row(service: Service, proc: psutil.Process) -> str:
+    """A running service's line of ``status``: health, pid, memory, uptime and ports."""
+    state = "healthy" if service.healthy() else "starting"
+    uptime = time.time() - proc.create_time()
+    port = ", ".join(f"port {p}" for p in service.ports.values())
+    return (
+        f"  {service.name:22} {state:8} pid {proc.pid:<7} {_rss_mb(proc):6.0f} MB  "
+        f"up {uptime / 60:5.1f} min  {port}"
+    )
+
+
 def status(cfg: Config) -> int:
     rows = []
     ours: set[int] = set()
@@ -682,13 +701,7 @@ def status(cfg: Config) -> int:
             rows.append(f"  {service.name:22} stopped")
             continue
         ours.update(p.pid for p in _tree(proc))
-        state = "healthy" if service.healthy() else "starting"
-        uptime = time.time() - proc.create_time()
-        port = ", ".join(f"port {p}" for p in service.ports.values())
-        rows.append(
-            f"  {service.name:22} {state:8} pid {proc.pid:<7} {_rss_mb(proc):6.0f} MB  "
-            f"up {uptime / 60:5.1f} min  {port}"
-        )
+        rows.append(service_row(service, proc))
     orphans = [p for p in stack_processes(cfg.run_dir, set()) if p.pid not in ours]
     print("\n".join(rows))
     if orphans:
@@ -696,6 +709,19 @@ def status(cfg: Config) -> int:
     if ours:
         print(f"  Airflow {cfg.airflow_url} ({login(cfg)}), MLflow {cfg.mlflow_url}, mail {cfg.mail_ui_url}")
     return 0
+
+
+@contextmanager
+def one_at_a_time(run_dir: Path, what: str) -> Iterator[None]:
+    """One ``up`` or ``down`` at a time per run dir: a second one waits for the first (says so)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with (run_dir / "stack.lock").open("w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("another %s is running on %s: waiting for it", what, run_dir)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -711,13 +737,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = Config.from_env()
     if args.command == "status":
         return status(cfg)
-    cfg.run_dir.mkdir(parents=True, exist_ok=True)
-    with (cfg.run_dir / "stack.lock").open("w") as lock:  # one `up` or `down` at a time per run dir
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("another `make up`/`make down` is running on %s: waiting for it", cfg.run_dir)
-            fcntl.flock(lock, fcntl.LOCK_EX)
+    with one_at_a_time(cfg.run_dir, "`make up`/`make down`"):
         return up(cfg) if args.command == "up" else down(cfg)
 
 

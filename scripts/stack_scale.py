@@ -26,7 +26,6 @@ correspondence and tests/test_compose.py checks the compose file against it.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import logging
 import os
@@ -488,16 +487,7 @@ def migrate_airflow(cfg: ScaleConfig, env: dict[str, str]) -> None:
         return
     cfg.airflow_home.mkdir(parents=True, exist_ok=True)
     log.info("migrating Airflow's metadata DB on Postgres")
-    with (cfg.run_dir / "airflow-db-migrate.log").open("wb") as out:
-        result = subprocess.run(
-            [str(BIN / "airflow"), "db", "migrate"],
-            env=env,
-            cwd=PROJECT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    if result.returncode != 0:
-        raise base.StackError("airflow db migrate failed", cfg.run_dir / "airflow-db-migrate.log")
+    base.migrate_db(cfg.run_dir, env)
     marker.write_text(wanted + "\n")
 
 
@@ -736,12 +726,7 @@ def status(cfg: ScaleConfig) -> int:
             rows.append(f"  {service.name:22} stopped")
             continue
         running_any = True
-        state = "healthy" if service.healthy() else "starting"
-        port = ", ".join(f"port {p}" for p in service.ports.values())
-        rows.append(
-            f"  {service.name:22} {state:8} pid {proc.pid:<7} {base._rss_mb(proc):6.0f} MB  "
-            f"up {(time.time() - proc.create_time()) / 60:5.1f} min  {port}"
-        )
+        rows.append(base.service_row(service, proc))
     print("make up-scale:")
     print("\n".join(rows))
     if running_any:
@@ -769,13 +754,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "up" and not (BIN / "moto_server").exists():
         log.error("moto_server not found next to %s: run `make install-test` first", sys.executable)
         return 1
-    cfg.run_dir.mkdir(parents=True, exist_ok=True)
-    with (cfg.run_dir / "stack.lock").open("w") as lock:  # one `up` or `down` at a time per run dir
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("another `make up-scale`/`make down` is running on %s: waiting for it", cfg.run_dir)
-            fcntl.flock(lock, fcntl.LOCK_EX)
+    with base.one_at_a_time(cfg.run_dir, "`make up-scale`/`make down`"):
         return up(cfg) if args.command == "up" else down(cfg)
 
 

@@ -17,6 +17,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from email.message import EmailMessage
 from pathlib import Path
@@ -112,6 +114,23 @@ class Stack:
             except (psutil.Error, OSError):
                 continue
         return left
+
+    @contextmanager
+    def serving(
+        self, started: subprocess.CompletedProcess, what: str, stop: Callable[[], object]
+    ) -> Iterator[Stack]:
+        """The stack while a fixture hands it out: ``started`` (its start) must have succeeded; on the way
+        out the API client is closed, the processes remembered (for :meth:`leftovers`) and ``stop`` run."""
+        try:
+            assert started.returncode == 0, f"{what} failed:\n{started.stdout}\n{started.stderr}"
+            self.remember_processes()
+            self.login()
+            yield self
+        finally:
+            if self.client is not None:
+                self.client.close()
+            self.remember_processes()
+            stop()
 
     # -- Airflow REST API --------------------------------------------------------------------------
     def login(self) -> None:
@@ -271,15 +290,9 @@ def stack(tmp_path_factory, findings_queues):
     result = stack.script("up")
     print(f"{result.stdout}\n(`stack.py up` took {time.monotonic() - started:.0f} s)")
     try:
-        assert result.returncode == 0, f"make up failed:\n{result.stdout}\n{result.stderr}"
-        stack.remember_processes()
-        stack.login()
-        yield stack
+        with stack.serving(result, "make up", lambda: stack.script("down")):
+            yield stack
     finally:
-        if stack.client is not None:
-            stack.client.close()
-        stack.remember_processes()
-        stack.script("down")
         assert not stack.leftovers(), stack.leftovers()
 
 
