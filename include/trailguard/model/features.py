@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -648,6 +649,11 @@ class _DayContext:
     org_out: dict[str, np.ndarray]
     org_parts: dict[str, pd.DataFrame]
 
+    @cached_property
+    def principal_codes(self) -> np.ndarray:
+        """Each event's principal as a code: what a part of the day is widened to (whole principals)."""
+        return pd.factorize(self.dims["principal"])[0]
+
 
 def _day_context(
     day: pd.DataFrame, history: pd.DataFrame | History | None, enricher: Enricher
@@ -715,7 +721,7 @@ def _build(
 
     # per principal: the events of the principals asked for
     if rows is not None:
-        codes = pd.factorize(dims["principal"])[0]
+        codes = ctx.principal_codes
         keep = np.isin(codes, np.unique(codes[np.asarray(rows, dtype=bool)]))
         if not keep.all():
             day, dims, times, t_us, tie = day[keep], dims[keep], times[keep], t_us[keep], tie[keep]

@@ -518,9 +518,7 @@ def model_input(frame: pd.DataFrame, fs: FeatureSet) -> pd.DataFrame:
 
 
 TRAIN_ADDRESS_CACHE = 200_000  # addresses whose GeoIP answer training remembers across days
-PIECE_EVENTS = (
-    250_000  # a larger day's features are built a piece (of whole account x region parts) at a time
-)
+PIECE_EVENTS = 250_000  # a larger day's features are built a piece (of whole principals) at a time
 RELEASE_AFTER_EVENTS = 50_000  # after a day this large, its memory is handed back (release_memory)
 
 
@@ -572,9 +570,10 @@ def _labelled_days(
     per-principal counts), so a day costs the same whatever the number of days before it.
 
     A day of more than ``piece_events`` events (None: no limit) whose profile is already stored comes in
-    pieces of whole principals (:func:`day_pieces`; several tuples with the same day): the rules label the whole day once, the
-    features are built a piece at a time, the same as the whole day's (organisation-wide counts still
-    count the whole day). The memory of a day is then its small columns and one piece's features."""
+    pieces of whole principals (:func:`day_pieces`; several tuples with the same day): the rules label the
+    whole day once, the features are built a piece at a time, the same as the whole day's
+    (organisation-wide counts still count the whole day). The memory of a day is then its small columns
+    and one piece's features."""
     from trailguard.detect.engine import label_events
     from trailguard.model.enrich import Enricher, default_enricher
 
