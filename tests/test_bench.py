@@ -5,31 +5,28 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import PROJECT
 
 
-def test_bench_runs_on_small_data_and_writes_the_figures(tmp_path):
+def run_bench(tmp_path: Path, *args: str, timeout: float) -> tuple[subprocess.CompletedProcess, dict]:
+    """``bench/run.py`` with ``args``, its work folder and results file in ``tmp_path``: its output and the
+    figures it wrote."""
     results = tmp_path / "results.json"
-    command = [
-        sys.executable,
-        str(PROJECT / "bench" / "run.py"),
-        "--events",
-        "2000",
-        "--naive-events",
-        "300",
-        "--work",
-        str(tmp_path / "work"),
-        "--results",
-        str(results),
-        "--only",
-        "ingest,rerun,naive",
-    ]
-    out = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    command = [sys.executable, str(PROJECT / "bench" / "run.py"), *args]
+    command += ["--work", str(tmp_path / "work"), "--results", str(results)]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     assert out.returncode == 0, out.stderr[-3000:]
-    figures = json.loads(results.read_text())
+    return out, json.loads(results.read_text())
+
+
+def test_bench_runs_on_small_data_and_writes_the_figures(tmp_path):
+    out, figures = run_bench(
+        tmp_path, "--events", "2000", "--naive-events", "300", "--only", "ingest,rerun,naive", timeout=300
+    )
     stages = figures["stages"]
     for name in ("ingest_1_workers", "ingest_2_workers"):
         run = stages[name]
@@ -53,26 +50,18 @@ def test_bench_runs_on_small_data_and_writes_the_figures(tmp_path):
 def test_bench_scoring_stages_on_a_small_organisation(tmp_path):
     """Features, training, scoring (whole day and partition by partition) and the report on a small
     organisation: every stage gives its figures, CPU seconds included."""
-    results = tmp_path / "results.json"
-    command = [
-        sys.executable,
-        str(PROJECT / "bench" / "run.py"),
+    out, figures = run_bench(
+        tmp_path,
         "--events",
         "5000",
         "--org-events-per-day",
         "1200",
         "--org-days",
         "12",
-        "--work",
-        str(tmp_path / "work"),
-        "--results",
-        str(results),
         "--only",
         "features,train,score,score_partitions,report",
-    ]
-    out = subprocess.run(command, capture_output=True, text=True, timeout=900)
-    assert out.returncode == 0, out.stderr[-3000:]
-    figures = json.loads(results.read_text())
+        timeout=900,
+    )
     stages = figures["stages"]
     for name in (
         "org_prepare",
@@ -94,26 +83,19 @@ def test_bench_scoring_stages_on_a_small_organisation(tmp_path):
 @pytest.mark.slow
 def test_bench_explore_stage_on_a_small_organisation(tmp_path):
     """The activity tables of the ordinary days, then the 30-day activity and PCA pages from them alone."""
-    results = tmp_path / "results.json"
-    command = [
-        sys.executable,
-        str(PROJECT / "bench" / "run.py"),
+    out, figures = run_bench(
+        tmp_path,
         "--events",
         "2000",
         "--org-events-per-day",
         "800",
         "--org-days",
         "5",
-        "--work",
-        str(tmp_path / "work"),
-        "--results",
-        str(results),
         "--only",
         "explore",
-    ]
-    out = subprocess.run(command, capture_output=True, text=True, timeout=900)
-    assert out.returncode == 0, out.stderr[-3000:]
-    stages = json.loads(results.read_text())["stages"]
+        timeout=900,
+    )
+    stages = figures["stages"]
     for name in ("activity_tables", "explore_30_days"):
         assert not stages[name].get("skipped"), (name, stages[name].get("trace", stages[name]))
     assert stages["activity_tables"]["days"] == 5
@@ -126,26 +108,18 @@ def test_bench_explore_stage_on_a_small_organisation(tmp_path):
 def test_bench_training_cases_on_small_stores(tmp_path):
     """The training cases, alone and small: training day by day in a fresh interpreter gives its own peak
     RSS and seconds; the comparison trains both ways and scores every held-out event with each champion."""
-    results = tmp_path / "results.json"
-    command = [
-        sys.executable,
-        str(PROJECT / "bench" / "run.py"),
+    out, figures = run_bench(
+        tmp_path,
         "--train-days",
         "9",
         "--train-events-per-day",
         "1500",
         "--train-ap-events-per-day",
         "1000",
-        "--work",
-        str(tmp_path / "work"),
-        "--results",
-        str(results),
         "--only",
         "train-30x1m,train-ap",
-    ]
-    out = subprocess.run(command, capture_output=True, text=True, timeout=1800)
-    assert out.returncode == 0, out.stderr[-3000:]
-    figures = json.loads(results.read_text())
+        timeout=1800,
+    )
     stages = figures["stages"]
     for name in ("train_9x1500", "train_9x1000_stream", "train_9x1000_full", "train_9x1000_held_out"):
         assert not stages[name].get("skipped"), (name, stages[name].get("trace", stages[name]))
