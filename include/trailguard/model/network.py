@@ -63,7 +63,6 @@ from trailguard.flows.features import COUNT_COLUMNS, HISTORY_DAYS, NETWORK_FEATU
 from trailguard.flows.ingestion import FlowStore
 from trailguard.model.labels import DEFAULT_TARGET, read_labels
 from trailguard.model.training import (
-    CHAMPION,
     HGB,
     HIGH_RISK,
     IFOREST,
@@ -80,7 +79,6 @@ from trailguard.model.training import (
     choose_best,
     evaluate,
     fit_detector,
-    load_registered_model,
     skip_reason,
 )
 from trailguard.store import fs
@@ -313,24 +311,16 @@ class NetworkChampion:
 
 def load_network_champion(tracking_uri: str) -> tuple[NetworkChampion | None, str]:
     """The network champion and a line on it; (None, why) when there is none or it cannot load."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
+    from trailguard.model.training import ModelLoadError, champion_version, load_model_version
 
-    from trailguard.model.training import ModelLoadError, mlflow_tracking
-
-    client = mlflow.MlflowClient(tracking_uri, registry_uri=tracking_uri)
-    try:
-        version = client.get_model_version_by_alias(NETWORK_MODEL, CHAMPION)
-    except MlflowException:
+    version = champion_version(NETWORK_MODEL, tracking_uri)
+    if version is None:
         return None, f"no champion {NETWORK_MODEL} yet (run `trailguard train`): detections alone"
     try:
-        with mlflow_tracking():
-            mlflow.set_tracking_uri(tracking_uri)
-            mlflow.set_registry_uri(tracking_uri)
-            model = load_registered_model(f"models:/{NETWORK_MODEL}/{version.version}")
+        model = load_model_version(NETWORK_MODEL, version, tracking_uri)
     except ModelLoadError as exc:
-        return None, f"champion {NETWORK_MODEL} v{version.version} cannot be loaded ({exc}): detections alone"
-    return NetworkChampion(str(version.version), model), f"{NETWORK_MODEL} v{version.version}"
+        return None, f"champion {NETWORK_MODEL} v{version} cannot be loaded ({exc}): detections alone"
+    return NetworkChampion(version, model), f"{NETWORK_MODEL} v{version}"
 
 
 def _standouts(row: pd.Series, usual: pd.Series) -> str:

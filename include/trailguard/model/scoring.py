@@ -50,12 +50,11 @@ from trailguard.model.features import (
 )
 from trailguard.model.training import (
     ANOMALY_QUANTILE,
-    CHAMPION,
     MODEL_NAMES,
     ModelLoadError,
     RiskModel,
-    load_registered_model,
-    mlflow_tracking,
+    champion_version,
+    load_model_version,
     model_input,
     tracking_uri_for,
 )
@@ -263,26 +262,18 @@ def load_champions(store: EventStore, tracking_uri: str | None = None) -> dict[s
 
 def load_champion(use_case: str, tracking_uri: str) -> Champion:
     """The champion of a use case; :class:`NoChampionError` says what to do when there is none."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
     name = MODEL_NAMES[use_case]
-    client = mlflow.MlflowClient(tracking_uri, registry_uri=tracking_uri)
+    version = champion_version(name, tracking_uri)
+    if version is None:
+        raise NoChampionError(f"no champion model for {name} yet: run `trailguard train` first")
     try:
-        version = client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
-        raise NoChampionError(f"no champion model for {name} yet: run `trailguard train` first") from None
-    try:
-        with mlflow_tracking():
-            mlflow.set_tracking_uri(tracking_uri)
-            mlflow.set_registry_uri(tracking_uri)
-            model = load_registered_model(f"models:/{name}/{version.version}")
+        model = load_model_version(name, version, tracking_uri)
     except ModelLoadError as exc:
         raise IncompatibleChampionError(
-            f"champion {name} v{version.version} cannot be loaded by this TrailGuard ({exc}): "
+            f"champion {name} v{version} cannot be loaded by this TrailGuard ({exc}): "
             "run `trailguard train` to register a new champion"
         ) from None
-    return Champion(name, str(version.version), model)
+    return Champion(name, version, model)
 
 
 class IncompatibleChampionError(NoChampionError):

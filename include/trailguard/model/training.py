@@ -1031,6 +1031,29 @@ def load_registered_model(uri: str) -> Any:
         raise ModelLoadError(f"{error.__class__.__name__}: {error}") from None
 
 
+def champion_version(name: str, tracking_uri: str) -> str | None:
+    """The version of registered model ``name`` that holds the ``champion`` alias (None: no champion)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient(tracking_uri, registry_uri=tracking_uri)
+    try:
+        return str(client.get_model_version_by_alias(name, CHAMPION).version)
+    except MlflowException:
+        return None
+
+
+def load_model_version(name: str, version: str, tracking_uri: str) -> Any:
+    """Version ``version`` of registered model ``name`` from ``tracking_uri`` (:func:`load_registered_model`:
+    :class:`ModelLoadError` when this TrailGuard cannot load it)."""
+    import mlflow
+
+    with mlflow_tracking():
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(tracking_uri)
+        return load_registered_model(f"models:/{name}/{version}")
+
+
 @contextmanager
 def _pickled_by_value() -> Iterator[None]:
     """TrailGuard's own classes (RiskModel, Categories) go into the pickle by value, not as a reference to
